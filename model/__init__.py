@@ -1,0 +1,1 @@
+"""Reference payload (train_gpt.py) and data preparation."""

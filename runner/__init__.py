@@ -1,0 +1,1 @@
+"""Ray driver, job specs, ledger, backends and the pgolf CLI."""

@@ -1,0 +1,1 @@
+"""Backends that run one seed attempt: a Ray node (torchrun) or a RunPod pod."""
