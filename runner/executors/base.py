@@ -43,8 +43,14 @@ class AttemptResult:
 
 
 class Events(Protocol):
-    def line(self, text: str) -> None: ...
-    def meta(self, **fields: Any) -> None: ...
+    def line(self, text: str) -> None:
+        """One log line of the job, as it is written (no trailing newline)."""
+
+    def meta(self, **fields: Any) -> None:
+        """Facts for this attempt's ledger entry (node, pod_id, cost_usd, pod_terminated, ...).
+
+        Returns only once the ledger holding them is on disk: a pod id must be durable before the pod
+        is used, so that a crashed driver can find it."""
 
 
 class Backend(Protocol):
@@ -55,3 +61,12 @@ class Backend(Protocol):
 
     def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
         """Run one seed attempt to the end (inside a Ray task); raise InfraFailure when the machine failed."""
+
+    def preflight(self, spec: dict[str, Any], n_seeds: int) -> None:
+        """Checks before anything starts (raise PgolfError): e.g. RunPod balance vs the batch estimate."""
+
+    def start(self) -> None:
+        """Driver-side set-up before the first attempt (e.g. the rehearsal's fake RunPod API)."""
+
+    def stop(self) -> None:
+        """Driver-side tear-down, always called, also after Ctrl-C."""
