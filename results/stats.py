@@ -1,0 +1,308 @@
+"""Significance of a candidate's per-seed scores against a baseline (DESIGN §1, §4), with scipy.stats.
+
+Two policies:
+- `rule` (official README): beat the baseline by >= 0.005 nats with p < 0.01. Welch one-sided against the
+  baseline's seeds shifted down by the margin; a one-sample t-test against `baseline - margin` when the
+  baseline is a single number (or a record with one seed).
+- `progression` (maintainers' practice since April 2026): Welch one-sided, no margin, p < 0.25.
+
+The comparison is in nats (val_loss) when both sides share a tokenizer and report val_loss; otherwise in
+bpb, the 0.005-nat margin converted with the candidate's bytes/token: margin_bpb = 0.005 / (ln2 * bpt).
+Degenerate inputs (one candidate seed, zero variance) give an honest dict, never an exception.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from scipy import stats as sps
+
+from results.errors import PgolfError
+from results.types import Run, RunSet
+
+MARGIN_NATS = 0.005
+LN2 = math.log(2.0)
+BPT_TOLERANCE = 5e-4          # same bytes/token within 0.05% = same tokenizer and validation set
+POLICIES = {
+    "rule": {"alpha": 0.01, "margin_nats": MARGIN_NATS},
+    "progression": {"alpha": 0.25, "margin_nats": 0.0},
+}
+
+
+@dataclass
+class Sample:
+    """Per-seed scores of one side of a comparison; `loss` is None unless every seed has val_loss."""
+    label: str
+    bpb: list[float]
+    loss: list[float] | None = None
+    seeds: list = field(default_factory=list)
+    tokenizer: str | None = None
+    bytes_per_token: float | None = None
+    notes: list[str] = field(default_factory=list)
+    number: bool = False          # the baseline was given as one bpb number
+
+
+def _finite(values: Iterable, what: str) -> list[float]:
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise PgolfError(f"{what}: value {v!r} is not a number; fix or drop that seed") from None
+        if not math.isfinite(f):
+            raise PgolfError(f"{what}: value {v!r} is not finite (NaN/inf in a log or submission.json); "
+                             "fix or drop that seed")
+        out.append(f)
+    return out
+
+
+def _common(values: list[str | None]) -> str | None:
+    known = {v for v in values if v}
+    return known.pop() if len(known) == 1 else None
+
+
+def sample_from_runs(runs: Iterable[Run], label: str) -> Sample:
+    """Scored runs (val_bpb known) -> Sample; val_loss only when every scored run has it."""
+    scored = [r for r in runs if r.val_bpb is not None]
+    if not scored:
+        raise PgolfError(f"{label}: no scored run (no final val_bpb line parsed); check the logs")
+    bpb = _finite([r.val_bpb for r in scored], f"{label} val_bpb")
+    loss = None
+    if all(r.val_loss is not None for r in scored):
+        loss = _finite([r.val_loss for r in scored], f"{label} val_loss")
+    bpts = [r.bytes_per_token for r in scored if r.bytes_per_token]
+    if not bpts and loss:
+        bpts = [lo / (LN2 * b) for lo, b in zip(loss, bpb) if b > 0]
+    return Sample(label=label, bpb=bpb, loss=loss, seeds=[r.seed for r in scored],
+                  tokenizer=_common([r.tokenizer for r in scored]),
+                  bytes_per_token=float(np.mean(bpts)) if bpts else None)
+
+
+def sample_from_values(values: Iterable, label: str = "candidate", *, loss: Iterable | None = None,
+                       tokenizer: str | None = None, bytes_per_token: float | None = None) -> Sample:
+    bpb = _finite(values, f"{label} val_bpb")
+    lo = _finite(loss, f"{label} val_loss") if loss is not None else None
+    if lo is not None and len(lo) != len(bpb):
+        raise PgolfError(f"{label}: {len(lo)} val_loss values for {len(bpb)} val_bpb values")
+    if bytes_per_token is None and lo:
+        bytes_per_token = float(np.mean([a / (LN2 * b) for a, b in zip(lo, bpb)]))
+    return Sample(label=label, bpb=bpb, loss=lo, tokenizer=tokenizer, bytes_per_token=bytes_per_token)
+
+
+def as_sample(obj, label: str = "candidate") -> Sample:
+    if isinstance(obj, Sample):
+        return obj
+    if isinstance(obj, RunSet):
+        return sample_from_runs(obj.runs, label)
+    obj = list(obj)
+    if obj and all(isinstance(r, Run) for r in obj):
+        return sample_from_runs(obj, label)
+    return sample_from_values(obj, label)
+
+
+# ---------------------------------------------------------------- baselines
+
+def _tokenizer_hint(d: dict) -> str | None:
+    tok = str(d.get("tokenizer") or "").lower()
+    vocab = d.get("vocab_size")
+    for name, size in (("sp1024", 1024), ("sp4096", 4096), ("sp8192", 8192)):
+        if str(size) in tok or vocab == size:
+            return name + ("_caseops" if "caseops" in tok else "")
+    return None
+
+
+def sample_from_submission(path: Path) -> Sample:
+    """Per-seed scores from a submission.json in any of the published schemas.
+
+    Seen in the records: `seed_results: {seed: {val_loss, val_bpb}}`, `seeds: {seed: {...}}`,
+    `seeds: [...]` + `seed_scores: [...]` (bpb), a single `seed` with top-level scores, and only a top-level
+    `val_bpb` / `mean_val_bpb` (then the baseline is that one number).
+    """
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PgolfError(f"baseline {path}: file not found; pass a record folder, a submission.json or a bpb number") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PgolfError(f"baseline {path}: malformed JSON ({e}); fix the file or pass the record folder") from None
+    if not isinstance(d, dict):
+        raise PgolfError(f"baseline {path}: expected a JSON object, got {type(d).__name__}")
+    label = str(path)
+    per_seed = d.get("seed_results") if isinstance(d.get("seed_results"), (dict, list)) else None
+    if per_seed is None and isinstance(d.get("seeds"), dict):
+        per_seed = d["seeds"]
+    rows: list[tuple] = []          # (seed, bpb, loss)
+    if isinstance(per_seed, dict):
+        for seed, r in per_seed.items():
+            if isinstance(r, dict) and r.get("val_bpb") is not None:
+                rows.append((seed, r["val_bpb"], r.get("val_loss")))
+    elif isinstance(per_seed, list):
+        for r in per_seed:
+            if isinstance(r, dict) and r.get("val_bpb") is not None:
+                rows.append((r.get("seed"), r["val_bpb"], r.get("val_loss")))
+    if not rows and isinstance(d.get("seed_scores"), list):
+        seeds = d.get("seeds") if isinstance(d.get("seeds"), list) else [None] * len(d["seed_scores"])
+        rows = [(s, v, None) for s, v in zip(seeds, d["seed_scores"])]
+    notes = []
+    if not rows:
+        top = d.get("val_bpb", d.get("mean_val_bpb"))
+        if top is None:
+            raise PgolfError(f"baseline {path}: no val_bpb (top-level or per seed) found; "
+                             "pass the record folder or a bpb number instead")
+        loss = d.get("val_loss", d.get("mean_val_loss"))
+        rows = [(d.get("seed"), top, loss)]
+        notes.append(f"{path.name} has no per-seed scores: its single claimed value is the baseline")
+    bpb = _finite([r[1] for r in rows], f"baseline {path} val_bpb")
+    loss = None
+    if all(r[2] is not None for r in rows):
+        loss = _finite([r[2] for r in rows], f"baseline {path} val_loss")
+    s = sample_from_values(bpb, label, loss=loss, tokenizer=_tokenizer_hint(d))
+    s.seeds = [r[0] for r in rows]
+    s.notes += notes
+    return s
+
+
+def baseline_sample(ref) -> Sample:
+    """A baseline reference -> Sample: a number (bpb), a record/run folder, a submission.json, or values/runs."""
+    if isinstance(ref, Sample):
+        return ref
+    if isinstance(ref, (RunSet, list, tuple)):
+        s = as_sample(ref, "baseline")
+        if isinstance(ref, RunSet):
+            s.label = str(ref.dir)
+        return s
+    if isinstance(ref, (int, float)) and not isinstance(ref, bool):
+        s = sample_from_values([ref], f"{ref:g} bpb")
+        s.number = True
+        return s
+    text = str(ref).strip()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        from results.load import load        # the other half of the engine; imported lazily
+        rs = load(path)
+        try:
+            return sample_from_runs(rs.runs, str(path))
+        except PgolfError:
+            if rs.submission_path is not None:
+                return sample_from_submission(Path(rs.submission_path))
+            raise PgolfError(f"baseline {path}: no scored log and no submission.json; "
+                             "pass another record folder or a bpb number") from None
+    if path.is_file():
+        return sample_from_submission(path)
+    try:
+        value = float(text)
+    except ValueError:
+        raise PgolfError(f"baseline {text!r}: no such file or folder, and not a number; "
+                         "pass a record folder, a submission.json or a bpb value like 1.2244") from None
+    if not math.isfinite(value) or value <= 0:
+        raise PgolfError(f"baseline {text!r}: a bpb baseline must be a positive finite number")
+    s = sample_from_values([value], f"{value:g} bpb")
+    s.number = True
+    return s
+
+
+# ---------------------------------------------------------------- the test
+
+def _same_tokenizer(a: Sample, b: Sample) -> bool:
+    if a.tokenizer and b.tokenizer:
+        return a.tokenizer == b.tokenizer
+    if a.bytes_per_token and b.bytes_per_token:
+        return abs(a.bytes_per_token / b.bytes_per_token - 1) <= BPT_TOLERANCE
+    return False
+
+
+def _num(x) -> float | None:
+    """JSON-safe float: None for NaN; infinities kept out of JSON by the caller's note."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def significance(candidate, baseline, policy: str = "rule", *, margin_bpb: float | None = None,
+                 baseline_label: str | None = None) -> dict:
+    """DESIGN §4 "significance" dict for `candidate` (RunSet, runs, Sample or bpb values) vs `baseline`.
+
+    `margin_bpb` overrides the margin in bpb (the early records subtracted 0.005 *bpb* from a number);
+    it forces the bpb comparison. Extra keys: mean, baseline_mean, margin, threshold, notes.
+    """
+    if policy not in POLICIES:
+        raise PgolfError(f"policy {policy!r}: unknown; use 'rule' or 'progression'")
+    cand = as_sample(candidate, "candidate")
+    base = baseline_sample(baseline)
+    alpha = POLICIES[policy]["alpha"]
+    margin_nats = POLICIES[policy]["margin_nats"]
+    notes = list(base.notes)
+
+    if margin_bpb is None and cand.loss and base.loss and _same_tokenizer(cand, base):
+        metric, c, b, margin = "val_loss", cand.loss, base.loss, margin_nats
+    else:
+        metric, c, b = "val_bpb", cand.bpb, base.bpb
+        if margin_bpb is not None:
+            margin = float(margin_bpb)
+            margin_nats = None if margin == 0 else margin_nats
+            notes.append(f"margin given in bpb ({margin:g}), not converted from nats")
+        elif margin_nats == 0:
+            margin = 0.0
+        elif cand.bytes_per_token:
+            margin = margin_nats / (LN2 * cand.bytes_per_token)
+            notes.append(f"compared in bpb ({'different tokenizers' if cand.loss and base.loss else 'val_loss missing on one side'}); "
+                         f"margin {margin_nats} nats = {margin:.6f} bpb at the candidate's "
+                         f"{cand.bytes_per_token:.5f} bytes/token")
+        else:
+            margin = margin_nats
+            notes.append(f"candidate bytes/token unknown: margin {margin_nats} applied in bpb unconverted")
+
+    out = {"policy": policy, "test": "none", "baseline": baseline_label or base.label,
+           "n": len(c), "n_baseline": len(b), "margin_nats": margin_nats, "metric": metric,
+           "t": None, "df": None, "p": None, "alpha": alpha, "passes": False,
+           "mean": float(np.mean(c)), "baseline_mean": float(np.mean(b)), "margin": margin,
+           "threshold": float(np.mean(b)) - margin, "notes": notes}
+    if len(c) < 2:
+        notes.append(f"n={len(c)} candidate seed(s): no variance estimate, no test; run at least 3 seeds")
+        return out
+
+    c_arr, b_arr = np.asarray(c), np.asarray(b) - margin
+    one_sample = len(b) < 2
+    out["test"] = "one-sample" if one_sample else "welch"
+    if one_sample and not base.number:
+        notes.append("baseline has one value: one-sample t-test against it")
+    df = len(c) - 1 if one_sample else None
+    if np.ptp(c_arr) == 0 and np.ptp(b_arr) == 0:       # scipy would return nan: decide by the sign
+        diff = float(np.mean(c_arr) - np.mean(b_arr))
+        t = -math.inf if diff < 0 else math.inf if diff > 0 else math.nan
+        p = 0.0 if diff < 0 else 1.0 if diff > 0 else 0.5
+        notes.append(f"zero variance (identical seeds): t = {t}; p = {p:g} from the sign of the difference "
+                     f"({diff:+.6g}); identical scores usually mean the seeds did not vary")
+        out.update(t=None, df=_num(df), p=p, passes=bool(p < alpha))
+        return out
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # "nearly identical data": we report it anyway
+        if one_sample:
+            res = sps.ttest_1samp(c_arr, b_arr[0], alternative="less")
+        else:
+            res = sps.ttest_ind(c_arr, b_arr, equal_var=False, alternative="less")
+            df = getattr(res, "df", None)
+    t, p = float(res.statistic), float(res.pvalue)
+    out.update(t=_num(t), df=_num(df), p=_num(p), passes=bool(math.isfinite(p) and p < alpha))
+    return out
+
+
+def sentence(sig: dict) -> str:
+    """One line for humans: what was compared, how, and the verdict."""
+    if sig is None:
+        return "No baseline: significance not tested."
+    unit = "nats" if sig["metric"] == "val_loss" else "bpb"
+    head = (f"{sig['n']} seed(s), mean {sig['metric']} {sig['mean']:.6f} vs baseline {sig['baseline']} "
+            f"({sig['n_baseline']} value(s), mean {sig['baseline_mean']:.6f})")
+    if sig["test"] == "none":
+        return f"{head}: not tested ({'; '.join(sig['notes'][-1:])})."
+    t = "±inf" if sig["t"] is None else f"{sig['t']:.2f}"
+    df = "" if sig["df"] is None else f", df = {sig['df']:.2f}"
+    verdict = "PASSES" if sig["passes"] else "does not pass"
+    return (f"{head}: {sig['test']} one-sided t-test against baseline − {sig['margin']:.6g} {unit} "
+            f"(policy {sig['policy']}): t = {t}{df}, p = {sig['p']:.3g} → {verdict} at α = {sig['alpha']}.")

@@ -1,0 +1,146 @@
+"""Statistics: reproduce the numbers record authors published, and never crash on degenerate input."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from results.errors import PgolfError
+from results.stats import (baseline_sample, sample_from_submission, sample_from_values, sentence,
+                           significance)
+from results.table import frame, summary
+from results.types import Run
+
+RECORDS = Path(__file__).resolve().parents[2] / "shared" / "records"
+TRACK = RECORDS / "track_10min_16mb"
+
+LONGCTX = [1.20576485, 1.20617460, 1.20715923]          # 2026-03-18_LongContextSeq2048 README
+VALCALIB = [1.11508120, 1.11437394, 1.11475014]         # 2026-03-25_ValCalib README (bpb)
+LEAKY = [1.11922988, 1.12002032, 1.11888882]            # 2026-03-23_LeakyReLU logs, legal_ttt_exact bpb
+
+
+def test_longcontext_one_sample_matches_readme():
+    # README: "One-sided one-sample t-test against 1.2193657: t=31.42 with df=2, p=0.00051". They subtracted
+    # 0.005 *bpb* from the Naive Baseline's 1.2243657, so the margin is given in bpb here.
+    sig = significance(LONGCTX, 1.2243657, "rule", margin_bpb=0.005)
+    assert sig["test"] == "one-sample" and sig["metric"] == "val_bpb"
+    assert sig["threshold"] == pytest.approx(1.2193657)
+    assert -sig["t"] == pytest.approx(31.42, abs=0.005)     # sign: candidate below the threshold
+    assert sig["p"] == pytest.approx(0.00051, abs=5e-6)
+    assert sig["df"] == 2 and sig["passes"] is True
+
+
+def test_number_baseline_converts_nats_margin_with_bytes_per_token():
+    bpt = 2.43593                                           # sp1024
+    loss = [b * math.log(2) * bpt for b in LONGCTX]
+    cand = sample_from_values(LONGCTX, loss=loss, tokenizer="sp1024")
+    sig = significance(cand, "1.2243657", "rule")
+    assert sig["metric"] == "val_bpb" and sig["margin_nats"] == 0.005
+    assert sig["margin"] == pytest.approx(0.005 / (math.log(2) * bpt))
+    assert any("bytes/token" in n for n in sig["notes"])
+    assert sig["passes"] is True and sig["t"] < -31.42
+
+
+def test_valcalib_welch_matches_readme():
+    sig = significance(VALCALIB, LEAKY, "progression")
+    assert sig["test"] == "welch" and sig["margin"] == 0.0
+    assert sig["t"] == pytest.approx(-11.83, abs=0.005)
+    assert sig["df"] == pytest.approx(3.31, abs=0.005)
+    assert sig["passes"] is True
+
+
+def test_valcalib_welch_from_submission_json_in_nats():
+    # Both sides sp1024 with val_loss: compared in nats; Welch t is scale-free, so the same t.
+    cand = sample_from_submission(TRACK / "2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072" / "submission.json")
+    assert len(cand.bpb) == 3 and cand.loss is not None
+    leaky_loss = [1.88976776, 1.88919190, 1.89110239]
+    base = sample_from_values(LEAKY, "leaky", loss=leaky_loss)
+    sig = significance(cand, base, "progression")
+    assert sig["metric"] == "val_loss"
+    assert sig["t"] == pytest.approx(-11.83, abs=0.01)
+    assert sig["df"] == pytest.approx(3.31, abs=0.01)
+    rule = significance(cand, base, "rule")                # 0.0078 nats better: also passes the rule
+    assert rule["margin"] == 0.005 and rule["alpha"] == 0.01 and rule["passes"] is True
+    assert "welch" in sentence(rule) and "PASSES" in sentence(rule)
+
+
+@pytest.mark.parametrize("folder,n", [
+    ("2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072", 3),          # seed_results dict
+    ("2026-04-06_SP8192_QK5_LegalTTT_1.0828", 3),                # seeds dict
+    ("2026-04-03_MuonEqR_DepthRecurrence_WD090_AllInt6", 3),     # seeds list + seed_scores
+    ("2026-03-23_LeakyReLU_LegalTTT_ParallelMuon", 1),           # top-level val_bpb only
+    ("2026-04-04_SP4096_DepthRecurrence_ParallelResid_MuonEqR", 3),  # bpb only per seed
+])
+def test_submission_schemas(folder, n):
+    s = sample_from_submission(TRACK / folder / "submission.json")
+    assert len(s.bpb) == n and all(1.0 < v < 1.3 for v in s.bpb)
+
+
+def test_single_value_baseline_falls_back_to_one_sample():
+    sig = significance(VALCALIB, TRACK / "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon" / "submission.json",
+                       "progression")
+    assert sig["test"] == "one-sample" and sig["n_baseline"] == 1
+    assert any("one value" in n for n in sig["notes"]) and sig["passes"] is True
+
+
+def test_one_candidate_seed_cannot_be_tested():
+    sig = significance([1.10], LEAKY, "rule")
+    assert sig["test"] == "none" and sig["passes"] is False and sig["t"] is None
+    assert "n=1" in sig["notes"][-1]
+    json.dumps(sig, allow_nan=False)
+
+
+@pytest.mark.parametrize("cand,expect_pass,p", [([1.10] * 3, True, 0.0), ([1.13] * 3, False, 1.0)])
+def test_zero_variance_is_reported_not_crashed(cand, expect_pass, p):
+    for base in ([1.12] * 3, 1.12):
+        sig = significance(cand, base, "progression")
+        assert sig["passes"] is expect_pass and sig["p"] == p and sig["t"] is None
+        assert any("zero variance" in n for n in sig["notes"])
+        json.dumps(sig, allow_nan=False)
+
+
+def test_one_side_zero_variance_still_welch():
+    sig = significance([1.10, 1.101, 1.102], [1.12] * 3, "progression")
+    assert sig["test"] == "welch" and sig["t"] < 0 and sig["passes"] is True
+
+
+@pytest.mark.parametrize("ref,msg", [
+    ("/nonexistent/record", "not a number"),
+    ("abc", "not a number"),
+    ("-1", "positive"),
+    ("nan", "positive"),
+])
+def test_bad_baseline_is_one_clear_error(ref, msg):
+    with pytest.raises(PgolfError, match=msg):
+        baseline_sample(ref)
+
+
+def test_malformed_submission_json(tmp_path):
+    bad = tmp_path / "submission.json"
+    bad.write_text("{not json")
+    with pytest.raises(PgolfError, match="malformed JSON"):
+        baseline_sample(bad)
+    bad.write_text(json.dumps({"author": "x"}))
+    with pytest.raises(PgolfError, match="no val_bpb"):
+        baseline_sample(bad)
+    bad.write_text(json.dumps({"seed_results": {"1": {"val_bpb": "NaN"}}}))
+    with pytest.raises(PgolfError, match="not finite"):
+        baseline_sample(bad)
+
+
+def test_nan_candidate_is_an_error():
+    with pytest.raises(PgolfError, match="not finite"):
+        significance([1.1, float("nan"), 1.2], LEAKY)
+
+
+def test_table_mean_and_sample_std():
+    runs = [Run(log=f"train_seed{s}.log", seed=s, val_bpb=v, val_loss=v * 1.7) for s, v in zip((1, 2, 3), LONGCTX)]
+    runs.append(Run(log="broken.log"))                    # unparsed: a row, but not in the summary
+    df = frame(runs)
+    assert list(df["seed"][:3]) == [1, 2, 3] and len(df) == 4
+    s = summary(df)
+    assert s["n"] == 3
+    assert s["mean_val_bpb"] == pytest.approx(1.20636623, abs=1e-8)
+    assert s["std_val_bpb"] == pytest.approx(0.00071667, abs=1e-8)   # README's sample std (ddof=1)
+    one = summary(frame(runs[:1]))
+    assert one["n"] == 1 and one["std_val_bpb"] is None
