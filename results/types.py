@@ -44,6 +44,11 @@ class Run:
     curve: list[tuple[int, float]] = field(default_factory=list)   # (step, train_loss)
     refs: dict[str, int] = field(default_factory=dict)             # fact -> line number
     warnings: list[str] = field(default_factory=list)
+    hints: dict[str, str] = field(default_factory=dict)            # tokenizer/dataset hints seen in the log
+    total_eval_time_ms: float | None = None    # `total_eval_time:Ns` when the script prints one
+    source_sha16: str | None = None            # sha256[:16] of the training source embedded in the log
+    source_text: str | None = None             # embedded source block itself, when still present
+    first_line: int = 1                        # where this run starts in its log (several runs per log)
 
 
 @dataclass
@@ -55,3 +60,5 @@ class RunSet:
     submission_path: Path | None = None
     script_path: Path | None = None            # train_gpt.py shipped beside the logs, if any
     warnings: list[str] = field(default_factory=list)
+    extra_runs: list[Run] = field(default_factory=list)   # duplicates / superseded reruns of a seed in `runs`
+    batch: dict | None = None                  # batch.json of a run directory

@@ -1,0 +1,288 @@
+"""Load a folder into a `RunSet`: a record folder (public repository layout) or a run directory.
+
+Record folder: README.md, submission*.json (schemas vary), logs (*.log, *.txt, also under logs/),
+optionally train_gpt.py. Run directory (DESIGN §5): batch.json, ledger.json and
+seeds/SEED/attempt-K/train.log; the succeeded attempt of each seed counts (last with exit code 0).
+
+One run per seed goes into `RunSet.runs`; duplicates (the same log copied as train.log) and
+superseded reruns of a seed go into `RunSet.extra_runs`, with a warning saying which.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from results.errors import PgolfError
+from results.parse import choose_score, parse_log
+from results.types import Run, RunSet
+
+LOG_SUFFIXES = (".log", ".txt")
+_NOT_LOGS = {"requirements.txt", "readme.txt", "license.txt"}
+_LOG_MARKERS = (b"val_loss", b"train_loss", b"step:", b"val_bpb")
+
+
+def load(path: str | Path) -> RunSet:
+    """RunSet of a record folder or run directory; PgolfError (one line) for unusable input."""
+    d = Path(path)
+    if not d.exists():
+        raise PgolfError(f"{d}: no such folder; pass a record folder or a run directory")
+    if not d.is_dir():
+        raise PgolfError(f"{d}: is a file, not a folder; pass the folder that holds the logs")
+    if (d / "batch.json").exists() or (d / "ledger.json").exists():
+        return load_run_dir(d)
+    return load_record(d)
+
+
+# ---- record folders ------------------------------------------------------------------------------
+def _read_json(p: Path) -> dict:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as e:
+        raise PgolfError(f"{p}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}); fix or remove the file")
+    except OSError as e:
+        raise PgolfError(f"{p}: cannot read ({e.strerror})")
+    if not isinstance(data, dict):
+        raise PgolfError(f"{p}: expected a JSON object at the top level, found {type(data).__name__}")
+    return data
+
+
+def find_submission(d: Path) -> Path | None:
+    exact = d / "submission.json"
+    if exact.is_file():
+        return exact
+    others = sorted(d.glob("submission*.json"))
+    return others[0] if others else None
+
+
+def find_logs(d: Path) -> list[Path]:
+    """Log files in the folder (and one level of subfolders such as logs/), sorted by path."""
+    out = []
+    for p in sorted(d.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in LOG_SUFFIXES or p.name.lower() in _NOT_LOGS:
+            continue
+        if len(p.relative_to(d).parts) > 3:
+            continue
+        if p.suffix.lower() == ".txt" and not p.name.lower().startswith(("train", "log")):
+            try:
+                head = p.read_bytes()[:200_000]
+            except OSError:
+                continue
+            if not any(m in head for m in _LOG_MARKERS):
+                continue
+        out.append(p)
+    return out
+
+
+def load_record(d: Path) -> RunSet:
+    rs = RunSet(dir=d, kind="record")
+    sub = find_submission(d)
+    if sub:
+        rs.submission = _read_json(sub)
+        rs.submission_path = sub
+        validate_submission(rs.submission, sub)
+    script = d / "train_gpt.py"
+    rs.script_path = script if script.is_file() else None
+    logs = find_logs(d)
+    if not logs and not sub and not any(d.iterdir()):
+        raise PgolfError(f"{d}: folder is empty; expected training logs (train_seed*.log) and submission.json")
+    runs: list[Run] = []
+    for p in logs:
+        try:
+            runs.extend(parse_log(p, str(p.relative_to(d))))
+        except OSError as e:
+            rs.warnings.append(f"{p.relative_to(d)}: cannot read ({e.strerror})")
+    _apply_claims(rs, runs)
+    return rs
+
+
+def validate_submission(sub: dict, path: Path):
+    """Type-check the keys the audit relies on; a wrong type is a one-line error naming the key."""
+    for key in ("val_bpb", "val_loss", "mean_val_bpb", "bytes_total", "bytes_code"):
+        v = sub.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise PgolfError(f"{path}: key '{key}' must be a number, found {json.dumps(v)[:40]}; fix submission.json")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise PgolfError(f"{path}: key '{key}' is {v}; a claim must be a finite number")
+    sr = sub.get("seed_results")
+    if sr is not None and not isinstance(sr, (dict, list)):
+        raise PgolfError(f"{path}: key 'seed_results' must be an object keyed by seed, found {type(sr).__name__}")
+    for seed, res in claimed_seed_results(sub).items():
+        v = res.get("val_bpb")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise PgolfError(f"{path}: seed_results[{seed}].val_bpb must be a finite number, found {json.dumps(v)[:40]}")
+
+
+def claimed_seed_results(sub: dict | None) -> dict[int, dict]:
+    """Per-seed claims, whatever the schema: seed_results {seed: {...}} / [{seed:..}], or seeds {seed: {...}}."""
+    if not sub:
+        return {}
+    out: dict[int, dict] = {}
+    for key in ("seed_results", "seeds"):
+        val = sub.get(key)
+        if isinstance(val, dict):
+            for k, v in val.items():
+                if isinstance(v, dict) and str(k).lstrip("-").isdigit():
+                    out.setdefault(int(k), _numeric_claims(v))
+        elif isinstance(val, list):
+            for v in val:
+                if isinstance(v, dict) and isinstance(v.get("seed"), int):
+                    out.setdefault(v["seed"], _numeric_claims(v))
+    return out
+
+
+def _numeric_claims(v: dict) -> dict:
+    res = dict(v)
+    if "val_bpb" not in res:
+        for alt in ("val_var_bpb", "bpb", "val_bpb_exact"):
+            if isinstance(v.get(alt), (int, float)):
+                res["val_bpb"] = v[alt]
+                break
+    return res
+
+
+def claimed_bpb(sub: dict | None) -> float | None:
+    if not sub:
+        return None
+    for key in ("val_bpb", "mean_val_bpb", "mean_bpb"):
+        v = sub.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def claimed_loss(sub: dict | None) -> float | None:
+    if not sub:
+        return None
+    for key in ("val_loss", "mean_val_loss"):
+        v = sub.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def claimed_seeds(sub: dict | None) -> list[int]:
+    if not sub:
+        return []
+    seeds = sub.get("seeds")
+    if isinstance(seeds, list):
+        return [s for s in seeds if isinstance(s, int) and not isinstance(s, bool)]
+    per = claimed_seed_results(sub)
+    if per:
+        return list(per)
+    if isinstance(sub.get("seed"), int):
+        return [sub["seed"]]
+    return []
+
+
+def rounding_tol(value: float) -> float:
+    """Half a unit in the last printed decimal of a claimed number (claims are often rounded)."""
+    text = repr(float(value))
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 8
+    return 0.5 * 10 ** (-min(decimals, 8)) + 1e-9
+
+
+def _apply_claims(rs: RunSet, runs: list[Run]):
+    """Re-score runs against the submission's claims, then keep one run per seed."""
+    per_seed = claimed_seed_results(rs.submission)
+    global_claim = claimed_bpb(rs.submission)
+    for r in runs:
+        claim = _seed_claim(per_seed, r).get("val_bpb")
+        if isinstance(claim, (int, float)) and not isinstance(claim, bool):
+            choose_score(r, float(claim), rounding_tol(claim))
+        elif global_claim is not None:
+            choose_score(r, global_claim, rounding_tol(global_claim))
+    _dedupe(rs, runs, per_seed, global_claim)
+
+
+def _seed_claim(per_seed: dict[int, dict], r: Run) -> dict:
+    """The per-seed claim for a run: by its seed, else by the seed in its file name."""
+    if r.seed in per_seed:
+        return per_seed[r.seed]
+    return per_seed.get(r.filename_seed, {}) if r.filename_seed is not None else {}
+
+
+def _matches(r: Run, claim) -> bool:
+    return (isinstance(claim, (int, float)) and r.val_bpb is not None
+            and abs(r.val_bpb - float(claim)) <= rounding_tol(claim))
+
+
+def _dedupe(rs: RunSet, runs: list[Run], per_seed: dict, global_claim: float | None):
+    seen: dict[tuple, Run] = {}
+    unique: list[Run] = []
+    for r in runs:
+        key = (r.seed, r.val_bpb, r.val_loss, r.steps, r.train_time_ms, r.artifact_bytes)
+        if r.metric is not None and key in seen:
+            first = seen[key]
+            rs.warnings.append(f"{r.log}:{r.first_line}: same run as {first.log}:{first.first_line} (seed {r.seed}); counted once")
+            rs.extra_runs.append(r)
+            continue
+        seen[key] = r
+        unique.append(r)
+    by_seed: dict[int, list[Run]] = {}
+    for r in unique:
+        if r.seed is not None:
+            by_seed.setdefault(r.seed, []).append(r)
+    drop: set[int] = set()
+    for seed, group in by_seed.items():
+        if len(group) < 2:
+            continue
+        claim = per_seed.get(seed, {}).get("val_bpb", global_claim)
+        keep = next((r for r in group if _matches(r, claim)), None) or next((r for r in group if r.metric), group[0])
+        for r in group:
+            if r is not keep:
+                drop.add(id(r))
+                rs.extra_runs.append(r)
+                rs.warnings.append(
+                    f"{r.log}:{r.first_line}: another run of seed {seed} (val_bpb {r.val_bpb}); "
+                    f"{keep.log}:{keep.first_line} (val_bpb {keep.val_bpb}) is the one counted")
+    rs.runs = [r for r in unique if id(r) not in drop]
+
+
+# ---- run directories -----------------------------------------------------------------------------
+def load_run_dir(d: Path) -> RunSet:
+    rs = RunSet(dir=d, kind="run")
+    batch_p, ledger_p = d / "batch.json", d / "ledger.json"
+    if batch_p.exists():
+        rs.batch = _read_json(batch_p)
+        script = rs.batch.get("script")
+        name = script.get("file") if isinstance(script, dict) else script if isinstance(script, str) else None
+        if name:
+            sp = d / Path(name).name
+            rs.script_path = sp if sp.is_file() else None
+            if rs.script_path is None:
+                rs.warnings.append(f"{batch_p.name}: frozen script {Path(name).name} is missing from {d}")
+    if not ledger_p.exists():
+        raise PgolfError(f"{ledger_p}: missing; a run directory needs ledger.json (run `pgolf resume {d}` to rebuild it)")
+    ledger = _read_json(ledger_p)
+    seeds = ledger.get("seeds")
+    if not isinstance(seeds, dict):
+        raise PgolfError(f"{ledger_p}: key 'seeds' must be an object keyed by seed")
+    runs: list[Run] = []
+    for seed_s, entry in sorted(seeds.items(), key=lambda kv: _seed_key(kv[0])):
+        attempts = entry.get("attempts") if isinstance(entry, dict) else None
+        if not isinstance(attempts, list):
+            raise PgolfError(f"{ledger_p}: seeds[{seed_s}].attempts must be a list")
+        ok = [a for a in attempts if isinstance(a, dict) and a.get("exit_code") == 0]
+        if not ok:
+            state = entry.get("state", "?")
+            rs.warnings.append(f"seed {seed_s}: no succeeded attempt (state {state}); not counted")
+            continue
+        k = ok[-1].get("attempt", len(attempts))
+        log = d / "seeds" / str(seed_s) / f"attempt-{k}" / "train.log"
+        rel = str(log.relative_to(d))
+        if not log.is_file():
+            rs.warnings.append(f"{rel}: log of the succeeded attempt of seed {seed_s} is missing")
+            continue
+        for r in parse_log(log, rel):
+            if r.filename_seed is None and str(seed_s).isdigit():
+                r.filename_seed = int(seed_s)
+                if r.seed is None:
+                    r.seed = int(seed_s)
+            runs.append(r)
+    _apply_claims(rs, runs)
+    return rs
+
+
+def _seed_key(s: str):
+    return (0, int(s)) if str(s).isdigit() else (1, str(s))
