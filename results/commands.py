@@ -1,0 +1,61 @@
+"""CLI verbs of the results engine: each wires load → compute → render and returns an exit code."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+# ---- pgolf audit ---------------------------------------------------------------------------------
+_STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+
+
+def cmd_audit(args) -> int:
+    """`pgolf audit DIR [--json]`: 0 when the verdict is pass, 1 when a check fails, 2 on bad input."""
+    from results.audit import audit
+    from results.load import load
+
+    result = audit(load(args.dir))
+    if getattr(args, "json", False):
+        json.dump(result, sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        _print_audit(result)
+    return 1 if result["verdict"] == "fail" else 0
+
+
+def _print_audit(result: dict):
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(highlight=False, soft_wrap=False)
+    con.print(f"[bold]pgolf audit[/bold] {result['dir']} ({result['kind']})")
+    runs = Table(title="runs", title_justify="left", show_edge=False)
+    for col in ("seed", "log", "metric", "val_bpb", "val_loss", "bytes", "train s", "eval s", "steps", "tokenizer", "B/tok"):
+        runs.add_column(col, justify="left" if col in ("log", "metric", "tokenizer") else "right")
+
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    for r in result["runs"]:
+        runs.add_row(num(r["seed"], "d"), r["log"], r["metric"] or "[red]unparsed[/red]", num(r["val_bpb"], ".8f"),
+                     num(r["val_loss"], ".8f"), num(r["artifact_bytes"], ","),
+                     num(r["train_time_ms"] and r["train_time_ms"] / 1000, ".1f"),
+                     num(r["eval_time_ms"] and r["eval_time_ms"] / 1000, ".1f"), num(r["steps"], "d"),
+                     r["tokenizer"] or "-", num(r["bytes_per_token"], ".5f"))
+    con.print(runs)
+    s, c = result["summary"], result["claimed"]
+    if s["n"]:
+        std = "n/a" if s["std_val_bpb"] is None else f"{s['std_val_bpb']:.5f}"
+        con.print(f"summary: n={s['n']}  mean val_bpb={s['mean_val_bpb']:.8f}  std={std}")
+    if c["val_bpb"] is not None or c["seeds"]:
+        con.print(f"claimed: val_bpb={c['val_bpb']}  seeds={c['seeds']}")
+    checks = Table(title="checks", title_justify="left", show_edge=False)
+    checks.add_column("check")
+    checks.add_column("status")
+    checks.add_column("detail", overflow="fold")
+    for ch in result["checks"]:
+        st = ch["status"]
+        checks.add_row(ch["id"], f"[{_STATUS_STYLE[st]}]{st}[/]", ch["detail"])
+    con.print(checks)
+    v = result["verdict"]
+    con.print(f"verdict: [{'bold green' if v == 'pass' else 'bold red'}]{v.upper()}[/]")
