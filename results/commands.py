@@ -59,3 +59,38 @@ def _print_audit(result: dict):
     con.print(checks)
     v = result["verdict"]
     con.print(f"verdict: [{'bold green' if v == 'pass' else 'bold red'}]{v.upper()}[/]")
+
+
+# ---- pgolf report / pgolf submit ------------------------------------------------------------------
+
+def cmd_report(args) -> int:
+    """`pgolf report DIR`: rich summary (or exactly the report dict with --json); writes the report files."""
+    from rich.console import Console
+
+    from results.report import render_summary, write_report
+
+    report = write_report(args.dir, baseline=args.baseline, policy=args.policy, out=args.out)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        Console().print(render_summary(report))
+    out = args.out or _report_out(report)
+    print(f"pgolf report: wrote results.csv, report.md, report.json and plots/ to {out}", file=sys.stderr)
+    return 0
+
+
+def _report_out(report: dict) -> str:
+    from pathlib import Path
+    d = Path(report.get("dir", "."))
+    return str(d) if report.get("kind") == "run" else str(Path.cwd() / f"report-{d.resolve().name}")
+
+
+def cmd_submit(args) -> int:
+    """`pgolf submit RUN_DIR --out RECORD_DIR`: writes the record folder, refuses when its audit would fail."""
+    from results.submit import submit
+    rep = submit(args.run_dir, args.out, author=args.author, github_id=args.github_id, name=args.name)
+    s = rep.get("summary", {})
+    std = s.get("std_val_bpb")
+    print(f"pgolf submit: wrote {args.out}: {s.get('n')} seed(s), val_bpb {s.get('mean_val_bpb'):.8f}"
+          + (f" ± {std:.8f}" if std is not None else "") + f", audit {rep.get('verdict')}")
+    return 0

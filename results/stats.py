@@ -69,6 +69,12 @@ def _common(values: list[str | None]) -> str | None:
 def sample_from_runs(runs: Iterable[Run], label: str) -> Sample:
     """Scored runs (val_bpb known) -> Sample; val_loss only when every scored run has it."""
     scored = [r for r in runs if r.val_bpb is not None]
+    for r in scored:
+        for key in ("val_bpb", "val_loss"):
+            v = getattr(r, key)
+            if v is not None and not math.isfinite(v):
+                raise PgolfError(f"{label}: {r.log}: {key} is {v} (seed {r.seed}); a diverged seed cannot be "
+                                 "tested: rerun it or drop it from the folder")
     if not scored:
         raise PgolfError(f"{label}: no scored run (no final val_bpb line parsed); check the logs")
     bpb = _finite([r.val_bpb for r in scored], f"{label} val_bpb")

@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from results.types import Run, RunSet
@@ -52,6 +53,7 @@ def frame(runs: RunSet | list[Run]) -> pd.DataFrame:
         df[col] = df[col].astype("Int64")
     for col in ("val_loss", "val_bpb", "train_time_ms", "eval_time_ms", "bytes_per_token"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        df.loc[~np.isfinite(df[col]), col] = np.nan
     return df
 
 
@@ -64,11 +66,14 @@ def _stat(series: pd.Series, how: str) -> float | None:
 
 
 def summary(df: pd.DataFrame) -> dict:
-    """DESIGN §4 "summary": scored runs only; std is the sample std (ddof=1), None below two values."""
+    """DESIGN §4 "summary" of scored rows (finite val_bpb); std is the sample std (ddof=1), None below two
+    values; loss statistics only when every scored row has val_loss (as results.summary.summarize)."""
     scored = df[df["val_bpb"].notna()]
+    full_loss = bool(len(scored)) and scored["val_loss"].notna().all()
+    loss = scored["val_loss"] if full_loss else scored["val_loss"].iloc[0:0]
     return {"n": int(len(scored)),
             "mean_val_bpb": _stat(scored["val_bpb"], "mean"), "std_val_bpb": _stat(scored["val_bpb"], "std"),
-            "mean_val_loss": _stat(scored["val_loss"], "mean"), "std_val_loss": _stat(scored["val_loss"], "std")}
+            "mean_val_loss": _stat(loss, "mean"), "std_val_loss": _stat(loss, "std")}
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:

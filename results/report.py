@@ -1,0 +1,231 @@
+"""The report of a run directory or record folder: results.csv, report.json, report.md, plots/*.png.
+
+report.json is the audit JSON (DESIGN §4) plus "significance". report.md pastes as a PR body: what was run,
+the per-seed table, mean ± std, the significance sentence, the audit's checks, the reproduction command.
+`render_summary` gives the same facts as a rich renderable for terminals (pgolf report, the Ray runner).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from results import plots
+from results.errors import PgolfError
+from results.stats import LN2, as_sample, baseline_sample, sentence, significance
+from results.table import atomic_write, frame, summary, write_csv
+from results.types import RunSet
+
+STATUS_MARK = {"pass": "✅", "fail": "❌", "warn": "⚠️", "skip": "–"}
+
+
+# ---------------------------------------------------------------- batch.json helpers
+
+def read_batch(runset: RunSet) -> dict | None:
+    """batch.json of a run directory (already parsed by load when it could), else None."""
+    if getattr(runset, "batch", None):
+        return runset.batch
+    path = Path(runset.dir) / "batch.json"
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PgolfError(f"{path}: malformed JSON ({e}); restore it or pass --baseline explicitly") from None
+    return d if isinstance(d, dict) else None
+
+
+def spec_of(batch: dict | None) -> dict:
+    """The resolved job spec inside batch.json (stored either under "spec" or at the top level)."""
+    if not batch:
+        return {}
+    spec = batch.get("spec")
+    return spec if isinstance(spec, dict) else batch
+
+
+def default_baseline(runset: RunSet) -> tuple[object, str | None]:
+    """(ref, policy) from batch.json's "baseline" section; (None, None) when absent."""
+    base = spec_of(read_batch(runset)).get("baseline")
+    if not isinstance(base, dict) or base.get("ref") in (None, ""):
+        return None, None
+    ref = base["ref"]
+    if isinstance(ref, str) and not Path(ref).expanduser().is_absolute():
+        local = Path(runset.dir) / ref
+        if local.exists() and not Path(ref).exists():
+            ref = str(local)
+    return ref, base.get("policy")
+
+
+def reproduction_command(batch: dict | None, seed: int | str = "SEED") -> str | None:
+    """`ENV=... SEED=N torchrun --standalone --nproc_per_node=N train_gpt.py`, secrets redacted."""
+    from results.submit import scrub          # one scrubber for everything written
+    spec = spec_of(batch)
+    if not spec.get("script"):
+        return None
+    env = {k: v for k, v in (spec.get("env") or {}).items()}
+    for k, v in ((spec.get("data") or {}).get("paths") or {}).items():
+        env.setdefault(k, v)
+    env["SEED"] = seed
+    parts = [f"{k}={shlex.quote(str(v))}" for k, v in env.items()]
+    script = Path(str(spec["script"])).name
+    if spec.get("launcher") == "python":
+        parts += ["python", script]
+    else:
+        parts += ["torchrun", "--standalone", f"--nproc_per_node={spec.get('nproc_per_node', 8)}", script]
+    return scrub(" ".join(parts))
+
+
+# ---------------------------------------------------------------- building the report
+
+def default_out(runset: RunSet) -> Path:
+    d = Path(runset.dir)
+    return d if runset.kind == "run" else Path.cwd() / f"report-{d.resolve().name}"
+
+
+def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dict, dict]:
+    """(report dict, extras for rendering). Pure: writes nothing."""
+    from results.audit import audit
+    report = dict(audit(runset))
+    if baseline is None and policy is None and runset.kind == "run":
+        baseline, policy = default_baseline(runset)
+    elif baseline is None and runset.kind == "run":
+        baseline, _ = default_baseline(runset)
+    extras: dict = {"base": None, "threshold_bpb": None}
+    report["significance"] = None
+    if baseline is not None:
+        base = baseline_sample(baseline)
+        try:
+            cand = as_sample(runset, "candidate")
+        except PgolfError as e:
+            raise PgolfError(f"{runset.dir}: cannot test significance: {e}") from None
+        sig = significance(cand, base, policy or "rule")
+        report["significance"] = sig
+        extras["base"] = base
+        margin_bpb = sig["margin"]
+        if sig["metric"] == "val_loss" and cand.bytes_per_token:
+            margin_bpb = sig["margin"] / (LN2 * cand.bytes_per_token)
+        extras["threshold_bpb"] = sum(base.bpb) / len(base.bpb) - margin_bpb
+    return report, extras
+
+
+def write_report(dir, baseline=None, policy: str | None = None, out=None) -> dict:
+    """Load DIR (run directory or record folder), audit it, test significance, write everything to OUT.
+
+    Returns the report dict (= `pgolf report --json`). OUT defaults to DIR for a run directory and to
+    ./report-<folder name>/ for a record folder (the shared records are read-only).
+    """
+    from results.load import load
+    runset = load(Path(dir))
+    report, extras = build(runset, baseline, policy)
+    out = Path(out) if out is not None else default_out(runset)
+    df = frame(runset)
+    write_csv(df, out / "results.csv")
+    plot_files: list[str] = []
+    scored = [r for r in runset.runs if r.val_bpb is not None]
+    base = extras["base"]
+    for p in (plots.train_loss(runset.runs, out / "plots" / "train_loss.png"),
+              plots.seeds_vs_baseline([r.val_bpb for r in scored], base.bpb if base else None,
+                                      extras["threshold_bpb"], out / "plots" / "seeds_val_bpb.png",
+                                      cand_labels=[r.seed for r in scored],
+                                      base_label=Path(base.label).name if base else "baseline")):
+        if p is not None:
+            plot_files.append(p.relative_to(out).as_posix())
+    atomic_write(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write(out / "report.md", markdown(report, runset, plot_files))
+    return report
+
+
+# ---------------------------------------------------------------- rendering
+
+def _fmt(v, spec: str = "") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return format(v, spec)
+
+
+def _mean_std(summary_d: dict, key: str) -> str:
+    m, s = summary_d.get(f"mean_{key}"), summary_d.get(f"std_{key}")
+    if m is None:
+        return "–"
+    return f"{m:.8f} ± {s:.8f}" if s is not None else f"{m:.8f} (one seed, no std)"
+
+
+def _summary(report: dict) -> dict:
+    s = report.get("summary")
+    if isinstance(s, dict) and "n" in s:
+        return s
+    return summary(frame([]))
+
+
+def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] = (), *,
+             batch: dict | None = None, title: str | None = None, byline: str | None = None) -> str:
+    """report.md / a record's README.md: pastes as a PR body."""
+    name = Path(report.get("dir", ".")).name
+    if batch is None and runset is not None and runset.kind == "run":
+        batch = read_batch(runset)
+    spec = spec_of(batch)
+    s = _summary(report)
+    lines = [f"# {title or spec.get('name') or name}", ""] + ([byline, ""] if byline else [])
+    what = f"{report.get('kind', 'run')} `{name}`: {s['n']} scored seed(s)"
+    if spec.get("script"):
+        what += f" of `{Path(str(spec['script'])).name}`"
+    lines += [what + ".", "",
+              f"**val_bpb {_mean_std(s, 'val_bpb')}** (mean ± sample std over seeds)  ",
+              f"val_loss {_mean_std(s, 'val_loss')} nats", "",
+              "## Results", "",
+              "| seed | val_loss | val_bpb | artifact bytes | steps | train time (ms) | eval time (ms) | metric | log |",
+              "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in report.get("runs", []):
+        lines.append(f"| {_fmt(r.get('seed'))} | {_fmt(r.get('val_loss'), '.8f')} | {_fmt(r.get('val_bpb'), '.8f')} "
+                     f"| {_fmt(r.get('artifact_bytes'), ',')} | {_fmt(r.get('steps'))} "
+                     f"| {_fmt(r.get('train_time_ms'), ',.0f')} | {_fmt(r.get('eval_time_ms'), ',.0f')} "
+                     f"| `{r.get('metric') or 'unparsed'}` | `{r.get('log')}` |")
+    lines += ["", "## Significance", "", sentence(report.get("significance")), ""]
+    sig = report.get("significance")
+    if sig and sig.get("notes"):
+        lines += [f"- {n}" for n in sig["notes"]] + [""]
+    lines += ["## Compliance", "", f"Audit verdict: **{report.get('verdict', '?')}**", "",
+              "| check | status | detail |", "|---|---|---|"]
+    for c in report.get("checks", []):
+        detail = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{c.get('id')}` | {STATUS_MARK.get(c.get('status'), '')} {c.get('status')} | {detail} |")
+    cmd = reproduction_command(batch) if batch else None
+    if cmd:
+        lines += ["", "## Reproduction", "", "```bash", cmd, "```",
+                  "", f"Seeds: {', '.join(str(x) for x in spec.get('seeds', [])) or 'see the table'}."]
+    if plot_files:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_files]
+    from results.submit import scrub
+    return scrub("\n".join(lines) + "\n")
+
+
+def render_summary(report: dict) -> Group:
+    """A rich renderable: per-seed table, mean ± std, significance sentence, failing/warning checks."""
+    s = _summary(report)
+    t = Table(title=f"{Path(report.get('dir', '.')).name} — {s['n']} scored seed(s)", show_lines=False)
+    for col, just in (("seed", "right"), ("val_loss", "right"), ("val_bpb", "right"), ("artifact", "right"),
+                      ("steps", "right"), ("train ms", "right"), ("eval ms", "right"), ("metric", "left")):
+        t.add_column(col, justify=just)
+    for r in report.get("runs", []):
+        t.add_row(_fmt(r.get("seed")), _fmt(r.get("val_loss"), ".8f"), _fmt(r.get("val_bpb"), ".8f"),
+                  _fmt(r.get("artifact_bytes"), ","), _fmt(r.get("steps")), _fmt(r.get("train_time_ms"), ",.0f"),
+                  _fmt(r.get("eval_time_ms"), ",.0f"), r.get("metric") or "unparsed")
+    parts = [t, Text(f"val_bpb {_mean_std(s, 'val_bpb')}   val_loss {_mean_std(s, 'val_loss')}")]
+    sig = report.get("significance")
+    style = "bold green" if sig and sig.get("passes") else "bold yellow" if sig else "dim"
+    parts.append(Text(sentence(sig), style=style))
+    for n in (sig or {}).get("notes", []):
+        parts.append(Text(f"  note: {n}", style="dim"))
+    bad = [c for c in report.get("checks", []) if c.get("status") in ("fail", "warn")]
+    verdict = report.get("verdict", "?")
+    parts.append(Text(f"audit: {verdict}", style="bold green" if verdict == "pass" else "bold red"))
+    for c in bad:
+        parts.append(Text(f"  {c['status']:4} {c['id']}: {c.get('detail', '')}",
+                          style="red" if c["status"] == "fail" else "yellow"))
+    return Group(*parts)
+
