@@ -1,0 +1,368 @@
+"""The batch driver: one Ray task per seed attempt, a durable ledger, retries, Ctrl-C, results.
+
+Design. The driver process is the only writer of ledger.json. Tasks talk to it through one small actor
+(`EventChannel`, pinned to the driver's node): log lines are pushed fire-and-forget in small batches;
+`meta` (node, pod id, ...) blocks the task until the driver has written the ledger and acknowledged it,
+so a pod id is on disk before the pod is used. The driver loop alternates `ray.wait` on the attempts
+with draining the channel. A task that runs on another node than the driver works in a node-local
+scratch folder and returns its artifacts' bytes, which the driver writes into the attempt folder.
+
+Failure policy: a Ray system error (node died, worker crashed) or InfraFailure is an infrastructure
+failure, retried up to `infra_retries` times; a non-zero exit or timeout is retried up to `retries`.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from results.errors import PgolfError
+from runner.executors.base import AttemptResult, AttemptSpec, InfraFailure
+from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger, atomic_write, atomic_write_json, now_iso
+from runner.secrets import Scrubber
+
+POLL_S = 0.2                 # driver loop: ray.wait timeout and channel drain period
+LINE_FLUSH_S = 0.2           # tasks push buffered log lines at least this often
+CANCEL_GRACE_S = 15.0        # Ctrl-C: time for tasks to kill their jobs before force-cancel
+TEXT_SUFFIXES = {".log", ".txt", ".json", ".csv", ".md", ".out", ".err", ".yaml", ".toml"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray: cluster connection
+# --------------------------------------------------------------------------------------------------
+def connect(address: str | None, resources: dict[str, float] | None = None) -> None:
+    """Join `address` or start the embedded local cluster (dashboard off, all local CPUs)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kw: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, resources=resources or None, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# The event channel (actor) and the task side of it
+# --------------------------------------------------------------------------------------------------
+@ray.remote(num_cpus=0, max_restarts=0)
+class EventChannel:
+    """Mailbox from attempt tasks to the driver. `meta` returns once the driver acked (ledger on disk)."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+        self.waiters: dict[int, asyncio.Event] = {}
+        self.next_id = 0
+
+    async def lines(self, seed: int, attempt: int, lines: list[str]) -> None:
+        self.events.append(("lines", seed, attempt, lines))
+
+    async def process(self, seed: int, attempt: int, host: str, pid: int) -> None:
+        self.events.append(("process", seed, attempt, host, pid))
+
+    async def meta(self, seed: int, attempt: int, fields: dict[str, Any]) -> None:
+        mid = self.next_id
+        self.next_id += 1
+        self.waiters[mid] = asyncio.Event()
+        self.events.append(("meta", seed, attempt, fields, mid))
+        await self.waiters[mid].wait()
+        del self.waiters[mid]
+
+    async def drain(self) -> list[tuple]:
+        out, self.events = self.events, []
+        return out
+
+    async def ack(self, ids: list[int]) -> None:
+        for i in ids:
+            if i in self.waiters:
+                self.waiters[i].set()
+
+
+class TaskEvents:
+    """`Events` for a backend running inside a Ray task: buffered lines, durable meta."""
+
+    def __init__(self, channel, seed: int, attempt: int):
+        import threading
+        self.channel, self.seed, self.attempt = channel, seed, attempt
+        self.buf: list[str] = []
+        self.lock = threading.Lock()
+        self.last_ref = None
+        self.closed = threading.Event()
+        self.flusher = threading.Thread(target=self._flush_loop, daemon=True)
+        self.flusher.start()
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            self.buf.append(text)
+            full = len(self.buf) >= 200
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            buf, self.buf = self.buf, []
+            if buf:
+                self.last_ref = self.channel.lines.remote(self.seed, self.attempt, buf)
+
+    def meta(self, **fields: Any) -> None:
+        self.flush()
+        ray.get(self.channel.meta.remote(self.seed, self.attempt, fields))
+
+    def process(self, host: str, pid: int) -> None:
+        self.channel.process.remote(self.seed, self.attempt, host, pid)
+
+    def _flush_loop(self) -> None:
+        while not self.closed.wait(LINE_FLUSH_S):
+            self.flush()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.flush()
+        if self.last_ref is not None:
+            ray.get(self.last_ref)
+
+
+@ray.remote(max_retries=0)
+def attempt_task(backend, attempt: AttemptSpec, script_blob: bytes, driver_node: str, channel) -> dict:
+    """One seed attempt. On a node other than the driver's it works in scratch and ships artifacts back."""
+    import shutil
+    remote = ray.get_runtime_context().get_node_id() != driver_node
+    scratch = None
+    if remote:
+        scratch = Path(tempfile.mkdtemp(prefix=f"pgolf-s{attempt.seed}-a{attempt.attempt}-"))
+        script = scratch / Path(attempt.script_path).name
+        script.write_bytes(script_blob)
+        attempt = dataclasses.replace(attempt, attempt_dir=str(scratch / "attempt"), script_path=str(script))
+    Path(attempt.attempt_dir).mkdir(parents=True, exist_ok=True)
+    events = TaskEvents(channel, attempt.seed, attempt.attempt)
+    try:
+        result = backend.run_attempt(attempt, events)
+    finally:
+        events.close()
+    files: dict[str, bytes] = {}
+    try:
+        if remote:
+            for rel in result.artifacts:
+                p = Path(attempt.attempt_dir) / rel
+                if p.is_file():
+                    files[rel] = p.read_bytes()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return {"result": result, "files": files}
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------------
+def classify(exc: BaseException) -> tuple[bool, str]:
+    """(is_infrastructure, message) for an exception raised by ray.get on an attempt."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, InfraFailure) or isinstance(cause, InfraFailure):
+        return True, str(cause or exc).strip().splitlines()[-1] if str(cause or exc).strip() else "infrastructure failure"
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        msg = str(cause or exc).strip().splitlines()
+        return False, f"runner error: {type(cause or exc).__name__}: {msg[-1] if msg else ''}"
+    if isinstance(exc, ray.exceptions.TaskCancelledError):
+        return False, INTERRUPTED
+    if isinstance(exc, ray.exceptions.RayError):   # NodeDiedError, WorkerCrashedError, ActorDiedError, ...
+        first = str(exc).strip().splitlines()
+        return True, f"{type(exc).__name__}: {first[0] if first else ''}"[:300]
+    return False, f"{type(exc).__name__}: {exc}"[:300]
+
+
+class Driver:
+    def __init__(self, run_dir: Path, spec: dict[str, Any], backend, ledger: Ledger, job_env: dict[str, str],
+                 scrub: Scrubber, progress, script_path: Path):
+        self.run_dir, self.spec, self.backend, self.ledger = run_dir, spec, backend, ledger
+        self.job_env, self.scrub, self.progress, self.script_path = job_env, scrub, progress, script_path
+        self.limits = spec["limits"]
+        self.timeout_s = float(self.limits.get("attempt_timeout_s") or
+                               (self.limits["train_seconds"] + self.limits["eval_seconds"] + 600))
+        self.running: dict[Any, tuple[int, int]] = {}       # ref -> (seed, attempt)
+        self.logs: dict[tuple[int, int], Any] = {}          # (seed, attempt) -> open train.log
+        self.procs: dict[tuple[int, int], tuple[str, int]] = {}
+        self.exit_failures: dict[int, int] = {}
+        self.infra_failures: dict[int, int] = {}
+        self.host = socket.gethostname()
+
+    def attempt_dir(self, seed: int, attempt: int) -> Path:
+        return self.run_dir / "seeds" / str(seed) / f"attempt-{attempt}"
+
+    # --- launching -----------------------------------------------------------------------------
+    def launch(self, seed: int) -> None:
+        att = self.ledger.start_attempt(seed, self.backend.name)
+        k = att["attempt"]
+        adir = self.attempt_dir(seed, k)
+        (adir / "artifacts").mkdir(parents=True, exist_ok=True)
+        self.logs[(seed, k)] = open(adir / "train.log", "a", encoding="utf-8")
+        spec = AttemptSpec(run_dir=str(self.run_dir), seed=seed, attempt=k, attempt_dir=str(adir),
+                           script_path=str(self.script_path), env=dict(self.job_env),
+                           nproc_per_node=int(self.spec["nproc_per_node"]),
+                           gpus_per_seed=int(self.spec["gpus_per_seed"]), timeout_s=self.timeout_s, spec=self.spec)
+        ref = attempt_task.options(**self.options).remote(self.backend, spec, self.script_ref, self.driver_node,
+                                                          self.channel)
+        self.running[ref] = (seed, k)
+        self.progress.attempt_started(seed, k)
+
+    # --- events ---------------------------------------------------------------------------------
+    def pump_events(self) -> None:
+        events = ray.get(self.channel.drain.remote())
+        acks = []
+        for ev in events:
+            kind, seed, k = ev[0], ev[1], ev[2]
+            if kind == "lines":
+                f = self.logs.get((seed, k))
+                clean = [self.scrub(t) for t in ev[3]]
+                if f is not None:
+                    f.write("".join(t + "\n" for t in clean))
+                    f.flush()
+                for t in clean:
+                    self.progress.line(seed, t)
+            elif kind == "meta":
+                fields = self.scrub.obj(dict(ev[3]))
+                self.ledger.update_attempt(seed, k, **fields)   # saved before the ack below
+                if "node" in fields:
+                    self.progress.node(seed, fields["node"])
+                acks.append(ev[4])
+            elif kind == "process":
+                self.procs[(seed, k)] = (ev[3], ev[4])
+        if acks:
+            self.channel.ack.remote(acks)
+
+    # --- finishing an attempt --------------------------------------------------------------------
+    def finish(self, ref) -> None:
+        seed, k = self.running.pop(ref)
+        try:
+            out = ray.get(ref)
+            result: AttemptResult = out["result"]
+            infra, error = result.infra_failure, result.error
+            self.write_files(seed, k, out["files"])
+        except Exception as e:   # ray errors of the attempt
+            result = AttemptResult(exit_code=None)
+            infra, error = classify(e)
+        self.pump_events()
+        self.close_log(seed, k)
+        adir = self.attempt_dir(seed, k)
+        self.scrub_artifacts(adir)
+        if infra and not error.startswith(INFRA_PREFIX):
+            error = INFRA_PREFIX + error
+        ok = (not infra) and result.exit_code == 0
+        if ok:
+            state = "succeeded"
+        elif infra:
+            self.infra_failures[seed] = self.infra_failures.get(seed, 0) + 1
+            state = "pending" if self.infra_failures[seed] <= self.limits["infra_retries"] else "failed"
+        else:
+            self.exit_failures[seed] = self.exit_failures.get(seed, 0) + 1
+            state = "pending" if self.exit_failures[seed] <= self.limits["retries"] else "failed"
+        fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "pod_terminated")
+                  if getattr(result, k2) is not None}
+        self.ledger.end_attempt(seed, k, state, exit_code=result.exit_code,
+                                error=self.scrub(error) if error else None, **fields)
+        self.write_result(seed, k, result)
+        self.progress.attempt_ended(seed, k, state, self.ledger.last_attempt(seed)["error"])
+
+    def write_files(self, seed: int, k: int, files: dict[str, bytes]) -> None:
+        adir = self.attempt_dir(seed, k).resolve()
+        for rel, data in files.items():
+            dest = (adir / rel).resolve()
+            if adir not in dest.parents:
+                continue   # never write outside the attempt folder
+            atomic_write(dest, data)
+
+    def scrub_artifacts(self, adir: Path) -> None:
+        """Secret values must not survive in text artifacts the job wrote (e.g. its own train.log)."""
+        for p in (adir / "artifacts").rglob("*"):
+            if p.is_file() and p.suffix in TEXT_SUFFIXES and p.stat().st_size < 256 << 20:
+                text = p.read_text(encoding="utf-8", errors="replace")
+                clean = self.scrub(text)
+                if clean != text:
+                    atomic_write(p, clean)
+
+    def write_result(self, seed: int, k: int, result: AttemptResult) -> None:
+        att = dict(self.ledger.last_attempt(seed))
+        att.update(seed=seed, state=self.ledger.state(seed), artifacts=result.artifacts)
+        atomic_write_json(self.attempt_dir(seed, k) / "result.json", self.scrub.obj(att))
+
+    def close_log(self, seed: int, k: int) -> None:
+        f = self.logs.pop((seed, k), None)
+        if f is not None:
+            f.close()
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self, seeds: list[int], address_is_local: bool) -> None:
+        self.driver_node = ray.get_runtime_context().get_node_id()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        self.channel = EventChannel.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=False)).remote()
+        self.script_ref = ray.put(self.script_path.read_bytes())
+        self.options = dict(self.backend.ray_options(self.spec))
+        self.options.setdefault("max_retries", 0)
+        queue = [s for s in seeds if self.ledger.state(s) != "succeeded"]
+        for s in queue:
+            self.launch(s)   # Ray queues what the cluster cannot hold yet
+        while self.running:
+            ready, _ = ray.wait(list(self.running), num_returns=1, timeout=POLL_S)
+            self.pump_events()
+            for ref in ready:
+                seed, _k = self.running[ref]
+                self.finish(ref)
+                if self.ledger.state(seed) == "pending":
+                    self.launch(seed)
+            self.progress.refresh()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: cancel every attempt, kill their process groups, close the ledger consistently."""
+        refs = list(self.running)
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=False)
+            except Exception:
+                pass
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        pending = refs
+        while pending and time.monotonic() < deadline:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+        self.kill_local_groups()
+        try:
+            self.pump_events()
+        except Exception:
+            pass
+        for ref in refs:
+            seed, k = self.running.pop(ref)
+            self.close_log(seed, k)
+            self.ledger.end_attempt(seed, k, "pending", error=INTERRUPTED)
+            try:
+                self.write_result(seed, k, AttemptResult(exit_code=None, error=INTERRUPTED))
+            except OSError:
+                pass
+
+    def kill_local_groups(self) -> None:
+        for host, pid in self.procs.values():
+            if host != self.host:
+                continue
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                time.sleep(0.5)
+
+
+def write_json_report(run_dir: Path, name: str, obj: Any, scrub: Scrubber) -> None:
+    atomic_write(run_dir / name, json.dumps(scrub.obj(obj), indent=2) + "\n")

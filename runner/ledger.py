@@ -1,0 +1,210 @@
+"""The run directory's durable state: ledger.json (DESIGN §5) and batch.json.
+
+Every state change rewrites ledger.json atomically (temp file, fsync, os.replace, fsync of the folder),
+so a driver killed at any instant leaves either the old or the new ledger, never half of one. Only the
+driver process writes it. batch.json freezes what the batch is: the resolved spec (secrets redacted),
+the script's sha256 and a copy of the script itself, which is what every attempt runs.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from results.errors import PgolfError
+
+LEDGER = "ledger.json"
+BATCH = "batch.json"
+STATES = ("pending", "running", "succeeded", "failed")
+ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exit_code", "error",
+                "cost_usd", "pod_terminated")
+INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
+INTERRUPTED = "interrupted"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write a file so readers see the old or the new content, never a torn one, even after a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Ledger:
+    """ledger.json in memory; `save()` after each change. Keys of `seeds` are seed strings."""
+
+    def __init__(self, run_dir: str | Path, data: dict[str, Any] | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LEDGER
+        self.data = data if data is not None else {"seeds": {}}
+
+    @classmethod
+    def create(cls, run_dir: str | Path, seeds: list[int]) -> "Ledger":
+        led = cls(run_dir, {"seeds": {str(s): {"state": "pending", "attempts": []} for s in seeds}})
+        led.save()
+        return led
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Ledger":
+        path = Path(run_dir) / LEDGER
+        if not path.is_file():
+            raise PgolfError(f"{path}: no ledger here (is {run_dir} a run directory made by `pgolf run`?)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise PgolfError(f"{path}: ledger is not valid JSON ({e}); it was not written by pgolf") from None
+        if not isinstance(data, dict) or not isinstance(data.get("seeds"), dict):
+            raise PgolfError(f"{path}: ledger has no \"seeds\" object; it was not written by pgolf")
+        return cls(run_dir, data)
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+    # --- queries -------------------------------------------------------------------------------
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.data["seeds"]]
+
+    def entry(self, seed: int) -> dict[str, Any]:
+        return self.data["seeds"][str(seed)]
+
+    def state(self, seed: int) -> str:
+        return self.entry(seed)["state"]
+
+    def attempts(self, seed: int) -> list[dict[str, Any]]:
+        return self.entry(seed)["attempts"]
+
+    def last_attempt(self, seed: int) -> dict[str, Any] | None:
+        a = self.attempts(seed)
+        return a[-1] if a else None
+
+    def next_attempt_number(self, seed: int) -> int:
+        return max((a["attempt"] for a in self.attempts(seed)), default=0) + 1
+
+    def unfinished(self) -> list[int]:
+        return [s for s in self.seeds() if self.state(s) != "succeeded"]
+
+    # --- changes (each saves) ----------------------------------------------------------------
+    def start_attempt(self, seed: int, backend: str) -> dict[str, Any]:
+        att = {k: None for k in ATTEMPT_KEYS}
+        att.update(attempt=self.next_attempt_number(seed), backend=backend, started=now_iso())
+        self.attempts(seed).append(att)
+        self.entry(seed)["state"] = "running"
+        self.save()
+        return att
+
+    def update_attempt(self, seed: int, attempt: int, **fields: Any) -> None:
+        for att in self.attempts(seed):
+            if att["attempt"] == attempt:
+                att.update({k: v for k, v in fields.items() if k in ATTEMPT_KEYS and k != "attempt"})
+        self.save()
+
+    def end_attempt(self, seed: int, attempt: int, state: str, **fields: Any) -> None:
+        """Close an attempt and set the seed's state in one write."""
+        assert state in STATES, state
+        for att in self.attempts(seed):
+            if att["attempt"] == attempt:
+                att.update({k: v for k, v in fields.items() if k in ATTEMPT_KEYS and k != "attempt"})
+                att["ended"] = att["ended"] or now_iso()
+        self.entry(seed)["state"] = state
+        self.save()
+
+    def close_dangling(self, error: str) -> list[int]:
+        """Attempts left open by a dead driver: mark them ended with `error`, seed back to pending."""
+        touched = []
+        for s in self.seeds():
+            for att in self.attempts(s):
+                if att["ended"] is None:
+                    att["ended"] = now_iso()
+                    att["error"] = att["error"] or error
+                    touched.append(s)
+            if self.state(s) == "running":
+                self.entry(s)["state"] = "pending"
+        if touched:
+            self.save()
+        return touched
+
+
+def git_commit(cwd: str | Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def pgolf_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("pgolf")
+    except Exception:
+        return "unknown"
+
+
+def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: str | Path,
+                 spec_file: str | None = None) -> dict[str, Any]:
+    """Freeze the batch: copy the script into the run dir and write batch.json (spec already redacted)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    script_path = Path(script_path)
+    frozen = run_dir / script_path.name
+    shutil.copyfile(script_path, frozen)
+    os.chmod(frozen, 0o444)
+    sha = sha256_file(frozen)
+    batch = {
+        "name": spec_dict.get("name"),
+        "spec": spec_dict,
+        "spec_file": spec_file,
+        "script": {"file": script_path.name, "sha256": sha, "source": str(script_path)},
+        "script_sha256": sha,
+        "pgolf_version": pgolf_version(),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "created_at": now_iso(),
+    }
+    atomic_write_json(run_dir / BATCH, batch)
+    return batch
+
+
+def load_batch(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / BATCH
+    if not path.is_file():
+        raise PgolfError(f"{path}: missing (is {run_dir} a run directory made by `pgolf run`?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PgolfError(f"{path}: not valid JSON ({e})") from None

@@ -1,0 +1,73 @@
+"""A fast stand-in for model/train_gpt.py: prints the DESIGN §7 log lines, controlled by env.
+
+FAKE_SECONDS   total run time (default 1; FAKE_SECONDS_<SEED> overrides per seed)
+FAKE_STEPS     number of step lines (default 5)
+FAKE_FAIL      comma list of attempt numbers (PGOLF_ATTEMPT) that exit with code 3; "all" for every one
+FAKE_HANG      1: never finish (for timeouts and Ctrl-C)
+FAKE_PID_DIR   write this process's pid (and its child's) there, so tests can look for strays
+FAKE_CHILD     1: start a child process (a "rank") in the same group that sleeps as long as we do
+FAKE_PRINT     name of an environment variable whose value the job prints (secret-leak tests)
+"""
+import hashlib
+import math
+import os
+import subprocess
+import sys
+import time
+
+seed = int(os.environ.get("SEED", "0"))
+attempt = os.environ.get("PGOLF_ATTEMPT", "1")
+art = os.environ.get("ARTIFACT_DIR", ".")
+rank = int(os.environ.get("RANK", "0"))
+seconds = float(os.environ.get(f"FAKE_SECONDS_{seed}", os.environ.get("FAKE_SECONDS", "1")))
+steps = int(os.environ.get("FAKE_STEPS", "5"))
+fail = os.environ.get("FAKE_FAIL", "")
+pid_dir = os.environ.get("FAKE_PID_DIR")
+log = open(os.path.join(art, "train.log"), "a") if rank == 0 else None
+child = None
+if os.environ.get("FAKE_CHILD") == "1":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+if pid_dir:
+    os.makedirs(pid_dir, exist_ok=True)
+    for pid in [os.getpid()] + ([child.pid] if child else []):
+        open(os.path.join(pid_dir, f"{pid}"), "w").write(f"{seed} {attempt}\n")
+
+
+def say(s):
+    if rank != 0:
+        return
+    print(s, flush=True)
+    log.write(s + "\n")
+    log.flush()
+
+
+code = open(__file__, "rb").read()
+say(f"seed:{seed}")
+say(f"script_sha256:{hashlib.sha256(code).hexdigest()}")
+bpt = 2.43593
+say(f"val_bytes_per_token:{bpt}")
+if os.environ.get("FAKE_PRINT"):
+    say(f"env {os.environ['FAKE_PRINT']}={os.environ.get(os.environ['FAKE_PRINT'])}")
+t0 = time.time()
+per = seconds / max(steps, 1)
+for i in range(1, steps + 1):
+    time.sleep(per)
+    ms = (time.time() - t0) * 1000
+    say(f"step:{i}/{steps} train_loss:{4.0 - 0.1 * i:.4f} train_time:{ms:.0f}ms step_avg:{ms / i:.2f}ms")
+if fail == "all" or attempt in fail.split(","):
+    say("fake failure")
+    sys.exit(3)
+while os.environ.get("FAKE_HANG") == "1":
+    time.sleep(1)
+if rank == 0:
+    blob = os.urandom(1000) + bytes([seed % 256])
+    open(os.path.join(art, "final_model.int6.ptz"), "wb").write(blob)
+    say(f"Code size: {len(code)} bytes")
+    say(f"Total submission size int6+brotli: {len(code) + len(blob)} bytes")
+    bpb = 1.10 + (seed % 7) * 0.001
+    loss = bpb * math.log(2) * bpt
+    say(f"final_int6_roundtrip_exact val_loss:{loss + 0.01:.8f} val_bpb:{bpb + 0.004:.8f}")
+    say(f"final_int6_sliding_window_exact val_loss:{loss + 0.005:.8f} val_bpb:{bpb + 0.002:.8f}")
+    say(f"legal_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:1234ms")
+if child:
+    child.kill()
