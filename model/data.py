@@ -259,9 +259,11 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> bytes:
         spm.SentencePieceTrainer.train(sentence_iterator=iter(docs), model_writer=buf,
                                        vocab_size=vocab_size, **SP_OPTIONS)
     except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        msg = " ".join(str(e).split()) or type(e).__name__
+        fix = ("use a larger --vocab-size: the corpus has more distinct characters than that"
+               if "required_chars" in msg else "use a smaller --vocab-size or more text")
         raise PgolfError(f"sentencepiece could not train a {vocab_size}-token vocabulary on {len(docs)} documents "
-                         f"({msg}); use a smaller --vocab-size or more text") from None
+                         f"({msg}); {fix}") from None
     model = buf.getvalue()
     got = spm.SentencePieceProcessor(model_proto=model).vocab_size()
     if got != vocab_size:
