@@ -215,3 +215,12 @@ def test_bundled_tiny_dataset_is_readable_and_decodes():
     assert [sp.encode(t) for t in texts] == [d[1:].tolist() for d in docs]  # decode is exact: it re-encodes
     joined = " ".join(texts)
     assert sum(c.isascii() and (c.isalpha() or c == " ") for c in joined) > 0.7 * len(joined)  # English prose
+
+
+def test_vocab_8192_on_a_big_enough_corpus(tmp_path):
+    """The sp8192 size of the records trains when there is enough text (here: the tiny val split, ~0.5 MB)."""
+    sp = spm.SentencePieceProcessor(model_file=str(TINY / "tokenizer.model"))
+    texts = [sp.decode(d[1:].tolist()) for d in _documents(_split_tokens(TINY, "val"), 1)]
+    m = prepare(texts, tmp_path / "sp8192", vocab_size=8192, val_fraction=0.05)
+    assert spm.SentencePieceProcessor(model_file=str(tmp_path / "sp8192" / "tokenizer.model")).vocab_size() == 8192
+    assert int(_split_tokens(tmp_path / "sp8192", "train").max()) < 8192 and m["tokens"]["val"] > 0
