@@ -222,6 +222,14 @@ def check_bpb_consistency(rs: RunSet):
             continue
         where = _at(r, "metric")
         name = r.tokenizer
+        logged = r.hints.get("val_bytes_per_token")
+        if name is None and logged and _finite(logged):
+            ref = float(logged)
+            dev = bpt / ref - 1
+            msg = (f"{r.log}: custom tokenizer; bytes/token {bpt:.5f} vs the script's val_bytes_per_token {ref:.5f} "
+                   f"({dev * 100:+.3f}%, {where}, {_at(r, 'val_bytes_per_token')})")
+            (fails if abs(dev) > 0.0005 else oks).append(msg if abs(dev) > 0.0005 else f"{r.log} {bpt:.5f} (custom)")
+            continue
         if name is None:
             near, dev = nearest(bpt)
             if abs(dev) <= tolerance(near):
@@ -246,9 +254,17 @@ def check_bpb_consistency(rs: RunSet):
     if warns:
         return "warn", "; ".join(warns)
     if oks:
-        names = sorted({r.tokenizer for r in scored(rs.runs) if r.tokenizer})
-        return "pass", f"bytes/token within {tolerance(names[0]) * 100:.2f}% of the canonical {'/'.join(names)} table: " + ", ".join(oks)
+        names = sorted({r.tokenizer for r in scored(rs.runs) if r.tokenizer}) or ["custom"]
+        tol = max(tolerance(n) for n in names if n in TABLE) if any(n in TABLE for n in names) else 0.0005
+        return "pass", f"bytes/token within {tol * 100:.2f}% of the {'/'.join(names)} table: " + ", ".join(oks)
     return "skip", "no run with both val_loss and val_bpb"
+
+
+def _finite(text: str) -> bool:
+    try:
+        return math.isfinite(float(text)) and float(text) > 0
+    except ValueError:
+        return False
 
 
 def _normalize_source(text: str) -> str:

@@ -27,7 +27,7 @@ def _print_audit(result: dict):
     from rich.console import Console
     from rich.table import Table
 
-    con = Console(highlight=False, soft_wrap=False)
+    con = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
     con.print(f"[bold]pgolf audit[/bold] {result['dir']} ({result['kind']})")
     runs = Table(title="runs", title_justify="left", show_edge=False)
     for col in ("seed", "log", "metric", "val_bpb", "val_loss", "bytes", "train s", "eval s", "steps", "tokenizer", "B/tok"):
@@ -74,6 +74,7 @@ def cmd_report(args) -> int:
         print(json.dumps(report, indent=2, default=str))
     else:
         Console().print(render_summary(report))
+    sys.stdout.flush()
     out = args.out or _report_out(report)
     print(f"pgolf report: wrote results.csv, report.md, report.json and plots/ to {out}", file=sys.stderr)
     return 0

@@ -55,6 +55,7 @@ _DATASET = re.compile(r"(?:train_loader:dataset:|data_path[:=]\s*|datasets_dir:\
 _VAL_PATTERN = re.compile(r"^val_loader:shards pattern=(\S+)\s+tokens:(\d+)")
 _VAL_FILES = re.compile(r"^\s+val_files:\s*(\S+)")
 _VAL_TOKENS = re.compile(r"^(?:\s*val_tokens:|val tokens:)\s*(\d+)")
+_VAL_BPT = re.compile(r"^val_bytes_per_token:\s*(" + _NUM + r")")
 _TOTAL_EVAL = re.compile(r"^total_eval_time:\s*([\d.]+)s")
 _VAL_BPB_SUMMARY = re.compile(r"^val_bpb:\s+(" + _NUM + r")\s*$")
 
@@ -442,6 +443,12 @@ def _hints(b: _Builder, line: str, raw: str, n: int):
         m = _VOCAB.search(line)
         if m:
             h.setdefault("vocab_size", m.group(1))
+    if line.startswith("val_bytes_per_token:"):
+        m = _VAL_BPT.match(line)
+        if m:
+            h["val_bytes_per_token"] = m.group(1)
+            b.ref("val_bytes_per_token", n)
+        return
     if line.startswith("val_bpb:byte_sidecar"):
         h["byte_sidecar"] = "1"
         b.ref("tokenizer", n, overwrite=False)

@@ -61,15 +61,21 @@ def infer(hints: dict[str, str]) -> str | None:
         return "sp8192_caseops"
     if kind.startswith("byte"):
         return "byte"
+    custom = False
     for key in ("tokenizer_path", "dataset", "val_files"):
         text = hints.get(key, "")
         if not text:
+            continue
+        if "fineweb" not in text.lower():
+            custom = True          # our own data (e.g. the tiny smoke dataset): no canonical table applies
             continue
         v = _vocab_from_text(text)
         if v in (1024, 4096, 8192):
             return f"sp{v}"
         if _BYTE.search(text):
             return "byte"
+    if custom:
+        return None
     vocab = hints.get("vocab_size")
     if vocab and vocab.isdigit():
         v = int(vocab)

@@ -1,0 +1,165 @@
+"""Audit findings pinned on the real records, run directories, and the CLI's handling of bad input."""
+import json
+from pathlib import Path
+
+import pytest
+
+import sys
+
+from results.audit import CHECK_IDS, audit
+from results.load import load
+from runner.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_load import make_run_dir  # noqa: E402
+
+RECORDS = Path(__file__).resolve().parents[2] / "shared" / "records"
+TEN = RECORDS / "track_10min_16mb"
+needs_records = pytest.mark.skipif(not RECORDS.is_dir(), reason="../shared/records not present")
+
+
+def checks(path) -> tuple[dict, dict]:
+    a = audit(load(path))
+    return a, {c["id"]: c for c in a["checks"]}
+
+
+def test_json_shape_and_check_ids(tmp_path):
+    a, _ = checks(make_run_dir(tmp_path, {42: [(0, 1.08)], 1337: [(0, 1.09)], 2025: [(0, 1.085)]}))
+    assert set(a) == {"dir", "kind", "runs", "claimed", "summary", "checks", "verdict"}
+    assert [c["id"] for c in a["checks"]] == list(CHECK_IDS)
+    assert set(a["runs"][0]) == {"seed", "log", "metric", "val_loss", "val_bpb", "artifact_bytes", "code_bytes",
+                                 "train_time_ms", "eval_time_ms", "steps", "tokenizer", "bytes_per_token"}
+    assert set(a["claimed"]) == {"val_bpb", "val_loss", "seeds"}
+    assert set(a["summary"]) == {"n", "mean_val_bpb", "std_val_bpb", "mean_val_loss", "std_val_loss"}
+    assert a["kind"] == "run" and a["verdict"] == "pass"
+    assert all(c["status"] in ("pass", "fail", "warn", "skip") for c in a["checks"])
+    json.dumps(a, allow_nan=False)
+
+
+def test_run_dir_provenance(tmp_path):
+    (tmp_path / "a").mkdir()
+    _, c = checks(make_run_dir(tmp_path / "a", {42: [(0, 1.08)]}))
+    assert c["provenance"]["status"] == "pass" and "matches train_gpt.py" in c["provenance"]["detail"]
+    assert c["bpb_consistency"]["status"] == "pass"
+    (tmp_path / "b").mkdir()
+    a, c = checks(make_run_dir(tmp_path / "b", {42: [(0, 1.08)]}, log_sha="cd" * 32))
+    assert c["provenance"]["status"] == "fail" and "seeds/42/attempt-1/train.log:2" in c["provenance"]["detail"]
+    assert a["verdict"] == "fail"
+
+
+@needs_records
+def test_cap_breaker_without_submission():
+    folder = TEN / "2026-03-19_int6_STE QAT_ MLP_bigram _U_Net"
+    assert not (folder / "submission.json").exists()
+    a, c = checks(folder)
+    assert c["artifact_cap"]["status"] == "fail"
+    assert "16,186,500" in c["artifact_cap"]["detail"] and "train.log:173" in c["artifact_cap"]["detail"]
+    assert c["claim_matches_logs"]["status"] == "skip" and a["verdict"] == "fail"
+
+
+@needs_records
+@pytest.mark.parametrize("name,best_seed", [
+    ("2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248", 2025),
+    ("2026-03-22_11L_EMA_GPTQ-lite_warmdown3500_QAT015_1.1233", 1337),
+    ("2026-03-19_Seq2048_FP16Emb_TunedLR", 3),
+])
+def test_best_seed_claimed_as_mean(name, best_seed):
+    a, c = checks(TEN / name)
+    assert c["mean_not_best"]["status"] in ("fail", "warn")
+    assert f"best seed ({best_seed}" in c["mean_not_best"]["detail"]
+    assert a["summary"]["n"] == 3 and a["summary"]["mean_val_bpb"] > a["claimed"]["val_bpb"]
+
+
+@needs_records
+def test_seed_label_disagrees_with_header():
+    a, c = checks(TEN / "2026-04-18_PR1626_CaseOps_Taper")
+    assert c["seed_labels"]["status"] == "fail"
+    assert "train_seed0.log" in c["seed_labels"]["detail"] and "seed 1337" in c["seed_labels"]["detail"]
+    assert "train_seed0.log:81" in c["seed_labels"]["detail"]
+
+
+@needs_records
+def test_baseline_scored_on_larger_validation_set():
+    a, c = checks(TEN / "2026-03-17_NaiveBaseline")
+    d = c["bpb_consistency"]
+    assert d["status"] == "fail" and "63,779,840" in d["detail"] and "train.log:49" in d["detail"]
+    assert a["runs"][0]["bytes_per_token"] == pytest.approx(2.4423, abs=1e-4)
+
+
+@needs_records
+@pytest.mark.parametrize("name,tok", [
+    ("2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072", "sp1024"),
+    ("2026-04-04_SP4096_DepthRecurrence_ParallelResid_MuonEqR", "sp4096"),
+    ("2026-04-08_SP8192_ParallelResid_ScoreFirstTTT", "sp8192"),
+    ("2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611", "sp8192_caseops"),
+])
+def test_canonical_bytes_per_token_hold(name, tok):
+    a, c = checks(TEN / name)
+    assert c["bpb_consistency"]["status"] == "pass"
+    assert {r["tokenizer"] for r in a["runs"]} == {tok}
+
+
+@needs_records
+def test_clean_record_passes():
+    a, c = checks(TEN / "2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072")
+    assert a["verdict"] == "pass"
+    assert c["claim_matches_logs"]["status"] == "pass" and c["mean_not_best"]["status"] == "pass"
+    assert c["provenance"]["status"] == "skip"
+
+
+# ---- CLI: one line on stderr, non-zero exit, no traceback ------------------------------------------
+def run_cli(capsys, *argv):
+    rc = main(["audit", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err):
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and err.startswith("pgolf audit: error:")
+
+
+def test_cli_missing_and_empty(tmp_path, capsys):
+    rc, _, err = run_cli(capsys, tmp_path / "missing")
+    assert_one_line_error(rc, err)
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run_cli(capsys, tmp_path / "empty")
+    assert_one_line_error(rc, err)
+
+
+def test_cli_malformed_submission(tmp_path, capsys):
+    (tmp_path / "submission.json").write_text('{"val_bpb": 1.1,')
+    (tmp_path / "train_seed1.log").write_text("final_int8_zlib_roundtrip_exact val_loss:2.0 val_bpb:1.1\n")
+    rc, _, err = run_cli(capsys, tmp_path)
+    assert_one_line_error(rc, err)
+    assert "submission.json" in err and "malformed JSON" in err
+
+
+def test_cli_contradictory_submission(tmp_path, capsys):
+    (tmp_path / "submission.json").write_text(json.dumps(
+        {"val_bpb": 1.05, "seed_results": {"1": {"val_bpb": 1.10}, "2": {"val_bpb": 1.12}}}))
+    for s, v in ((1, 1.10), (2, 1.12)):
+        (tmp_path / f"train_seed{s}.log").write_text(f"seed:{s}\nfinal_int8_zlib_roundtrip_exact val_loss:2.0 val_bpb:{v}\n")
+    rc, out, err = run_cli(capsys, tmp_path, "--json")
+    assert rc == 1 and err == ""
+    c = {c["id"]: c for c in json.loads(out)["checks"]}
+    assert c["claim_matches_logs"]["status"] == "fail" and "contradicts itself" in c["claim_matches_logs"]["detail"]
+
+
+def test_cli_binary_junk_truncated_and_nan(tmp_path, capsys):
+    (tmp_path / "train_seed1.log").write_bytes(bytes(range(256)) * 40)
+    (tmp_path / "train_seed2.log").write_text("seed:2\nstep:1/9 train_loss:9.0 train_time:5ms\nfinal_int8_zlib_roundtrip_exa")
+    (tmp_path / "train_seed3.log").write_text("seed:3\nfinal_int8_zlib_roundtrip_exact val_loss:nan val_bpb:nan\n")
+    rc, out, err = run_cli(capsys, tmp_path, "--json")
+    assert rc == 1 and "Traceback" not in err
+    a = json.loads(out)
+    c = {c["id"]: c for c in a["checks"]}
+    assert c["logs_present"]["status"] == "warn"
+    assert c["seed_count"]["status"] == "fail"         # nothing scored
+    assert a["summary"]["n"] == 0
+
+
+def test_cli_text_output_and_exit_codes(tmp_path, capsys):
+    d = make_run_dir(tmp_path, {42: [(0, 1.08)], 1337: [(0, 1.09)], 2025: [(0, 1.085)]})
+    rc, out, err = run_cli(capsys, d)
+    assert rc == 0 and "verdict: PASS" in out and "provenance" in out
