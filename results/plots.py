@@ -6,6 +6,7 @@ returns its path, or None when there is nothing to draw.
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -33,6 +34,10 @@ def train_loss(runs: list[Run], path: str | Path) -> Path | None:
     for r in curves:
         steps, losses = zip(*r.curve)
         ax.plot(steps, losses, label=f"seed {r.seed if r.seed is not None else r.log}", lw=1.2)
+    all_loss = sorted(v for r in curves for _, v in r.curve)
+    median = all_loss[len(all_loss) // 2]
+    if all_loss[-1] > 1.5 * median:            # the first steps (~ln vocab) would flatten the interesting part
+        ax.set_ylim(all_loss[0] - 0.05 * median, 1.5 * median)
     ax.set_xlabel("step")
     ax.set_ylabel("train loss (nats)")
     ax.set_title("Train loss per seed")
@@ -56,7 +61,7 @@ def seeds_vs_baseline(cand: list[float], base: list[float] | None, threshold: fl
     if base:
         ax.scatter([1] * len(base), base, color="tab:gray", zorder=3)
         ax.hlines(sum(base) / len(base), 0.8, 1.2, color="tab:gray", lw=2)
-        ticks.append(base_label if len(base_label) < 30 else "baseline")
+        ticks.append("baseline\n" + "\n".join(textwrap.wrap(base_label, 28)[:3]))
     if threshold is not None:
         ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.5f}")
         ax.legend(fontsize=8)

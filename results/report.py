@@ -104,6 +104,9 @@ def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dic
         except PgolfError as e:
             raise PgolfError(f"{runset.dir}: cannot test significance: {e}") from None
         sig = significance(cand, base, policy or "rule")
+        unscored = [r.log for r in runset.runs if r.val_bpb is None]
+        if unscored:
+            sig["notes"].append(f"{len(unscored)} run(s) without a final score left out: {', '.join(unscored)}")
         report["significance"] = sig
         extras["base"] = base
         margin_bpb = sig["margin"]
@@ -208,14 +211,21 @@ def render_summary(report: dict) -> Group:
     """A rich renderable: per-seed table, mean ± std, significance sentence, failing/warning checks."""
     s = _summary(report)
     t = Table(title=f"{Path(report.get('dir', '.')).name} — {s['n']} scored seed(s)", show_lines=False)
-    for col, just in (("seed", "right"), ("val_loss", "right"), ("val_bpb", "right"), ("artifact", "right"),
-                      ("steps", "right"), ("train ms", "right"), ("eval ms", "right"), ("metric", "left")):
-        t.add_column(col, justify=just)
+    for col, width in (("seed", 4), ("val_loss", 10), ("val_bpb", 10), ("artifact B", 10), ("steps", 5),
+                       ("train s", 7), ("eval s", 6)):
+        t.add_column(col, justify="right", min_width=width, no_wrap=True)
+
+    def secs(ms):
+        return _fmt(None if ms is None else ms / 1000, ".1f")
     for r in report.get("runs", []):
         t.add_row(_fmt(r.get("seed")), _fmt(r.get("val_loss"), ".8f"), _fmt(r.get("val_bpb"), ".8f"),
-                  _fmt(r.get("artifact_bytes"), ","), _fmt(r.get("steps")), _fmt(r.get("train_time_ms"), ",.0f"),
-                  _fmt(r.get("eval_time_ms"), ",.0f"), r.get("metric") or "unparsed")
-    parts = [t, Text(f"val_bpb {_mean_std(s, 'val_bpb')}   val_loss {_mean_std(s, 'val_loss')}")]
+                  _fmt(r.get("artifact_bytes"), ","), _fmt(r.get("steps")), secs(r.get("train_time_ms")),
+                  secs(r.get("eval_time_ms")))
+    metrics: dict[str, int] = {}
+    for r in report.get("runs", []):
+        metrics[r.get("metric") or "unparsed"] = metrics.get(r.get("metric") or "unparsed", 0) + 1
+    parts = [t, Text("scored from: " + ", ".join(f"{m} ({k})" for m, k in metrics.items()), style="dim"),
+             Text(f"val_bpb {_mean_std(s, 'val_bpb')}   val_loss {_mean_std(s, 'val_loss')}")]
     sig = report.get("significance")
     style = "bold green" if sig and sig.get("passes") else "bold yellow" if sig else "dim"
     parts.append(Text(sentence(sig), style=style))

@@ -256,7 +256,9 @@ def significance(candidate, baseline, policy: str = "rule", *, margin_bpb: float
             margin = 0.0
         elif cand.bytes_per_token:
             margin = margin_nats / (LN2 * cand.bytes_per_token)
-            notes.append(f"compared in bpb ({'different tokenizers' if cand.loss and base.loss else 'val_loss missing on one side'}); "
+            why = ("the baseline is a bpb number" if base.number else "different tokenizers" if cand.loss and base.loss
+                   else "val_loss missing on one side")
+            notes.append(f"compared in bpb ({why}); "
                          f"margin {margin_nats} nats = {margin:.6f} bpb at the candidate's "
                          f"{cand.bytes_per_token:.5f} bytes/token")
         else:
@@ -275,7 +277,7 @@ def significance(candidate, baseline, policy: str = "rule", *, margin_bpb: float
     c_arr, b_arr = np.asarray(c), np.asarray(b) - margin
     one_sample = len(b) < 2
     out["test"] = "one-sample" if one_sample else "welch"
-    if one_sample and not base.number:
+    if one_sample and not base.number and not base.notes:
         notes.append("baseline has one value: one-sample t-test against it")
     df = len(c) - 1 if one_sample else None
     if np.ptp(c_arr) == 0 and np.ptp(b_arr) == 0:       # scipy would return nan: decide by the sign
@@ -298,17 +300,26 @@ def significance(candidate, baseline, policy: str = "rule", *, margin_bpb: float
     return out
 
 
-def sentence(sig: dict) -> str:
+def _short(label: str) -> str:
+    """A baseline label for prose: the folder/file name of a path, the number as given otherwise."""
+    if "/" not in label:
+        return label
+    p = Path(label)
+    return f"{p.parent.name}/{p.name}" if p.suffix == ".json" else p.name
+
+
+def sentence(sig: dict | None) -> str:
     """One line for humans: what was compared, how, and the verdict."""
     if sig is None:
-        return "No baseline: significance not tested."
+        return "No baseline given: significance not tested (pass --baseline, or set [baseline] in the job spec)."
     unit = "nats" if sig["metric"] == "val_loss" else "bpb"
-    head = (f"{sig['n']} seed(s), mean {sig['metric']} {sig['mean']:.6f} vs baseline {sig['baseline']} "
+    head = (f"{sig['n']} seed(s), mean {sig['metric']} {sig['mean']:.6f} vs baseline {_short(str(sig['baseline']))} "
             f"({sig['n_baseline']} value(s), mean {sig['baseline_mean']:.6f})")
     if sig["test"] == "none":
         return f"{head}: not tested ({'; '.join(sig['notes'][-1:])})."
-    t = "±inf" if sig["t"] is None else f"{sig['t']:.2f}"
+    t = ("-inf" if sig["p"] == 0 else "+inf") if sig["t"] is None else f"{sig['t']:.2f}"
     df = "" if sig["df"] is None else f", df = {sig['df']:.2f}"
     verdict = "PASSES" if sig["passes"] else "does not pass"
-    return (f"{head}: {sig['test']} one-sided t-test against baseline − {sig['margin']:.6g} {unit} "
+    against = f"baseline − {sig['margin']:.6g} {unit}" if sig["margin"] else "the baseline (no margin)"
+    return (f"{head}: {sig['test']} one-sided t-test against {against} "
             f"(policy {sig['policy']}): t = {t}{df}, p = {sig['p']:.3g} → {verdict} at α = {sig['alpha']}.")

@@ -1,0 +1,118 @@
+"""pgolf report on real record folders and on a run directory built here: files, JSON, significance, errors."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from results.errors import PgolfError
+from results.report import render_summary, write_report
+from runner.cli import main
+
+try:
+    from tests.test_submit import log_text, make_run_dir
+except ImportError:                     # tests/ is not a package: pytest puts it on sys.path
+    from test_submit import log_text, make_run_dir
+
+TRACK = Path(__file__).resolve().parents[2] / "shared" / "records" / "track_10min_16mb"
+VALCALIB = TRACK / "2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072"
+LEAKY = TRACK / "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon"
+LONGCTX = TRACK / "2026-03-18_LongContextSeq2048"
+
+
+def test_record_report_reproduces_valcalib_welch_from_the_logs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)             # default out for a record: ./report-<name> (records are read-only)
+    rep = write_report(VALCALIB, baseline=str(LEAKY), policy="progression")
+    out = tmp_path / f"report-{VALCALIB.name}"
+    sig = rep["significance"]
+    assert sig["metric"] == "val_loss" and sig["test"] == "welch" and sig["n"] == sig["n_baseline"] == 3
+    assert sig["t"] == pytest.approx(-11.83, abs=0.01) and sig["df"] == pytest.approx(3.31, abs=0.01)
+    assert sig["passes"] is True
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(rep))
+    for key in ("dir", "kind", "runs", "claimed", "summary", "checks", "verdict", "significance"):
+        assert key in rep
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["seeds_val_bpb.png", "train_loss.png"]
+    assert (out / "plots" / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
+    csv = (out / "results.csv").read_text().splitlines()
+    assert csv[0].startswith("seed,log,metric,val_loss,val_bpb,artifact_bytes") and len(csv) == 4
+    md = (out / "report.md").read_text()
+    assert "| 314 | 1.88276292 | 1.11508120 |" in md and "t = -11.83" in md and "`artifact_cap`" in md
+    assert "1.11473509 ± 0.00035387" in md                  # mean ± sample std, as the authors published
+
+
+def test_longcontext_number_baseline_converts_the_margin(tmp_path):
+    rep = write_report(LONGCTX, baseline="1.2243657", out=tmp_path / "r")
+    sig = rep["significance"]
+    assert sig["test"] == "one-sample" and sig["metric"] == "val_bpb" and sig["n"] == 3
+    assert sig["margin"] == pytest.approx(0.005 / (math.log(2) * 2.43593), rel=1e-3)
+    assert sig["mean"] == pytest.approx(1.20636623, abs=1e-8) and sig["passes"] is True
+    assert any("bytes/token" in n for n in sig["notes"])
+
+
+def test_run_dir_report_uses_batch_baseline_and_writes_into_the_run(tmp_path):
+    run = make_run_dir(tmp_path, baseline=str(LEAKY / "submission.json"), policy="progression")
+    rep = write_report(run)
+    sig = rep["significance"]
+    assert sig["policy"] == "progression" and sig["baseline"].endswith("submission.json")
+    assert sig["metric"] == "val_bpb" and sig["test"] == "one-sample" and sig["passes"] is True
+    assert rep["verdict"] == "pass" and rep["kind"] == "run"
+    for name in ("results.csv", "report.md", "report.json", "plots/train_loss.png", "plots/seeds_val_bpb.png"):
+        assert (run / name).is_file(), name
+    md = (run / "report.md").read_text()
+    assert "## Reproduction" in md and "SEED=SEED torchrun" in md and "HF_TOKEN=***" in md
+    assert "hf_abcdefghijklmnop" not in md
+    from rich.console import Console
+    con = Console(record=True, width=100)
+    con.print(render_summary(rep))
+    shown = con.export_text()
+    assert "PASSES" in shown and "audit: pass" in shown
+
+
+def test_one_seed_run_cannot_be_tested_and_no_baseline_is_fine(tmp_path):
+    run = make_run_dir(tmp_path, {7: 1.08}, baseline=1.2)
+    sig = write_report(run)["significance"]
+    assert sig["test"] == "none" and sig["passes"] is False and "n=1" in " ".join(sig["notes"])
+    rep = write_report(make_run_dir(tmp_path, name="nobase"))
+    assert rep["significance"] is None
+    assert "not tested" in (tmp_path / "nobase" / "report.md").read_text()
+
+
+def test_nan_seed_is_left_out_with_a_note(tmp_path):
+    run = make_run_dir(tmp_path, baseline=1.2)
+    log = run / "seeds" / "1337" / "attempt-1" / "train.log"
+    log.write_text(log_text(1337, float("nan"), "0" * 64))
+    sig = write_report(run)["significance"]
+    assert sig["n"] == 2 and any("left out" in n and "1337" in n for n in sig["notes"])
+
+
+def test_cli_report_json_is_exactly_the_report(tmp_path, capsys):
+    run = make_run_dir(tmp_path, baseline=1.2)
+    assert main(["report", str(run), "--json", "--policy", "progression"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((run / "report.json").read_text())
+    assert printed["significance"]["policy"] == "progression"
+
+
+@pytest.mark.parametrize("baseline,msg", [
+    ("/no/such/record", "not a number"),
+    ("fast", "not a number"),
+    ("nan", "positive finite"),
+])
+def test_cli_bad_baseline_is_one_line(tmp_path, capsys, baseline, msg):
+    run = make_run_dir(tmp_path)
+    assert main(["report", str(run), "--baseline", baseline]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0] and "Traceback" not in err[0]
+
+
+def test_cli_malformed_baseline_json(tmp_path, capsys):
+    run = make_run_dir(tmp_path)
+    bad = tmp_path / "submission.json"
+    bad.write_text('{"val_bpb": 1.1,')
+    assert main(["report", str(run), "--baseline", str(bad)]) == 2
+    assert "malformed JSON" in capsys.readouterr().err
+
+
+def test_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(PgolfError):
+        write_report(tmp_path / "nope")
