@@ -83,7 +83,7 @@ def check_claim(rs: RunSet):
         return "skip", "no submission.json: nothing claimed"
     sub_name = rs.submission_path.name if rs.submission_path else "submission.json"
     runs = scored(rs.runs)
-    problems, notes = [], []
+    problems, notes, minor = [], [], []
     per_seed = claimed_seed_results(rs.submission)
     for seed, res in per_seed.items():
         claim = res.get("val_bpb")
@@ -105,6 +105,14 @@ def check_claim(rs: RunSet):
             problems.append(f"seed {seed}: claimed {claim}, log says {_fmt(r.val_bpb)} ({_at(r, 'metric')})")
         else:
             notes.append(f"seed {seed} {claim} at {_at(hit, 'metric')}")
+            art = res.get("artifact_bytes", res.get("bytes_total"))
+            if isinstance(art, int) and hit.artifact_bytes is not None and art != hit.artifact_bytes:
+                minor.append(f"seed {seed}: claimed artifact {art:,} bytes, log says {hit.artifact_bytes:,} "
+                             f"({_at(hit, 'artifact_bytes')})")
+    log_seeds = {r.seed for r in runs} | {r.filename_seed for r in runs}
+    missing = [s for s in claimed_seeds(rs.submission) if s not in log_seeds and s not in per_seed]
+    if missing:
+        problems.append(f"{sub_name} lists seed(s) {missing} but there is no scored log for them")
     claim = claimed_bpb(rs.submission)
     if claim is not None and runs:
         mean, _ = mean_std([r.val_bpb for r in runs])
@@ -128,6 +136,8 @@ def check_claim(rs: RunSet):
         return "fail", "; ".join(problems) + (f" (ok: {'; '.join(notes)})" if notes else "")
     if not runs:
         return "skip", f"{sub_name} claims val_bpb {claim} but there is no scored log to compare"
+    if minor:
+        return "warn", "; ".join(minor) + f" (scores match: {'; '.join(notes)})"
     return "pass", "; ".join(notes)
 
 

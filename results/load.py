@@ -56,21 +56,21 @@ def find_submission(d: Path) -> Path | None:
 
 
 def find_logs(d: Path) -> list[Path]:
-    """Log files in the folder (and one level of subfolders such as logs/), sorted by path."""
+    """Log files in the folder itself and in log subfolders (logs/), sorted by path."""
+    places = [d] + sorted(p for p in d.iterdir() if p.is_dir() and "log" in p.name.lower())
     out = []
-    for p in sorted(d.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in LOG_SUFFIXES or p.name.lower() in _NOT_LOGS:
-            continue
-        if len(p.relative_to(d).parts) > 3:
-            continue
-        if p.suffix.lower() == ".txt" and not p.name.lower().startswith(("train", "log")):
-            try:
-                head = p.read_bytes()[:200_000]
-            except OSError:
+    for place in places:
+        for p in sorted(place.iterdir()):
+            if not p.is_file() or p.suffix.lower() not in LOG_SUFFIXES or p.name.lower() in _NOT_LOGS:
                 continue
-            if not any(m in head for m in _LOG_MARKERS):
-                continue
-        out.append(p)
+            if p.suffix.lower() == ".txt" and not p.name.lower().startswith(("train", "log")):
+                try:
+                    head = p.read_bytes()[:200_000]
+                except OSError:
+                    continue
+                if not any(m in head for m in _LOG_MARKERS):
+                    continue
+            out.append(p)
     return out
 
 
@@ -84,8 +84,13 @@ def load_record(d: Path) -> RunSet:
     script = d / "train_gpt.py"
     rs.script_path = script if script.is_file() else None
     logs = find_logs(d)
-    if not logs and not sub and not any(d.iterdir()):
-        raise PgolfError(f"{d}: folder is empty; expected training logs (train_seed*.log) and submission.json")
+    if not logs and not sub:
+        if not any(d.iterdir()):
+            raise PgolfError(f"{d}: folder is empty; expected training logs (train_seed*.log) and submission.json")
+        inner = [p for p in d.iterdir() if p.is_dir() and (find_submission(p) or (p / "ledger.json").exists())]
+        if inner:
+            raise PgolfError(f"{d}: holds {len(inner)} record/run folders, not logs; audit one of them, "
+                             f"e.g. `pgolf audit '{inner[0]}'`")
     runs: list[Run] = []
     for p in logs:
         try:

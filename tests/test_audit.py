@@ -163,3 +163,41 @@ def test_cli_text_output_and_exit_codes(tmp_path, capsys):
     d = make_run_dir(tmp_path, {42: [(0, 1.08)], 1337: [(0, 1.09)], 2025: [(0, 1.085)]})
     rc, out, err = run_cli(capsys, d)
     assert rc == 0 and "verdict: PASS" in out and "provenance" in out
+
+
+def test_cli_folder_of_records(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "submission.json").write_text("{}")
+    rc, _, err = run_cli(capsys, tmp_path)
+    assert_one_line_error(rc, err)
+    assert "audit one of them" in err
+
+
+SOURCE = 'import torch\n"""payload"""\n' + "".join(f"x{i} = {i}\n" for i in range(30))
+
+
+def _record_with_embedded_source(d: Path, shipped: str):
+    d.mkdir()
+    (d / "train_gpt.py").write_text(shipped)
+    (d / "train_seed5.log").write_text(SOURCE + "=" * 100 + "\nseed:5\n"
+                                       "step:10/10 train_loss:2.0 train_time:1000ms step_avg:100ms\n"
+                                       "final_int8_zlib_roundtrip_exact val_loss:2.06 val_bpb:1.22\n")
+
+
+def test_provenance_embedded_source(tmp_path):
+    _record_with_embedded_source(tmp_path / "same", SOURCE)
+    _, c = checks(tmp_path / "same")
+    assert c["provenance"]["status"] == "pass" and "embedded source" in c["provenance"]["detail"]
+    _record_with_embedded_source(tmp_path / "edited", SOURCE + "y = 1\n")
+    a, c = checks(tmp_path / "edited")
+    assert c["provenance"]["status"] == "fail" and "train_seed5.log:1" in c["provenance"]["detail"]
+
+
+def test_artifact_from_model_bytes_plus_folder_code(tmp_path):
+    (tmp_path / "submission.json").write_text(json.dumps({"val_bpb": 1.2, "bytes_code": 60000}))
+    (tmp_path / "train_seed1.log").write_text("seed:1\nSerialized model int6+zstd: 15950000 bytes\n"
+                                              "final_int6_roundtrip_exact val_loss:2.0 val_bpb:1.2\n")
+    _, c = checks(tmp_path)
+    assert c["artifact_cap"]["status"] == "fail"
+    assert "16,010,000" in c["artifact_cap"]["detail"] and "bytes_code" in c["artifact_cap"]["detail"]
