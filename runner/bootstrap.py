@@ -108,6 +108,8 @@ class Pod:
                 env.pop(k, None)
             for k in [k for k in env if k.startswith(("PGOLF_BOOT_", "PGOLF_SCRIPT_", "PGOLF_JOB_"))]:
                 del env[k]
+            env["ARTIFACT_DIR"] = os.path.join(self.run_dir, "artifacts")
+            os.makedirs(env["ARTIFACT_DIR"], exist_ok=True)
             with open(os.path.join(self.run_dir, self.script_name), "wb") as f:
                 f.write(self.script)
             if self.job.get("setup_command"):
@@ -127,21 +129,21 @@ class Pod:
         except Exception as e:  # noqa: BLE001 - anything unexpected still ends the job visibly
             self.finish(99, f"bootstrap error: {type(e).__name__}: {e}")
 
-    def shell(self, command: str, env: dict) -> int:
+    def shell(self, command: str, env: dict, cwd: str | None = None) -> int:
         self.log(f"$ {command}")
         with open(self.log_path, "ab") as out:
-            return subprocess.call(["bash", "-lc", command], cwd=self.work, env=env, stdout=out,
+            return subprocess.call(["bash", "-c", command], cwd=cwd or self.work, env=env, stdout=out,
                                    stderr=subprocess.STDOUT)
 
     def prepare_data(self, env: dict) -> bool:
         data = self.job.get("data") or {}
-        if self.job.get("rehearse"):
-            self.log(f"rehearsal: using the local data DATA_PATH={env.get('DATA_PATH', '(unset)')}")
-            return True
         if data.get("command"):
-            if self.shell(data["command"], env) != 0:
+            if self.shell(data["command"], env, cwd=self.run_dir) != 0:
                 self.finish(95, "data command failed")
                 return False
+            return True
+        if self.job.get("rehearse"):
+            self.log(f"rehearsal: using the local data DATA_PATH={env.get('DATA_PATH', '(unset)')}")
             return True
         if data.get("variant"):
             try:
@@ -188,6 +190,8 @@ class Pod:
         nproc = int(self.job.get("nproc_per_node") or 1)
         cmd = ["python3", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                self.script_name]
+        if self.job.get("launcher") == "python":
+            cmd = ["python3", "-u", self.script_name]
         deadline = float(self.job.get("deadline_s") or 3600)
         self.log(f"$ {' '.join(cmd)}  (hard deadline {deadline:.0f} s)")
         with open(self.log_path, "ab") as out:

@@ -35,6 +35,7 @@ REHEARSAL_KEY = "pgolf-rehearsal"
 SECRET_PASS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")   # secrets the job may need on the pod
 NEVER_SHIP = re.compile(r"^(RUNPOD_|RAY_|PATH$|HOME$|PWD$|OLDPWD$|SHELL$|USER$|LOGNAME$|TERM$|TMPDIR$|"
                         r"PYTHON|VIRTUAL_ENV|LD_|CUDA_VISIBLE_DEVICES$|PGOLF_(BOOT|SCRIPT|JOB)_)")
+OFFICIAL_VARIANTS = ("byte260", "sp512", "sp1024", "sp2048", "sp4096", "sp8192")
 START_COMMAND = ("bash -c 'set -eo pipefail; W=${PGOLF_WORKDIR:-/root/pgolf}; mkdir -p $W; "
                  "for k in $(compgen -e PGOLF_BOOT_ | sort); do printf %s ${!k}; done "
                  "| base64 -d | gzip -dc > $W/bootstrap.py; exec python3 $W/bootstrap.py'")
@@ -46,8 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "price_per_hour": None,        # dollars per pod-hour for the estimate; None = RunPod's list price
     "setup_s": 900,                # pod start + data + compile, for the cost estimate and the backstop
     "train_s": 600, "eval_s": 600,
-    "setup_command": "", "data_variant": "", "data_repo": "", "data_remote_root": "", "train_shards": 80,
-    "data_command": "", "min_triton": "3.7.1",
+    "setup_command": "",           # shell command on the pod before the data (e.g. pip install ...)
+    "data_repo": "", "data_remote_root": "", "train_shards": 80,   # the official dataset on Hugging Face
+    "min_triton": "3.7.1",
     "backstop_grace_s": 900,       # the pod kills itself this long after its job should have ended
     "collect_grace_s": 1800,       # ... or this long after the job ended with nobody collecting
 }
@@ -97,15 +99,15 @@ def chunk_env(prefix: str, data: bytes) -> dict[str, str]:
 
 
 def job_env(attempt: AttemptSpec) -> dict[str, str]:
-    """What the job needs on the pod: variables the driver set for it (they differ from this process's
-    environment or the spec names them) and the few secrets jobs use; never RunPod's key or local paths."""
+    """What the job gets on the pod: the driver's job env (spec env, data paths, limits) minus RunPod's own
+    key and machine-local variables; of the user's secrets only those the spec names or jobs commonly need
+    (HF_TOKEN, ...), never every *_KEY of the user's shell."""
+    from runner.secrets import is_secret
     named = set((attempt.spec or {}).get("env") or {})
-    out = {}
-    for k, v in attempt.env.items():
-        if NEVER_SHIP.match(k):
-            continue
-        if k in named or k in SECRET_PASS or os.environ.get(k) != v:
-            out[k] = str(v)
+    out = {k: str(v) for k, v in attempt.env.items()
+           if not NEVER_SHIP.match(k) and (not is_secret(k) or k in named or k in SECRET_PASS)}
+    out.update(SEED=str(attempt.seed), RUN_ID=f"seed{attempt.seed}_attempt{attempt.attempt}",
+               PGOLF_ATTEMPT=str(attempt.attempt), PYTHONUNBUFFERED="1")
     return out
 
 
@@ -163,6 +165,11 @@ class RunPodBackend:
     def preflight(self, spec: dict[str, Any], n_seeds: int) -> None:
         """Refuse to start when the balance is under twice the batch estimate (numbers in the message)."""
         s = settings(spec)
+        data = (spec or {}).get("data") or {}
+        if not self.rehearse and not data.get("prepare") and data.get("variant") not in OFFICIAL_VARIANTS:
+            raise PgolfError(f"[data] variant={data.get('variant')!r} exists only on this machine; a RunPod pod "
+                             f"needs an official variant ({', '.join(OFFICIAL_VARIANTS)}) or a [data] prepare "
+                             f"command (or rehearse with --rehearse)")
         self.start()
         self._connect()
         try:
@@ -220,14 +227,16 @@ class RunPodBackend:
                     result.pod_terminated, result.cost_usd = gone, cost
 
     def _pod_env(self, attempt: AttemptSpec, s: dict[str, Any], token: str) -> dict[str, str]:
-        job = {"env": job_env(attempt), "nproc_per_node": attempt.nproc_per_node,
+        data = (attempt.spec or {}).get("data") or {}
+        job = {"launcher": (attempt.spec or {}).get("launcher") or "torchrun", "env": job_env(attempt), "nproc_per_node": attempt.nproc_per_node,
                "gpu_type": s["gpu_type"], "gpu_count": int(s["gpu_count"]), "deadline_s": attempt.timeout_s,
                "backstop_s": float(s["setup_s"]) + attempt.timeout_s + float(s["backstop_grace_s"]),
                "collect_grace_s": 120.0 if self.rehearse else float(s["collect_grace_s"]),
                "setup_command": s["setup_command"], "min_triton": s["min_triton"], "rehearse": self.rehearse,
                "script_name": "train_gpt.py",
-               "data": {"variant": s["data_variant"], "repo": s["data_repo"], "remote_root": s["data_remote_root"],
-                        "train_shards": s["train_shards"], "command": s["data_command"]}}
+               "data": {"variant": data.get("variant") if data.get("variant") in OFFICIAL_VARIANTS else None,
+                        "repo": s["data_repo"], "remote_root": s["data_remote_root"],
+                        "train_shards": s["train_shards"], "command": data.get("prepare")}}
         env = {"PGOLF_POD_TOKEN": token}
         env.update(chunk_env("PGOLF_BOOT_", BOOTSTRAP.read_bytes()))
         env.update(chunk_env("PGOLF_SCRIPT_", Path(attempt.script_path).read_bytes()))
@@ -325,14 +334,14 @@ class RunPodBackend:
             rel = a["path"]
             if rel.startswith(("/", "..")) or "/../" in rel:
                 continue
-            dest = root / rel
+            dest = Path(attempt_dir) / rel if rel.startswith("artifacts/") else root / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             r = http.get(f"{addr}/artifact", params={"path": rel}, timeout=600)
             r.raise_for_status()
             tmp = dest.with_name(dest.name + ".part")
             tmp.write_bytes(r.content)
             os.replace(tmp, dest)
-            got.append(f"artifacts/{rel}")
+            got.append(str(dest.relative_to(attempt_dir)))
         return got
 
     def _terminate_verified(self, pod_id: str) -> bool:
