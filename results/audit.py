@@ -46,9 +46,10 @@ def check_logs_present(rs: RunSet):
     unparsed = [r for r in rs.runs if r.metric is None]
     logs = sorted({r.log for r in rs.runs} | {r.log for r in rs.extra_runs})
     if unparsed:
-        return "warn", (f"{len(logs)} log(s), {len(rs.runs)} run(s); no final val_bpb in: "
-                        + ", ".join(f"{r.log}:{r.first_line}" for r in unparsed))
-    extra = f"; {len(rs.extra_runs)} duplicate/superseded run(s) not counted" if rs.extra_runs else ""
+        why = ["; ".join(r.warnings[-3:]) if r.warnings else f"{r.log}:{r.first_line}" for r in unparsed]
+        return "warn", f"{len(logs)} log(s), {len(rs.runs)} run(s); no usable final val_bpb in: " + "; ".join(why)
+    extra = (f"; not counted (duplicate or another run of a counted seed): "
+             + ", ".join(f"{r.log}:{r.first_line}" for r in rs.extra_runs)) if rs.extra_runs else ""
     return "pass", f"{len(logs)} log(s), {len(rs.runs)} run(s) with a final score: {', '.join(logs)}{extra}"
 
 

@@ -171,12 +171,9 @@ def choose_score(run: Run, claim_bpb: float | None = None, claim_tol: float = 0.
             matched = True
     if chosen is None and finals:
         chosen = max(finals, key=lambda m: (metric_tier(m.label), m.label.endswith("_exact"), m.line))
-    if chosen is None:
-        bad = [m for m in run.metrics if metric_tier(m.label) > 0]
+    if chosen is None:              # no final line, or only NaN/inf ones (warned about while parsing)
         run.metric = None
         run.val_bpb = run.val_loss = run.bytes_per_token = None
-        if bad:
-            run.warnings.append(f"{run.log}:{bad[-1].line}: final metric is not a finite number")
         return False
     run.metric, run.val_bpb, run.val_loss = chosen.label, chosen.val_bpb, chosen.val_loss
     run.refs["metric"] = chosen.line
@@ -485,7 +482,7 @@ def _merge(builders: list[_Builder], log: str) -> list[Run]:
         r.warnings.append(f"{log}: no final metric or training steps found (unknown format or empty log)")
         return [r]
     for r in real:
-        if r.metric is None:
+        if r.metric is None and not any(metric_tier(m.label) > 0 for m in r.metrics):
             r.warnings.append(f"{log}:{r.first_line}: run has no final val_bpb line (unparsed or cut short)")
     return real
 
