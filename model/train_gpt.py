@@ -1,0 +1,1172 @@
+"""GatedDeltaNet "K_KVShare_Wider" for the Parameter Golf challenge: one self-contained training script.
+
+Run:  torchrun --standalone --nproc_per_node=8 model/train_gpt.py     (CUDA + NCCL, needs fla on CUDA)
+      torchrun --standalone --nproc_per_node=2 model/train_gpt.py     (DEVICE=cpu: pure PyTorch + gloo)
+Everything is configured by environment variables (class Hyperparameters); the defaults are the record
+config. The file reads top to bottom in the order data flows: hyperparameters -> optimizer -> bpb
+evaluation -> quantization -> data -> model -> main. Importable: nothing runs unless __main__.
+
+TINY smoke config (CPU, 1 process, ~30-60 s per seed on model/data/tiny; jobs/smoke.toml uses it):
+  DEVICE=cpu DATA_PATH=model/data/tiny TOKENIZER_PATH=model/data/tiny/tokenizer.model VOCAB_SIZE=1024
+  NUM_LAYERS=2 MODEL_DIM=128 NUM_HEADS=2 HEAD_DIM=64 MLP_MULT=2 BIGRAM_VOCAB_SIZE=512 BIGRAM_DIM=32
+  TRAIN_SEQ_LEN=256 EVAL_SEQ_LEN=256 EVAL_STRIDE=128 TRAIN_BATCH_TOKENS=4096 GRAD_ACCUM_STEPS=1
+  ITERATIONS=60 MAX_WALLCLOCK_SECONDS=25 WARMUP_STEPS=2 TRAIN_LOG_EVERY=10 VAL_MAX_TOKENS=16384
+  EVAL_BATCH_SEQS=16 TTT_CHUNK_TOKENS=4096 TTT_EPOCHS=1 TTT_BATCH_SEQS=8 TTT_FREEZE_BLOCKS=1
+  SWA_EVERY=5 COMPRESSOR=auto
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import io
+import math
+import os
+import re
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+# -----------------------------------------------------------------------------
+# Hyperparameters (environment variables; defaults = the record config)
+# -----------------------------------------------------------------------------
+
+_HPARAMS = [
+    # data / run
+    ("data_path", str, "./data/datasets/fineweb10B_sp8192"),
+    ("tokenizer_path", str, "./data/tokenizers/fineweb_8192_bpe.model"),
+    ("vocab_size", int, 8192),
+    ("seed", int, 1337),
+    ("run_id", str, "run"),
+    ("artifact_dir", str, "."),
+    ("device", str, "auto"),            # auto|cuda|cpu
+    ("compile", str, "auto"),           # auto (on for CUDA, off on CPU)|1|0
+    # schedule
+    ("iterations", int, 20000),
+    ("max_wallclock_seconds", float, 600.0),
+    ("warmup_steps", int, 20),          # compile/autotune steps before the timer, weights restored
+    ("train_batch_tokens", int, 786432),
+    ("train_seq_len", int, 1024),
+    ("grad_accum_steps", int, 0),       # 0 = auto: max(1, 8 // world_size)
+    ("train_log_every", int, 100),
+    ("warmdown_frac", float, 0.6),      # fraction of the (time or step) budget spent decaying the LR
+    ("min_lr_mult", float, 0.0),
+    ("qat_start_frac", float, 0.85),    # int6 fake-quant from this fraction of the budget
+    ("swa_enabled", int, 1),
+    ("swa_start_frac", float, 0.9),     # average EMA snapshots from this fraction of the budget
+    ("swa_every", int, 50),
+    ("ema_decay", float, 0.997),
+    # model
+    ("num_layers", int, 10),
+    ("model_dim", int, 544),
+    ("num_heads", int, 8),
+    ("head_dim", int, 64),
+    ("mlp_mult", int, 3),
+    ("kv_share_stride", int, 2),
+    ("conv_size", int, 4),
+    ("gdn_output_gate", int, 1),
+    ("bigram_vocab_size", int, 3072),
+    ("bigram_dim", int, 112),
+    ("logit_softcap", float, 30.0),
+    ("tied_embed_init_std", float, 0.005),
+    ("smear_init", float, -2.0),
+    # optimizer
+    ("matrix_lr", float, 0.025),
+    ("scalar_lr", float, 0.025),
+    ("embed_lr", float, 0.035),
+    ("muon_momentum", float, 0.95),
+    ("muon_momentum_warmup_start", float, 0.85),
+    ("muon_momentum_warmup_steps", int, 500),
+    ("muon_backend_steps", int, 5),
+    ("muon_wd", float, 0.04),
+    ("adam_wd", float, 0.02),
+    ("beta1", float, 0.9),
+    ("beta2", float, 0.95),
+    ("adam_eps", float, 1e-8),
+    ("grad_clip_norm", float, 0.0),
+    # evaluation
+    ("eval_seq_len", int, 1024),
+    ("eval_stride", int, 64),
+    ("eval_batch_seqs", int, 32),
+    ("val_max_tokens", int, 0),         # 0 = the full validation split
+    ("val_loss_every", int, 0),
+    ("ttt_enabled", int, 1),
+    ("ttt_epochs", int, 3),
+    ("ttt_lr", float, 0.005),
+    ("ttt_momentum", float, 0.9),
+    ("ttt_chunk_tokens", int, 32768),
+    ("ttt_freeze_blocks", int, 2),
+    ("ttt_batch_seqs", int, 32),
+    ("ttt_grad_clip", float, 1.0),
+    # artifact
+    ("compressor", str, "auto"),        # auto|zstd|brotli
+    ("embed_bits", int, 8),
+    ("matrix_bits", int, 6),
+]
+
+
+class Hyperparameters:
+    """Reads every setting from the environment at construction time (tests set env vars first)."""
+
+    def __init__(self, env=None):
+        env = os.environ if env is None else env
+        for name, typ, default in _HPARAMS:
+            raw = env.get(name.upper())
+            setattr(self, name, default if raw in (None, "") else typ(raw))
+        if self.compressor not in ("auto", "zstd", "brotli"):
+            raise ValueError(f"COMPRESSOR={self.compressor!r}: expected auto, zstd or brotli")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"DEVICE={self.device!r}: expected auto, cuda or cpu")
+
+    def items(self):
+        return [(name, getattr(self, name)) for name, _, _ in _HPARAMS]
+
+
+# -----------------------------------------------------------------------------
+# Optimizer: Muon (batched Newton-Schulz orthogonalisation, sharded over ranks)
+# -----------------------------------------------------------------------------
+
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Approximately orthogonalise a batch of matrices [n, r, c] (quintic Newton-Schulz)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.mT if transposed else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum + Nesterov, then orthogonalised updates. Same-shape matrices are stacked and
+    orthogonalised in one batched call; with several ranks each rank does a slice and all-gathers."""
+
+    def __init__(self, params, lr, momentum, backend_steps=5, weight_decay=0.0, ns_dtype=torch.float32,
+                 ns_fn=None):
+        super().__init__(list(params), dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.backend_steps, self.ns_dtype = backend_steps, ns_dtype
+        self.ns_fn = ns_fn or zeropower_via_newtonschulz5
+
+    @torch.no_grad()
+    def step(self):
+        distributed = dist.is_available() and dist.is_initialized()
+        ws = dist.get_world_size() if distributed else 1
+        rank = dist.get_rank() if distributed else 0
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            bufs = []
+            for p in params:
+                st = self.state[p]
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(st["momentum_buffer"])
+            torch._foreach_lerp_(bufs, grads, 1.0 - mom)
+            nesterov = torch._foreach_lerp(grads, bufs, mom)
+            by_shape: dict[tuple, list[int]] = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            for shape, idx in by_shape.items():
+                n = len(idx)
+                per = -(-n // ws)
+                G = torch.stack([nesterov[i] for i in idx]).to(self.ns_dtype)
+                if per * ws > n:
+                    G = torch.cat([G, G.new_zeros((per * ws - n, *shape))])
+                U = self.ns_fn(G[rank * per:(rank + 1) * per].contiguous(), self.backend_steps)
+                if ws > 1:
+                    full = torch.empty((per * ws, *shape), dtype=U.dtype, device=U.device)
+                    dist.all_gather(list(full.chunk(ws)), U)
+                    U = full
+                scale = max(1.0, shape[0] / shape[1]) ** 0.5
+                ps = [params[i] for i in idx]
+                if wd > 0:
+                    torch._foreach_mul_(ps, 1.0 - lr * wd)
+                torch._foreach_add_(ps, list(U[:n].to(ps[0].dtype).unbind(0)), alpha=-lr * scale)
+
+
+def lr_multiplier(progress: float, warmdown_frac: float, min_mult: float = 0.0) -> float:
+    """1.0 until the last `warmdown_frac` of the budget, then linear to `min_mult`. `progress` is the
+    larger of elapsed-train-time/time-budget and step/iterations, so warmdown follows the wall clock."""
+    if warmdown_frac <= 0 or progress <= 1.0 - warmdown_frac:
+        return 1.0
+    return max(min_mult, (1.0 - progress) / warmdown_frac)
+
+
+# -----------------------------------------------------------------------------
+# bpb evaluation: canonical byte tables, sliding windows, score-first TTT
+# -----------------------------------------------------------------------------
+
+def build_byte_luts(sp, vocab_size: int) -> dict[str, Tensor]:
+    """Canonical sentencepiece byte tables. control/unknown/unused: boundary, 0 bytes; byte-fallback:
+    1 byte; '\u2581' pieces: stripped, UTF-8 length as base bytes, has_space=True. The +1 for the space
+    is applied at count time, only when the previous token is not a boundary (never inside the table)."""
+    base = torch.zeros(vocab_size, dtype=torch.int32)
+    has_space = torch.zeros(vocab_size, dtype=torch.bool)
+    boundary = torch.ones(vocab_size, dtype=torch.bool)
+    for i in range(min(vocab_size, sp.get_piece_size())):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            continue
+        boundary[i] = False
+        if sp.is_byte(i):
+            base[i] = 1
+            continue
+        piece = sp.id_to_piece(i)
+        if piece.startswith("\u2581"):
+            has_space[i] = True
+            piece = piece[1:]
+        base[i] = len(piece.encode("utf-8"))
+    return {"base": base, "has_space": has_space, "boundary": boundary}
+
+
+def target_bytes(prev: Tensor, tgt: Tensor, luts: dict[str, Tensor]) -> Tensor:
+    """Bytes of each target token given the token before it (elementwise, any shape)."""
+    extra = luts["has_space"][tgt] & ~luts["boundary"][prev]
+    return luts["base"][tgt].to(torch.int64) + extra.to(torch.int64)
+
+
+def count_bytes(tokens, luts: dict[str, Tensor]) -> int:
+    """Total canonical bytes of tokens[1:] (each with its predecessor as context)."""
+    t = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)
+    return int(target_bytes(t[:-1], t[1:], luts).sum())
+
+
+def window_plan(a: int, b: int, seq_len: int, stride: int, total: int) -> list[tuple[int, int, int]]:
+    """Windows scoring targets [a, b) of a stream with `total` targets (target t = token t+1).
+    Returns (window_start, score_start, score_end); every window has length min(seq_len, total)."""
+    L = min(seq_len, total)
+    plan, s = [], a
+    if s < L:
+        e = min(L, b)
+        plan.append((0, s, e))
+        s = e
+    while s < b:
+        e = min(s + stride, b)
+        plan.append((e - L, s, e))
+        s = e
+    return plan
+
+
+def score_windows(model, tokens: Tensor, plan, L: int, batch_seqs: int, luts, device, autocast) -> Tensor:
+    """Sum of NLL, target count and byte count over `plan` (local to this rank); float64 [3] tensor."""
+    acc = torch.zeros(3, dtype=torch.float64, device=device)
+    pos = torch.arange(L, device=device)
+    for i in range(0, len(plan), batch_seqs):
+        chunk = plan[i:i + batch_seqs]
+        pad = batch_seqs - len(chunk)
+        chunk = chunk + [chunk[-1]] * pad          # fixed shapes for compiled graphs
+        starts = torch.tensor([w for w, _, _ in chunk], dtype=torch.int64)
+        idx = starts[:, None] + torch.arange(L + 1)[None, :]
+        seqs = tokens[idx].to(device, non_blocking=True)
+        x, y = seqs[:, :-1], seqs[:, 1:]
+        lo = torch.tensor([s - w for w, s, _ in chunk], device=device)
+        hi = torch.tensor([e - w for w, _, e in chunk], device=device)
+        mask = (pos[None, :] >= lo[:, None]) & (pos[None, :] < hi[:, None])
+        if pad:
+            mask[len(chunk) - pad:] = False
+        with autocast:
+            nll = model(x, y, reduction="none")
+        nb = target_bytes(x, y, luts)
+        acc[0] += (nll.double() * mask).sum()
+        acc[1] += mask.sum()
+        acc[2] += (nb * mask).sum()
+    return acc
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _bpb(acc: Tensor) -> tuple[float, float]:
+    loss = float(acc[0] / acc[1])
+    return loss, loss / math.log(2.0) * float(acc[1] / acc[2])
+
+
+def eval_stream(model, tokens: Tensor, seq_len: int, stride: int, batch_seqs: int, luts, device,
+                autocast, rank=0, world=1) -> tuple[float, float]:
+    """(val_loss, val_bpb) over the whole stream; stride == seq_len gives plain non-overlapping eval."""
+    total = tokens.numel() - 1
+    plan = window_plan(0, total, seq_len, stride, total)
+    L = min(seq_len, total)
+    with torch.inference_mode():
+        acc = score_windows(model, tokens, plan[rank::world], L, batch_seqs, luts, device, autocast)
+    return _bpb(_all_reduce_sum(acc))
+
+
+def _flat_all_reduce_grads(params, divide_by: float = 1.0):
+    """All-reduce every grad through one flat buffer (one collective, works for NCCL and gloo)."""
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    if divide_by != 1.0:
+        flat.div_(divide_by)
+    torch._foreach_copy_(grads, [v.view_as(g) for v, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+def eval_ttt(args, model, base_model, tokens: Tensor, luts, device, autocast, rank=0, world=1,
+             on_event=None) -> tuple[float, float]:
+    """Score-first test-time training. The validation targets are cut into chunks of TTT_CHUNK_TOKENS;
+    each chunk is first scored (sliding windows, torch.inference_mode), and only then, except for the
+    last chunk, used for TTT_EPOCHS of SGD+momentum (cosine LR across chunks, first blocks frozen).
+    `on_event(kind, chunk_index)` is called after each score and each update (tests check the order)."""
+    total = tokens.numel() - 1
+    L = min(args.eval_seq_len, total)
+    n_chunks = max(1, -(-total // args.ttt_chunk_tokens))
+    frozen = {id(p) for blk in base_model.blocks[:args.ttt_freeze_blocks] for p in blk.parameters()}
+    params = [p for p in base_model.parameters() if id(p) not in frozen]
+    opt = torch.optim.SGD(params, lr=args.ttt_lr, momentum=args.ttt_momentum)
+    acc = torch.zeros(3, dtype=torch.float64, device=device)
+    B = args.ttt_batch_seqs
+    for ci in range(n_chunks):
+        a, b = ci * args.ttt_chunk_tokens, min(total, (ci + 1) * args.ttt_chunk_tokens)
+        plan = window_plan(a, b, args.eval_seq_len, args.eval_stride, total)
+        with torch.inference_mode():
+            acc += score_windows(model, tokens, plan[rank::world], L, args.eval_batch_seqs, luts, device,
+                                 autocast)
+        if on_event is not None:
+            on_event("score", ci)
+        if ci == n_chunks - 1:
+            break
+        lr = args.ttt_lr * 0.5 * (1.0 + math.cos(math.pi * ci / max(1, n_chunks - 1)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        starts = list(range(a, b - L + 1, L)) or ([b - L] if b >= L else [])
+        n_steps = -(-len(starts) // (B * world))
+        base_model.train()
+        for _ in range(args.ttt_epochs):
+            for j in range(n_steps):
+                mine = starts[(j * world + rank) * B:(j * world + rank + 1) * B]
+                n_global = min(len(starts), (j + 1) * world * B) - j * world * B
+                opt.zero_grad(set_to_none=False)
+                if mine:
+                    idx = torch.tensor(mine)[:, None] + torch.arange(L + 1)[None, :]
+                    seqs = tokens[idx].to(device, non_blocking=True)
+                    with autocast:
+                        loss = model(seqs[:, :-1], seqs[:, 1:], reduction="sum")
+                    (loss / (n_global * L)).backward()
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                _flat_all_reduce_grads(params)
+                if args.ttt_grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
+                opt.step()
+        for p in base_model.parameters():
+            p.grad = None
+        if on_event is not None:
+            on_event("update", ci)
+    return _bpb(_all_reduce_sum(acc))
+
+
+# -----------------------------------------------------------------------------
+# Quantization: per-row int6 (best clip percentile), fp16 small tensors, shared weights once
+# -----------------------------------------------------------------------------
+
+CLIP_PERCENTILES = (1.0, 0.99995, 0.9999, 0.9995, 0.999)
+SMALL_NUMEL = 65536
+
+
+def quantize_rows(w: Tensor, bits: int, percentiles=CLIP_PERCENTILES) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row quantization to [-(2^(b-1)-1), 2^(b-1)-1] with an fp16 scale per row; for each
+    row the clip (a percentile of |w|) with the smallest reconstruction MSE is kept."""
+    qmax = 2 ** (bits - 1) - 1
+    w = w.detach().float()
+    absw = w.abs()
+    best_q = best_s = best_err = None
+    for p in percentiles:
+        clip = absw.amax(dim=1) if p >= 1.0 else torch.quantile(absw, p, dim=1)
+        s = (clip / qmax).clamp_min(1e-7).half().float()   # the scale that will be stored
+        q = torch.clamp(torch.round(w / s[:, None]), -qmax, qmax)
+        err = ((q * s[:, None] - w) ** 2).sum(dim=1)
+        if best_err is None:
+            best_q, best_s, best_err = q, s, err
+        else:
+            better = err < best_err
+            best_q = torch.where(better[:, None], q, best_q)
+            best_s = torch.where(better, s, best_s)
+            best_err = torch.where(better, err, best_err)
+    return best_q.to(torch.int8), best_s.half()
+
+
+def fake_quant_rows(w: Tensor, bits: int) -> Tensor:
+    """QAT forward: per-row absmax int-b quantize-dequantize (gradient passes straight through)."""
+    qmax = 2 ** (bits - 1) - 1
+    s = (w.detach().abs().amax(dim=1, keepdim=True) / qmax).clamp_min(1e-7)
+    return torch.clamp(torch.round(w / s), -qmax, qmax) * s
+
+
+def quantize_state_dict(sd: dict[str, Tensor], embed_bits=8, matrix_bits=6, embed_names=("tok_emb.weight",)):
+    """Quantize a state dict; tensors that are the same object/storage are stored once (aliases)."""
+    out = {"q": {}, "s": {}, "f": {}, "alias": {}, "meta": {}, "bits": {}}
+    seen: dict[tuple, str] = {}
+    for name, t in sd.items():
+        key = (t.data_ptr(), tuple(t.shape), t.dtype, str(t.device))
+        if t.numel() > 0 and key in seen:
+            out["alias"][name] = seen[key]
+            continue
+        seen[key] = name
+        out["meta"][name] = (str(t.dtype).replace("torch.", ""), tuple(t.shape))
+        if t.is_floating_point() and t.ndim == 2 and t.numel() > SMALL_NUMEL:
+            bits = embed_bits if name in embed_names else matrix_bits
+            q, s = quantize_rows(t, bits)
+            out["q"][name], out["s"][name], out["bits"][name] = q.cpu(), s.cpu(), bits
+        elif t.is_floating_point():
+            out["f"][name] = t.detach().to(torch.float16).cpu()
+        else:
+            out["f"][name] = t.detach().cpu()
+    return out
+
+
+def dequantize_state_dict(obj) -> dict[str, Tensor]:
+    sd = {}
+    for name, (dtype, shape) in obj["meta"].items():
+        if name in obj["q"]:
+            t = obj["q"][name].float() * obj["s"][name].float()[:, None]
+        else:
+            t = obj["f"][name]
+        sd[name] = t.to(getattr(torch, dtype)).reshape(shape)
+    for name, target in obj["alias"].items():
+        sd[name] = sd[target]
+    return sd
+
+
+def compress_bytes(raw: bytes, method: str) -> tuple[bytes, str]:
+    """zstd-22 and/or brotli-11 (imported lazily; a missing library is skipped); smaller one wins."""
+    results = []
+    if method in ("auto", "zstd"):
+        try:
+            import zstandard
+            results.append((zstandard.ZstdCompressor(level=22).compress(raw), "zstd"))
+        except ImportError:
+            if method == "zstd":
+                raise
+    if method in ("auto", "brotli"):
+        try:
+            import brotli
+            results.append((brotli.compress(raw, quality=11, lgwin=24), "brotli"))
+        except ImportError:
+            if method == "brotli":
+                raise
+    if not results:
+        raise RuntimeError("neither zstandard nor brotli is installed: pip install zstandard brotli")
+    return min(results, key=lambda r: len(r[0]))
+
+
+def decompress_bytes(blob: bytes) -> bytes:
+    if blob[:4] == b"\x28\xb5\x2f\xfd":   # zstd frame magic
+        import zstandard
+        return zstandard.ZstdDecompressor().decompress(blob)
+    import brotli
+    return brotli.decompress(blob)
+
+
+def save_artifact(sd, path, args) -> tuple[int, str]:
+    obj = quantize_state_dict(sd, args.embed_bits, args.matrix_bits)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    blob, method = compress_bytes(buf.getvalue(), args.compressor)
+    tmp = str(path) + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+    os.replace(tmp, path)
+    return len(blob), method
+
+
+def load_artifact(path) -> dict[str, Tensor]:
+    with open(path, "rb") as f:
+        obj = torch.load(io.BytesIO(decompress_bytes(f.read())), map_location="cpu", weights_only=True)
+    return dequantize_state_dict(obj)
+
+
+# -----------------------------------------------------------------------------
+# Data: official shards (256 int32 header, magic 20240520, version 1; uint16 tokens from byte 1024)
+# -----------------------------------------------------------------------------
+
+SHARD_MAGIC, SHARD_VERSION, HEADER_BYTES = 20240520, 1, 1024
+
+
+def shard_tokens(path) -> np.ndarray:
+    """Memory-mapped uint16 tokens of one shard, after validating its header."""
+    header = np.fromfile(path, dtype="<i4", count=256)
+    if header.size != 256 or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
+        raise ValueError(f"{path}: not an official shard (magic {SHARD_MAGIC}, version {SHARD_VERSION})")
+    n = int(header[2])
+    if os.path.getsize(path) != HEADER_BYTES + 2 * n:
+        raise ValueError(f"{path}: size does not match the {n} tokens in its header")
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+def write_shard(path, tokens) -> None:
+    """Write tokens in the official format (used by data preparation and test fixtures)."""
+    tokens = np.asarray(tokens)
+    assert tokens.max(initial=0) < 2 ** 16
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = [SHARD_MAGIC, SHARD_VERSION, tokens.size]
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2").tobytes())
+
+
+def load_validation_tokens(pattern: str, max_tokens: int = 0) -> Tensor:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no validation shards match {pattern}")
+    toks = np.concatenate([np.asarray(shard_tokens(f)) for f in files])
+    if max_tokens > 0:
+        toks = toks[:max_tokens + 1]
+    return torch.from_numpy(toks.astype(np.int64))
+
+
+class DistributedTokenLoader:
+    """Streams the train shards in order; every step all ranks advance by the same global span and
+    each rank reads only its own slice (+1 token for the shifted targets)."""
+
+    def __init__(self, pattern: str, rank: int, world: int, device):
+        self.files = sorted(glob.glob(pattern))
+        if not self.files:
+            raise FileNotFoundError(f"no training shards match {pattern}")
+        self.rank, self.world, self.device = rank, world, device
+        self.file_idx, self.pos = 0, 0
+        self.tokens = shard_tokens(self.files[0])
+
+    def _take(self, n: int, keep: tuple[int, int]) -> np.ndarray:
+        """Advance by n tokens; return tokens [keep[0], keep[1]) of the advanced span (may cross shards)."""
+        parts, got = [], 0
+        while got < n:
+            avail = self.tokens.size - self.pos
+            if avail <= 0:
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self.tokens, self.pos = shard_tokens(self.files[self.file_idx]), 0
+                continue
+            k = min(avail, n - got)
+            lo, hi = max(keep[0], got), min(keep[1], got + k)
+            if lo < hi:
+                parts.append(np.asarray(self.tokens[self.pos + lo - got:self.pos + hi - got]))
+            self.pos += k
+            got += k
+        return np.concatenate(parts)
+
+    def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
+        span = local_tokens + 1
+        buf = self._take(span * self.world, (self.rank * span, (self.rank + 1) * span))
+        t = torch.from_numpy(buf.astype(np.int64))
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t[:-1].view(-1, seq_len), t[1:].view(-1, seq_len)
+
+
+# -----------------------------------------------------------------------------
+# Model: gated delta rule (fla on CUDA, chunked PyTorch on CPU), GDN mixer, blocks, GPT
+# -----------------------------------------------------------------------------
+
+def _l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+def recurrent_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                                   use_qk_l2norm_in_kernel=False):
+    """Step-by-step reference. Layout [B,T,H,K] (q,k), [B,T,H,V] (v), [B,T,H] (g in log space, beta);
+    state [B,H,K,V]:  S_t = e^{g_t} S_{t-1} + beta_t k_t (v_t - e^{g_t} S_{t-1}^T k_t)^T,  o_t = S_t^T q_t scale."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    if use_qk_l2norm_in_kernel:
+        q, k = _l2norm(q), _l2norm(k)
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v, g, beta = (x.to(cd) for x in (q, k, v, g, beta))
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(cd)
+    outs = []
+    for t in range(T):
+        S = S * g[:, t].exp()[..., None, None]
+        u = beta[:, t, :, None] * (v[:, t] - (k[:, t, :, :, None] * S).sum(-2))
+        S = S + k[:, t, :, :, None] * u[:, :, None, :]
+        outs.append(((q[:, t] * scale)[..., None] * S).sum(-2))
+    return torch.stack(outs, 1), (S if output_final_state else None)
+
+
+def chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                                 use_qk_l2norm_in_kernel=False, chunk_size=64):
+    """Chunked (WY/UT) gated delta rule in pure PyTorch, same API and layout as fla's op.
+    Within a chunk with local cumulative log decays G_i: (I + A) U = beta*V - beta*e^G K S0 with
+    A_ij = beta_i e^{G_i-G_j} k_i.k_j (j<i), solved by a unit-triangular solve; outputs and the next
+    state use only e^{G_i-G_j} (j<=i), e^{G_i} and e^{G_C-G_j}, all <= 1, so it is stable."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    if use_qk_l2norm_in_kernel:
+        q, k = _l2norm(q), _l2norm(k)
+    out_dtype = q.dtype
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    C = chunk_size
+    pad = (-T) % C
+    q, k, v = (x.to(cd).transpose(1, 2) for x in (q, k, v))          # [B,H,T,*]
+    g, beta = (x.to(cd).transpose(1, 2) for x in (g, beta))          # [B,H,T]
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        g, beta = (F.pad(x, (0, pad)) for x in (g, beta))
+    N = (T + pad) // C
+    q, k, v = (x.reshape(B, H, N, C, -1) for x in (q, k, v))
+    g, beta = g.reshape(B, H, N, C), beta.reshape(B, H, N, C)
+    q = q * scale
+    G = g.cumsum(-1)
+    incl = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    decay = (G[..., :, None] - G[..., None, :]).masked_fill(~incl, float("-inf")).exp()   # e^{G_i-G_j}, j<=i
+    A = (beta[..., None] * (k @ k.mT) * decay).tril(-1)
+    rhs = torch.cat([beta[..., None] * v, (beta * G.exp())[..., None] * k], dim=-1)
+    sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+    u0, w = sol[..., :V], sol[..., V:]
+    qk = (q @ k.mT) * decay
+    q_dec = q * G.exp()[..., None]
+    G_last = G[..., -1]
+    k_dec = k * (G_last[..., None] - G).exp()[..., None]
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(cd)
+    outs = []
+    for n in range(N):
+        u = u0[:, :, n] - w[:, :, n] @ S
+        outs.append(q_dec[:, :, n] @ S + qk[:, :, n] @ u)
+        S = S * G_last[:, :, n].exp()[..., None, None] + k_dec[:, :, n].mT @ u
+    o = torch.stack(outs, 2).reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)
+    return o.to(out_dtype), (S if output_final_state else None)
+
+
+_FLA_OP = None
+
+
+def gated_delta_rule(q, k, v, g, beta, scale):
+    """fla's Triton kernel on CUDA (imported only there), our chunked PyTorch version elsewhere.
+    q and k are L2-normalised here (in-kernel on CUDA)."""
+    global _FLA_OP
+    if q.is_cuda:
+        if _FLA_OP is None:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+            _FLA_OP = chunk_gated_delta_rule
+        dt = torch.bfloat16
+        o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), g.float(), beta.to(dt), scale=scale,
+                       use_qk_l2norm_in_kernel=True)
+        return o
+    o, _ = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=scale, use_qk_l2norm_in_kernel=True)
+    return o
+
+
+class CastedLinear(nn.Linear):
+    """fp32 master weight, computed in the autocast dtype; int-b fake quantization (STE) blended in by
+    the `qat` buffer (0 or 1), so switching QAT on changes no graph and needs no recompile."""
+
+    def __init__(self, in_f, out_f, bits=6, zero_init=False, std=None):
+        super().__init__(in_f, out_f, bias=False)
+        self.bits = bits
+        self.register_buffer("qat", torch.zeros(()), persistent=False)
+        with torch.no_grad():
+            if zero_init:
+                self.weight.zero_()
+            else:
+                self.weight.normal_(0.0, std if std is not None else in_f ** -0.5)
+
+    def effective_weight(self) -> Tensor:
+        w = self.weight
+        return w + self.qat * (fake_quant_rows(w, self.bits) - w).detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.effective_weight().to(x.dtype))
+
+
+def rms_norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),), eps=eps)
+
+
+def causal_depthwise_conv(x: Tensor, w: Tensor) -> Tensor:
+    """Short causal depthwise conv over time as a sum of shifted products. x [B,T,C], w [K,C]."""
+    K = w.size(0)
+    xp = F.pad(x, (0, 0, K - 1, 0))
+    T = x.size(1)
+    y = xp[:, 0:T] * w[0].to(x.dtype)
+    for i in range(1, K):
+        y = y + xp[:, i:i + T] * w[i].to(x.dtype)
+    return y
+
+
+class GatedDeltaNet(nn.Module):
+    """GDN mixer with our own projections (so QAT and int6 cover all of them): q,k,v -> short conv ->
+    SiLU, L2-normalised q/k, beta = sigmoid(b), log decay g = -exp(A_log) * softplus(a + dt_bias),
+    gated RMSNorm on the output, o_proj. k_proj/v_proj may be module objects shared with another layer."""
+
+    def __init__(self, dim, num_heads, head_dim, conv_size, output_gate, kv=None):
+        super().__init__()
+        self.h, self.d = num_heads, head_dim
+        inner = num_heads * head_dim
+        self.q_proj = CastedLinear(dim, inner)
+        if kv is None:
+            kv = (CastedLinear(dim, inner), CastedLinear(dim, inner))
+        self.k_proj, self.v_proj = kv
+        self.a_proj = CastedLinear(dim, num_heads, std=0.02)
+        self.b_proj = CastedLinear(dim, num_heads, std=0.02)
+        self.g_proj = CastedLinear(dim, inner) if output_gate else None
+        self.o_proj = CastedLinear(inner, dim, zero_init=True)
+        bound = conv_size ** -0.5
+        self.conv_q = nn.Parameter(torch.empty(conv_size, inner).uniform_(-bound, bound))
+        self.conv_k = nn.Parameter(torch.empty(conv_size, inner).uniform_(-bound, bound))
+        self.conv_v = nn.Parameter(torch.empty(conv_size, inner).uniform_(-bound, bound))
+        self.A_log = nn.Parameter(torch.empty(num_heads).uniform_(1.0, 16.0).log())
+        dt = torch.exp(torch.empty(num_heads).uniform_(math.log(1e-3), math.log(1e-1))).clamp_min(1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))   # inverse softplus
+        self.norm_weight = nn.Parameter(torch.ones(head_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        q = F.silu(causal_depthwise_conv(self.q_proj(x), self.conv_q)).view(B, T, self.h, self.d)
+        k = F.silu(causal_depthwise_conv(self.k_proj(x), self.conv_k)).view(B, T, self.h, self.d)
+        v = F.silu(causal_depthwise_conv(self.v_proj(x), self.conv_v)).view(B, T, self.h, self.d)
+        beta = torch.sigmoid(self.b_proj(x).float())
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
+        o = gated_delta_rule(q, k, v, g, beta, self.d ** -0.5)
+        o = rms_norm(o.float()) * self.norm_weight
+        if self.g_proj is not None:
+            o = o * F.silu(self.g_proj(x).float().view(B, T, self.h, self.d))
+        return self.o_proj(o.reshape(B, T, -1).to(x.dtype))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim, mult):
+        super().__init__()
+        self.fc = CastedLinear(dim, dim * mult)
+        self.proj = CastedLinear(dim * mult, dim, zero_init=True)
+
+    def forward(self, x):
+        return self.proj(F.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, args, kv=None):
+        super().__init__()
+        self.mixer = GatedDeltaNet(args.model_dim, args.num_heads, args.head_dim, args.conv_size,
+                                   args.gdn_output_gate, kv)
+        self.mlp = MLP(args.model_dim, args.mlp_mult)
+        self.mix_scale = nn.Parameter(torch.ones(args.model_dim))
+        self.mlp_scale = nn.Parameter(torch.ones(args.model_dim))
+
+    def forward(self, x):
+        x = x + self.mix_scale.to(x.dtype) * self.mixer(rms_norm(x))
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+
+
+class BigramHash(nn.Module):
+    """Hashed bigram + trigram embeddings (one shared table), projected to the model width."""
+
+    def __init__(self, vocab, dim, model_dim, bits=6):
+        super().__init__()
+        self.vocab = vocab
+        self.table = nn.Parameter(torch.randn(vocab, dim) * 0.02)
+        self.proj = CastedLinear(dim, model_dim, zero_init=True)
+        self.bits = bits
+        self.register_buffer("qat", torch.zeros(()), persistent=False)
+
+    def indices(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        p1 = F.pad(ids, (1, 0))[:, :-1]
+        p2 = F.pad(ids, (2, 0))[:, :-2]
+        m = self.vocab - 1
+        bi = 1 + torch.bitwise_xor(p1 * 92821, ids * 31337) % m
+        tri = 1 + torch.bitwise_xor(torch.bitwise_xor(p2 * 1000003, p1 * 92821), ids * 31337) % m
+        pos = torch.arange(ids.size(1), device=ids.device)[None, :]
+        return bi.masked_fill(pos < 1, 0), tri.masked_fill(pos < 2, 0)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        w = self.table
+        w = w + self.qat * (fake_quant_rows(w, self.bits) - w).detach()
+        bi, tri = self.indices(ids)
+        return self.proj(F.embedding(bi, w) + F.embedding(tri, w))
+
+
+class GPT(nn.Module):
+    def __init__(self, args, bos_id: int = 1):
+        super().__init__()
+        self.softcap, self.bos_id = args.logit_softcap, bos_id
+        self.tok_emb = nn.Parameter(torch.randn(args.vocab_size, args.model_dim) * args.tied_embed_init_std)
+        self.embed_bits = args.embed_bits
+        self.register_buffer("qat", torch.zeros(()), persistent=False)
+        self.bigram = BigramHash(args.bigram_vocab_size, args.bigram_dim, args.model_dim, args.matrix_bits) \
+            if args.bigram_vocab_size > 0 else None
+        self.smear = nn.Parameter(torch.full((args.model_dim,), args.smear_init))
+        blocks = []
+        for i in range(args.num_layers):
+            share = args.kv_share_stride > 1 and i % args.kv_share_stride != 0
+            kv = (blocks[-1].mixer.k_proj, blocks[-1].mixer.v_proj) if share else None
+            blocks.append(Block(args, kv))
+        self.blocks = nn.ModuleList(blocks)
+
+    def set_qat(self, on: bool) -> None:
+        for m in self.modules():
+            if "qat" in m._buffers:
+                m.qat.fill_(1.0 if on else 0.0)
+
+    def forward(self, ids: Tensor, targets: Tensor | None = None, reduction: str = "mean") -> Tensor:
+        emb = self.tok_emb
+        emb = emb + self.qat * (fake_quant_rows(emb, self.embed_bits) - emb).detach()
+        x = F.embedding(ids, emb)
+        if self.bigram is not None:
+            x = x + self.bigram(ids)
+        # SmearGate: blend in the previous token's embedding, never across a document start (BOS)
+        gate = torch.sigmoid(self.smear) * (ids != self.bos_id)[..., None]
+        x = x + gate * (F.pad(x, (0, 0, 1, 0))[:, :-1] - x)
+        x = rms_norm(x)
+        for blk in self.blocks:
+            x = blk(x)
+        x = rms_norm(x)
+        logits = F.linear(x, emb.to(x.dtype)).float()
+        logits = self.softcap * torch.tanh(logits / self.softcap)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        return loss.view(targets.shape) if reduction == "none" else loss
+
+
+def split_params(model: GPT):
+    """(muon matrices, adam embeddings, adam scalars/gates/small matrices), each parameter once."""
+    muon, embed, scalar = [], [], []
+    for name, p in model.named_parameters():   # named_parameters() yields a shared parameter once
+        if name == "tok_emb" or name.endswith("bigram.table"):
+            embed.append(p)
+        elif p.ndim == 2 and min(p.shape) >= 64 and "conv_" not in name:
+            muon.append(p)
+        else:
+            scalar.append(p)
+    return muon, embed, scalar
+
+
+def build_optimizers(args, model: GPT, device):
+    muon_p, embed_p, scalar_p = split_params(model)
+    cuda = device.type == "cuda"
+    ns_fn = None
+    if cuda and _compile_enabled(args, device):
+        ns_fn = torch.compile(zeropower_via_newtonschulz5)
+    muon = Muon(muon_p, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps,
+                weight_decay=args.muon_wd, ns_dtype=torch.bfloat16 if cuda else torch.float32, ns_fn=ns_fn)
+    adam = torch.optim.AdamW(
+        [dict(params=embed_p, lr=args.embed_lr, weight_decay=args.adam_wd, base_lr=args.embed_lr),
+         dict(params=scalar_p, lr=args.scalar_lr, weight_decay=0.0, base_lr=args.scalar_lr)],
+        betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=cuda, foreach=None if cuda else True)
+    for g in muon.param_groups:
+        g["base_lr"] = args.matrix_lr
+    return [muon, adam]
+
+
+# -----------------------------------------------------------------------------
+# Preflight, distributed setup, logging, main
+# -----------------------------------------------------------------------------
+
+def _version_tuple(s: str) -> tuple[int, int, int]:
+    nums = []
+    for part in re.split(r"[.+\-]", s.strip()):
+        m = re.match(r"\d+", part)
+        if not m:
+            break
+        nums.append(int(m.group()))
+        if len(nums) == 3:
+            break
+    return tuple(nums + [0] * (3 - len(nums)))
+
+
+def check_fla_triton(capability, fla_version, triton_version):
+    """Error message when fla >= 0.5 meets Triton in [3.4, 3.7.1) on Hopper (sm_90): that Triton
+    miscompiles fla's chunk_bwd_dqkwg (fla #640) and training gets wrong g/beta gradients; else None."""
+    if capability is None or capability[0] != 9 or not fla_version or not triton_version:
+        return None
+    fv, tv = _version_tuple(fla_version), _version_tuple(triton_version)
+    if fv >= (0, 5, 0) and (3, 4, 0) <= tv < (3, 7, 1):
+        return (f"refusing to train: flash-linear-attention {fla_version} with Triton {triton_version} on "
+                f"Hopper (sm_{capability[0]}{capability[1]}) computes wrong GatedDeltaNet gradients "
+                f"(fla issue #640); install triton>=3.7.1 (or use fla<0.5)")
+    return None
+
+
+def _installed_version(dist_name: str):
+    try:
+        from importlib.metadata import version
+        return version(dist_name)
+    except Exception:
+        return None
+
+
+def _compile_enabled(args, device) -> bool:
+    if args.compile == "auto":
+        return device.type == "cuda"
+    return args.compile not in ("0", "false", "False", "")
+
+
+def resolve_device(args, local_rank: int) -> torch.device:
+    want = args.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+_LOG_PATH = None
+
+
+def log0(msg: str, console: bool = True) -> None:
+    """The one logging function: rank 0 writes stdout and ARTIFACT_DIR/train.log."""
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    if console:
+        print(msg, flush=True)
+    if _LOG_PATH is not None:
+        with open(_LOG_PATH, "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+
+
+def main() -> None:
+    global _LOG_PATH
+    args = Hyperparameters()
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(args, local_rank)
+    cuda = device.type == "cuda"
+    if cuda:
+        msg = check_fla_triton(torch.cuda.get_device_capability(device),
+                               _installed_version("flash-linear-attention") or _installed_version("fla-core"),
+                               _installed_version("triton"))
+        if msg:
+            sys.exit(msg)
+        try:
+            import fla.ops.gated_delta_rule  # noqa: F401  (fail before any work, with a clear message)
+        except ImportError as e:
+            sys.exit(f"CUDA run needs flash-linear-attention: pip install flash-linear-attention==0.6.0 ({e})")
+    if distributed:
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
+    os.makedirs(args.artifact_dir, exist_ok=True)
+    if rank == 0:
+        _LOG_PATH = os.path.join(args.artifact_dir, "train.log")
+        open(_LOG_PATH, "w").close()
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    code = Path(__file__).read_bytes()
+    log0(f"seed:{args.seed}")
+    log0(f"script_sha256:{hashlib.sha256(code).hexdigest()}")
+    log0("Hyperparameters:")
+    for k, v in args.items():
+        log0(f"  {k}: {v}")
+    log0(f"world_size:{world} device:{device} torch:{torch.__version__}")
+
+    # tokenizer, byte tables, validation tokens
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    if sp.get_piece_size() > args.vocab_size:
+        raise ValueError(f"tokenizer has {sp.get_piece_size()} pieces > VOCAB_SIZE={args.vocab_size}")
+    log0(f"tokenizer_path:{args.tokenizer_path} vocab_size:{args.vocab_size} sp_pieces:{sp.get_piece_size()}")
+    luts_cpu = build_byte_luts(sp, args.vocab_size)
+    luts = {k: v.to(device) for k, v in luts_cpu.items()}
+    val_tokens = load_validation_tokens(os.path.join(args.data_path, "fineweb_val_*.bin"), args.val_max_tokens)
+    val_bytes = count_bytes(val_tokens.numpy(), luts_cpu)
+    log0(f"val_tokens:{val_tokens.numel() - 1}")
+    log0(f"val_bytes:{val_bytes}")
+    log0(f"val_bytes_per_token:{val_bytes / (val_tokens.numel() - 1):.6f}")
+
+    # model and optimizers
+    base_model = GPT(args, bos_id=sp.bos_id() if sp.bos_id() >= 0 else -1).to(device)
+    n_params = sum(p.numel() for p in base_model.parameters())
+    log0(f"model_params:{n_params}")
+    use_compile = _compile_enabled(args, device)
+    if use_compile:
+        torch._dynamo.config.cache_size_limit = 64
+        model = torch.compile(base_model, dynamic=False)
+    else:
+        model = base_model
+    log0(f"compile:{int(use_compile)}")
+    optimizers = build_optimizers(args, base_model, device)
+    params = list(base_model.parameters())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+
+    accum = args.grad_accum_steps or max(1, 8 // world)
+    local_tokens = args.train_batch_tokens // (world * accum)
+    if local_tokens * world * accum != args.train_batch_tokens or local_tokens % args.train_seq_len:
+        raise ValueError(f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} must split into {world} ranks x {accum} "
+                         f"micro-steps of whole TRAIN_SEQ_LEN={args.train_seq_len} sequences")
+    log0(f"grad_accum_steps:{accum} local_batch_tokens:{local_tokens}")
+    train_pattern = os.path.join(args.data_path, "fineweb_train_*.bin")
+
+    def train_step(loader, lr_mult: float, muon_momentum: float) -> Tensor:
+        loss_acc = torch.zeros((), device=device)
+        for _ in range(accum):
+            x, y = loader.next_batch(local_tokens, args.train_seq_len)
+            with autocast:
+                loss = model(x, y)
+            (loss / accum).backward()
+            loss_acc += loss.detach()
+        if world > 1:
+            _flat_all_reduce_grads(params, divide_by=world)
+        if args.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip_norm, foreach=True)
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * lr_mult
+                if "momentum" in g:
+                    g["momentum"] = muon_momentum
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        return loss_acc / accum
+
+    # warm-up (compile / autotune) outside the timer; initial weights and optimizer state restored after
+    if args.warmup_steps > 0:
+        init_model = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
+        init_opts = [copy.deepcopy(o.state_dict()) for o in optimizers]
+        t_w = time.perf_counter()
+        loader = DistributedTokenLoader(train_pattern, rank, world, device)
+        for i in range(args.warmup_steps):
+            base_model.set_qat(i >= args.warmup_steps // 2)
+            train_step(loader, 1.0, args.muon_momentum_warmup_start)
+            if i + 1 in (1, 2, args.warmup_steps) or (i + 1) % 10 == 0:
+                log0(f"warmup_step:{i + 1}/{args.warmup_steps}")
+        if use_compile:   # eval and TTT shapes too, so their compilation is not charged to evaluation
+            Lw = args.eval_seq_len
+            xw = torch.zeros(args.eval_batch_seqs, Lw, dtype=torch.int64, device=device)
+            with torch.inference_mode(), autocast:
+                model(xw, xw, reduction="none")
+            xw = torch.zeros(args.ttt_batch_seqs, Lw, dtype=torch.int64, device=device)
+            with autocast:
+                model(xw, xw, reduction="sum").backward()
+        base_model.set_qat(False)
+        base_model.load_state_dict(init_model, strict=True)
+        for o, s in zip(optimizers, init_opts):
+            o.load_state_dict(s)
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        log0(f"warmup_time:{1000 * (time.perf_counter() - t_w):.0f}ms")
+        del init_model, init_opts
+
+    # training: wall-clock-aware schedule, EMA every step, late QAT, SWA over the end of the warmdown
+    torch.manual_seed(args.seed)
+    loader = DistributedTokenLoader(train_pattern, rank, world, device)
+    ema = [p.detach().clone().float() for p in params]
+    swa, swa_count = None, 0
+    budget_ms = 1000.0 * args.max_wallclock_seconds
+    elapsed_ms, step, qat_on = 0.0, 0, False
+    sync = torch.zeros(1, dtype=torch.float64, device=device)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while True:
+        progress = step / max(1, args.iterations)
+        if budget_ms > 0:
+            progress = max(progress, elapsed_ms / budget_ms)
+        mult = lr_multiplier(progress, args.warmdown_frac, args.min_lr_mult)
+        if not qat_on and args.qat_start_frac < 1.0 and progress >= args.qat_start_frac:
+            base_model.set_qat(True)
+            qat_on = True
+            log0(f"qat:enabled step:{step} train_time:{elapsed_ms:.0f}ms")
+        frac = min(1.0, step / max(1, args.muon_momentum_warmup_steps))
+        momentum = (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum
+        loss = train_step(loader, mult, momentum)
+        step += 1
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - args.ema_decay)
+            if args.swa_enabled and progress >= args.swa_start_frac and step % max(1, args.swa_every) == 0:
+                if swa is None:
+                    swa = [torch.zeros_like(e) for e in ema]
+                torch._foreach_add_(swa, ema)
+                swa_count += 1
+        # the one host sync per step: every rank takes the max elapsed time -> same schedule and stop
+        if cuda:
+            torch.cuda.synchronize()
+        sync.fill_(1000.0 * (time.perf_counter() - t0))
+        if world > 1:
+            dist.all_reduce(sync, op=dist.ReduceOp.MAX)
+        elapsed_ms = float(sync.item())
+        step_avg = elapsed_ms / step
+        over_time = budget_ms > 0 and elapsed_ms + step_avg >= budget_ms
+        last = step >= args.iterations or over_time
+        if step <= 5 or step % args.train_log_every == 0 or last:
+            log0(f"step:{step}/{args.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
+                 f"step_avg:{step_avg:.2f}ms")
+        if args.val_loss_every > 0 and step % args.val_loss_every == 0 and not last:
+            base_model.eval()
+            vl, vb = eval_stream(model, val_tokens, args.eval_seq_len, args.eval_seq_len, args.eval_batch_seqs,
+                                 luts, device, autocast, rank, world)
+            base_model.train()
+            log0(f"step:{step}/{args.iterations} val_loss:{vl:.4f} val_bpb:{vb:.4f}")
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter() - elapsed_ms / 1000.0   # validation is not training time
+        if last:
+            if over_time and step < args.iterations:
+                log0(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{args.iterations}")
+            break
+    log0(f"train_time:{elapsed_ms:.0f}ms steps:{step} step_avg:{elapsed_ms / max(1, step):.2f}ms")
+    if cuda:
+        log0(f"peak_memory_allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB")
+
+    # final weights: SWA average of EMA snapshots when there are any, else the EMA
+    base_model.set_qat(False)
+    with torch.no_grad():
+        if swa_count > 0:
+            torch._foreach_copy_(params, [s / swa_count for s in swa])
+            log0(f"final_weights:swa snapshots:{swa_count}")
+        else:
+            torch._foreach_copy_(params, ema)
+            log0("final_weights:ema")
+    del ema, swa
+
+    # artifact: int6 + compression; total = code bytes + artifact bytes
+    artifact = os.path.join(args.artifact_dir, "final_model.int6.ptz")
+    if rank == 0:
+        t_q = time.perf_counter()
+        n_art, method = save_artifact(base_model.state_dict(), artifact, args)
+        log0(f"Serialized model int6+{method}: {n_art} bytes ({1000 * (time.perf_counter() - t_q):.0f}ms)")
+        log0(f"Code size: {len(code)} bytes")
+        log0(f"Total submission size int6+{method}: {len(code) + os.path.getsize(artifact)} bytes")
+    if distributed:
+        dist.barrier()
+
+    # roundtrip: strict load of the dequantized artifact, then plain, sliding and TTT evaluation
+    base_model.load_state_dict(load_artifact(artifact), strict=True)
+    base_model.eval()
+    t_e = time.perf_counter()
+    vl, vb = eval_stream(model, val_tokens, args.eval_seq_len, args.eval_seq_len, args.eval_batch_seqs, luts,
+                         device, autocast, rank, world)
+    log0(f"final_int6_roundtrip_exact val_loss:{vl:.8f} val_bpb:{vb:.8f}")
+    log0(f"roundtrip_eval_time:{1000 * (time.perf_counter() - t_e):.0f}ms")
+    t_e = time.perf_counter()
+    vl, vb = eval_stream(model, val_tokens, args.eval_seq_len, args.eval_stride, args.eval_batch_seqs, luts,
+                         device, autocast, rank, world)
+    log0(f"final_int6_sliding_window_exact val_loss:{vl:.8f} val_bpb:{vb:.8f}")
+    log0(f"sliding_eval_time:{1000 * (time.perf_counter() - t_e):.0f}ms")
+    if args.ttt_enabled:
+        t_e = time.perf_counter()
+        vl, vb = eval_ttt(args, model, base_model, val_tokens, luts, device, autocast, rank, world)
+        if cuda:
+            torch.cuda.synchronize()
+        log0(f"legal_ttt_exact val_loss:{vl:.8f} val_bpb:{vb:.8f} "
+             f"eval_time:{1000 * (time.perf_counter() - t_e):.0f}ms")
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
