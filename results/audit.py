@@ -288,6 +288,10 @@ def check_provenance(rs: RunSet):
     digest = hashlib.sha256(data).hexdigest() if data is not None else None
     norm = _normalize_source(data.decode("utf-8", errors="replace")) if data is not None else None
     fails, oks, unverifiable = [], [], []
+    frozen = (rs.batch or {}).get("script")
+    if digest and isinstance(frozen, dict) and isinstance(frozen.get("sha256"), str):
+        if frozen["sha256"].lower() != digest:
+            fails.append(f"batch.json script.sha256 {frozen['sha256'][:16]}… ≠ {script.name} {digest[:16]}… (script changed after the run)")
     for r in rs.runs:
         if r.script_sha256:
             if digest is None:

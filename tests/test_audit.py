@@ -201,3 +201,10 @@ def test_artifact_from_model_bytes_plus_folder_code(tmp_path):
     _, c = checks(tmp_path)
     assert c["artifact_cap"]["status"] == "fail"
     assert "16,010,000" in c["artifact_cap"]["detail"] and "bytes_code" in c["artifact_cap"]["detail"]
+
+
+def test_frozen_script_changed_after_run(tmp_path):
+    d = make_run_dir(tmp_path, {42: [(0, 1.08)]})
+    (d / "train_gpt.py").write_text(SOURCE)
+    _, c = checks(d)
+    assert c["provenance"]["status"] == "fail" and "batch.json" in c["provenance"]["detail"]
