@@ -88,31 +88,44 @@ def default_out(runset: RunSet) -> Path:
 
 
 def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dict, dict]:
-    """(report dict, extras for rendering). Pure: writes nothing."""
+    """(report dict, extras for rendering). Pure: writes nothing.
+
+    An explicit `baseline` that cannot be read raises PgolfError. A baseline taken from batch.json, or a
+    folder with no scored run, gives "significance": null and a one-line "significance_error" instead, so
+    that the end-of-batch report of the runner is always written.
+    """
     from results.audit import audit
     report = dict(audit(runset))
-    if baseline is None and policy is None and runset.kind == "run":
-        baseline, policy = default_baseline(runset)
-    elif baseline is None and runset.kind == "run":
-        baseline, _ = default_baseline(runset)
+    explicit = baseline is not None
+    if not explicit and runset.kind == "run":
+        baseline, spec_policy = default_baseline(runset)
+        policy = policy or spec_policy
     extras: dict = {"base": None, "threshold_bpb": None}
     report["significance"] = None
-    if baseline is not None:
+    if baseline is None:
+        return report, extras
+    try:
         base = baseline_sample(baseline)
-        try:
-            cand = as_sample(runset, "candidate")
-        except PgolfError as e:
-            raise PgolfError(f"{runset.dir}: cannot test significance: {e}") from None
-        sig = significance(cand, base, policy or "rule")
-        unscored = [r.log for r in runset.runs if r.val_bpb is None]
-        if unscored:
-            sig["notes"].append(f"{len(unscored)} run(s) without a final score left out: {', '.join(unscored)}")
-        report["significance"] = sig
-        extras["base"] = base
-        margin_bpb = sig["margin"]
-        if sig["metric"] == "val_loss" and cand.bytes_per_token:
-            margin_bpb = sig["margin"] / (LN2 * cand.bytes_per_token)
-        extras["threshold_bpb"] = sum(base.bpb) / len(base.bpb) - margin_bpb
+    except PgolfError as e:
+        if explicit:
+            raise
+        report["significance_error"] = f"baseline from batch.json unusable: {e}"
+        return report, extras
+    try:
+        cand = as_sample(runset, "candidate")
+    except PgolfError as e:
+        report["significance_error"] = f"cannot test significance: {e}"
+        return report, extras
+    sig = significance(cand, base, policy or "rule")
+    unscored = [r.log for r in runset.runs if r.val_bpb is None]
+    if unscored:
+        sig["notes"].append(f"{len(unscored)} run(s) without a final score left out: {', '.join(unscored)}")
+    report["significance"] = sig
+    extras["base"] = base
+    margin_bpb = sig["margin"]
+    if sig["metric"] == "val_loss" and cand.bytes_per_token:
+        margin_bpb = sig["margin"] / (LN2 * cand.bytes_per_token)
+    extras["threshold_bpb"] = sum(base.bpb) / len(base.bpb) - margin_bpb
     return report, extras
 
 
@@ -188,7 +201,8 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
                      f"| {_fmt(r.get('artifact_bytes'), ',')} | {_fmt(r.get('steps'))} "
                      f"| {_fmt(r.get('train_time_ms'), ',.0f')} | {_fmt(r.get('eval_time_ms'), ',.0f')} "
                      f"| `{r.get('metric') or 'unparsed'}` | `{r.get('log')}` |")
-    lines += ["", "## Significance", "", sentence(report.get("significance")), ""]
+    lines += ["", "## Significance", "",
+              report.get("significance_error") or sentence(report.get("significance")), ""]
     sig = report.get("significance")
     if sig and sig.get("notes"):
         lines += [f"- {n}" for n in sig["notes"]] + [""]
@@ -228,7 +242,7 @@ def render_summary(report: dict) -> Group:
              Text(f"val_bpb {_mean_std(s, 'val_bpb')}   val_loss {_mean_std(s, 'val_loss')}")]
     sig = report.get("significance")
     style = "bold green" if sig and sig.get("passes") else "bold yellow" if sig else "dim"
-    parts.append(Text(sentence(sig), style=style))
+    parts.append(Text(report.get("significance_error") or sentence(sig), style=style))
     for n in (sig or {}).get("notes", []):
         parts.append(Text(f"  note: {n}", style="dim"))
     bad = [c for c in report.get("checks", []) if c.get("status") in ("fail", "warn")]

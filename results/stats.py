@@ -214,11 +214,13 @@ def baseline_sample(ref) -> Sample:
 # ---------------------------------------------------------------- the test
 
 def _same_tokenizer(a: Sample, b: Sample) -> bool:
-    if a.tokenizer and b.tokenizer:
-        return a.tokenizer == b.tokenizer
+    """Same tokenizer and validation set: names agree (when both known) and bytes/token agree (when both
+    known; a custom tokenizer may carry a canonical name). Unknown on both counts -> not the same."""
+    if a.tokenizer and b.tokenizer and a.tokenizer != b.tokenizer:
+        return False
     if a.bytes_per_token and b.bytes_per_token:
         return abs(a.bytes_per_token / b.bytes_per_token - 1) <= BPT_TOLERANCE
-    return False
+    return bool(a.tokenizer and a.tokenizer == b.tokenizer)
 
 
 def _num(x) -> float | None:

@@ -116,3 +116,10 @@ def test_cli_malformed_baseline_json(tmp_path, capsys):
 def test_missing_folder_is_an_error(tmp_path):
     with pytest.raises(PgolfError):
         write_report(tmp_path / "nope")
+
+
+def test_unusable_batch_baseline_still_writes_the_report(tmp_path):
+    run = make_run_dir(tmp_path, baseline=str(tmp_path / "gone"))
+    rep = write_report(run)
+    assert rep["significance"] is None and "batch.json" in rep["significance_error"]
+    assert "unusable" in (run / "report.md").read_text()

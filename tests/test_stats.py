@@ -80,7 +80,7 @@ def test_single_value_baseline_falls_back_to_one_sample():
     sig = significance(VALCALIB, TRACK / "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon" / "submission.json",
                        "progression")
     assert sig["test"] == "one-sample" and sig["n_baseline"] == 1
-    assert any("one value" in n for n in sig["notes"]) and sig["passes"] is True
+    assert any("single claimed value" in n for n in sig["notes"]) and sig["passes"] is True
 
 
 def test_one_candidate_seed_cannot_be_tested():
@@ -144,3 +144,16 @@ def test_table_mean_and_sample_std():
     assert s["std_val_bpb"] == pytest.approx(0.00071667, abs=1e-8)   # README's sample std (ddof=1)
     one = summary(frame(runs[:1]))
     assert one["n"] == 1 and one["std_val_bpb"] is None
+
+
+def test_different_tokenizers_compare_bpb_with_converted_margin():
+    bpt8, bpt1 = 3.72663, 2.43593
+    cand = sample_from_values([1.080, 1.081, 1.0805], loss=[v * math.log(2) * bpt8 for v in (1.080, 1.081, 1.0805)],
+                              tokenizer="sp8192")
+    base = sample_from_values(LEAKY, "leaky", loss=[v * math.log(2) * bpt1 for v in LEAKY], tokenizer="sp1024")
+    sig = significance(cand, base, "rule")
+    assert sig["metric"] == "val_bpb" and sig["margin"] == pytest.approx(0.005 / (math.log(2) * bpt8))
+    assert any("different tokenizers" in n for n in sig["notes"]) and sig["passes"] is True
+    # same name, different bytes/token (a custom tokenizer under a canonical name): still bpb
+    cand.tokenizer = base.tokenizer = "sp1024"
+    assert significance(cand, base, "rule")["metric"] == "val_bpb"
