@@ -1,0 +1,220 @@
+"""One GPU's training step of the payload at the record config, timed: is it faster than the published code?
+
+What one rank does per step in an 8-GPU record run: 96 sequences x 1024 tokens (786,432 / 8) forward +
+backward under bf16 autocast (torch.compile'd model, fla GDN kernel), then Muon + AdamW and the fp32 EMA
+update. Same model, optimizers and compile settings as model/train_gpt.py (imported from it); the step
+body mirrors its `train_step` minus the gradient all-reduce (one GPU). Random tokens: the speed does not
+depend on the text.
+
+Prints ms/step (wall clock, synchronised each step as the training loop does) split into fwd+bwd and
+optimizer+EMA (CUDA events), tokens/s, peak memory, and an MFU estimate: FLOPs/token = 6 x the weights
+used in matmuls (shared K/V counted per use, tied output head included) + the chunked gated delta rule
+(per layer and head, forward ~ 4CK + C(K+V) + 6KV + 2CV with chunk C=64, backward ~ 2x forward); peaks
+989 TFLOP/s (H100 SXM bf16 dense spec) and 800 TFLOP/s (measured matmul, ../shared/GPU.md).
+The published K_KVShare_Wider step on the same H100 stack: 304 ms (196 fwd+bwd + 108 optimizer/EMA).
+
+Env: BENCH_SEQS (96), BENCH_ACCUM (1 micro-batch), BENCH_WARMUP (5 steps, compile included),
+BENCH_STEPS (20), BENCH_QAT (0; 1 times the late-QAT phase), BENCH_OUT (bench/results/model_step.json),
+plus any train_gpt.py variable (NUM_LAYERS, MODEL_DIM, TRAIN_SEQ_LEN, VOCAB_SIZE, COMPILE, ...).
+CPU smoke: BENCH_SEQS=2 BENCH_STEPS=2 BENCH_WARMUP=1 NUM_LAYERS=2 MODEL_DIM=128 NUM_HEADS=2 TRAIN_SEQ_LEN=128
+VOCAB_SIZE=1024 BIGRAM_VOCAB_SIZE=512 BIGRAM_DIM=32 python bench/model_step.py
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED_MS = {"step": 304.0, "fwd_bwd": 196.0, "opt_ema": 108.0, "tokens_per_s": 324_000}
+TARGET_MS, GOAL_MS = 200.0, 150.0
+PEAKS = {"spec_989": 989e12, "measured_800": 800e12}
+GDN_CHUNK = 64
+
+
+def load_train_gpt():
+    spec = importlib.util.spec_from_file_location("train_gpt", ROOT / "model" / "train_gpt.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def flops_per_token(tg, model, args) -> dict:
+    """Training FLOPs per token: 6 x matmul weights (per use) + the gated delta rule op (fwd + 2x bwd)."""
+    linear = sum(m.weight.numel() for _, m in model.named_modules(remove_duplicate=False)
+                 if isinstance(m, torch.nn.Linear))
+    head = args.vocab_size * args.model_dim                       # tied output projection
+    C, K, V, H = GDN_CHUNK, args.head_dim, args.head_dim, args.num_heads
+    gdn_fwd = H * (4 * C * K + C * (K + V) + 6 * K * V + 2 * C * V)
+    gdn = 3 * gdn_fwd * args.num_layers
+    return {"matmul_params_per_use": linear + head, "matmul": 6 * (linear + head), "gdn_op": gdn,
+            "total": 6 * (linear + head) + gdn}
+
+
+def main() -> int:
+    tg = load_train_gpt()
+    args = tg.Hyperparameters()
+    seqs = int(os.environ.get("BENCH_SEQS", 96))
+    accum = int(os.environ.get("BENCH_ACCUM", 1))
+    warmup = max(1, int(os.environ.get("BENCH_WARMUP", 5)))
+    steps = max(1, int(os.environ.get("BENCH_STEPS", 20)))
+    qat = os.environ.get("BENCH_QAT", "0") == "1"
+    out_path = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results" / "model_step.json"))
+    if seqs % accum:
+        print(f"BENCH_SEQS={seqs} must be a multiple of BENCH_ACCUM={accum}", file=sys.stderr)
+        return 2
+    T = args.train_seq_len
+    device = tg.resolve_device(args, 0)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(args.seed)
+
+    versions = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if cuda:
+        versions["gpu"] = torch.cuda.get_device_name()
+        for name in ("triton", "fla"):
+            try:
+                versions[name] = __import__(name).__version__
+            except Exception as e:  # noqa: BLE001
+                versions[name] = f"unavailable: {type(e).__name__}"
+    print("versions: " + " ".join(f"{k}={v}" for k, v in versions.items()), flush=True)
+
+    base = tg.GPT(args, bos_id=1).to(device)
+    base.set_qat(qat)
+    use_compile = tg._compile_enabled(args, device)
+    model = torch.compile(base, dynamic=False) if use_compile else base
+    if use_compile:
+        torch._dynamo.config.cache_size_limit = 64
+    optimizers = tg.build_optimizers(args, base, device)
+    params = list(base.parameters())
+    ema = [p.detach().clone().float() for p in params]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    n_params = sum(p.numel() for p in params)
+    flops = flops_per_token(tg, base, args)
+    micro = seqs // accum
+    print(f"config: layers={args.num_layers} dim={args.model_dim} heads={args.num_heads}x{args.head_dim} "
+          f"vocab={args.vocab_size} params={n_params:,} seq_len={T} seqs/step={seqs} micro_batches={accum} "
+          f"compile={int(use_compile)} qat={int(qat)}", flush=True)
+
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    pool = [torch.randint(0, args.vocab_size, (micro, T + 1), generator=gen).to(device) for _ in range(2 * accum)]
+    clock = 0
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def step(timed: bool):
+        """One training step; returns (wall ms, fwd+bwd ms, optimizer+EMA ms)."""
+        nonlocal clock
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda else None
+        t0 = now()
+        if cuda:
+            ev[0].record()
+        for _ in range(accum):
+            batch = pool[clock % len(pool)]
+            clock += 1
+            with autocast:
+                loss = model(batch[:, :-1], batch[:, 1:])
+            (loss / accum).backward()
+        if cuda:
+            ev[1].record()
+        else:
+            t1 = time.perf_counter()
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"]
+                if "momentum" in g:
+                    g["momentum"] = args.muon_momentum
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - args.ema_decay)
+        if cuda:
+            ev[2].record()
+        t2 = now()
+        wall = 1000 * (t2 - t0)
+        if cuda:
+            return wall, ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2])
+        return wall, 1000 * (t1 - t0), 1000 * (t2 - t1)
+
+    t = now()
+    first_ms = step(False)[0]
+    print(f"first step (compile + autotune): {first_ms / 1000:.1f} s", flush=True)
+    for _ in range(warmup - 1):
+        step(False)
+    warmup_s = now() - t
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    samples = [step(True) for _ in range(steps)]
+    wall = [s[0] for s in samples]
+    fb = [s[1] for s in samples]
+    oe = [s[2] for s in samples]
+    ms = statistics.median(wall)
+    tokens = seqs * T
+    tok_s = tokens / (ms / 1000)
+    peak_alloc = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    peak_res = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
+    mfu = {k: flops["total"] * tok_s / v for k, v in PEAKS.items()}
+
+    print()
+    print(f"{'metric':<34}{'ours':>14}{'published':>12}")
+    rows = [
+        ("ms/step (median wall)", f"{ms:.1f}", f"{PUBLISHED_MS['step']:.0f}"),
+        ("  fwd+bwd ms (CUDA events)" if cuda else "  fwd+bwd ms", f"{statistics.median(fb):.1f}",
+         f"{PUBLISHED_MS['fwd_bwd']:.0f}"),
+        ("  optimizer+EMA ms", f"{statistics.median(oe):.1f}", f"{PUBLISHED_MS['opt_ema']:.0f}"),
+        ("ms/step min / mean / max", f"{min(wall):.0f}/{statistics.mean(wall):.0f}/{max(wall):.0f}", ""),
+        ("tokens/s", f"{tok_s:,.0f}", f"{PUBLISHED_MS['tokens_per_s']:,}"),
+        ("peak memory allocated GiB", f"{peak_alloc:.1f}" if cuda else "-", "40"),
+        ("FLOPs/token (6N matmul + GDN)", f"{flops['total'] / 1e6:.0f}M", ""),
+        ("  of which GDN op", f"{flops['gdn_op'] / 1e6:.1f}M", ""),
+        ("MFU @ 989 TFLOP/s (spec)", f"{100 * mfu['spec_989']:.1f}%", ""),
+        ("MFU @ 800 TFLOP/s (measured)", f"{100 * mfu['measured_800']:.1f}%", ""),
+        ("first step (compile) s", f"{first_ms / 1000:.1f}", "157"),
+        ("speed-up vs published", f"{PUBLISHED_MS['step'] / ms:.2f}x", ""),
+    ]
+    for name, a, b in rows:
+        print(f"{name:<34}{a:>14}{b:>12}")
+    verdict = "goal met (<=150 ms)" if ms <= GOAL_MS else "target met (<=200 ms)" if ms <= TARGET_MS else \
+        "target NOT met (>200 ms)"
+    print(f"\n{verdict}" + ("" if cuda else "  [CPU smoke: numbers mean nothing]"))
+
+    result = {
+        "bench": "model_step", "versions": versions,
+        "config": {"num_layers": args.num_layers, "model_dim": args.model_dim, "num_heads": args.num_heads,
+                   "head_dim": args.head_dim, "vocab_size": args.vocab_size, "seq_len": T, "seqs_per_step": seqs,
+                   "micro_batches": accum, "compile": use_compile, "qat": qat, "params": n_params,
+                   "warmup_steps": warmup, "timed_steps": steps},
+        "ms_per_step": {"median": ms, "mean": statistics.mean(wall), "min": min(wall), "max": max(wall),
+                        "fwd_bwd_median": statistics.median(fb), "opt_ema_median": statistics.median(oe),
+                        "samples": wall},
+        "tokens_per_step": tokens, "tokens_per_s": tok_s,
+        "first_step_s": first_ms / 1000, "warmup_s": warmup_s,
+        "peak_memory_allocated_gib": peak_alloc, "peak_memory_reserved_gib": peak_res,
+        "flops_per_token": flops, "peak_flops": PEAKS, "mfu": mfu,
+        "published": PUBLISHED_MS, "target_ms": TARGET_MS, "goal_ms": GOAL_MS,
+        "speedup_vs_published": PUBLISHED_MS["step"] / ms, "verdict": verdict,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out_path)
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
