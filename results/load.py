@@ -171,7 +171,8 @@ def claimed_seeds(sub: dict | None) -> list[int]:
         return []
     seeds = sub.get("seeds")
     if isinstance(seeds, list):
-        return [s for s in seeds if isinstance(s, int) and not isinstance(s, bool)]
+        return [int(s) for s in seeds
+                if (isinstance(s, int) and not isinstance(s, bool)) or (isinstance(s, str) and s.isdigit())]
     per = claimed_seed_results(sub)
     if per:
         return list(per)
@@ -279,7 +280,12 @@ def load_run_dir(d: Path) -> RunSet:
         if not log.is_file():
             rs.warnings.append(f"{rel}: log of the succeeded attempt of seed {seed_s} is missing")
             continue
-        for r in parse_log(log, rel):
+        try:
+            found = parse_log(log, rel)
+        except OSError as e:
+            rs.warnings.append(f"{rel}: cannot read ({e.strerror})")
+            continue
+        for r in found:
             if r.filename_seed is None and str(seed_s).isdigit():
                 r.filename_seed = int(seed_s)
                 if r.seed is None:
