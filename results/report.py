@@ -61,8 +61,8 @@ def default_baseline(runset: RunSet) -> tuple[object, str | None]:
     return ref, base.get("policy")
 
 
-def reproduction_command(batch: dict | None, seed: int | str = "SEED") -> str | None:
-    """`ENV=... SEED=N torchrun --standalone --nproc_per_node=N train_gpt.py`, secrets redacted."""
+def reproduction_command(batch: dict | None) -> str | None:
+    """A shell loop over the batch's seeds: `ENV=... SEED=$SEED torchrun ... train_gpt.py`, secrets masked."""
     from results.submit import scrub          # one scrubber for everything written
     spec = spec_of(batch)
     if not spec.get("script"):
@@ -70,14 +70,14 @@ def reproduction_command(batch: dict | None, seed: int | str = "SEED") -> str | 
     env = {k: v for k, v in (spec.get("env") or {}).items()}
     for k, v in ((spec.get("data") or {}).get("paths") or {}).items():
         env.setdefault(k, v)
-    env["SEED"] = seed
-    parts = [f"{k}={shlex.quote(str(v))}" for k, v in env.items()]
+    parts = [f"{k}={shlex.quote(str(v))}" for k, v in env.items() if k != "SEED"] + ["SEED=$SEED"]
     script = Path(str(spec["script"])).name
     if spec.get("launcher") == "python":
-        parts += ["python", script]
+        parts.append(f"python {script}")
     else:
-        parts += ["torchrun", "--standalone", f"--nproc_per_node={spec.get('nproc_per_node', 8)}", script]
-    return scrub(" ".join(parts))
+        parts.append(f"torchrun --standalone --nproc_per_node={spec.get('nproc_per_node', 8)} {script}")
+    seeds = " ".join(str(x) for x in spec.get("seeds") or []) or "42"
+    return scrub(f"for SEED in {seeds}; do\n  " + " \\\n  ".join(parts) + "\ndone")
 
 
 # ---------------------------------------------------------------- building the report
@@ -151,7 +151,8 @@ def write_report(dir, baseline=None, policy: str | None = None, out=None) -> dic
                                       base_label=Path(base.label).name if base else "baseline")):
         if p is not None:
             plot_files.append(p.relative_to(out).as_posix())
-    atomic_write(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    from results.submit import scrub
+    atomic_write(out / "report.json", scrub(json.dumps(report, indent=2, default=str)) + "\n")
     atomic_write(out / "report.md", markdown(report, runset, plot_files))
     return report
 
@@ -190,6 +191,8 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
     what = f"{report.get('kind', 'run')} `{name}`: {s['n']} scored seed(s)"
     if spec.get("script"):
         what += f" of `{Path(str(spec['script'])).name}`"
+    if batch and batch.get("git_commit"):
+        what += f" (pgolf {batch.get('pgolf_version', '?')}, commit {str(batch['git_commit'])[:12]})"
     lines += [what + ".", "",
               f"**val_bpb {_mean_std(s, 'val_bpb')}** (mean ± sample std over seeds)  ",
               f"val_loss {_mean_std(s, 'val_loss')} nats", "",
@@ -213,8 +216,7 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
         lines.append(f"| `{c.get('id')}` | {STATUS_MARK.get(c.get('status'), '')} {c.get('status')} | {detail} |")
     cmd = reproduction_command(batch) if batch else None
     if cmd:
-        lines += ["", "## Reproduction", "", "```bash", cmd, "```",
-                  "", f"Seeds: {', '.join(str(x) for x in spec.get('seeds', [])) or 'see the table'}."]
+        lines += ["", "## Reproduction", "", "```bash", cmd, "```"]
     if plot_files:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_files]
     from results.submit import scrub

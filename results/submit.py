@@ -83,6 +83,11 @@ def _failures(report: dict) -> str:
     return "; ".join(f"{c['id']}: {c.get('detail', '')}" for c in bad) or "verdict fail"
 
 
+def _r8(x: float | None) -> float | None:
+    """Published precision (8 decimals, as the records print): within the audit's rounding tolerance."""
+    return None if x is None else round(float(x), 8)
+
+
 def submission_dict(runs, report: dict, spec: dict, author, github_id, name) -> dict:
     s = summary(frame(runs))
     sub = spec.get("submission") or {}
@@ -90,8 +95,8 @@ def submission_dict(runs, report: dict, spec: dict, author, github_id, name) -> 
          "name": name or sub.get("name") or spec.get("name"),
          "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
          "track": sub.get("track") or DEFAULT_TRACK,
-         "val_bpb": s["mean_val_bpb"], "val_bpb_std": s["std_val_bpb"],
-         "val_loss": s["mean_val_loss"], "val_loss_std": s["std_val_loss"],
+         "val_bpb": _r8(s["mean_val_bpb"]), "val_bpb_std": _r8(s["std_val_bpb"]),
+         "val_loss": _r8(s["mean_val_loss"]), "val_loss_std": _r8(s["std_val_loss"]),
          "seeds": [r.seed for r in runs],
          "seed_results": {str(r.seed): {"val_loss": r.val_loss, "val_bpb": r.val_bpb,
                                         "artifact_bytes": r.artifact_bytes, "steps": r.steps,

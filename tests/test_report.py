@@ -59,7 +59,7 @@ def test_run_dir_report_uses_batch_baseline_and_writes_into_the_run(tmp_path):
     for name in ("results.csv", "report.md", "report.json", "plots/train_loss.png", "plots/seeds_val_bpb.png"):
         assert (run / name).is_file(), name
     md = (run / "report.md").read_text()
-    assert "## Reproduction" in md and "SEED=SEED torchrun" in md and "HF_TOKEN=***" in md
+    assert "## Reproduction" in md and "SEED=$SEED \\\n  torchrun --standalone" in md and "HF_TOKEN=***" in md
     assert "hf_abcdefghijklmnop" not in md
     from rich.console import Console
     con = Console(record=True, width=100)

@@ -102,7 +102,7 @@ def test_submit_writes_a_record_that_audits_as_pass(tmp_path):
     assert "CUDA error" not in (out / "train_seed42.log").read_text()       # the succeeded attempt's log
     readme = (out / "README.md").read_text()
     assert "# Demo record" in readme and "| 42 |" in readme and "PASSES" in readme
-    assert "torchrun --standalone --nproc_per_node=8 train_gpt.py" in readme
+    assert "for SEED in 42 1337 2025; do" in readme and "torchrun --standalone --nproc_per_node=8 train_gpt.py" in readme
     for p in out.iterdir():                                                 # no secret anywhere
         text = p.read_text()
         assert SECRET not in text and "wk_0123456789abcdef" not in text, p.name
@@ -137,6 +137,7 @@ def test_cli_submit_and_refusal_exit_codes(tmp_path, capsys):
     run = make_run_dir(tmp_path)
     out = tmp_path / "rec"
     assert main(["submit", str(run), "--out", str(out), "--name", "CLI record"]) == 0
+    assert "no baseline known" in capsys.readouterr().err
     assert json.loads((out / "submission.json").read_text())["name"] == "CLI record"
     assert main(["submit", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
