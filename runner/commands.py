@@ -92,6 +92,7 @@ def cmd_status(args) -> int:
 def _spec_for_batch(spec: JobSpec, scrub: Scrubber) -> dict[str, Any]:
     d = spec.model_dump(mode="json")
     d["env"] = redact(d["env"])
+    d["runpod"] = {k: v for k, v in d["runpod"].items() if v is not None}
     return scrub.obj(d)
 
 
@@ -114,10 +115,8 @@ def execute(run_dir: Path, spec: JobSpec, args, spec_file: str | None, fresh: bo
                            faults=getattr(args, "rehearse_faults", "") or "")
     where = spec_file or str(run_dir / BATCH)
     local_resources = None
-    if hasattr(backend, "local_resources"):
-        local_resources = backend.local_resources(spec_dict)
-    elif spec.backend == "runpod":
-        local_resources = {"runpod_pod": float(spec.runpod.max_pods)}
+    if hasattr(backend, "max_pods"):        # RunPod: a logical resource, capacity = max pods
+        local_resources = {"runpod_pod": float(backend.max_pods())}
 
     import ray
     old_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

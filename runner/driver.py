@@ -34,6 +34,7 @@ from runner.secrets import Scrubber
 POLL_S = 0.2                 # driver loop: ray.wait timeout and channel drain period
 LINE_FLUSH_S = 0.2           # tasks push buffered log lines at least this often
 CANCEL_GRACE_S = 15.0        # Ctrl-C: time for tasks to kill their jobs before force-cancel
+CPU_SLOT = "pgolf_cpu_slot"    # custom resource of the embedded cluster: one per core
 TEXT_SUFFIXES = {".log", ".txt", ".json", ".csv", ".md", ".out", ".err", ".yaml", ".toml"}
 
 
@@ -48,7 +49,11 @@ def connect(address: str | None, resources: dict[str, float] | None = None) -> N
     if address:
         ray.init(address=address, **kw)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, resources=resources or None, **kw)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        # CPU slots Ray never lends out: Ray frees a task's CPUs while it blocks in ray.get (our durable
+        # meta does), which would let more CPU jobs run at once than the machine has cores.
+        res = {CPU_SLOT: float(cpus), **(resources or {})}
+        ray.init(num_cpus=cpus, include_dashboard=False, resources=res, **kw)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,15 +52,18 @@ class Submission(_Section):
 
 
 class RunPod(BaseModel):
-    """RunPod settings. Known keys are typed; the RunPod backend may read extra keys (kept as given)."""
+    """[runpod]: the known keys are type-checked here, unset ones stay out of the resolved spec so the
+    RunPod backend's own defaults apply (runner/executors/runpod.py `settings`, which also rejects
+    unknown keys); extra keys pass through to it."""
     model_config = ConfigDict(extra="allow")
     image: str | None = None
-    disk_gb: int = Field(200, gt=0)
-    gpu_type: str = "NVIDIA H100 80GB HBM3"
-    gpu_count: int = Field(8, gt=0)
-    cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "SECURE"
-    max_pods: int = Field(1, gt=0)
-    price_per_gpu_hour: float | None = Field(None, ge=0)   # estimate for the preflight budget check
+    gpu_type: str | None = None                # backend default "NVIDIA H100 80GB HBM3"
+    gpu_count: int | None = Field(None, gt=0)  # backend default 8
+    cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] | None = None   # backend default SECURE
+    max_pods: int | None = Field(None, gt=0)
+    container_disk_gb: int | None = Field(None, gt=0)
+    volume_gb: int | None = Field(None, ge=0)
+    price_per_hour: float | None = Field(None, ge=0)   # $ per pod-hour for the budget estimate
 
 
 class JobSpec(_Section):

@@ -20,6 +20,7 @@ from typing import Any
 
 from runner.executors.base import AttemptResult, AttemptSpec, Events
 
+CPU_SLOT = "pgolf_cpu_slot"   # see runner.driver.connect
 TERM_GRACE_S = 10.0          # SIGTERM -> SIGKILL for the job's process group
 _PR_SET_PDEATHSIG = 1
 
@@ -87,7 +88,11 @@ class RayNodeBackend:
         gpus = int(spec.get("gpus_per_seed", 0))
         if gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0:
             return {"num_gpus": gpus, "num_cpus": 1}
-        return {"num_gpus": 0, "num_cpus": int(spec.get("nproc_per_node", 1))}
+        n = int(spec.get("nproc_per_node", 1))
+        opts: dict[str, Any] = {"num_gpus": 0, "num_cpus": n}
+        if ray.cluster_resources().get(CPU_SLOT):   # the embedded cluster: slots are never lent out
+            opts["resources"] = {CPU_SLOT: n}
+        return opts
 
     def preflight(self, spec: dict[str, Any], n_seeds: int) -> None:
         pass
