@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import requests
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from results.errors import PgolfError
 
@@ -24,6 +24,7 @@ GPU_H100_SXM = "NVIDIA H100 80GB HBM3"
 NAME_PREFIX = "pgolf-"
 TRANSIENT_TRIES = 6          # one call: 6 tries over ~30 s of backoff, then the error surfaces
 TRANSIENT_WAIT_MAX_S = 8.0
+_wait_base_s = 0.5           # first backoff; the rehearsal shortens it (set_backoff) so tests stay fast
 
 _CAPACITY_RE = re.compile(r"no longer any instances available|no instances? (currently )?available|"
                           r"not enough (gpus|capacity|machines)|insufficient capacity", re.I)
@@ -56,10 +57,17 @@ def resolve_api_key(env: dict[str, str] | None = None) -> str:
                      "(writes ~/.runpod/config.toml); or rehearse for free with --rehearse")
 
 
-def configure(api_key: str) -> None:
+def configure(api_key: str, backoff_s: float | None = None) -> None:
     """Hand the key to the client (module global, memory only; terminate_pod reads it from there)."""
+    global _wait_base_s
     import runpod
     runpod.api_key = api_key
+    if backoff_s is not None:
+        _wait_base_s = backoff_s
+
+
+def _backoff(n: int) -> float:
+    return min(TRANSIENT_WAIT_MAX_S, _wait_base_s * 2 ** (n - 1))
 
 
 def _classify(exc: Exception) -> Exception:
@@ -96,7 +104,7 @@ def _call(fn, *args, **kwargs):
 
 _retry_transient = retry(retry=retry_if_exception_type(TransientError), reraise=True,
                          stop=stop_after_attempt(TRANSIENT_TRIES),
-                         wait=wait_exponential(multiplier=0.5, max=TRANSIENT_WAIT_MAX_S))
+                         wait=lambda state: _backoff(state.attempt_number))
 
 
 def create_pod(*, name: str, image: str, gpu_type: str, gpu_count: int, cloud_type: str,
@@ -116,7 +124,7 @@ def create_pod(*, name: str, image: str, gpu_type: str, gpu_count: int, cloud_ty
             found = [p for p in list_pods() if p.get("name") == name]
             if found:
                 return found[0]
-            time.sleep(min(TRANSIENT_WAIT_MAX_S, 0.5 * 2 ** i))
+            time.sleep(_backoff(i))
         try:
             return _call(runpod.create_pod, name=name, image_name=image, gpu_type_id=gpu_type,
                          cloud_type=cloud_type, gpu_count=gpu_count, container_disk_in_gb=container_disk_gb,

@@ -111,6 +111,26 @@ def job_env(attempt: AttemptSpec) -> dict[str, str]:
     return out
 
 
+def check_budget(spec: dict[str, Any], n_seeds: int, rehearse: bool = False) -> float:
+    """Refuse (PgolfError, numbers in the message) when the balance is under twice the batch estimate:
+    seeds x (train + eval + setup) x the pod's price. Returns the estimate in dollars."""
+    s = settings(spec)
+    try:
+        price = float(s["price_per_hour"] or api.gpu_price_per_hour(s["gpu_type"], int(s["gpu_count"]),
+                                                                    s["cloud_type"]))
+        balance = api.get_balance()["clientBalance"]
+    except api.ApiError as e:
+        raise PgolfError(f"RunPod API: {e}") from None
+    hours = (float(s["train_s"]) + float(s["eval_s"]) + float(s["setup_s"])) / 3600
+    estimate = n_seeds * hours * price
+    msg = (f"RunPod: {n_seeds} seed(s) x {hours:.2f} h x ${price:.2f}/h = ${estimate:.2f} estimated; "
+           f"balance ${balance:.2f}")
+    if balance < 2 * estimate:
+        raise PgolfError(f"{msg}: under twice the estimate (${2 * estimate:.2f}); add funds or run fewer seeds")
+    print(msg + (" (rehearsal: fake API, no money)" if rehearse else ""), flush=True)
+    return estimate
+
+
 class RunPodBackend:
     name = "runpod"
 
@@ -158,7 +178,8 @@ class RunPodBackend:
         if self.api_base:
             os.environ["RUNPOD_API_BASE_URL"] = self.api_base
         if self.rehearse:
-            api.configure((env or {}).get("RUNPOD_API_KEY") or os.environ.get("RUNPOD_API_KEY") or REHEARSAL_KEY)
+            api.configure((env or {}).get("RUNPOD_API_KEY") or os.environ.get("RUNPOD_API_KEY") or REHEARSAL_KEY,
+                          backoff_s=0.05)
         else:
             api.configure(api.resolve_api_key(env))
 
@@ -172,19 +193,7 @@ class RunPodBackend:
                              f"command (or rehearse with --rehearse)")
         self.start()
         self._connect()
-        try:
-            price = float(s["price_per_hour"] or api.gpu_price_per_hour(s["gpu_type"], int(s["gpu_count"]),
-                                                                        s["cloud_type"]))
-            balance = api.get_balance()["clientBalance"]
-        except api.ApiError as e:
-            raise PgolfError(f"RunPod API: {e}") from None
-        hours = (float(s["train_s"]) + float(s["eval_s"]) + float(s["setup_s"])) / 3600
-        estimate = n_seeds * hours * price
-        msg = (f"RunPod: {n_seeds} seed(s) x {hours:.2f} h x ${price:.2f}/h = ${estimate:.2f} estimated; "
-               f"balance ${balance:.2f}")
-        if balance < 2 * estimate:
-            raise PgolfError(f"{msg}: under twice the estimate (${2 * estimate:.2f}); add funds or run fewer seeds")
-        print(msg + (" (rehearsal: fake API, no money)" if self.rehearse else ""), flush=True)
+        check_budget(spec, n_seeds, self.rehearse)
 
     # ---- one attempt, inside a Ray task
     def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:

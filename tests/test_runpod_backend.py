@@ -1,0 +1,273 @@
+"""RunPodBackend.run_attempt against the fake RunPod API, with the real `runpod` client (no Ray, no driver).
+
+Each test runs real pods: local process groups executing runner/bootstrap.py with the fast payload.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from results.errors import PgolfError
+from runner import runpod_api as api
+from runner.executors.base import AttemptSpec, InfraFailure
+from runner.executors.runpod import START_COMMAND, RunPodBackend, chunk_env, job_env, pod_name
+from runner.fake_runpod import FakeRunPod, parse_faults
+
+ROOT = Path(__file__).resolve().parents[1]
+PAYLOAD = ROOT / "tests" / "payloads" / "fake_train.py"
+SECRET = "sk-test-SECRETVALUE"
+HF_SECRET = "hf_test_SECRETTOKEN"
+SPEC = {"launcher": "python", "data": {"variant": "tiny"}, "env": {"FAKE_SECONDS": "1"}, "runpod": {}}
+
+
+class Events:
+    """The driver's side of the interface, in memory: lines and meta as they arrive."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.lines: list[str] = []
+        self.metas: list[dict] = []
+        self.fail_on = fail_on
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+        if self.fail_on and self.fail_on in text:
+            raise RuntimeError("driver side blew up")
+
+    def meta(self, **fields) -> None:
+        self.metas.append(fields)
+
+    def merged(self) -> dict:
+        out: dict = {}
+        for m in self.metas:
+            out.update(m)
+        return out
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", SECRET)
+    monkeypatch.setenv("HF_TOKEN", HF_SECRET)
+    monkeypatch.setenv("PGOLF_REHEARSE_STATE", str(tmp_path / "fake" / "state.json"))
+    monkeypatch.delenv("RUNPOD_API_BASE_URL", raising=False)
+    return tmp_path
+
+
+def backend(faults: str = "") -> RunPodBackend:
+    b = RunPodBackend(SPEC, rehearse=True, faults=faults)
+    b.start()
+    return b
+
+
+def attempt(tmp: Path, seed: int = 42, k: int = 1, **env) -> AttemptSpec:
+    adir = tmp / "runs" / "b" / "seeds" / str(seed) / f"attempt-{k}"
+    (adir / "artifacts").mkdir(parents=True, exist_ok=True)
+    job = {"FAKE_SECONDS": "1", "HF_TOKEN": HF_SECRET, "OTHER_API_KEY": "unrelated-secret", **env}
+    return AttemptSpec(run_dir=str(tmp / "runs" / "b"), seed=seed, attempt=k, attempt_dir=str(adir),
+                       script_path=str(PAYLOAD), env=job, nproc_per_node=1, gpus_per_seed=0, timeout_s=60,
+                       spec=SPEC)
+
+
+def assert_no_pods(b: RunPodBackend) -> None:
+    assert b.fake.alive_pods() == []
+    assert b.fake.pods == {}
+
+
+def test_happy_path_streams_log_downloads_artifacts_and_terminates(env):
+    b = backend()
+    try:
+        ev = Events()
+        r = b.run_attempt(attempt(env), ev)
+        assert r.exit_code == 0 and r.error is None
+        meta = ev.merged()
+        assert ev.metas[0]["pod_id"] == r.pod_id                 # the pod id reached the ledger first
+        assert meta["pod_terminated"] is True and r.pod_terminated is True
+        assert meta["cost_usd"] > 0 and r.cost_usd == meta["cost_usd"]
+        assert "seed:42" in ev.lines and any(l.startswith("step:5/5") for l in ev.lines)
+        assert "artifacts/train.log" in r.artifacts
+        assert (Path(attempt(env).attempt_dir) / "artifacts" / "train.log").read_text().startswith("seed:42")
+        assert_no_pods(b)
+        created = b.fake.requests_seen.count("create")
+        assert created == 1
+    finally:
+        b.fake.terminate_all()
+        b.stop()
+
+
+def test_capacity_errors_back_off_then_succeed(env):
+    b = backend("capacity=3")
+    try:
+        ev = Events()
+        r = b.run_attempt(attempt(env), ev)
+        assert r.exit_code == 0
+        assert b.fake.events.count("capacity") == 3
+        assert sum("no capacity" in l for l in ev.lines) == 3
+        assert_no_pods(b)
+    finally:
+        b.fake.terminate_all()
+        b.stop()
+
+
+def test_5xx_and_lost_create_answers_never_make_a_second_pod(env):
+    b = backend("5xx=4,lost_create=1,slow_start=1")
+    try:
+        r = b.run_attempt(attempt(env), Events())
+        assert r.exit_code == 0
+        assert b.fake.n_pods == 1                     # the create whose answer was lost was adopted by name
+        assert b.fake.events.count("5xx") == 4
+        assert_no_pods(b)
+    finally:
+        b.fake.terminate_all()
+        b.stop()
+
+
+def test_pod_lost_mid_run_is_an_infra_failure_and_the_next_pod_works(env):
+    b = backend("preempt=1")
+    try:
+        ev = Events()
+        with pytest.raises(InfraFailure, match="lost"):
+            b.run_attempt(attempt(env, FAKE_SECONDS="5"), ev)
+        assert ev.merged()["pod_terminated"] is True
+        assert any(e.startswith("preempt") for e in b.fake.events)
+        ev2 = Events()
+        r = b.run_attempt(attempt(env, k=2), ev2)        # what the driver does next: a fresh pod
+        assert r.exit_code == 0 and r.pod_id != ev.metas[0]["pod_id"]
+        assert_no_pods(b)
+    finally:
+        b.fake.terminate_all()
+        b.stop()
+
+
+def test_an_exception_in_the_task_still_terminates_the_pod(env):
+    b = backend()
+    try:
+        ev = Events(fail_on="step:2/")
+        with pytest.raises(RuntimeError, match="blew up"):
+            b.run_attempt(attempt(env, FAKE_SECONDS="4"), ev)
+        assert ev.merged()["pod_terminated"] is True
+        assert_no_pods(b)
+    finally:
+        b.fake.terminate_all()
+        b.stop()
+
+
+def test_nonzero_exit_is_the_jobs_and_the_pod_still_goes(env):
+    b = backend()
+    try:
+        r = b.run_attempt(attempt(env, FAKE_FAIL="all"), Events())
+        assert r.exit_code == 3 and "exit 3" in r.error and r.pod_terminated is True
+        assert_no_pods(b)
+    finally:
+        b.fake.terminate_all()
+        b.stop()
+
+
+def test_preflight_refuses_when_balance_is_under_twice_the_estimate(env):
+    b = RunPodBackend(SPEC, rehearse=True, faults="balance=40")
+    try:
+        b.preflight(SPEC, 2)     # 2 x 0.58 h x $21.52 = $25.11; $40 < $50.21
+    except PgolfError as e:
+        msg = str(e)
+    else:
+        pytest.fail("preflight accepted a balance under twice the estimate")
+    finally:
+        b.stop()
+    assert "$25.11" in msg and "$40.00" in msg and "$50.21" in msg
+    b = RunPodBackend(SPEC, rehearse=True, faults="balance=60")
+    try:
+        b.preflight(SPEC, 2)
+    finally:
+        b.stop()
+
+
+def test_real_launch_refuses_local_only_data_before_any_pod(env):
+    b = RunPodBackend(SPEC, rehearse=False)
+    with pytest.raises(PgolfError, match="official variant"):
+        b.preflight(SPEC, 1)
+
+
+def test_bad_faults_and_bad_runpod_keys_are_one_line_errors():
+    with pytest.raises(PgolfError, match="bad item"):
+        parse_faults("preempt=x")
+    with pytest.raises(PgolfError, match="needs --rehearse"):
+        RunPodBackend(SPEC, rehearse=False, faults="preempt=1")
+    with pytest.raises(PgolfError, match=r"unknown key\(s\) \['gpus'\]"):
+        RunPodBackend({"runpod": {"gpus": 8}}).max_pods()
+
+
+def test_api_key_from_runpod_config_file(tmp_path, monkeypatch):
+    from runpod.cli.groups.config import functions
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[default]\napi_key = "from-config-file"\n')
+    monkeypatch.setattr(functions, "CREDENTIAL_FILE", str(cfg))
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    assert api.resolve_api_key({}) == "from-config-file"
+    monkeypatch.setattr(functions, "CREDENTIAL_FILE", str(tmp_path / "none.toml"))
+    with pytest.raises(PgolfError, match="RUNPOD_API_KEY"):
+        api.resolve_api_key({})
+
+
+def test_what_is_shipped_to_the_pod(env):
+    a = attempt(env)
+    shipped = job_env(a)
+    assert shipped["HF_TOKEN"] == HF_SECRET and "OTHER_API_KEY" not in shipped   # only named secrets travel
+    assert "RUNPOD_API_KEY" not in shipped and shipped["SEED"] == "42"
+    b = RunPodBackend(SPEC, rehearse=True)
+    pod_env = b._pod_env(a, __import__("runner.executors.runpod", fromlist=["settings"]).settings(SPEC), "tok")
+    assert all(len(v) <= 16_000 for v in pod_env.values())
+    assert not any(c in v for v in pod_env.values() for c in '"\\\n')          # safe in the client's GraphQL
+    assert SECRET not in json.dumps(pod_env) and '"' not in START_COMMAND
+    assert pod_name("/x/runs/my run!", 7, 2) == "pgolf-my-run--s7-a2"
+    assert len(chunk_env("P_", os.urandom(100_000))) > 5
+
+
+def test_bootstrap_terminates_its_own_pod_past_the_backstop(env):
+    """The pod kills itself through the API with its own key when nobody stops it (driver gone)."""
+    b = RunPodBackend({**SPEC, "runpod": {"setup_s": 0, "backstop_grace_s": 1}}, rehearse=True)
+    b.start()
+    try:
+        b._connect()
+        a = attempt(env, FAKE_HANG="1")
+        a.timeout_s = 2
+        from runner.executors.runpod import settings
+        s = settings(b.spec)
+        pod = api.create_pod(name="pgolf-backstop-s1-a1", image="x", gpu_type=s["gpu_type"], gpu_count=8,
+                             cloud_type="SECURE", container_disk_gb=10, volume_gb=0, ports="8000/http",
+                             env=b._pod_env(a, s, "tok"), docker_args=START_COMMAND)
+        deadline = time.time() + 60
+        while api.get_pod(pod["id"]) is not None and time.time() < deadline:
+            time.sleep(0.2)
+        assert api.get_pod(pod["id"]) is None
+        assert f"terminate {pod['id']}" in b.fake.events
+        assert_no_pods(b)
+    finally:
+        b.fake.terminate_all()
+        b.stop()
+
+
+def test_fake_state_file_survives_the_api_and_holds_no_secret(env):
+    """A fake started again on the same state file lists the pods of the previous one (rehearsal gc)."""
+    b = backend()
+    try:
+        b._connect()
+        from runner.executors.runpod import settings
+        s = settings(SPEC)
+        pod = api.create_pod(name="pgolf-orphan-s1-a1", image="x", gpu_type=s["gpu_type"], gpu_count=8,
+                             cloud_type="SECURE", container_disk_gb=10, volume_gb=0, ports="8000/http",
+                             env=b._pod_env(attempt(env, FAKE_HANG="1"), s, "tok"), docker_args=START_COMMAND)
+        deadline = time.time() + 30
+        while not b.fake.alive_pods() and time.time() < deadline:
+            time.sleep(0.1)
+        b.stop()                                       # the driver's API goes away; the pod does not
+        state = Path(os.environ["PGOLF_REHEARSE_STATE"]).read_text()
+        assert SECRET not in state and HF_SECRET not in state and pod["id"] in state
+        again = FakeRunPod()
+        assert again.alive_pods() == [pod["id"]]
+        again.terminate_all()
+        assert again.alive_pods() == [] and FakeRunPod().pods == {}
+    finally:
+        FakeRunPod().terminate_all()
