@@ -178,6 +178,8 @@ def _docs_from_file(path: Path) -> list[str]:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise PgolfError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it or leave it out") from None
+    except OSError as e:
+        raise PgolfError(f"{path}: cannot read ({e.strerror}); check the path and its permissions") from None
     if path.suffix == ".jsonl":
         docs = []
         for i, line in enumerate(raw.splitlines(), 1):
@@ -320,13 +322,15 @@ def prepare(texts: list[str], out: str | os.PathLike, vocab_size: int = 1024, va
         raise PgolfError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive)")
     if shard_tokens < 1:
         raise PgolfError(f"--shard-tokens {shard_tokens} must be positive")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PgolfError(f"--out {out}: exists and is not a folder; pick a folder for the tokenizer and shards")
     docs = _clean(texts, None)
     if not docs:
         raise PgolfError("the corpus is empty: no non-blank documents were read; check --text")
     val_docs, train_docs = split_documents(docs, val_fraction)
     model = train_tokenizer(train_docs, vocab_size)
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in sorted(out.glob("fineweb_*_*.bin")):
         stale.unlink()

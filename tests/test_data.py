@@ -224,3 +224,10 @@ def test_vocab_8192_on_a_big_enough_corpus(tmp_path):
     m = prepare(texts, tmp_path / "sp8192", vocab_size=8192, val_fraction=0.05)
     assert spm.SentencePieceProcessor(model_file=str(tmp_path / "sp8192" / "tokenizer.model")).vocab_size() == 8192
     assert int(_split_tokens(tmp_path / "sp8192", "train").max()) < 8192 and m["tokens"]["val"] > 0
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("one document\n\nanother document\n")
+    (tmp_path / "file").write_text("x")
+    assert _prepare_cli(tmp_path / "file", "--text", str(tmp_path / "c.txt"), "--vocab-size", "300") == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
