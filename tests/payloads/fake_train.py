@@ -1,12 +1,13 @@
 """A fast stand-in for model/train_gpt.py: prints the DESIGN §7 log lines, controlled by env.
 
-FAKE_SECONDS   total run time (default 1; FAKE_SECONDS_<SEED> overrides per seed)
+Every knob X can be set per seed and attempt: FAKE_X_<SEED>_A<ATTEMPT>, FAKE_X_<SEED>, FAKE_X_A<ATTEMPT>, FAKE_X.
+FAKE_SECONDS   total run time (default 1)
 FAKE_STEPS     number of step lines (default 5)
-FAKE_FAIL      comma list of attempt numbers (PGOLF_ATTEMPT) that exit with code 3; "all" for every one
+FAKE_FAIL      1: exit with code 3 after the step lines
 FAKE_HANG      1: never finish (for timeouts and Ctrl-C)
-FAKE_PID_DIR   write this process's pid (and its child's) there, so tests can look for strays
+FAKE_PID_DIR   write files <pid> holding "seed attempt pgid" there, so tests can look for strays
 FAKE_CHILD     1: start a child process (a "rank") in the same group that sleeps as long as we do
-FAKE_PRINT     name of an environment variable whose value the job prints (secret-leak tests)
+FAKE_PRINT     comma list of environment variables whose values the job prints (secret-leak tests)
 """
 import hashlib
 import math
@@ -19,18 +20,28 @@ seed = int(os.environ.get("SEED", "0"))
 attempt = os.environ.get("PGOLF_ATTEMPT", "1")
 art = os.environ.get("ARTIFACT_DIR", ".")
 rank = int(os.environ.get("RANK", "0"))
-seconds = float(os.environ.get(f"FAKE_SECONDS_{seed}", os.environ.get("FAKE_SECONDS", "1")))
-steps = int(os.environ.get("FAKE_STEPS", "5"))
-fail = os.environ.get("FAKE_FAIL", "")
+
+
+def opt(name, default=""):
+    for key in (f"FAKE_{name}_{seed}_A{attempt}", f"FAKE_{name}_{seed}", f"FAKE_{name}_A{attempt}", f"FAKE_{name}"):
+        if key in os.environ:
+            return os.environ[key]
+    return default
+
+
+seconds = float(opt("SECONDS", "1"))
+steps = int(opt("STEPS", "5"))
+fail = opt("FAIL") == "1"
+hang = opt("HANG") == "1"
 pid_dir = os.environ.get("FAKE_PID_DIR")
 log = open(os.path.join(art, "train.log"), "a") if rank == 0 else None
 child = None
-if os.environ.get("FAKE_CHILD") == "1":
+if opt("CHILD") == "1":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
 if pid_dir:
     os.makedirs(pid_dir, exist_ok=True)
     for pid in [os.getpid()] + ([child.pid] if child else []):
-        open(os.path.join(pid_dir, f"{pid}"), "w").write(f"{seed} {attempt}\n")
+        open(os.path.join(pid_dir, f"{pid}"), "w").write(f"{seed} {attempt} {os.getpgid(0)}\n")
 
 
 def say(s):
@@ -46,18 +57,18 @@ say(f"seed:{seed}")
 say(f"script_sha256:{hashlib.sha256(code).hexdigest()}")
 bpt = 2.43593
 say(f"val_bytes_per_token:{bpt}")
-if os.environ.get("FAKE_PRINT"):
-    say(f"env {os.environ['FAKE_PRINT']}={os.environ.get(os.environ['FAKE_PRINT'])}")
+for name in filter(None, opt("PRINT").split(",")):
+    say(f"env {name}={os.environ.get(name)}")
 t0 = time.time()
 per = seconds / max(steps, 1)
 for i in range(1, steps + 1):
     time.sleep(per)
     ms = (time.time() - t0) * 1000
     say(f"step:{i}/{steps} train_loss:{4.0 - 0.1 * i:.4f} train_time:{ms:.0f}ms step_avg:{ms / i:.2f}ms")
-if fail == "all" or attempt in fail.split(","):
+if fail:
     say("fake failure")
     sys.exit(3)
-while os.environ.get("FAKE_HANG") == "1":
+while hang:
     time.sleep(1)
 if rank == 0:
     blob = os.urandom(1000) + bytes([seed % 256])

@@ -1,0 +1,89 @@
+"""Job spec validation: every error is one line naming the file and the key."""
+from pathlib import Path
+
+import pytest
+
+from results.errors import PgolfError
+from runner.spec import load_spec
+from runner.secrets import Scrubber, is_secret, redact
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD = """
+name = "t"
+script = "train.py"
+seeds = [1, 2]
+[env]
+LR = 0.5
+FLAG = true
+STEPS = 10
+[data]
+paths = { DATA_PATH = "data" }
+"""
+
+
+def write(tmp_path, text, name="job.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_shipped_specs_validate():
+    smoke = load_spec(ROOT / "jobs" / "smoke.toml")
+    assert smoke.backend == "ray" and len(smoke.seeds) == 3 and smoke.nproc_per_node == 1
+    assert Path(smoke.script) == ROOT / "model" / "train_gpt.py"
+    assert Path(smoke.data.paths["DATA_PATH"]).is_dir()
+    rec = load_spec(ROOT / "jobs" / "record_k_kvshare_wider.toml")
+    assert rec.nproc_per_node == 8 and rec.gpus_per_seed == 8 and rec.runpod.max_pods == 3
+
+
+def test_paths_relative_to_spec_and_env_strings(tmp_path):
+    s = load_spec(write(tmp_path, GOOD))
+    assert s.script == str(tmp_path / "train.py")
+    assert s.data.paths["DATA_PATH"] == str(tmp_path / "data")
+    env = s.job_env()
+    assert env["LR"] == "0.5" and env["FLAG"] == "1" and env["STEPS"] == "10"
+    assert env["DATA_PATH"] == str(tmp_path / "data")
+    assert env["MAX_WALLCLOCK_SECONDS"] == "600"     # from [limits] train_seconds
+    assert s.limits.timeout() == 1800
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("[limits]\nretries = -1\n", "[limits] retries: must be >= 0, got -1"),
+    ("[limits]\nretrys = 2\n", "[limits] retrys: unknown key"),
+    ('backend = "aws"\n', "backend: "),
+    ("nproc_per_node = 0\n", "nproc_per_node: must be > 0, got 0"),
+])
+def test_errors_name_file_and_key(tmp_path, extra, needle):
+    text = GOOD.replace('seeds = [1, 2]\n', 'seeds = [1, 2]\n' + extra) if not extra.startswith("[") else GOOD + extra
+    with pytest.raises(PgolfError) as e:
+        load_spec(write(tmp_path, text))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path / "job.toml")) and needle in msg, msg
+
+
+def test_duplicate_seeds_missing_keys_and_bad_toml(tmp_path):
+    with pytest.raises(PgolfError, match=r"seeds: seeds must be unique, \[2\] repeated"):
+        load_spec(write(tmp_path, GOOD.replace("[1, 2]", "[1, 2, 2]")))
+    with pytest.raises(PgolfError, match="script: required key is missing"):
+        load_spec(write(tmp_path, GOOD.replace('script = "train.py"\n', "")))
+    with pytest.raises(PgolfError, match="not valid TOML"):
+        load_spec(write(tmp_path, "name = \n"))
+    with pytest.raises(PgolfError, match="job spec not found"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_runpod_section_is_permissive_and_seed_override(tmp_path):
+    s = load_spec(write(tmp_path, GOOD + '[runpod]\nmax_pods = 2\nsetup_s = 1200\n'), {"seeds": [7]})
+    assert s.seeds == [7]
+    assert s.runpod.model_dump(exclude_none=True) == {"max_pods": 2, "setup_s": 1200}
+
+
+def test_secrets():
+    assert is_secret("RUNPOD_API_KEY") and is_secret("HF_TOKEN") and is_secret("db_password_x")
+    assert is_secret("AWS_SECRET") and not is_secret("KEY_SIZE") and not is_secret("TOKENIZER_PATH")
+    assert redact({"HF_TOKEN": "abc", "LR": 1}) == {"HF_TOKEN": "***", "LR": 1}
+    sc = Scrubber({"HF_TOKEN": "hf_abcdef", "X_KEY": "1", "LR": "hf_abcdef-not-secret-name"})
+    assert sc("token hf_abcdef here") == "token *** here"
+    assert sc("x 1 y") == "x 1 y"           # too short to scrub safely
+    assert sc.obj({"a": ["hf_abcdef"], "MY_TOKEN": "zz"}) == {"a": ["***"], "MY_TOKEN": "***"}
