@@ -91,7 +91,10 @@ def main() -> int:
 
     base = tg.GPT(args, bos_id=1).to(device)
     base.set_qat(qat)
-    use_compile = tg._compile_enabled(args, device)
+    if hasattr(tg, "_compile_enabled"):
+        use_compile = tg._compile_enabled(args, device)
+    else:  # same rule as the payload: COMPILE=auto means on for CUDA
+        use_compile = cuda if os.environ.get("COMPILE", "auto") == "auto" else os.environ["COMPILE"] not in ("0", "")
     model = torch.compile(base, dynamic=False) if use_compile else base
     if use_compile:
         torch._dynamo.config.cache_size_limit = 64
