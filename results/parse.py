@@ -56,6 +56,7 @@ _VAL_PATTERN = re.compile(r"^val_loader:shards pattern=(\S+)\s+tokens:(\d+)")
 _VAL_FILES = re.compile(r"^\s+val_files:\s*(\S+)")
 _VAL_TOKENS = re.compile(r"^(?:\s*val_tokens:|val tokens:)\s*(\d+)")
 _VAL_BPT = re.compile(r"^val_bytes_per_token:\s*(" + _NUM + r")")
+_PHASE_EVAL = re.compile(r"^[a-z_]+_eval_time:\s*([\d.]+)ms")
 _TOTAL_EVAL = re.compile(r"^total_eval_time:\s*([\d.]+)s")
 _VAL_BPB_SUMMARY = re.compile(r"^val_bpb:\s+(" + _NUM + r")\s*$")
 
@@ -389,6 +390,11 @@ def parse_text(text: str, log: str, file_warnings: list[str] | None = None) -> l
             m = _SEED_PARAMS.match(line)
             if m:
                 _set_seed(b, int(m.group(1)), n, weak=True)
+        if "_eval_time:" in line:         # our payload: `sliding_eval_time:Nms` after its metric line
+            m = _PHASE_EVAL.match(line)
+            if m and b.run.metrics and b.run.metrics[-1].eval_time_ms is None:
+                b.run.metrics[-1].eval_time_ms = float(m.group(1))
+                continue
         if c == "t" and line.startswith("total_eval_time:"):
             m = _TOTAL_EVAL.match(line)
             if m:

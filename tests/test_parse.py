@@ -113,3 +113,10 @@ def test_script_sha256_line():
     (r,) = parse_text(f"seed:1\nscript_sha256:{sha}\nval_bytes_per_token:3.72663\n"
                       "final_int6_roundtrip_exact val_loss:2.8 val_bpb:1.084\n", "train_seed1.log")
     assert r.script_sha256 == sha and r.refs["script_sha256"] == 2
+
+
+def test_payload_phase_eval_time_lines():
+    (r,) = parse_text("seed:1\nfinal_int6_roundtrip_exact val_loss:2.0 val_bpb:1.2\nroundtrip_eval_time:17329ms\n"
+                      "final_int6_sliding_window_exact val_loss:1.9 val_bpb:1.1\nsliding_eval_time:29299ms\n", "train_seed1.log")
+    assert r.metric == "final_int6_sliding_window_exact" and r.eval_time_ms == 29299
+    assert r.metrics[0].eval_time_ms == 17329
