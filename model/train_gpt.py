@@ -412,7 +412,7 @@ def fake_quant_rows(w: Tensor, bits: int) -> Tensor:
     return torch.clamp(torch.round(w / s), -qmax, qmax) * s
 
 
-def quantize_state_dict(sd: dict[str, Tensor], embed_bits=8, matrix_bits=6, embed_names=("tok_emb.weight",)):
+def quantize_state_dict(sd: dict[str, Tensor], embed_bits=8, matrix_bits=6, embed_names=("tok_emb",)):
     """Quantize a state dict; tensors that are the same object/storage are stored once (aliases)."""
     out = {"q": {}, "s": {}, "f": {}, "alias": {}, "meta": {}, "bits": {}}
     seen: dict[tuple, str] = {}
@@ -447,23 +447,31 @@ def dequantize_state_dict(obj) -> dict[str, Tensor]:
     return sd
 
 
+def _zstd(raw: bytes) -> bytes:
+    import zstandard
+    return zstandard.ZstdCompressor(level=22).compress(raw)
+
+
+def _brotli(raw: bytes) -> bytes:
+    import brotli
+    return brotli.compress(raw, quality=11, lgwin=24)
+
+
 def compress_bytes(raw: bytes, method: str) -> tuple[bytes, str]:
-    """zstd-22 and/or brotli-11 (imported lazily; a missing library is skipped); smaller one wins."""
+    """zstd-22 and/or brotli-11 (imported lazily, run in parallel threads; with `auto` a missing library
+    is skipped); the smaller result wins."""
+    from concurrent.futures import ThreadPoolExecutor
+    names = ["zstd", "brotli"] if method == "auto" else [method]
+    fns = {"zstd": _zstd, "brotli": _brotli}
     results = []
-    if method in ("auto", "zstd"):
-        try:
-            import zstandard
-            results.append((zstandard.ZstdCompressor(level=22).compress(raw), "zstd"))
-        except ImportError:
-            if method == "zstd":
-                raise
-    if method in ("auto", "brotli"):
-        try:
-            import brotli
-            results.append((brotli.compress(raw, quality=11, lgwin=24), "brotli"))
-        except ImportError:
-            if method == "brotli":
-                raise
+    with ThreadPoolExecutor(len(names)) as pool:
+        futures = [(pool.submit(fns[n], raw), n) for n in names]
+        for fut, name in futures:
+            try:
+                results.append((fut.result(), name))
+            except ImportError:
+                if method != "auto":
+                    raise
     if not results:
         raise RuntimeError("neither zstandard nor brotli is installed: pip install zstandard brotli")
     return min(results, key=lambda r: len(r[0]))
