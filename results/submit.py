@@ -30,11 +30,22 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
+_TOKEN_LIKE = re.compile(r"^[A-Za-z0-9_\-./+=:@]+$")      # credentials: no brackets, no code
+_NUMBER = re.compile(r"^[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?$")
+
+
+def _looks_secret(name: str, val: str) -> bool:
+    """A secret-named NAME whose value could be a credential: not code, not a number, not already masked.
+    Lower-case names (hyperparameter dumps, Python code) need a long value to count."""
+    if not is_secret_name(name) or val == MASK or _NUMBER.match(val) or not _TOKEN_LIKE.match(val):
+        return False
+    return len(val) >= (4 if name.isupper() else 12)
+
+
 def scrub(text: str) -> str:
     """Mask secret-looking `NAME=value` / `NAME: value` and the values of secret env vars of this process."""
     def repl(m: re.Match) -> str:
-        val = m.group("val")
-        if not is_secret_name(m.group("name")) or val == MASK or (val.isdigit() and len(val) < 8):
+        if not _looks_secret(m.group("name"), m.group("val")):
             return m.group(0)
         return f"{m.group('name')}{m.group('sep')}{m.group('q')}{MASK}{m.group('q')}"
     text = _ASSIGN.sub(repl, text)
@@ -42,6 +53,11 @@ def scrub(text: str) -> str:
         if is_secret_name(k) and len(v) >= 6:
             text = text.replace(v, MASK)
     return text
+
+
+def secret_lines(text: str) -> list[int]:
+    """1-based line numbers where `scrub` would mask something."""
+    return [i for i, line in enumerate(text.splitlines(), 1) if scrub(line) != line]
 
 
 def _sha256(path: Path) -> str:
@@ -133,9 +149,10 @@ def submit(run_dir, out, author: str | None = None, github_id: str | None = None
     spec = spec_of(batch)
     script = _script(run_dir, batch)
     script_text = script.read_text(encoding="utf-8", errors="replace")
-    if scrub(script_text) != script_text:
-        raise PgolfError(f"{script}: contains what looks like a secret (NAME=value with a secret-looking name); "
-                         "remove it, rerun, then submit")
+    leaks = secret_lines(script_text)
+    if leaks:
+        raise PgolfError(f"{script}:{leaks[0]}: looks like a secret (a secret-named NAME=value); the shipped script "
+                         "must not hold one and cannot be edited after the run: remove it, rerun, then submit")
 
     report, _ = build(runset)
     if report.get("verdict") != "pass":
@@ -166,6 +183,7 @@ def submit(run_dir, out, author: str | None = None, github_id: str | None = None
         readme = markdown(rec_report, None, batch=batch, title=sub["name"],
                           byline=_byline(sub))
         atomic_write(tmp / "README.md", readme)
+        os.chmod(tmp, 0o755)                 # mkdtemp makes 0700
         if out.exists():
             out.rmdir()                      # empty (checked above); rename needs it gone
         os.replace(tmp, out)

@@ -106,7 +106,8 @@ def test_submit_writes_a_record_that_audits_as_pass(tmp_path):
     for p in out.iterdir():                                                 # no secret anywhere
         text = p.read_text()
         assert SECRET not in text and "wk_0123456789abcdef" not in text, p.name
-    assert "TRAIN_BATCH_TOKENS=786432" in (out / "train_seed42.log").read_text()   # not a secret
+    log42 = (out / "train_seed42.log").read_text()
+    assert "TRAIN_BATCH_TOKENS=786432" in log42 and "val_bytes_per_token:3.72663" in log42   # not secrets
     again = audit(load(out))
     assert again["verdict"] == "pass" and again["summary"]["n"] == 3
 
@@ -154,3 +155,19 @@ def test_scrub_masks_secret_names_only():
     assert "RUNPOD_API_KEY=***" in out and "HF_TOKEN='***'" in out
     assert "TOKENIZER_PATH=/x/fineweb_8192_bpe.model" in out and "TRAIN_BATCH_TOKENS=786432" in out
     assert "bos_token: 1" in out
+    for keep in ("val_bytes_per_token:3.72663", "key = (t.data_ptr(), n)", "sorted(x, key=lambda v: v)",
+                 'HF_TOKEN = os.environ.get("HF_TOKEN")', "api_key: short", "MAX_TOKENS=1024"):
+        assert scrub(keep) == keep, keep
+    assert scrub("hf_token: hf_0123456789abcdef") == "hf_token: ***"
+
+
+def test_submit_refuses_a_script_holding_a_secret(tmp_path):
+    from results.submit import submit
+    run = make_run_dir(tmp_path)
+    script = run / "train_gpt.py"
+    script.write_text(SCRIPT + 'WANDB_API_KEY="wk_live_0123456789"\n')
+    batch = json.loads((run / "batch.json").read_text())
+    batch["script"]["sha256"] = hashlib.sha256(script.read_bytes()).hexdigest()
+    (run / "batch.json").write_text(json.dumps(batch))
+    with pytest.raises(PgolfError, match=r"train_gpt.py:4: looks like a secret"):
+        submit(run, tmp_path / "rec")
