@@ -97,9 +97,11 @@ def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dic
     from results.audit import audit
     report = dict(audit(runset))
     explicit = baseline is not None
-    if not explicit and runset.kind == "run":
-        baseline, spec_policy = default_baseline(runset)
-        policy = policy or spec_policy
+    if runset.kind == "run":
+        spec_ref, spec_policy = default_baseline(runset)
+        if baseline is None or str(baseline) == str(spec_ref):   # the runner passes the spec's own ref
+            explicit, baseline = False, spec_ref
+            policy = policy or spec_policy
     extras: dict = {"base": None, "threshold_bpb": None}
     report["significance"] = None
     if baseline is None:

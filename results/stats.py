@@ -324,4 +324,8 @@ def sentence(sig: dict | None) -> str:
     verdict = "PASSES" if sig["passes"] else "does not pass"
     against = f"baseline − {sig['margin']:.6g} {unit}" if sig["margin"] else "the baseline (no margin)"
     return (f"{head}: {sig['test']} one-sided t-test against {against} "
-            f"(policy {sig['policy']}): t = {t}{df}, p = {sig['p']:.3g} → {verdict} at α = {sig['alpha']}.")
+            f"(policy {sig['policy']}): t = {t}{df}, p = {_fmt_p(sig['p'])} → {verdict} at α = {sig['alpha']}.")
+
+
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3g}"

@@ -123,3 +123,10 @@ def test_unusable_batch_baseline_still_writes_the_report(tmp_path):
     rep = write_report(run)
     assert rep["significance"] is None and "batch.json" in rep["significance_error"]
     assert "unusable" in (run / "report.md").read_text()
+
+
+def test_runner_call_with_the_specs_own_unusable_baseline_is_soft(tmp_path):
+    gone = str(tmp_path / "gone")
+    run = make_run_dir(tmp_path, baseline=gone)
+    rep = write_report(run, baseline=gone, policy="rule")        # what runner.commands does at batch end
+    assert rep["significance"] is None and "unusable" in rep["significance_error"]
