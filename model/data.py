@@ -313,8 +313,12 @@ def _write_split(out: Path, split: str, tokens: np.ndarray, shard_tokens: int) -
 
 
 def prepare(texts: list[str], out: str | os.PathLike, vocab_size: int = 1024, val_fraction: float = 0.1,
-            shard_tokens: int = 1_000_000, source: dict | None = None) -> dict:
-    """Tokenizer + shards + manifest.json in `out` from documents `texts`; returns the manifest."""
+            shard_tokens: int = 1_000_000, source: dict | None = None,
+            tokenizer_max_chars: int | None = None) -> dict:
+    """Tokenizer + shards + manifest.json in `out` from documents `texts`; returns the manifest.
+
+    `tokenizer_max_chars` trains the tokenizer on the first training documents only (sentencepiece
+    trains on one thread for reproducibility, so a large corpus needs a cap); every document is encoded."""
     if not 260 < vocab_size <= MAX_VOCAB:
         raise PgolfError(f"--vocab-size {vocab_size} is out of range: byte fallback needs more than 260 pieces "
                          f"and uint16 shards at most {MAX_VOCAB}")
@@ -329,7 +333,7 @@ def prepare(texts: list[str], out: str | os.PathLike, vocab_size: int = 1024, va
     if not docs:
         raise PgolfError("the corpus is empty: no non-blank documents were read; check --text")
     val_docs, train_docs = split_documents(docs, val_fraction)
-    model = train_tokenizer(train_docs, vocab_size)
+    model = train_tokenizer(_clean(train_docs, tokenizer_max_chars) if tokenizer_max_chars else train_docs, vocab_size)
 
     out.mkdir(parents=True, exist_ok=True)
     for stale in sorted(out.glob("fineweb_*_*.bin")):
@@ -374,9 +378,15 @@ def cmd_data(args) -> int:
         raise PgolfError(f"unknown data action {args.data_command!r}; use `pgolf data prepare`")
     if args.max_chars is not None and args.max_chars < 1:
         raise PgolfError(f"--max-chars {args.max_chars} must be positive")
-    if args.text:
-        docs = read_texts(args.text)
-        source = {"kind": "files", "paths": [str(p) for p in args.text]}
+    if args.text or args.python_src:
+        docs = read_texts(args.text or [])
+        for root in args.python_src or []:
+            if not Path(root).is_dir():
+                raise PgolfError(f"--python-src {root}: not a folder; point it at a tree of .py files")
+            docs += stdlib_docstrings(root)
+        source = {"kind": "files", "paths": [str(p) for p in args.text or []]}
+        if args.python_src:
+            source["python_src"] = [str(p) for p in args.python_src]
     else:
         docs = stdlib_docstrings()
         source = {"kind": "stdlib_docstrings", "python": ".".join(map(str, sys.version_info[:3])),
@@ -384,7 +394,7 @@ def cmd_data(args) -> int:
     source["max_chars"] = args.max_chars
     docs = _clean(docs, args.max_chars)
     m = prepare(docs, args.out, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
-                shard_tokens=args.shard_tokens, source=source)
+                shard_tokens=args.shard_tokens, source=source, tokenizer_max_chars=args.tokenizer_max_chars)
     print(f"tokenizer: {Path(args.out) / 'tokenizer.model'} (vocab {m['tokenizer']['vocab_size']})")
     for split in ("train", "val"):
         n = sum(s["split"] == split for s in m["shards"])

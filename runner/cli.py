@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--val-fraction", type=float, default=0.1)
     dp.add_argument("--shard-tokens", type=int, default=1_000_000)
     dp.add_argument("--max-chars", type=int, default=None, help="cap on characters read")
+    dp.add_argument("--python-src", nargs="+", metavar="DIR",
+                    help="also read docstrings and comment blocks of every .py file under these folders")
+    dp.add_argument("--tokenizer-max-chars", type=int, default=None,
+                    help="train the tokenizer on this many characters of training text (default: all)")
     return p
 
 

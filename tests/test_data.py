@@ -231,3 +231,27 @@ def test_out_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert _prepare_cli(tmp_path / "file", "--text", str(tmp_path / "c.txt"), "--vocab-size", "300") == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_prepare_from_python_source_tree_with_tokenizer_cap(tmp_path):
+    """--python-src harvests docstrings of any .py tree; --tokenizer-max-chars trains on a prefix only."""
+    from runner.cli import main
+    src = tmp_path / "pkg"
+    src.mkdir()
+    for i in range(60):
+        (src / f"m{i:02d}.py").write_text(
+            f'"""Module {i} explains how the gradient of document {i} flows through layer {i % 7}."""\n'
+            f'def f{i}():\n    """Return the {i}th answer, computed carefully and cached for later use."""\n')
+    out = tmp_path / "out"
+    rc = main(["data", "prepare", "--python-src", str(src), "--out", str(out), "--vocab-size", "300",
+               "--tokenizer-max-chars", "3000"])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["documents"]["train"] + manifest["documents"]["val"] == 120
+    assert manifest["source"]["python_src"] == [str(src)]
+
+
+def test_python_src_must_be_a_folder(tmp_path, capsys):
+    from runner.cli import main
+    assert main(["data", "prepare", "--python-src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "--python-src" in capsys.readouterr().err
