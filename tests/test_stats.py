@@ -157,3 +157,14 @@ def test_different_tokenizers_compare_bpb_with_converted_margin():
     # same name, different bytes/token (a custom tokenizer under a canonical name): still bpb
     cand.tokenizer = base.tokenizer = "sp1024"
     assert significance(cand, base, "rule")["metric"] == "val_bpb"
+
+
+def test_longcontext_from_its_own_logs():
+    # The same one-sample test, candidate values read from the record's three logs by results.load.
+    from results.load import load
+    rs = load(TRACK / "2026-03-18_LongContextSeq2048")
+    sig = significance(rs, 1.2193657, "progression")        # threshold given directly: no margin
+    assert sig["n"] == 3 and sig["test"] == "one-sample"
+    assert sig["t"] == pytest.approx(-31.42, abs=0.005) and sig["p"] == pytest.approx(0.00051, abs=5e-6)
+    same = significance(rs, 1.2243657, "rule", margin_bpb=0.005)
+    assert same["t"] == pytest.approx(sig["t"]) and same["passes"] is True
