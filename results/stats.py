@@ -242,6 +242,10 @@ def significance(candidate, baseline, policy: str = "rule", *, margin_bpb: float
         raise PgolfError(f"policy {policy!r}: unknown; use 'rule' or 'progression'")
     cand = as_sample(candidate, "candidate")
     base = baseline_sample(baseline)
+    if cand.bytes_per_token is None and cand.tokenizer:
+        from results.tokenizers import TABLE          # canonical bytes/token of a named tokenizer
+        if cand.tokenizer in TABLE and not TABLE[cand.tokenizer].approx:
+            cand.bytes_per_token = TABLE[cand.tokenizer].bytes_per_token
     alpha = POLICIES[policy]["alpha"]
     margin_nats = POLICIES[policy]["margin_nats"]
     notes = list(base.notes)
@@ -252,7 +256,7 @@ def significance(candidate, baseline, policy: str = "rule", *, margin_bpb: float
         metric, c, b = "val_bpb", cand.bpb, base.bpb
         if margin_bpb is not None:
             margin = float(margin_bpb)
-            margin_nats = None if margin == 0 else margin_nats
+            margin_nats = margin * LN2 * cand.bytes_per_token if cand.bytes_per_token else None
             notes.append(f"margin given in bpb ({margin:g}), not converted from nats")
         elif margin_nats == 0:
             margin = 0.0

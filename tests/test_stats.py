@@ -168,3 +168,9 @@ def test_longcontext_from_its_own_logs():
     assert sig["t"] == pytest.approx(-31.42, abs=0.005) and sig["p"] == pytest.approx(0.00051, abs=5e-6)
     same = significance(rs, 1.2243657, "rule", margin_bpb=0.005)
     assert same["t"] == pytest.approx(sig["t"]) and same["passes"] is True
+
+
+def test_named_tokenizer_supplies_bytes_per_token_for_bpb_only_values():
+    cand = sample_from_values(LONGCTX, tokenizer="sp1024")
+    sig = significance(cand, 1.2243657, "rule")
+    assert sig["margin"] == pytest.approx(0.005 / (math.log(2) * 2.43593))
