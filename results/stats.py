@@ -182,7 +182,7 @@ def baseline_sample(ref) -> Sample:
             s.label = str(ref.dir)
         return s
     if isinstance(ref, (int, float)) and not isinstance(ref, bool):
-        s = sample_from_values([ref], f"{ref:g} bpb")
+        s = sample_from_values([ref], f"{float(ref)!r} bpb")
         s.number = True
         return s
     text = str(ref).strip()
@@ -206,7 +206,7 @@ def baseline_sample(ref) -> Sample:
                          "pass a record folder, a submission.json or a bpb value like 1.2244") from None
     if not math.isfinite(value) or value <= 0:
         raise PgolfError(f"baseline {text!r}: a bpb baseline must be a positive finite number")
-    s = sample_from_values([value], f"{value:g} bpb")
+    s = sample_from_values([value], f"{value!r} bpb")
     s.number = True
     return s
 
