@@ -1093,7 +1093,8 @@ def main() -> None:
         loss = train_step(loader, mult, momentum)
         step += 1
         with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - args.ema_decay)
+            decay = min(args.ema_decay, (1.0 + step) / (10.0 + step))   # EMA warm-up for short runs
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
             if args.swa_enabled and progress >= args.swa_start_frac and step % max(1, args.swa_every) == 0:
                 if swa is None:
                     swa = [torch.zeros_like(e) for e in ema]
