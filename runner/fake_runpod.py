@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -324,6 +325,7 @@ class FakeRunPod:
         proc = self.procs.pop(pod["id"], None)
         if proc is not None:
             proc.wait()
+        shutil.rmtree(pod["workdir"], ignore_errors=True)   # a terminated pod's disk is gone too
 
     def _terminate(self, pod_id: str, wait: bool = False) -> None:
         """podTerminate: kill the group at once; the pod leaves the API a moment later (as on RunPod)."""
