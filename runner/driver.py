@@ -181,7 +181,8 @@ def classify(exc: BaseException) -> tuple[bool, str]:
         return False, INTERRUPTED
     if isinstance(exc, ray.exceptions.RayError):   # NodeDiedError, WorkerCrashedError, ActorDiedError, ...
         first = str(exc).strip().splitlines()
-        return True, f"{type(exc).__name__}: {first[0] if first else ''}"[:300]
+        first = first[0].split(". ")[0] if first else ""
+        return True, f"{type(exc).__name__}: {first}"[:200]
     return False, f"{type(exc).__name__}: {exc}"[:300]
 
 

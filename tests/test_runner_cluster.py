@@ -36,7 +36,7 @@ def cluster():
 
 
 def gpu_nodes(c: Cluster) -> dict[str, object]:
-    return {n.unique_id: n for n in c.worker_nodes}
+    return {n.node_id: n for n in c.worker_nodes}
 
 
 def spec(tmp_path: Path, seeds, env: dict, limits: str = "") -> Path:
@@ -69,7 +69,7 @@ def wait_for(cond, timeout=120, what="condition"):
         try:
             if cond():
                 return
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, IndexError):
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
@@ -104,7 +104,7 @@ def test_spread_and_node_death_retry(cluster, tmp_path):
               "--no-progress")
     wait_for(lambda: ledger(run_dir)["2"]["attempts"][0]["node"], what="seed 2 running")
     victim = node_id(ledger(run_dir)["2"]["attempts"][0])
-    time.sleep(2)
+    wait_for(lambda: "seed:2" in (run_dir / "seeds/2/attempt-1/train.log").read_text(), what="seed 2's first lines")
     cluster.remove_node(gpu_nodes(cluster)[victim])
     out, _ = p.communicate(timeout=240)
     cluster.add_node(num_cpus=1, num_gpus=8)   # the module's cluster keeps three GPU nodes
@@ -114,6 +114,7 @@ def test_spread_and_node_death_retry(cluster, tmp_path):
     assert len(set(firsts)) == 3, firsts        # one seed per node
     a1, a2 = led["2"]["attempts"]
     assert a1["error"].startswith("infrastructure: "), a1
+    print("node death error:", a1["error"])
     assert a2["exit_code"] == 0 and node_id(a2) != victim
     assert all(led[s]["state"] == "succeeded" for s in led)
     assert len(led["1"]["attempts"]) == 1 and len(led["3"]["attempts"]) == 1

@@ -21,7 +21,8 @@ from typing import Any
 from runner.executors.base import AttemptResult, AttemptSpec, Events
 
 CPU_SLOT = "pgolf_cpu_slot"   # see runner.driver.connect
-TERM_GRACE_S = 10.0          # SIGTERM -> SIGKILL for the job's process group
+TERM_GRACE_S = 10.0          # SIGTERM -> SIGKILL for the job's processes
+SCAN_S = 0.5                 # how often the job's process tree is scanned for new sessions
 _PR_SET_PDEATHSIG = 1
 
 
@@ -33,35 +34,75 @@ def _die_with_parent() -> None:
         pass
 
 
-def kill_group(proc: subprocess.Popen, grace_s: float = TERM_GRACE_S) -> None:
-    """SIGTERM the whole process group, then SIGKILL what is left after `grace_s`."""
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        pgid = proc.pid
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, session id) of every live (non-zombie) process, from /proc."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
             continue
-        if not _group_alive(pgid):
-            break
-    try:
-        os.killpg(pgid, signal.SIGKILL)   # stragglers (ranks that outlived torchrun)
-    except ProcessLookupError:
-        pass
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z":
+            out[int(d)] = (int(fields[1]), int(fields[3]))
+    return out
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+class JobProcesses:
+    """The sessions a job's processes live in. torchrun starts every rank in a session of its own, so
+    killing torchrun's group is not enough: we remember the session of every descendant we ever saw,
+    and kill by session, which also reaches orphans whose parent already exited."""
+
+    def __init__(self, root: subprocess.Popen):
+        self.root = root
+        self.sessions = {root.pid}
+
+    def scan(self) -> None:
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _sid) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [self.root.pid]
+        while todo:
+            pid = todo.pop()
+            for c in children.get(pid, ()):
+                self.sessions.add(table[c][1])
+                todo.append(c)
+
+    def alive(self) -> list[int]:
+        me = os.getpid()
+        return [pid for pid, (_pp, sid) in _proc_table().items() if sid in self.sessions and pid != me]
+
+    def signal_all(self, sig: int) -> None:
+        for pid in self.alive():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def kill(self, grace_s: float = TERM_GRACE_S) -> None:
+        """SIGTERM torchrun (it stops its ranks), then SIGKILL whatever is left in the job's sessions."""
+        if self.root.poll() is None:
+            self.scan()
+            try:
+                os.killpg(self.root.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            t_end = time.monotonic() + grace_s
+            while time.monotonic() < t_end and self.alive():
+                time.sleep(0.2)
+        for _ in range(20):
+            left = self.alive()
+            if not left:
+                break
+            self.signal_all(signal.SIGKILL)
+            time.sleep(0.1)
+        try:
+            self.root.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def node_name() -> str:
@@ -143,17 +184,20 @@ class RayNodeBackend:
             notify(socket.gethostname(), proc.pid)
         reader = threading.Thread(target=_pump, args=(proc, events), daemon=True)
         reader.start()
+        job = JobProcesses(proc)
         error = None
         try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            error = f"timeout: {what} still running at the attempt deadline, process group killed"
-            kill_group(proc)
-        finally:
-            if proc.poll() is None:       # cancelled (KeyboardInterrupt from ray.cancel) or crashed
-                kill_group(proc)
-            else:
-                kill_group(proc, grace_s=2.0)   # leftovers of a finished job in its group
+            while proc.poll() is None:           # poll so that we learn the ranks' sessions as they start
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    error = f"timeout: {what} still running at the attempt deadline, its processes were killed"
+                    break
+                try:
+                    proc.wait(timeout=min(SCAN_S, left))
+                except subprocess.TimeoutExpired:
+                    job.scan()
+        finally:                                 # normal end, timeout, or cancel (KeyboardInterrupt)
+            job.kill(grace_s=TERM_GRACE_S if proc.poll() is None else 0)
             reader.join(timeout=10)
         return (None if error else proc.returncode), error
 
