@@ -1,0 +1,87 @@
+"""CLI-level failures that must happen before anything starts, resume's script check, `pgolf status`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from results.errors import PgolfError
+from runner.commands import cmd_resume, cmd_status
+from runner.ledger import Ledger, create_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = ROOT / "tests" / "payloads" / "fake_train.py"
+
+
+def pgolf(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "runner.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env=dict(os.environ, RAY_AUTH_MODE="disabled"), timeout=120)
+
+
+def test_malformed_spec_is_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'name = "x"\nscript = "{FAKE}"\nseeds = [1]\n[limits]\nretries = -1\n')
+    r = pgolf("run", bad, "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.toml: [limits] retries: must be >= 0, got -1" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+
+
+def test_missing_data_fails_before_anything_starts(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(f'name = "x"\nscript = "{FAKE}"\nseeds = [1]\n[data]\npaths = {{ DATA_PATH = "nope" }}\n')
+    r = pgolf("run", job, "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "[data] paths.DATA_PATH" in r.stderr and "does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    job.write_text(f'name = "x"\nscript = "missing.py"\nseeds = [1]\n')
+    r = pgolf("run", job, "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "script:" in r.stderr and "missing.py does not exist" in r.stderr
+
+
+def _batch(tmp_path) -> Path:
+    src = tmp_path / "train.py"
+    src.write_text("print('v1')\n")
+    run = tmp_path / "runs" / "b"
+    spec = {"name": "b", "script": str(src), "env": {}, "seeds": [1, 2], "nproc_per_node": 1, "gpus_per_seed": 0,
+            "backend": "ray", "launcher": "torchrun"}
+    create_batch(run, spec, src)
+    led = Ledger.create(run, [1, 2])
+    led.start_attempt(1, "ray")
+    led.end_attempt(1, 1, "succeeded", exit_code=0)
+    led.start_attempt(2, "ray")                 # left running by a driver that died
+    return run
+
+
+def test_resume_refuses_changed_script(tmp_path):
+    run = _batch(tmp_path)
+    (tmp_path / "train.py").write_text("print('v2')\n")
+    with pytest.raises(PgolfError, match="script changed since the batch started"):
+        cmd_resume(SimpleNamespace(run_dir=str(run), address=None, no_progress=True, backend=None))
+    assert Ledger.load(run).state(2) == "running"          # refused before touching the ledger
+
+
+def test_resume_refuses_altered_frozen_copy(tmp_path):
+    run = _batch(tmp_path)
+    frozen = run / "train.py"
+    os.chmod(frozen, 0o644)
+    frozen.write_text("print('tampered')\n")
+    with pytest.raises(PgolfError, match="frozen script is missing or altered"):
+        cmd_resume(SimpleNamespace(run_dir=str(run), address=None, no_progress=True, backend=None))
+
+
+def test_status(tmp_path, capsys):
+    run = _batch(tmp_path)
+    assert cmd_status(SimpleNamespace(run_dir=str(run), json=True)) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["seeds"]["1"]["state"] == "succeeded" and data["seeds"]["2"]["state"] == "running"
+    assert cmd_status(SimpleNamespace(run_dir=str(run), json=False)) == 0
+    out = capsys.readouterr().out
+    assert "succeeded" in out and "running" in out
+    r = pgolf("status", tmp_path)
+    assert r.returncode == 2 and "no ledger here" in r.stderr
