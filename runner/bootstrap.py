@@ -28,9 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOG_CHUNK = 1 << 20                  # most bytes one /log answer carries
-HF_BASE = "https://huggingface.co"
-DEFAULT_HF_REPO = "willdepueoai/parameter-golf"
-DEFAULT_HF_ROOT = "matched_100B_train30Btok_even_seed1337"
+HF_BASE = "https://huggingface.co"     # HF_ENDPOINT overrides it, as for huggingface_hub (mirrors, tests)
+DEFAULT_HF_REPO = "willdepueoai/parameter-golf"          # the official download's default
+HF_REPO_BY_VARIANT = {"sp8192": "kevclark/parameter-golf"}  # where the records fetched sp8192 from
+HF_ROOTS = ("matched_10B_docs2m_seed1337", "matched_100B_train30Btok_even_seed1337")   # export folders seen
 TERMINATE_RETRY_S = 20.0
 
 
@@ -263,7 +264,8 @@ def hf_get(repo: str, path: str, dest: str, token: str | None) -> None:
     """One file of a Hugging Face dataset repo, written atomically (the official download, stdlib only)."""
     if os.path.exists(dest):
         return
-    url = f"{HF_BASE}/datasets/{repo}/resolve/main/{urllib.parse.quote(path)}"
+    base = (os.environ.get("HF_ENDPOINT") or HF_BASE).rstrip("/")
+    url = f"{base}/datasets/{repo}/resolve/main/{urllib.parse.quote(path)}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     for attempt in range(4):
@@ -277,8 +279,8 @@ def hf_get(repo: str, path: str, dest: str, token: str | None) -> None:
                     f.write(buf)
             os.replace(dest + ".part", dest)
             return
-        except Exception:  # noqa: BLE001
-            if attempt == 3:
+        except Exception as e:  # noqa: BLE001
+            if attempt == 3 or getattr(e, "code", None) in (401, 403, 404):
                 raise
             time.sleep(5 * (attempt + 1))
 
@@ -286,14 +288,22 @@ def hf_get(repo: str, path: str, dest: str, token: str | None) -> None:
 def download_official(data: dict, root: str, token: str | None, log) -> dict:
     """The challenge's dataset variant (as data/cached_challenge_fineweb.py lays it out): manifest, val
     shards, the first N train shards, the tokenizer. Returns DATA_PATH/TOKENIZER_PATH for the job."""
-    repo = data.get("repo") or DEFAULT_HF_REPO
-    prefix = data.get("remote_root") or DEFAULT_HF_ROOT
     variant = data["variant"]
+    repo = data.get("repo") or HF_REPO_BY_VARIANT.get(variant, DEFAULT_HF_REPO)
     dataset_dir = f"fineweb10B_{variant}"
     n_train = int(data.get("train_shards") or 80)
     manifest_path = os.path.join(root, "manifest.json")
-    hf_get(repo, f"{prefix}/manifest.json", manifest_path, token)
-    manifest = json.load(open(manifest_path))
+    prefix, manifest = None, {}
+    for cand in ([data["remote_root"]] if data.get("remote_root") else list(HF_ROOTS)):
+        try:
+            hf_get(repo, f"{cand}/manifest.json", manifest_path, token)
+            prefix, manifest = cand, json.load(open(manifest_path))
+            break
+        except Exception as e:  # noqa: BLE001 - try the next known export folder
+            log(f"no manifest at {repo}/{cand} ({type(e).__name__})")
+    if prefix is None:
+        raise ValueError(f"no manifest.json in {repo} under {data.get('remote_root') or HF_ROOTS}; "
+                         "set [runpod] data_repo / data_remote_root")
     ds = next((d for d in manifest.get("datasets", []) if d.get("name") == dataset_dir), None)
     if ds is None:
         raise ValueError(f"{dataset_dir} is not in {repo}/{prefix}/manifest.json")
@@ -302,6 +312,8 @@ def download_official(data: dict, root: str, token: str | None, log) -> dict:
     n_train = min(n_train, n_max)
     tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == ds.get("tokenizer_name")), {})
     tok_files = [tok[k] for k in ("model_path", "vocab_path", "path") if tok.get(k)]
+    if not tok_files and variant.startswith("sp"):
+        tok_files = [f"tokenizers/fineweb_{variant[2:]}_bpe.model"]
     files = [f"datasets/{dataset_dir}/fineweb_val_{i:06d}.bin" for i in range(n_val)]
     files += [f"datasets/{dataset_dir}/fineweb_train_{i:06d}.bin" for i in range(n_train)]
     files += tok_files

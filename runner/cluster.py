@@ -183,7 +183,7 @@ def cmd_cluster(args) -> int:
         print(f"pgolf cluster {args.action}: {args.spec} uses the Ray backend: `pgolf run` starts a local Ray "
               f"cluster itself; for a multi-node one use `ray start --head` / `ray up`, then `--address`")
         return 0
-    prefix = f"{api.NAME_PREFIX}{spec.name}"
+    prefix = f"{api.NAME_PREFIX}{spec.name}-"   # run dirs default to NAME-TIMESTAMP
     with connected(rehearse):
         if args.action == "up":
             from runner.executors.runpod import check_budget

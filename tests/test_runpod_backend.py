@@ -271,3 +271,50 @@ def test_fake_state_file_survives_the_api_and_holds_no_secret(env):
         assert again.alive_pods() == [] and FakeRunPod().pods == {}
     finally:
         FakeRunPod().terminate_all()
+
+
+def test_bootstrap_downloads_the_official_variant_layout(tmp_path, monkeypatch):
+    """The pod's dataset download (manifest-driven, as data/cached_challenge_fineweb.py), against a local
+    stand-in for huggingface.co (HF_ENDPOINT); the real one is only reachable from real pods."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from runner import bootstrap
+    root = "matched_10B_docs2m_seed1337"
+    repo_dir = tmp_path / "hf" / "datasets" / "org" / "pg" / "resolve" / "main" / root
+    (repo_dir / "datasets" / "fineweb10B_sp1024").mkdir(parents=True)
+    (repo_dir / "tokenizers").mkdir()
+    (repo_dir / "manifest.json").write_text(json.dumps({
+        "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp1024",
+                      "stats": {"files_train": 3, "files_val": 1}}],
+        "tokenizers": [{"name": "sp1024", "model_path": "tokenizers/fineweb_1024_bpe.model",
+                        "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}]}))
+    for name in ("fineweb_val_000000.bin", "fineweb_train_000000.bin", "fineweb_train_000001.bin",
+                 "fineweb_train_000002.bin"):
+        (repo_dir / "datasets" / "fineweb10B_sp1024" / name).write_bytes(name.encode())
+    for name in ("fineweb_1024_bpe.model", "fineweb_1024_bpe.vocab"):
+        (repo_dir / "tokenizers" / name).write_bytes(b"tok")
+    seen = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            return super().do_GET()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(tmp_path / "hf")))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.server_address[1]}")
+    try:
+        logs = []
+        out = bootstrap.download_official({"variant": "sp1024", "repo": "org/pg", "train_shards": 2},
+                                          str(tmp_path / "data"), "hf_tok", logs.append)
+    finally:
+        srv.shutdown()
+    data = tmp_path / "data"
+    assert out == {"DATA_PATH": str(data / "datasets" / "fineweb10B_sp1024"),
+                   "TOKENIZER_PATH": str(data / "tokenizers" / "fineweb_1024_bpe.model")}
+    got = sorted(p.name for p in (data / "datasets" / "fineweb10B_sp1024").iterdir())
+    assert got == ["fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+    assert set(seen) == {"Bearer hf_tok"}
