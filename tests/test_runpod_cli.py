@@ -157,3 +157,30 @@ def test_driver_killed_then_resume_then_gc_leaves_no_pod(tmp_path, env):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert "no orphaned pgolf pods" in out.stdout
     assert_no_secret(run, Path(env["PGOLF_REHEARSE_STATE"]).parent)
+
+
+def test_ctrl_c_terminates_every_pod_before_exiting(tmp_path, env):
+    spec = write_spec(tmp_path, [1, 2], 60)
+    runs = tmp_path / "runs"
+    drv = subprocess.Popen(PGOLF + ["run", str(spec), "--rehearse", "--runs-dir", str(runs), "--name", "c",
+                                    "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = runs / "c"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if (run / "ledger.json").exists() and len([a for a in attempts(run) if a["pod_id"]]) == 2 \
+                    and len(alive(env)) == 2:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the pods never started")
+        drv.send_signal(signal.SIGINT)
+        out, _ = drv.communicate(timeout=120)
+    finally:
+        if drv.poll() is None:
+            os.killpg(drv.pid, signal.SIGKILL)
+    assert drv.returncode == 130, out[-2000:]
+    assert alive(env) == []
+    atts = attempts(run)
+    assert len(atts) == 2 and all(a["pod_terminated"] is True and a["error"] == "interrupted" for a in atts)
