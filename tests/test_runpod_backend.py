@@ -158,7 +158,7 @@ def test_an_exception_in_the_task_still_terminates_the_pod(env):
 def test_nonzero_exit_is_the_jobs_and_the_pod_still_goes(env):
     b = backend()
     try:
-        r = b.run_attempt(attempt(env, FAKE_FAIL="all"), Events())
+        r = b.run_attempt(attempt(env, FAKE_FAIL="1"), Events())
         assert r.exit_code == 3 and "exit 3" in r.error and r.pod_terminated is True
         assert_no_pods(b)
     finally:

@@ -183,4 +183,4 @@ def test_ctrl_c_terminates_every_pod_before_exiting(tmp_path, env):
     assert drv.returncode == 130, out[-2000:]
     assert alive(env) == []
     atts = attempts(run)
-    assert len(atts) == 2 and all(a["pod_terminated"] is True and a["error"] == "interrupted" for a in atts)
+    assert len(atts) == 2 and all(a["pod_terminated"] is True and a["error"] == "interrupted" for a in atts), [(a["pod_terminated"], a["error"]) for a in atts]
