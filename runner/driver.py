@@ -31,7 +31,8 @@ from runner.executors.base import AttemptResult, AttemptSpec, InfraFailure
 from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger, atomic_write, atomic_write_json, now_iso
 from runner.secrets import Scrubber
 
-POLL_S = 0.2                 # driver loop: ray.wait timeout and channel drain period
+POLL_S = 1.0                 # driver loop: longest ray.wait without news
+EVENT_WAIT_S = 1.0           # a drain call waits this long for an event before returning empty
 LINE_FLUSH_S = 0.2           # tasks push buffered log lines at least this often
 CANCEL_GRACE_S = 15.0        # Ctrl-C: time for tasks to kill their jobs before force-cancel
 CPU_SLOT = "pgolf_cpu_slot"    # custom resource of the embedded cluster: one per core
@@ -67,24 +68,43 @@ class EventChannel:
         self.events: list[tuple] = []
         self.waiters: dict[int, asyncio.Event] = {}
         self.next_id = 0
+        self.wake = asyncio.Event()
+        self.kicked = False
+
+    def _push(self, ev: tuple) -> None:
+        self.events.append(ev)
+        self.wake.set()
 
     async def lines(self, seed: int, attempt: int, lines: list[str]) -> None:
-        self.events.append(("lines", seed, attempt, lines))
+        self._push(("lines", seed, attempt, lines))
 
     async def process(self, seed: int, attempt: int, host: str, pid: int) -> None:
-        self.events.append(("process", seed, attempt, host, pid))
+        self._push(("process", seed, attempt, host, pid))
 
     async def meta(self, seed: int, attempt: int, fields: dict[str, Any]) -> None:
         mid = self.next_id
         self.next_id += 1
         self.waiters[mid] = asyncio.Event()
-        self.events.append(("meta", seed, attempt, fields, mid))
+        self._push(("meta", seed, attempt, fields, mid))
         await self.waiters[mid].wait()
         del self.waiters[mid]
 
-    async def drain(self) -> list[tuple]:
+    async def drain(self, timeout: float = 0.0) -> list[tuple]:
+        """Pending events; with `timeout`, first wait up to that long for one (or for `kick`)."""
+        if not self.events and not self.kicked and timeout > 0:
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        self.kicked = False
         out, self.events = self.events, []
         return out
+
+    async def kick(self) -> None:
+        """Make a waiting `drain` return now (the driver wants everything pushed so far)."""
+        self.kicked = True
+        self.wake.set()
 
     async def ack(self, ids: list[int]) -> None:
         for i in ids:
@@ -221,8 +241,12 @@ class Driver:
         self.progress.attempt_started(seed, k)
 
     # --- events ---------------------------------------------------------------------------------
-    def pump_events(self) -> None:
-        events = ray.get(self.channel.drain.remote())
+    def pump_events(self, events: list[tuple] | None = None) -> None:
+        """Handle channel events; without `events`, collect everything pushed so far first."""
+        if events is None:
+            self.channel.kick.remote()
+            events = ray.get(self.ev_ref)
+            self.ev_ref = self.channel.drain.remote(EVENT_WAIT_S)
         acks = []
         for ev in events:
             kind, seed, k = ev[0], ev[1], ev[2]
@@ -317,9 +341,13 @@ class Driver:
         queue = [s for s in seeds if self.ledger.state(s) != "succeeded"]
         for s in queue:
             self.launch(s)   # Ray queues what the cluster cannot hold yet
+        self.ev_ref = self.channel.drain.remote(EVENT_WAIT_S)
         while self.running:
-            ready, _ = ray.wait(list(self.running), num_returns=1, timeout=POLL_S)
-            self.pump_events()
+            ready, _ = ray.wait(list(self.running) + [self.ev_ref], num_returns=1, timeout=POLL_S)
+            if self.ev_ref in ready:          # events wake the loop at once (a meta waits for its ack)
+                ready.remove(self.ev_ref)
+                events, self.ev_ref = ray.get(self.ev_ref), self.channel.drain.remote(EVENT_WAIT_S)
+                self.pump_events(events)
             for ref in ready:
                 seed, _k = self.running[ref]
                 self.finish(ref)

@@ -29,7 +29,7 @@ INTERRUPTED = "interrupted"
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:
