@@ -18,6 +18,7 @@ job is running and vanish from the API), balance=X (account balance in dollars).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -122,6 +123,8 @@ class FakeRunPod:
         self.tokens: dict[str, str] = {}      # pod id -> its HTTP token (memory only)
         self.n_requests = self.n_creates = self.n_pods = 0
         self.used = {k: 0 for k in FAULT_KEYS}
+        self.gone: set[str] = set()           # ids of pods terminated or lost (by this fake or another)
+        self.mine: set[str] = set()           # ids this fake created or changed: its copy is the truth
         self.events: list[str] = []           # what the fake did to whom (faults, terminations)
         self.requests_seen: list[str] = []    # operation names, for tests
         self.server: ThreadingHTTPServer | None = None
@@ -164,10 +167,28 @@ class FakeRunPod:
                 pod["desiredStatus"] = "EXITED"
             self.pods[pod["id"]] = pod
         self.n_pods = int(data.get("n_pods", len(self.pods)))
+        self.gone = set(data.get("gone") or [])
 
     def _save(self) -> None:
-        with self.lock:
-            data = {"pods": list(self.pods.values()), "n_pods": self.n_pods}
+        """Merge into the file under a lock: another rehearsal (or gc) may share it. Pods this fake does
+        not know are kept; pods anyone removed stay removed (tombstones in "gone")."""
+        with self.lock, open(self.state_path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with open(self.state_path) as f:
+                    disk = json.load(f)
+            except (OSError, ValueError):
+                disk = {}
+            self.gone |= set(disk.get("gone") or [])
+            for pod_id in [i for i in self.pods if i in self.gone]:
+                del self.pods[pod_id]
+            pods = {p["id"]: p for p in disk.get("pods") or [] if p["id"] not in self.gone}
+            pods.update({i: p for i, p in self.pods.items() if i in self.mine or i not in pods})
+            for i, p in pods.items():          # the other fakes' pods, as they last wrote them
+                if i not in self.mine:
+                    self.pods[i] = p
+            data = {"pods": list(pods.values()), "n_pods": max(self.n_pods, int(disk.get("n_pods") or 0)),
+                    "gone": sorted(self.gone)[-1000:]}
             tmp = f"{self.state_path}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(tmp, "w") as f:
                 json.dump(data, f, indent=1)
@@ -249,6 +270,7 @@ class FakeRunPod:
             if slow:
                 self.used["slow_start"] += 1
             self.pods[pod_id] = pod
+            self.mine.add(pod_id)
             self.tokens[pod_id] = inp["env"].get("PGOLF_POD_TOKEN", "")
             self._save()
             lost = self.used["lost_create"] < self.faults.get("lost_create", 0)
@@ -313,6 +335,7 @@ class FakeRunPod:
                 return
             self._kill(self.pods[pod_id])
             del self.pods[pod_id]
+            self.gone.add(pod_id)
             self.events.append(f"preempt {pod_id}")
             self._save()
 
@@ -334,6 +357,7 @@ class FakeRunPod:
             if pod is None:
                 return
             pod["desiredStatus"] = "TERMINATED"
+            self.mine.add(pod_id)
             self.events.append(f"terminate {pod_id}")
             self._save()
 
@@ -342,6 +366,7 @@ class FakeRunPod:
                 self._kill(pod)
                 time.sleep(0.05)
                 self.pods.pop(pod_id, None)
+                self.gone.add(pod_id)
                 self._save()
         if wait:
             finish()

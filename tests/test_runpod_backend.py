@@ -318,3 +318,30 @@ def test_bootstrap_downloads_the_official_variant_layout(tmp_path, monkeypatch):
     got = sorted(p.name for p in (data / "datasets" / "fineweb10B_sp1024").iterdir())
     assert got == ["fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
     assert set(seen) == {"Bearer hf_tok"}
+
+
+def test_two_fakes_on_one_state_file_never_resurrect_a_terminated_pod(env):
+    """gc --rehearse while a rehearsal runs: both fakes share the state file; what one removes stays removed."""
+    b = backend()
+    try:
+        b._connect()
+        from runner.executors.runpod import settings
+        s = settings(SPEC)
+        pod = api.create_pod(name="pgolf-shared-s1-a1", image="x", gpu_type=s["gpu_type"], gpu_count=8,
+                             cloud_type="SECURE", container_disk_gb=10, volume_gb=0, ports="8000/http",
+                             env=b._pod_env(attempt(env, FAKE_HANG="1"), s, "tok"), docker_args=START_COMMAND)
+        deadline = time.time() + 30
+        while not b.fake.alive_pods() and time.time() < deadline:
+            time.sleep(0.1)
+        other = FakeRunPod()
+        assert other.alive_pods() == [pod["id"]]
+        other.terminate_all()                         # the pod's process dies; the first fake reaps it
+        deadline = time.time() + 10
+        while pod["id"] in b.fake.pods and time.time() < deadline:
+            time.sleep(0.1)
+            b.fake._save()
+        assert pod["id"] not in b.fake.pods and api.get_pod(pod["id"]) is None
+        assert FakeRunPod().pods == {}
+    finally:
+        b.fake.terminate_all()
+        b.stop()
