@@ -79,8 +79,9 @@ def test_shared_weights_stored_once_and_strict_roundtrip(tmp_path):
     assert len(b2.getvalue()) - len(b1.getvalue()) >= kv_bytes
     # file roundtrip, strict load, tying preserved
     path = tmp_path / "final_model.int6.ptz"
-    n, method = tg.save_artifact(sd, path, args)
-    assert method == "zstd" and n == os.path.getsize(path)
+    info = tg.save_artifact(sd, path, args)
+    assert info["method"] == "zstd" and info["bytes"] == os.path.getsize(path) and info["step_mult"] == 1.0
+    assert abs(info["estimate"] - info["bytes"]) < 0.1 * info["bytes"]   # the entropy estimate is close
     m2 = tg.GPT(args)
     m2.load_state_dict(tg.load_artifact(path), strict=True)
     assert m2.blocks[0].mixer.k_proj.weight is m2.blocks[1].mixer.k_proj.weight
@@ -179,3 +180,23 @@ def test_loader_ranks_read_disjoint_slices_of_the_same_stream(tmp_path):
     bad.write_bytes(b"\0" * 2048)
     with pytest.raises(ValueError, match="not an official shard"):
         tg.shard_tokens(bad)
+
+
+def test_size_budget_coarsens_the_grid_until_the_artifact_fits(tmp_path):
+    args = tg.Hyperparameters({**SMALL, "COMPRESSOR": "zstd"})
+    torch.manual_seed(0)
+    m = tg.GPT(args)
+    sd = m.state_dict()
+    free = tg.save_artifact(sd, tmp_path / "a.ptz", args)
+    budget = int(0.7 * free["bytes"])
+    info = tg.save_artifact(sd, tmp_path / "b.ptz", args, budget_bytes=budget)
+    assert info["step_mult"] > 1.0
+    assert info["bytes"] == os.path.getsize(tmp_path / "b.ptz") <= budget
+    assert info["bytes"] > 0.8 * budget              # it uses the budget rather than overshooting
+    m2 = tg.GPT(args)
+    m2.load_state_dict(tg.load_artifact(tmp_path / "b.ptz"), strict=True)
+    # coarser grid: larger error than the unconstrained artifact, but still a faithful model
+    w = sd["blocks.0.mlp.fc.weight"]
+    e_free = (tg.load_artifact(tmp_path / "a.ptz")["blocks.0.mlp.fc.weight"] - w).pow(2).mean()
+    e_tight = (m2.state_dict()["blocks.0.mlp.fc.weight"] - w).pow(2).mean()
+    assert e_free < e_tight < 0.05 * w.pow(2).mean()
