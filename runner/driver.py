@@ -367,6 +367,10 @@ class Driver:
         pending = refs
         while pending and time.monotonic() < deadline:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            try:
+                self.pump_events()   # a cancelled task's last meta (e.g. RunPod's pod_terminated) waits for its ack
+            except Exception:
+                pass
         for ref in pending:
             try:
                 ray.cancel(ref, force=True)
