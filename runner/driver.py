@@ -389,6 +389,7 @@ class Driver:
                 self.write_result(seed, k, AttemptResult(exit_code=None, error=INTERRUPTED))
             except OSError:
                 pass
+        self.ledger.close_dangling(INTERRUPTED)   # an attempt started in the instant of the Ctrl-C
 
     def kill_local_groups(self) -> None:
         for host, pid in self.procs.values():

@@ -183,6 +183,8 @@ def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: st
     run_dir.mkdir(parents=True, exist_ok=True)
     script_path = Path(script_path)
     frozen = run_dir / script_path.name
+    if frozen.exists():          # a run dir left by a batch that died before its ledger existed
+        frozen.unlink()
     shutil.copyfile(script_path, frozen)
     os.chmod(frozen, 0o444)
     sha = sha256_file(frozen)
