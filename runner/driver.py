@@ -54,7 +54,7 @@ def connect(address: str | None, resources: dict[str, float] | None = None) -> N
         # CPU slots Ray never lends out: Ray frees a task's CPUs while it blocks in ray.get (our durable
         # meta does), which would let more CPU jobs run at once than the machine has cores.
         res = {CPU_SLOT: float(cpus), **(resources or {})}
-        ray.init(num_cpus=cpus, include_dashboard=False, resources=res, **kw)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, resources=res, **kw)
 
 
 # --------------------------------------------------------------------------------------------------
