@@ -27,7 +27,8 @@ TRANSIENT_WAIT_MAX_S = 8.0
 _wait_base_s = 0.5           # first backoff; the rehearsal shortens it (set_backoff) so tests stay fast
 
 _CAPACITY_RE = re.compile(r"no longer any instances available|no instances? (currently )?available|"
-                          r"not enough (gpus|capacity|machines)|insufficient capacity", re.I)
+                          r"not enough (gpus|capacity|machines)|insufficient capacity|"
+                          r"does not have the resources to deploy", re.I)
 _NOT_FOUND_RE = re.compile(r"not found|does not exist|no pod", re.I)
 
 
@@ -191,11 +192,10 @@ def gpu_price_per_hour(gpu_type: str, gpu_count: int, cloud_type: str) -> float:
 def pod_address(pod: dict[str, Any], private_port: int) -> str | None:
     """Base URL of the pod's HTTP port: the public ip:port mapping when there is one, else RunPod's
     HTTPS proxy (https://{id}-{port}.proxy.runpod.net). None while the pod has no runtime yet."""
-    runtime = pod.get("runtime") or {}
-    ports = runtime.get("ports") or []
-    if not ports:
+    runtime = pod.get("runtime")
+    if not runtime:                   # no container yet (image pull, slow start)
         return None
-    for p in ports:
+    for p in runtime.get("ports") or []:
         if int(p.get("privatePort") or -1) == private_port and p.get("isIpPublic") and p.get("ip"):
             return f"http://{p['ip']}:{p['publicPort']}"
     return f"https://{pod['id']}-{private_port}.proxy.runpod.net"

@@ -345,3 +345,29 @@ def test_two_fakes_on_one_state_file_never_resurrect_a_terminated_pod(env):
     finally:
         b.fake.terminate_all()
         b.stop()
+
+
+def test_pod_address_public_mapping_else_runpod_proxy():
+    pod = {"id": "abc", "runtime": None}
+    assert api.pod_address(pod, 8000) is None
+    pod["runtime"] = {"ports": [{"ip": "100.65.0.2", "isIpPublic": False, "privatePort": 8000,
+                                 "publicPort": 60123, "type": "http"}]}
+    assert api.pod_address(pod, 8000) == "https://abc-8000.proxy.runpod.net"
+    pod["runtime"]["ports"].append({"ip": "203.0.113.9", "isIpPublic": True, "privatePort": 8000,
+                                    "publicPort": 40001, "type": "tcp"})
+    assert api.pod_address(pod, 8000) == "http://203.0.113.9:40001"
+    assert api.pod_address({"id": "abc", "runtime": {"ports": None}}, 8000) == "https://abc-8000.proxy.runpod.net"
+
+
+def test_runpod_client_errors_are_sorted_into_what_pgolf_does():
+    import requests
+    from runpod import error as rp_error
+    from runner.fake_runpod import CAPACITY_MESSAGE
+    assert isinstance(api._classify(rp_error.QueryError(CAPACITY_MESSAGE)), api.CapacityError)
+    assert isinstance(api._classify(rp_error.QueryError("This machine does not have the resources to deploy "
+                                                        "your pod.")), api.CapacityError)
+    assert isinstance(api._classify(requests.ConnectionError("refused")), api.TransientError)
+    assert isinstance(api._classify(requests.exceptions.JSONDecodeError("x", "<html>", 0)), api.TransientError)
+    err = api._classify(rp_error.AuthenticationError("Unauthorized"))
+    assert type(err) is api.ApiError and "API key" in str(err)
+    assert type(api._classify(rp_error.QueryError("Something else"))) is api.ApiError
