@@ -382,7 +382,7 @@ def eval_ttt(args, model, base_model, tokens: Tensor, luts, device, autocast, ra
 # -----------------------------------------------------------------------------
 
 CLIP_PERCENTILES = (1.0, 0.99995, 0.9999, 0.9995, 0.999)
-SMALL_NUMEL = 65536
+SMALL_NUMEL = 16384
 
 
 def best_row_scales(w: Tensor, bits: int, percentiles=CLIP_PERCENTILES) -> Tensor:
@@ -416,10 +416,11 @@ def quantize_rows(w: Tensor, bits: int, percentiles=CLIP_PERCENTILES, step_mult:
     return q.to(torch.int8), s
 
 
-def fake_quant_rows(w: Tensor, bits: int) -> Tensor:
-    """QAT forward: per-row absmax int-b quantize-dequantize (gradient passes straight through)."""
+def fake_quant_rows(w: Tensor, bits: int, step_mult=1.0) -> Tensor:
+    """QAT forward: per-row absmax int-b quantize-dequantize, the grid step times `step_mult` (the
+    coarsening the size budget will ask for); callers pass the gradient straight through."""
     qmax = 2 ** (bits - 1) - 1
-    s = (w.detach().abs().amax(dim=1, keepdim=True) / qmax).clamp_min(1e-7)
+    s = (w.detach().abs().amax(dim=1, keepdim=True) / qmax * step_mult).clamp_min(1e-7)
     return torch.clamp(torch.round(w / s), -qmax, qmax) * s
 
 
@@ -514,22 +515,31 @@ def decompress_bytes(blob: bytes) -> bytes:
     return brotli.decompress(blob)
 
 
+def budget_step_mult(sd, args, budget_bytes: int, cache=None) -> float:
+    """Smallest grid coarsening (>= 1, bisection on the entropy estimate) whose artifact fits 98.5% of
+    `budget_bytes`."""
+    cache = {} if cache is None else cache
+    fits = lambda m: estimate_artifact_bytes(
+        quantize_state_dict(sd, args.embed_bits, args.matrix_bits, m, cache)) <= 0.985 * budget_bytes
+    if budget_bytes <= 0 or fits(1.0):
+        return 1.0
+    lo, hi = 1.0, 2.0
+    while not fits(hi) and hi < 256:
+        lo, hi = hi, hi * 2
+    for _ in range(12):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
 def save_artifact(sd, path, args, budget_bytes: int = 0) -> dict:
     """Quantize, serialise, compress, write atomically. With a budget (bytes allowed for the artifact),
     the quantization grid is made uniformly coarser (step_mult > 1, found by bisection on the entropy
     estimate) until the compressed file fits; the MSE-best per-row clips are the starting point."""
     cache: dict[str, Tensor] = {}
     quant = lambda m: quantize_state_dict(sd, args.embed_bits, args.matrix_bits, m, cache)
-    mult, obj = 1.0, quant(1.0)
-    target = 0.985 * budget_bytes
-    if budget_bytes > 0 and estimate_artifact_bytes(obj) > target:
-        lo, hi = 1.0, 2.0
-        while estimate_artifact_bytes(quant(hi)) > target and hi < 256:
-            lo, hi = hi, hi * 2
-        for _ in range(12):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (lo, mid) if estimate_artifact_bytes(quant(mid)) <= target else (mid, hi)
-        mult, obj = hi, quant(hi)
+    mult = budget_step_mult(sd, args, budget_bytes, cache)
+    obj = quant(mult)
     for _ in range(6):
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -729,6 +739,7 @@ class CastedLinear(nn.Linear):
         super().__init__(in_f, out_f, bias=False)
         self.bits = bits
         self.register_buffer("qat", torch.zeros(()), persistent=False)
+        self.register_buffer("qat_mult", torch.ones(()), persistent=False)
         with torch.no_grad():
             if zero_init:
                 self.weight.zero_()
@@ -737,7 +748,7 @@ class CastedLinear(nn.Linear):
 
     def effective_weight(self) -> Tensor:
         w = self.weight
-        return w + self.qat * (fake_quant_rows(w, self.bits) - w).detach()
+        return w + self.qat * (fake_quant_rows(w, self.bits, self.qat_mult) - w).detach()
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.effective_weight().to(x.dtype))
@@ -832,6 +843,7 @@ class BigramHash(nn.Module):
         self.proj = CastedLinear(dim, model_dim, zero_init=True)
         self.bits = bits
         self.register_buffer("qat", torch.zeros(()), persistent=False)
+        self.register_buffer("qat_mult", torch.ones(()), persistent=False)
 
     def indices(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         p1 = F.pad(ids, (1, 0))[:, :-1]
@@ -844,7 +856,7 @@ class BigramHash(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         w = self.table
-        w = w + self.qat * (fake_quant_rows(w, self.bits) - w).detach()
+        w = w + self.qat * (fake_quant_rows(w, self.bits, self.qat_mult) - w).detach()
         bi, tri = self.indices(ids)
         return self.proj(F.embedding(bi, w) + F.embedding(tri, w))
 
@@ -856,6 +868,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Parameter(torch.randn(args.vocab_size, args.model_dim) * args.tied_embed_init_std)
         self.embed_bits = args.embed_bits
         self.register_buffer("qat", torch.zeros(()), persistent=False)
+        self.register_buffer("qat_mult", torch.ones(()), persistent=False)
         self.bigram = BigramHash(args.bigram_vocab_size, args.bigram_dim, args.model_dim, args.matrix_bits) \
             if args.bigram_vocab_size > 0 else None
         self.smear = nn.Parameter(torch.full((args.model_dim,), args.smear_init))
@@ -866,14 +879,15 @@ class GPT(nn.Module):
             blocks.append(Block(args, kv))
         self.blocks = nn.ModuleList(blocks)
 
-    def set_qat(self, on: bool) -> None:
+    def set_qat(self, on: bool, step_mult: float = 1.0) -> None:
         for m in self.modules():
             if "qat" in m._buffers:
                 m.qat.fill_(1.0 if on else 0.0)
+                m.qat_mult.fill_(step_mult)
 
     def forward(self, ids: Tensor, targets: Tensor | None = None, reduction: str = "mean") -> Tensor:
         emb = self.tok_emb
-        emb = emb + self.qat * (fake_quant_rows(emb, self.embed_bits) - emb).detach()
+        emb = emb + self.qat * (fake_quant_rows(emb, self.embed_bits, self.qat_mult) - emb).detach()
         x = F.embedding(ids, emb)
         if self.bigram is not None:
             x = x + self.bigram(ids)
@@ -1095,7 +1109,7 @@ def main() -> None:
         t_w = time.perf_counter()
         loader = DistributedTokenLoader(train_pattern, rank, world, device)
         for i in range(args.warmup_steps):
-            base_model.set_qat(i >= args.warmup_steps // 2)
+            base_model.set_qat(i >= args.warmup_steps // 2, 1.5)
             train_step(loader, 1.0, args.muon_momentum_warmup_start)
             if i + 1 in (1, 2, args.warmup_steps) or (i + 1) % 10 == 0:
                 log0(f"warmup_step:{i + 1}/{args.warmup_steps}")
@@ -1118,6 +1132,7 @@ def main() -> None:
         log0(f"warmup_time:{1000 * (time.perf_counter() - t_w):.0f}ms")
         del init_model, init_opts
 
+    budget = args.artifact_target_bytes - len(code) if args.artifact_target_bytes > 0 else 0
     # training: wall-clock-aware schedule, EMA every step, late QAT, SWA over the end of the warmdown
     torch.manual_seed(args.seed)
     loader = DistributedTokenLoader(train_pattern, rank, world, device)
@@ -1135,9 +1150,14 @@ def main() -> None:
             progress = max(progress, elapsed_ms / budget_ms)
         mult = lr_multiplier(progress, args.warmdown_frac, args.min_lr_mult)
         if not qat_on and args.qat_start_frac < 1.0 and progress >= args.qat_start_frac:
-            base_model.set_qat(True)
+            # train on the grid the size budget will ask for (same value on every rank: rank 0's)
+            with torch.no_grad():
+                k = torch.tensor([budget_step_mult(base_model.state_dict(), args, budget)], device=device)
+            if world > 1:
+                dist.broadcast(k, 0)
+            base_model.set_qat(True, float(k))
             qat_on = True
-            log0(f"qat:enabled step:{step} train_time:{elapsed_ms:.0f}ms")
+            log0(f"qat:enabled step:{step} train_time:{elapsed_ms:.0f}ms step_mult:{float(k):.4f}")
         frac = min(1.0, step / max(1, args.muon_momentum_warmup_steps))
         momentum = (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum
         loss = train_step(loader, mult, momentum)
@@ -1195,7 +1215,6 @@ def main() -> None:
     artifact = os.path.join(args.artifact_dir, "final_model.int6.ptz")
     if rank == 0:
         t_q = time.perf_counter()
-        budget = args.artifact_target_bytes - len(code) if args.artifact_target_bytes > 0 else 0
         info = save_artifact(base_model.state_dict(), artifact, args, budget)
         method = info["method"]
         log0(f"quant_step_mult:{info['step_mult']:.4f} estimated_bytes:{info['estimate']} budget_bytes:{budget}")
