@@ -419,3 +419,25 @@ def _handler(fake: FakeRunPod):
             self.wfile.write(raw)
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m runner.fake_runpod [--faults SPEC]`: serve the fake until Ctrl-C (point
+    RUNPOD_API_BASE_URL at the printed URL to drive it with the real client, e.g. a non-rehearsal run)."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m runner.fake_runpod")
+    p.add_argument("--faults", default="")
+    p.add_argument("--state", default=None, help="state file (default: the rehearsal's)")
+    args = p.parse_args(argv)
+    fake = FakeRunPod(args.state, faults=args.faults)
+    print(f"RUNPOD_API_BASE_URL={fake.start()}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

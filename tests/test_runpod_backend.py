@@ -371,3 +371,23 @@ def test_runpod_client_errors_are_sorted_into_what_pgolf_does():
     err = api._classify(rp_error.AuthenticationError("Unauthorized"))
     assert type(err) is api.ApiError and "API key" in str(err)
     assert type(api._classify(rp_error.QueryError("Something else"))) is api.ApiError
+
+
+def test_a_real_mode_pod_checks_its_gpus_and_refuses_without_them(env, monkeypatch):
+    """Without --rehearse the bootstrap checks GPU count/type (here: no nvidia-smi -> exit 97, one clear line);
+    the rehearsal skips that check with a logged line instead."""
+    fake = FakeRunPod()
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.start())
+    spec = {**SPEC, "data": {"variant": "tiny", "prepare": "echo data-ready"}}
+    b = RunPodBackend(spec, rehearse=False)
+    try:
+        a = attempt(env)
+        a.spec = spec
+        ev = Events()
+        r = b.run_attempt(a, ev)
+        assert r.exit_code == 97 and "pod check failed" in r.error and r.pod_terminated is True
+        assert "data-ready" in ev.lines and not any("rehearsal" in l for l in ev.lines)
+        assert fake.alive_pods() == [] and fake.pods == {}
+    finally:
+        fake.terminate_all()
+        fake.stop()
