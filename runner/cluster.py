@@ -137,6 +137,34 @@ def mark_terminated(ledger_dirs: dict[str, Path], gone: list[str]) -> None:
         led.save()
 
 
+def reconcile(runs_dir: str | Path) -> list[str]:
+    """Ended attempts whose pod RunPod no longer lists get pod_terminated=true (verified gone), in ledgers
+    no driver holds. Returns the pod ids newly recorded."""
+    from runner.ledger import Ledger
+    done = []
+    for path in sorted(Path(runs_dir).glob("*/ledger.json")):
+        try:
+            led = Ledger.load(path.parent)
+        except PgolfError:
+            continue
+        atts = [a for s in led.seeds() for a in led.attempts(s)]
+        if any(a.get("ended") is None for a in atts):
+            continue
+        todo = [a for a in atts if a.get("pod_id") and a.get("pod_terminated") is not True]
+        changed = False
+        for a in todo:
+            try:
+                if api.get_pod(a["pod_id"]) is None:
+                    a["pod_terminated"] = True
+                    done.append(a["pod_id"])
+                    changed = True
+            except api.ApiError:
+                pass
+        if changed:
+            led.save()
+    return done
+
+
 def gc(runs_dir: str, yes: bool) -> int:
     pods = pgolf_pods()
     open_, ended = owners(runs_dir)
@@ -147,6 +175,9 @@ def gc(runs_dir: str, yes: bool) -> int:
         print("  (if that batch's driver is dead, `pgolf resume RUN_DIR` closes its attempts; gc again after)")
     if not orphans:
         print(f"pgolf cluster gc: no orphaned pgolf pods ({len(kept)} kept)")
+        fixed = reconcile(runs_dir)
+        if fixed:
+            print(f"pgolf cluster gc: recorded pod_terminated for {len(fixed)} pod(s) already gone: {', '.join(fixed)}")
         return 0
     spend = sum(float(p.get("costPerHr") or 0) for p in orphans)
     show(orphans, f"orphaned pgolf pods: {len(orphans)}, ${spend:.2f}/h", {p["id"]: "none" for p in orphans})
@@ -157,6 +188,7 @@ def gc(runs_dir: str, yes: bool) -> int:
     left = terminate_verified(ids)
     gone = [i for i in ids if i not in left]
     mark_terminated(ended, gone)
+    reconcile(runs_dir)
     print(f"pgolf cluster gc: terminated {len(gone)} pod(s), verified gone: {', '.join(gone) or '-'}")
     if left:
         print(f"pgolf cluster gc: STILL LISTED after {GONE_TIMEOUT_S:.0f} s: {', '.join(left)}; "

@@ -125,6 +125,7 @@ class FakeRunPod:
         self.used = {k: 0 for k in FAULT_KEYS}
         self.gone: set[str] = set()           # ids of pods terminated or lost (by this fake or another)
         self.mine: set[str] = set()           # ids this fake created or changed: its copy is the truth
+        self._seen_mtime = None
         self.events: list[str] = []           # what the fake did to whom (faults, terminations)
         self.requests_seen: list[str] = []    # operation names, for tests
         self.server: ThreadingHTTPServer | None = None
@@ -199,9 +200,26 @@ class FakeRunPod:
         pid = pod.get("pid")
         return bool(pid) and _proc_start(pid) is not None and _proc_start(pid) == pod.get("proc_start")
 
+    def _sync(self) -> None:
+        """Drop pods another fake on the same state file removed (gc --rehearse next to a rehearsal)."""
+        try:
+            mtime = os.stat(self.state_path).st_mtime_ns
+            if mtime == self._seen_mtime:
+                return
+            self._seen_mtime = mtime
+            with open(self.state_path) as f:
+                gone = set(json.load(f).get("gone") or []) - self.gone
+        except (OSError, ValueError):
+            return
+        for pod_id in gone & set(self.pods):
+            self.pods.pop(pod_id, None)
+            self.procs.pop(pod_id, None)
+        self.gone |= gone
+
     # ---- GraphQL
     def handle(self, query: str) -> tuple[int, Any]:
         with self.lock:
+            self._sync()
             self.n_requests += 1
             if self.used["5xx"] < self.faults.get("5xx", 0) and self.n_requests % 2 == 0:
                 self.used["5xx"] += 1

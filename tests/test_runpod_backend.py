@@ -391,3 +391,41 @@ def test_a_real_mode_pod_checks_its_gpus_and_refuses_without_them(env, monkeypat
     finally:
         fake.terminate_all()
         fake.stop()
+
+
+def test_cluster_gc_terminates_orphans_keeps_owned_and_records_it(env, capsys):
+    """Three pgolf pods: one owned by an open attempt (kept), one by an ended attempt and one by no ledger
+    (both terminated, verified gone, the ledger updated); a pod without pgolf's prefix is never touched."""
+    from argparse import Namespace
+    from runner.cluster import cmd_cluster
+    from runner.executors.runpod import settings
+    b = backend()
+    try:
+        b._connect()
+        s = settings(SPEC)
+        ids = {}
+        for name in ("pgolf-live-s1-a1", "pgolf-done-s1-a1", "pgolf-stray-s1-a1", "someone-elses-pod"):
+            ids[name] = api.create_pod(name=name, image="x", gpu_type=s["gpu_type"], gpu_count=8,
+                                       cloud_type="SECURE", container_disk_gb=10, volume_gb=0, ports="8000/http",
+                                       env=b._pod_env(attempt(env, FAKE_HANG="1"), s, "tok"),
+                                       docker_args=START_COMMAND)["id"]
+        runs = env / "gcruns"
+        for run, pod, ended in (("live", ids["pgolf-live-s1-a1"], None), ("done", ids["pgolf-done-s1-a1"], "x")):
+            (runs / run).mkdir(parents=True)
+            (runs / run / "ledger.json").write_text(json.dumps({"seeds": {"1": {"state": "failed", "attempts": [
+                {"attempt": 1, "backend": "runpod", "node": None, "pod_id": pod, "started": "x", "ended": ended,
+                 "exit_code": None, "error": None, "cost_usd": None, "pod_terminated": None}]}}}))
+        rc = cmd_cluster(Namespace(action="gc", spec=None, runs_dir=str(runs), yes=True, rehearse=True))
+        out = capsys.readouterr().out
+        assert rc == 0 and "terminated 2 pod(s)" in out, out
+        left = {p["name"] for p in api.list_pods()}
+        assert left == {"pgolf-live-s1-a1", "someone-elses-pod"}
+        done = json.loads((runs / "done" / "ledger.json").read_text())["seeds"]["1"]["attempts"][0]
+        live = json.loads((runs / "live" / "ledger.json").read_text())["seeds"]["1"]["attempts"][0]
+        assert done["pod_terminated"] is True and live["pod_terminated"] is None
+        with pytest.raises(PgolfError, match="--yes"):      # no terminal, no --yes: refuse, never assume
+            cmd_cluster(Namespace(action="gc", spec=None, runs_dir=str(env / "none"), yes=False, rehearse=True))
+    finally:
+        b.fake.terminate_all()
+        b.stop()
+        FakeRunPod().terminate_all()

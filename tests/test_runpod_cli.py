@@ -146,11 +146,14 @@ def test_driver_killed_then_resume_then_gc_leaves_no_pod(tmp_path, env):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     new = [a for a in attempts(run) if a["pod_id"] not in old]
     assert len(new) == 2 and all(a["pod_terminated"] is True and a["exit_code"] == 0 for a in new)
+    assert alive(env) == []                           # resume stopped the dead driver's pods itself
+    assert "left by seed" in (run / "seeds" / "1" / "attempt-2" / "train.log").read_text()
+    assert not any(a["pod_terminated"] for a in attempts(run) if a["pod_id"] in old)
 
     out = subprocess.run(PGOLF + ["cluster", "gc", "--rehearse", "--yes", "--runs-dir", str(runs)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "terminated 2 pod(s)" in out.stdout
+    assert "recorded pod_terminated for 2 pod(s)" in out.stdout
     assert alive(env) == []
     assert all(a["pod_terminated"] is True for a in attempts(run))  # gc recorded what it stopped
     out = subprocess.run(PGOLF + ["cluster", "gc", "--rehearse", "--yes", "--runs-dir", str(runs)],

@@ -206,6 +206,7 @@ class RunPodBackend:
         price: list[float] = [0.0]
         result: AttemptResult | None = None
         try:
+            self._reap_leftovers(attempt, events)
             pod = self._create(name, s, self._pod_env(attempt, s, token), events)
             pod_id, created = pod["id"], time.time()
             events.meta(pod_id=pod_id, node=f"runpod:{pod_id}")       # durable before the pod is used
@@ -214,6 +215,27 @@ class RunPodBackend:
             return result
         finally:
             self._finish(pod_id, name, created, price[0], events, result)
+
+    def _reap_leftovers(self, attempt: AttemptSpec, events: Events) -> None:
+        """Pods of this batch's ended attempts that may still bill (a dead driver's, closed by `pgolf resume`,
+        or one whose termination was not verified): terminate them now rather than wait for their backstop.
+        Never fails the attempt; `pgolf cluster gc` verifies and records them."""
+        try:
+            ledger = json.loads((Path(attempt.run_dir) / "ledger.json").read_text())
+        except (OSError, ValueError):
+            return
+        for seed, entry in (ledger.get("seeds") or {}).items():
+            for att in entry.get("attempts") or []:
+                pid = att.get("pod_id")
+                if not pid or att.get("ended") is None or att.get("pod_terminated") is True:
+                    continue
+                try:
+                    if api.get_pod(pid) is not None:
+                        api.terminate_pod(pid)
+                        events.line(f"pgolf-runpod: terminated pod {pid} left by seed {seed} attempt "
+                                    f"{att.get('attempt')} ({att.get('error') or 'not verified gone'})")
+                except api.ApiError:
+                    pass
 
     def _finish(self, pod_id, name, created, price, events, result) -> None:
         """Terminate and verify gone; record lifetime cost. Runs on every path out of run_attempt."""
