@@ -84,7 +84,7 @@ def test_happy_path_streams_log_downloads_artifacts_and_terminates(env):
         r = b.run_attempt(attempt(env), ev)
         assert r.exit_code == 0 and r.error is None
         meta = ev.merged()
-        assert ev.metas[0]["pod_id"] == r.pod_id                 # the pod id reached the ledger first
+        assert ev.metas[1]["pod_id"] == r.pod_id and "started" in ev.metas[0]   # the pod id, before the pod is used
         assert meta["pod_terminated"] is True and r.pod_terminated is True
         assert meta["cost_usd"] > 0 and r.cost_usd == meta["cost_usd"]
         assert "seed:42" in ev.lines and any(l.startswith("step:5/5") for l in ev.lines)
@@ -135,7 +135,7 @@ def test_pod_lost_mid_run_is_an_infra_failure_and_the_next_pod_works(env):
         assert any(e.startswith("preempt") for e in b.fake.events)
         ev2 = Events()
         r = b.run_attempt(attempt(env, k=2), ev2)        # what the driver does next: a fresh pod
-        assert r.exit_code == 0 and r.pod_id != ev.metas[0]["pod_id"]
+        assert r.exit_code == 0 and r.pod_id != ev.merged()["pod_id"]
         assert_no_pods(b)
     finally:
         b.fake.terminate_all()

@@ -206,6 +206,8 @@ class RunPodBackend:
         price: list[float] = [0.0]
         result: AttemptResult | None = None
         try:
+            from runner.ledger import now_iso
+            events.meta(started=now_iso())      # when it really starts, not when Ray queued it
             self._reap_leftovers(attempt, events)
             pod = self._create(name, s, self._pod_env(attempt, s, token), events)
             pod_id, created = pod["id"], time.time()
