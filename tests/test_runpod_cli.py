@@ -187,3 +187,19 @@ def test_ctrl_c_terminates_every_pod_before_exiting(tmp_path, env):
     assert alive(env) == []
     atts = attempts(run)
     assert len(atts) == 2 and all(a["pod_terminated"] is True and a["error"] == "interrupted" for a in atts), [(a["pod_terminated"], a["error"]) for a in atts]
+
+
+def test_smoke_job_rehearsed_on_runpod_with_a_lost_pod(tmp_path, env):
+    """The acceptance line: `pgolf run jobs/smoke.toml --backend runpod --rehearse --rehearse-faults preempt=1`
+    (the real payload, CPU) completes with one retry on a fresh pod and every pod verified terminated."""
+    out = subprocess.run(PGOLF + ["run", str(ROOT / "jobs" / "smoke.toml"), "--backend", "runpod", "--rehearse",
+                                  "--rehearse-faults", "preempt=1", "--runs-dir", str(tmp_path / "runs"),
+                                  "--name", "smoke", "--no-progress"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    atts = attempts(tmp_path / "runs" / "smoke")
+    assert len(atts) == 4 and len({a["pod_id"] for a in atts}) == 4
+    assert [a["error"].startswith("infrastructure: ") for a in atts if a["error"]] == [True]
+    assert all(a["pod_terminated"] is True for a in atts)
+    assert alive(env) == []
+    assert "audit: pass" in out.stdout
