@@ -143,7 +143,7 @@ def execute(run_dir: Path, spec: JobSpec, args, spec_file: str | None, fresh: bo
         driver = Driver(run_dir, spec_dict, backend, ledger, job_env, scrub, progress, script_path)
         try:
             with progress:
-                driver.run(ledger.seeds(), address_is_local=not getattr(args, "address", None))
+                driver.run(ledger.seeds())
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)   # one clean-up, not two
             signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -26,9 +25,8 @@ from typing import Any
 
 import ray
 
-from results.errors import PgolfError
 from runner.executors.base import AttemptResult, AttemptSpec, InfraFailure
-from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger, atomic_write, atomic_write_json, now_iso
+from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger, atomic_write, atomic_write_json
 from runner.secrets import Scrubber
 
 POLL_S = 1.0                 # driver loop: longest ray.wait without news
@@ -160,6 +158,10 @@ class TaskEvents:
 def attempt_task(backend, attempt: AttemptSpec, script_blob: bytes, driver_node: str, channel) -> dict:
     """One seed attempt. On a node other than the driver's it works in scratch and ships artifacts back."""
     import shutil
+    try:   # ray.cancel raises KeyboardInterrupt through SIGINT's handler: make sure there is one
+        signal.signal(signal.SIGINT, signal.default_int_handler)    # (nohup / `cmd &` ignore SIGINT)
+    except ValueError:
+        pass   # not the main thread
     remote = ray.get_runtime_context().get_node_id() != driver_node
     scratch = None
     if remote:
@@ -330,7 +332,7 @@ class Driver:
             f.close()
 
     # --- the loop -----------------------------------------------------------------------------
-    def run(self, seeds: list[int], address_is_local: bool) -> None:
+    def run(self, seeds: list[int]) -> None:
         self.driver_node = ray.get_runtime_context().get_node_id()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         self.channel = EventChannel.options(
@@ -353,7 +355,6 @@ class Driver:
                 self.finish(ref)
                 if self.ledger.state(seed) == "pending":
                     self.launch(seed)
-            self.progress.refresh()
 
     def interrupt(self) -> None:
         """Ctrl-C: cancel every attempt, kill their process groups, close the ledger consistently."""
@@ -392,16 +393,8 @@ class Driver:
         self.ledger.close_dangling(INTERRUPTED)   # an attempt started in the instant of the Ctrl-C
 
     def kill_local_groups(self) -> None:
+        """Fallback after force-cancel: stop jobs on this host whose task could not (by session)."""
+        from runner.executors.ray_node import JobProcesses
         for host, pid in self.procs.values():
-            if host != self.host:
-                continue
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    break
-                time.sleep(0.5)
-
-
-def write_json_report(run_dir: Path, name: str, obj: Any, scrub: Scrubber) -> None:
-    atomic_write(run_dir / name, json.dumps(scrub.obj(obj), indent=2) + "\n")
+            if host == self.host:
+                JobProcesses(pid).kill(grace_s=5.0)

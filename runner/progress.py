@@ -127,9 +127,6 @@ class BatchProgress:
         self.say(msg)
         self._update(seed)
 
-    def refresh(self) -> None:
-        pass
-
     def _update(self, seed: int) -> None:
         if not self.progress:
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 MASK = "***"
 _SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET)$|PASSWORD", re.IGNORECASE)
@@ -57,7 +57,3 @@ class Scrubber:
         if isinstance(o, (list, tuple)):
             return [self.obj(v) for v in o]
         return o
-
-
-def scrub_all(texts: Iterable[str], scrubber: Scrubber) -> list[str]:
-    return [scrubber(t) for t in texts]

@@ -55,16 +55,16 @@ class JobProcesses:
     killing torchrun's group is not enough: we remember the session of every descendant we ever saw,
     and kill by session, which also reaches orphans whose parent already exited."""
 
-    def __init__(self, root: subprocess.Popen):
-        self.root = root
-        self.sessions = {root.pid}
+    def __init__(self, root_pid: int, popen: subprocess.Popen | None = None):
+        self.pid, self.popen = root_pid, popen
+        self.sessions = {root_pid}
 
     def scan(self) -> None:
         table = _proc_table()
         children: dict[int, list[int]] = {}
         for pid, (ppid, _sid) in table.items():
             children.setdefault(ppid, []).append(pid)
-        todo = [self.root.pid]
+        todo = [self.pid]
         while todo:
             pid = todo.pop()
             for c in children.get(pid, ()):
@@ -75,20 +75,18 @@ class JobProcesses:
         me = os.getpid()
         return [pid for pid, (_pp, sid) in _proc_table().items() if sid in self.sessions and pid != me]
 
-    def signal_all(self, sig: int) -> None:
-        for pid in self.alive():
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+    def root_running(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.pid in _proc_table()
 
     def kill(self, grace_s: float = TERM_GRACE_S) -> None:
         """SIGTERM torchrun (it stops its ranks), then SIGKILL whatever is left in the job's sessions."""
-        if self.root.poll() is None:
+        if self.root_running():
             self.scan()
             try:
-                os.killpg(self.root.pid, signal.SIGTERM)
-            except ProcessLookupError:
+                os.killpg(self.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
                 pass
             t_end = time.monotonic() + grace_s
             while time.monotonic() < t_end and self.alive():
@@ -97,12 +95,17 @@ class JobProcesses:
             left = self.alive()
             if not left:
                 break
-            self.signal_all(signal.SIGKILL)
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             time.sleep(0.1)
-        try:
-            self.root.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def node_name() -> str:
@@ -184,7 +187,7 @@ class RayNodeBackend:
             notify(socket.gethostname(), proc.pid)
         reader = threading.Thread(target=_pump, args=(proc, events), daemon=True)
         reader.start()
-        job = JobProcesses(proc)
+        job = JobProcesses(proc.pid, proc)
         error = None
         try:
             while proc.poll() is None:           # poll so that we learn the ranks' sessions as they start
