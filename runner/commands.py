@@ -140,6 +140,9 @@ def execute(run_dir: Path, spec: JobSpec, args, spec_file: str | None, fresh: bo
         backend.start()
         cap = float(spec.job_env().get("MAX_WALLCLOCK_SECONDS", 0) or 0) or None
         progress = BatchProgress(ledger.seeds(), enabled=not getattr(args, "no_progress", False), cap_s=cap)
+        for s in ledger.seeds():
+            if ledger.state(s) == "succeeded":
+                progress.views[s].status = "done (earlier)"
         driver = Driver(run_dir, spec_dict, backend, ledger, job_env, scrub, progress, script_path)
         try:
             with progress:

@@ -70,7 +70,7 @@ class BatchProgress:
                 console=self.console, refresh_per_second=4)
             for s in self.views:
                 self.tasks[s] = self.progress.add_task("", total=1, seed=s, train="-", loss="-", eta="-",
-                                                       status="queued")
+                                                       status=self.views[s].status)
             self.progress.start()
         return self
 

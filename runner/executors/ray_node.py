@@ -22,7 +22,8 @@ from runner.executors.base import AttemptResult, AttemptSpec, Events
 
 CPU_SLOT = "pgolf_cpu_slot"   # see runner.driver.connect
 TERM_GRACE_S = 10.0          # SIGTERM -> SIGKILL for the job's processes
-SCAN_S = 0.5                 # how often the job's process tree is scanned for new sessions
+SCAN_S = 0.5                 # how often the job's process tree is scanned for new sessions (first minute)
+SCAN_LATE_S = 5.0            # ... and afterwards
 _PR_SET_PDEATHSIG = 1
 
 
@@ -188,6 +189,7 @@ class RayNodeBackend:
         reader = threading.Thread(target=_pump, args=(proc, events), daemon=True)
         reader.start()
         job = JobProcesses(proc.pid, proc)
+        t_start = time.monotonic()
         error = None
         try:
             while proc.poll() is None:           # poll so that we learn the ranks' sessions as they start
@@ -195,8 +197,8 @@ class RayNodeBackend:
                 if left <= 0:
                     error = f"timeout: {what} still running at the attempt deadline, its processes were killed"
                     break
-                try:
-                    proc.wait(timeout=min(SCAN_S, left))
+                try:   # ranks start early: scan often at first, then rarely
+                    proc.wait(timeout=min(SCAN_S if time.monotonic() - t_start < 60 else SCAN_LATE_S, left))
                 except subprocess.TimeoutExpired:
                     job.scan()
         finally:                                 # normal end, timeout, or cancel (KeyboardInterrupt)
