@@ -32,6 +32,7 @@ from runner.secrets import Scrubber
 POLL_S = 1.0                 # driver loop: longest ray.wait without news
 EVENT_WAIT_S = 1.0           # a drain call waits this long for an event before returning empty
 LINE_FLUSH_S = 0.2           # tasks push buffered log lines at least this often
+OVERDUE_GRACE_S = 300.0      # driver-side backstop past an attempt's own deadline
 CANCEL_GRACE_S = 15.0        # Ctrl-C: time for tasks to kill their jobs before force-cancel
 CPU_SLOT = "pgolf_cpu_slot"    # custom resource of the embedded cluster: one per core
 TEXT_SUFFIXES = {".log", ".txt", ".json", ".csv", ".md", ".out", ".err", ".yaml", ".toml"}
@@ -221,6 +222,8 @@ class Driver:
         self.procs: dict[tuple[int, int], tuple[str, int]] = {}
         self.exit_failures: dict[int, int] = {}
         self.infra_failures: dict[int, int] = {}
+        self.first_seen: dict[tuple[int, int], float] = {}   # first event of an attempt (it left the queue)
+        self.overdue: set[tuple[int, int]] = set()
         self.host = socket.gethostname()
 
     def attempt_dir(self, seed: int, attempt: int) -> Path:
@@ -252,6 +255,7 @@ class Driver:
         acks = []
         for ev in events:
             kind, seed, k = ev[0], ev[1], ev[2]
+            self.first_seen.setdefault((seed, k), time.monotonic())   # the attempt really runs
             if kind == "lines":
                 f = self.logs.get((seed, k))
                 clean = [self.scrub(t) for t in ev[3]]
@@ -282,10 +286,15 @@ class Driver:
         except Exception as e:   # ray errors of the attempt
             result = AttemptResult(exit_code=None)
             infra, error = classify(e)
+        if (seed, k) in self.overdue:
+            infra, error = False, (f"timeout: no result {OVERDUE_GRACE_S:.0f} s after the attempt's deadline; "
+                                   f"the task was cancelled")
         self.pump_events()
         self.close_log(seed, k)
         adir = self.attempt_dir(seed, k)
         self.scrub_artifacts(adir)
+        if infra:
+            error = error or "infrastructure failure"
         if infra and not error.startswith(INFRA_PREFIX):
             error = INFRA_PREFIX + error
         ok = (not infra) and result.exit_code == 0
@@ -350,11 +359,22 @@ class Driver:
                 ready.remove(self.ev_ref)
                 events, self.ev_ref = ray.get(self.ev_ref), self.channel.drain.remote(EVENT_WAIT_S)
                 self.pump_events(events)
+            self.cancel_overdue()
             for ref in ready:
                 seed, _k = self.running[ref]
                 self.finish(ref)
                 if self.ledger.state(seed) == "pending":
                     self.launch(seed)
+
+    def cancel_overdue(self) -> None:
+        """Backstop for a backend that misses its own deadline (a hung API call, a lost node that Ray
+        has not noticed): force-cancel attempts that run far past it."""
+        now = time.monotonic()
+        for ref, key in self.running.items():
+            t = self.first_seen.get(key)
+            if t is not None and key not in self.overdue and now - t > self.timeout_s + OVERDUE_GRACE_S:
+                self.overdue.add(key)
+                ray.cancel(ref, force=True)
 
     def interrupt(self) -> None:
         """Ctrl-C: cancel every attempt, kill their process groups, close the ledger consistently."""

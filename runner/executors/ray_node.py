@@ -58,7 +58,10 @@ class JobProcesses:
 
     def __init__(self, root_pid: int, popen: subprocess.Popen | None = None):
         self.pid, self.popen = root_pid, popen
-        self.sessions = {root_pid}
+        try:
+            self.sessions = {os.getsid(root_pid)}
+        except OSError:
+            self.sessions = {root_pid}
 
     def scan(self) -> None:
         table = _proc_table()
@@ -82,11 +85,11 @@ class JobProcesses:
         return self.pid in _proc_table()
 
     def kill(self, grace_s: float = TERM_GRACE_S) -> None:
-        """SIGTERM torchrun (it stops its ranks), then SIGKILL whatever is left in the job's sessions."""
+        """SIGTERM the root (guard or torchrun: it stops its ranks), then SIGKILL what is left in the sessions."""
         if self.root_running():
             self.scan()
             try:
-                os.killpg(self.pid, signal.SIGTERM)
+                os.kill(self.pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
                 pass
             t_end = time.monotonic() + grace_s
@@ -151,9 +154,11 @@ class RayNodeBackend:
     # --- inside the Ray task -----------------------------------------------------------------
     def command(self, attempt: AttemptSpec) -> list[str]:
         if attempt.spec.get("launcher") == "python":
-            return [sys.executable, "-u", attempt.script_path]
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={attempt.nproc_per_node}", attempt.script_path]
+            job = [sys.executable, "-u", attempt.script_path]
+        else:
+            job = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={attempt.nproc_per_node}", attempt.script_path]
+        return [sys.executable, "-m", "runner.executors.ray_node", "--guard", *job]
 
     def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
         node = node_name()
@@ -202,9 +207,38 @@ class RayNodeBackend:
                 except subprocess.TimeoutExpired:
                     job.scan()
         finally:                                 # normal end, timeout, or cancel (KeyboardInterrupt)
-            job.kill(grace_s=TERM_GRACE_S if proc.poll() is None else 0)
+            job.kill(grace_s=TERM_GRACE_S + 5 if proc.poll() is None else 0)   # the guard gets TERM_GRACE_S
             reader.join(timeout=10)
         return (None if error else proc.returncode), error
+
+
+def guard(cmd: list[str]) -> int:
+    """`python -m runner.executors.ray_node --guard CMD...`: the session leader of one job.
+
+    It runs CMD (torchrun) with the same stdout, remembers the sessions of everything CMD starts, and on
+    SIGTERM/SIGINT/SIGHUP, or SIGTERM from the kernel when the Ray worker above it dies (PR_SET_PDEATHSIG,
+    inherited from ray_node), kills the whole job. It writes nothing itself, so a reader that went away
+    cannot break its clean-up (torchrun's own shutdown logs to that pipe and may die on it)."""
+    stop: list[int] = []
+
+    def on_signal(signum, frame):
+        stop.append(signum)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent)   # Ray SIGKILLs a dead worker's children
+    job = JobProcesses(child.pid, child)                          # (us): torchrun then stops its ranks
+    t0, ticks = time.monotonic(), 0
+    while child.poll() is None and not stop:
+        time.sleep(SCAN_S)
+        ticks += 1
+        if time.monotonic() - t0 < 60 or ticks % int(SCAN_LATE_S / SCAN_S) == 0:
+            job.scan()
+    if stop:
+        job.kill(grace_s=TERM_GRACE_S)
+        return 128 + stop[0]
+    job.kill(grace_s=0)            # leftovers of a finished job
+    rc = child.returncode
+    return rc if rc >= 0 else 128 - rc
 
 
 def _now() -> str:
@@ -219,3 +253,9 @@ def _pump(proc: subprocess.Popen, events: Events) -> None:
 
 def _list(adir: Path, art: Path) -> list[str]:
     return sorted(str(p.relative_to(adir)) for p in art.rglob("*") if p.is_file())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--guard":
+        sys.exit(guard(sys.argv[2:]))
+    sys.exit("usage: python -m runner.executors.ray_node --guard CMD [ARGS...]")
