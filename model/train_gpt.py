@@ -98,6 +98,7 @@ _HPARAMS = [
     ("eval_batch_seqs", int, 32),
     ("val_max_tokens", int, 0),         # 0 = the full validation split
     ("val_loss_every", int, 0),
+    ("prequant_eval", int, 1),          # also evaluate the final weights before quantization (diagnostic)
     ("ttt_enabled", int, 1),
     ("ttt_epochs", int, 3),
     ("ttt_lr", float, 0.005),
@@ -1210,6 +1211,13 @@ def main() -> None:
             torch._foreach_copy_(params, ema)
             log0("final_weights:ema")
     del ema, swa
+    if args.prequant_eval:   # the quantization penalty = roundtrip minus this (label is a diagnostic)
+        base_model.eval()
+        t_e = time.perf_counter()
+        vl, vb = eval_stream(model, val_tokens, args.eval_seq_len, args.eval_seq_len, args.eval_batch_seqs, luts,
+                             device, autocast, rank, world)
+        log0(f"diagnostic_prequant val_loss:{vl:.8f} val_bpb:{vb:.8f} "
+             f"eval_time:{1000 * (time.perf_counter() - t_e):.0f}ms")
 
     # artifact: int6 + compression; total = code bytes + artifact bytes
     artifact = os.path.join(args.artifact_dir, "final_model.int6.ptz")
