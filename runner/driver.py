@@ -32,7 +32,7 @@ from runner.secrets import Scrubber
 POLL_S = 1.0                 # driver loop: longest ray.wait without news
 EVENT_WAIT_S = 1.0           # a drain call waits this long for an event before returning empty
 LINE_FLUSH_S = 0.2           # tasks push buffered log lines at least this often
-OVERDUE_GRACE_S = 300.0      # driver-side backstop past an attempt's own deadline
+OVERDUE_GRACE_S = float(os.environ.get("PGOLF_OVERDUE_GRACE_S", 300))   # backstop past an attempt's deadline
 CANCEL_GRACE_S = 15.0        # Ctrl-C: time for tasks to kill their jobs before force-cancel
 CPU_SLOT = "pgolf_cpu_slot"    # custom resource of the embedded cluster: one per core
 TEXT_SUFFIXES = {".log", ".txt", ".json", ".csv", ".md", ".out", ".err", ".yaml", ".toml"}

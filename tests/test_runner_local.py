@@ -45,3 +45,28 @@ def test_sigterm_under_nohup_embedded_default(tmp_path):
     alive = [f.name for f in pid_dir.iterdir() if Path(f"/proc/{f.name}").exists()
              and Path(f"/proc/{f.name}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
     assert alive == [], alive
+
+
+def test_force_cancel_of_an_overdue_attempt_leaves_no_processes(tmp_path):
+    """The driver's backstop force-cancels an attempt (Ray SIGKILLs the worker and its direct children);
+    the job's guard and torchrun still take the ranks down. A negative grace makes it fire before the
+    attempt's own deadline, as a hung backend would."""
+    pid_dir = tmp_path / "pids"
+    job = tmp_path / "job.toml"
+    job.write_text(f'name = "t"\nscript = "{FAKE}"\nseeds = [1]\nnproc_per_node = 1\ngpus_per_seed = 0\n'
+                   f'env = {{ FAKE_HANG = "1", FAKE_CHILD = "1", FAKE_PID_DIR = "{pid_dir}" }}\n'
+                   f"[limits]\nattempt_timeout_s = 16\nretries = 0\n")
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(job), "--runs-dir", str(tmp_path / "runs"),
+                        "--name", "o", "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                       env=dict(os.environ, RAY_AUTH_MODE="disabled", PGOLF_OVERDUE_GRACE_S="-8"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    (a,) = json.loads((tmp_path / "runs" / "o" / "ledger.json").read_text())["seeds"]["1"]["attempts"]
+    assert a["error"].startswith("timeout: no result"), a
+    deadline = time.time() + 20
+    while True:
+        alive = [f.name for f in pid_dir.iterdir() if Path(f"/proc/{f.name}").exists()
+                 and Path(f"/proc/{f.name}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
+        if not alive or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert alive == [], alive
