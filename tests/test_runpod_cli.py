@@ -147,7 +147,9 @@ def test_driver_killed_then_resume_then_gc_leaves_no_pod(tmp_path, env):
     new = [a for a in attempts(run) if a["pod_id"] not in old]
     assert len(new) == 2 and all(a["pod_terminated"] is True and a["exit_code"] == 0 for a in new)
     assert alive(env) == []                           # resume stopped the dead driver's pods itself
-    assert "left by seed" in (run / "seeds" / "1" / "attempt-2" / "train.log").read_text()
+    # whichever resumed attempt starts first terminates the dead driver's pods: look in both logs
+    resumed_logs = "".join((run / "seeds" / s / "attempt-2" / "train.log").read_text() for s in ("1", "2"))
+    assert resumed_logs.count("left by seed") >= 2   # each orphan stopped at least once
     assert not any(a["pod_terminated"] for a in attempts(run) if a["pod_id"] in old)
 
     out = subprocess.run(PGOLF + ["cluster", "gc", "--rehearse", "--yes", "--runs-dir", str(runs)],
