@@ -47,10 +47,15 @@ def spec(tmp_path: Path, seeds, env: dict, limits: str = "") -> Path:
     return p
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)   # as in a terminal, even if pytest runs in the background
+
+
 def pgolf(*args, env=None, **kw) -> subprocess.Popen:
     e = dict(os.environ, RAY_AUTH_MODE="disabled", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "runner.cli", *map(str, args)], cwd=ROOT, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_sigint, **kw)
 
 
 def run_pgolf(*args, env=None, timeout=240) -> tuple[int, str]:

@@ -56,12 +56,11 @@ class JobProcesses:
     killing torchrun's group is not enough: we remember the session of every descendant we ever saw,
     and kill by session, which also reaches orphans whose parent already exited."""
 
-    def __init__(self, root_pid: int, popen: subprocess.Popen | None = None):
+    def __init__(self, root_pid: int, popen: subprocess.Popen | None = None, session: int | None = None):
+        """`root_pid` leads its own session (started with start_new_session), unless `session` says which
+        session it lives in; never the caller's (that would take the caller's terminal down with it)."""
         self.pid, self.popen = root_pid, popen
-        try:
-            self.sessions = {os.getsid(root_pid)}
-        except OSError:
-            self.sessions = {root_pid}
+        self.sessions = {root_pid if session is None else session}
 
     def scan(self) -> None:
         table = _proc_table()
@@ -225,11 +224,17 @@ def guard(cmd: list[str]) -> int:
         stop.append(signum)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent)   # Ray SIGKILLs a dead worker's children
-    job = JobProcesses(child.pid, child)                          # (us): torchrun then stops its ranks
+    leader = os.getsid(0) == os.getpid()      # ray_node starts us as a session leader
+    # Ray SIGKILLs a dead worker's direct children (us): PDEATHSIG lets torchrun still stop its ranks
+    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=not leader)
+    job = JobProcesses(child.pid, child, session=os.getpid() if leader else None)
     t0, ticks = time.monotonic(), 0
     while child.poll() is None and not stop:
-        time.sleep(SCAN_S)
+        try:
+            child.wait(timeout=SCAN_S)       # returns at once when the job ends; signals are seen within SCAN_S
+            break
+        except subprocess.TimeoutExpired:
+            pass
         ticks += 1
         if time.monotonic() - t0 < 60 or ticks % int(SCAN_LATE_S / SCAN_S) == 0:
             job.scan()
