@@ -798,15 +798,23 @@ class GatedDeltaNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        q = F.silu(causal_depthwise_conv(self.q_proj(x), self.conv_q)).view(B, T, self.h, self.d)
-        k = F.silu(causal_depthwise_conv(self.k_proj(x), self.conv_k)).view(B, T, self.h, self.d)
-        v = F.silu(causal_depthwise_conv(self.v_proj(x), self.conv_v)).view(B, T, self.h, self.d)
-        beta = torch.sigmoid(self.b_proj(x).float())
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
+        # one GEMM for every input projection (separate parameters, so sharing, QAT and int6 are unchanged);
+        # the split happens before the conv so that q, k, v come out of their fused kernels contiguous
+        projs = [self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj]
+        if self.g_proj is not None:
+            projs.append(self.g_proj)
+        y = F.linear(x, torch.cat([p.effective_weight() for p in projs]).to(x.dtype))
+        inner = self.h * self.d
+        parts = y.split([inner, inner, inner, self.h, self.h] + ([inner] if self.g_proj is not None else []), -1)
+        q = F.silu(causal_depthwise_conv(parts[0], self.conv_q)).view(B, T, self.h, self.d)
+        k = F.silu(causal_depthwise_conv(parts[1], self.conv_k)).view(B, T, self.h, self.d)
+        v = F.silu(causal_depthwise_conv(parts[2], self.conv_v)).view(B, T, self.h, self.d)
+        g = -self.A_log.float().exp() * F.softplus(parts[3].float() + self.dt_bias)
+        beta = torch.sigmoid(parts[4].float())
         o = gated_delta_rule(q, k, v, g, beta, self.d ** -0.5)
         o = rms_norm(o.float()) * self.norm_weight
         if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).float().view(B, T, self.h, self.d))
+            o = o * F.silu(parts[5].float().view(B, T, self.h, self.d))
         return self.o_proj(o.reshape(B, T, -1).to(x.dtype))
 
 
