@@ -1,9 +1,11 @@
 """Backend `ray`: run one seed attempt as torchrun on the Ray node that holds its resources.
 
-The job runs in its own session (process group), so a Ctrl-C in the driver's terminal never reaches it
-directly and a timeout or cancel can kill torchrun together with every rank it started. The group also
-gets SIGTERM from the kernel if the Ray worker that launched it dies (PR_SET_PDEATHSIG), so a node or
-driver lost in the middle leaves no orphaned training processes behind.
+Each job runs under a small guard process (`guard` below) that leads a session of its own: a Ctrl-C in
+the driver's terminal never reaches the job directly, and on cancel, timeout or the death of the Ray worker
+above it (PR_SET_PDEATHSIG) the guard kills the whole job. torchrun starts every rank in a session of its
+own, so jobs are killed by session (`JobProcesses`), not by process group; ray_node keeps the same
+bookkeeping as a second line in case the guard itself is SIGKILLed (Ray does that to a dead worker's
+direct children).
 """
 from __future__ import annotations
 
