@@ -82,6 +82,27 @@ def reproduction_command(batch: dict | None) -> str | None:
 
 # ---------------------------------------------------------------- building the report
 
+def batch_cost(runset: RunSet) -> dict | None:
+    """What the batch's pods cost: the sum of every attempt's cost_usd in ledger.json (retries included,
+    since they were paid for too). None for record folders and for batches that recorded no cost."""
+    if runset.kind != "run":
+        return None
+    try:
+        seeds = json.loads((Path(runset.dir) / "ledger.json").read_text()).get("seeds") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    per_seed, n = {}, 0
+    for seed, entry in seeds.items():
+        costs = [a.get("cost_usd") for a in (entry or {}).get("attempts") or [] if isinstance(a, dict)]
+        costs = [float(c) for c in costs if isinstance(c, (int, float)) and math.isfinite(c)]
+        if costs:
+            per_seed[str(seed)] = round(sum(costs), 4)
+            n += len(costs)
+    if not per_seed:
+        return None
+    return {"total_usd": round(sum(per_seed.values()), 4), "attempts": n, "per_seed_usd": per_seed}
+
+
 def default_out(runset: RunSet) -> Path:
     d = Path(runset.dir)
     return d if runset.kind == "run" else Path.cwd() / f"report-{d.resolve().name}"
@@ -96,6 +117,9 @@ def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dic
     """
     from results.audit import audit
     report = dict(audit(runset))
+    cost = batch_cost(runset)
+    if cost:
+        report["cost"] = cost
     explicit = baseline is not None
     if runset.kind == "run":
         spec_ref, spec_policy = default_baseline(runset)
@@ -216,6 +240,10 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
     for c in report.get("checks", []):
         detail = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")
         lines.append(f"| `{c.get('id')}` | {STATUS_MARK.get(c.get('status'), '')} {c.get('status')} | {detail} |")
+    cost = report.get("cost")
+    if cost:
+        per = ", ".join(f"seed {k}: ${v:.2f}" for k, v in cost["per_seed_usd"].items())
+        lines += ["", "## Cost", "", f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s) ({per})."]
     cmd = reproduction_command(batch) if batch else None
     if cmd:
         lines += ["", "## Reproduction", "", "```bash", cmd, "```"]
@@ -244,6 +272,8 @@ def render_summary(report: dict) -> Group:
         metrics[r.get("metric") or "unparsed"] = metrics.get(r.get("metric") or "unparsed", 0) + 1
     parts = [t, Text("scored from: " + ", ".join(f"{m} ({k})" for m, k in metrics.items()), style="dim"),
              Text(f"val_bpb {_mean_std(s, 'val_bpb')}   val_loss {_mean_std(s, 'val_loss')}")]
+    if report.get("cost"):
+        parts.append(Text(f"cost: ${report['cost']['total_usd']:.2f} for {report['cost']['attempts']} pod attempt(s)"))
     sig = report.get("significance")
     style = "bold green" if sig and sig.get("passes") else "bold yellow" if sig else "dim"
     parts.append(Text(report.get("significance_error") or sentence(sig), style=style))

@@ -130,3 +130,25 @@ def test_runner_call_with_the_specs_own_unusable_baseline_is_soft(tmp_path):
     run = make_run_dir(tmp_path, baseline=gone)
     rep = write_report(run, baseline=gone, policy="rule")        # what runner.commands does at batch end
     assert rep["significance"] is None and "unusable" in rep["significance_error"]
+
+
+def test_run_dir_report_sums_pod_costs_from_the_ledger(tmp_path):
+    """RunPod attempts record cost_usd in the ledger; the report adds them up, retries included."""
+    run = make_run_dir(tmp_path)
+    ledger = json.loads((run / "ledger.json").read_text())
+    costs = iter([7.25, 4.5, 6.0, 5.75])
+    for entry in ledger["seeds"].values():
+        for a in entry["attempts"]:
+            a["cost_usd"] = next(costs)
+    (run / "ledger.json").write_text(json.dumps(ledger))
+    rep = write_report(run)
+    n = sum(len(e["attempts"]) for e in ledger["seeds"].values())
+    assert rep["cost"]["attempts"] == n == 4
+    assert rep["cost"]["total_usd"] == pytest.approx(23.5)
+    assert json.loads((run / "report.json").read_text())["cost"]["total_usd"] == pytest.approx(23.5)
+    assert "## Cost" in (run / "report.md").read_text() and "$23.50 for 4 pod attempt(s)" in (run / "report.md").read_text()
+
+
+def test_report_without_costs_has_no_cost_key(tmp_path):
+    rep = write_report(make_run_dir(tmp_path))
+    assert "cost" not in rep
