@@ -20,7 +20,8 @@ RUN_KEYS = ["seed", "log", "metric", "val_loss", "val_bpb", "artifact_bytes", "c
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write `data` to `path` via a temp file in the same folder and os.replace (all or nothing)."""
+    """Write `data` to `path` via a temp file in the same folder and os.replace (all or nothing): readers
+    see the old or the new content, never a torn one, even after a crash. Every file pgolf writes uses it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,6 +35,11 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dfd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a crash (the ledger relies on it)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
     return path
 
 

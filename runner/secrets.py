@@ -1,6 +1,7 @@
 """Secrets: names that look secret reach the job but never a file pgolf writes.
 
-A name is secret when it ends in _KEY, _TOKEN or _SECRET or contains PASSWORD (any case). `redact`
+A name is secret when it ends in _KEY, _TOKEN or _SECRET or contains PASSWORD (any case; the one rule is
+results.submit.is_secret_name, shared with the report and submission scrubbing). `redact`
 hides such values in a mapping; `Scrubber` replaces the VALUES of secret variables wherever they appear in
 text (a payload that prints its environment must not leak an API key into train.log or the ledger).
 """
@@ -10,13 +11,13 @@ import os
 import re
 from typing import Any, Mapping
 
-MASK = "***"
-_SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET)$|PASSWORD", re.IGNORECASE)
+from results.submit import MASK, is_secret_name
+
 MIN_SECRET_LEN = 4   # shorter values ("1", "no") would mangle ordinary text
 
 
 def is_secret(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return is_secret_name(name)
 
 
 def redact(env: Mapping[str, Any]) -> dict[str, Any]:
