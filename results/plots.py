@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from results.table import atomic_write  # noqa: E402
+from results.files import atomic_write  # noqa: E402
 from results.types import Run  # noqa: E402
 
 

@@ -18,7 +18,8 @@ from rich.text import Text
 from results import plots
 from results.errors import PgolfError
 from results.stats import LN2, as_sample, baseline_sample, sentence, significance
-from results.table import atomic_write, frame, summary, write_csv
+from results.files import atomic_write
+from results.table import frame, summary, write_csv
 from results.types import RunSet
 
 STATUS_MARK = {"pass": "✅", "fail": "❌", "warn": "⚠️", "skip": "–"}
@@ -63,7 +64,7 @@ def default_baseline(runset: RunSet) -> tuple[object, str | None]:
 
 def reproduction_command(batch: dict | None) -> str | None:
     """A shell loop over the batch's seeds: `ENV=... SEED=$SEED torchrun ... train_gpt.py`, secrets masked."""
-    from results.submit import scrub          # one scrubber for everything written
+    from results.secrets import scrub          # one scrubber for everything written
     spec = spec_of(batch)
     if not spec.get("script"):
         return None
@@ -249,7 +250,7 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
         lines += ["", "## Reproduction", "", "```bash", cmd, "```"]
     if plot_files:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_files]
-    from results.submit import scrub
+    from results.secrets import scrub
     return scrub("\n".join(lines) + "\n")
 
 

@@ -11,53 +11,16 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from results.errors import PgolfError
-from results.table import atomic_write, frame, summary
+from results.files import atomic_write
+from results.secrets import scrub, secret_lines
+from results.table import frame, summary
 
-MASK = "***"
-_SECRET_NAME = re.compile(r"(?:^|_)(?:KEY|TOKEN|SECRET|APIKEY|PASSWD)$|PASSWORD|CREDENTIAL", re.I)
-_ASSIGN = re.compile(r"""(?P<name>\b[A-Za-z0-9_]*(?:KEY|TOKEN|SECRET|PASSWD|PASSWORD|CREDENTIALS?)[A-Za-z0-9_]*)"""
-                     r"""(?P<sep>\s*[=:]\s*)(?P<q>["']?)(?P<val>[^\s"',;]+)(?P=q)""", re.I)
 DEFAULT_TRACK = "10min_16mb"
-
-
-def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
-
-
-_TOKEN_LIKE = re.compile(r"^[A-Za-z0-9_\-./+=:@]+$")      # credentials: no brackets, no code
-_NUMBER = re.compile(r"^[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?$")
-
-
-def _looks_secret(name: str, val: str) -> bool:
-    """A secret-named NAME whose value could be a credential: not code, not a number, not already masked.
-    Lower-case names (hyperparameter dumps, Python code) need a long value to count."""
-    if not is_secret_name(name) or val == MASK or _NUMBER.match(val) or not _TOKEN_LIKE.match(val):
-        return False
-    return len(val) >= (4 if name.isupper() else 12)
-
-
-def scrub(text: str) -> str:
-    """Mask secret-looking `NAME=value` / `NAME: value` and the values of secret env vars of this process."""
-    def repl(m: re.Match) -> str:
-        if not _looks_secret(m.group("name"), m.group("val")):
-            return m.group(0)
-        return f"{m.group('name')}{m.group('sep')}{m.group('q')}{MASK}{m.group('q')}"
-    text = _ASSIGN.sub(repl, text)
-    for k, v in os.environ.items():
-        if is_secret_name(k) and len(v) >= 6:
-            text = text.replace(v, MASK)
-    return text
-
-
-def secret_lines(text: str) -> list[int]:
-    """1-based line numbers where `scrub` would mask something."""
-    return [i for i, line in enumerate(text.splitlines(), 1) if scrub(line) != line]
 
 
 def _sha256(path: Path) -> str:

@@ -1,46 +1,17 @@
-"""One pandas row per run (the DESIGN §4 run keys), CSV export, mean and sample std (ddof=1).
-
-Also the atomic file writer every results file goes through (temp file in the same folder + os.replace),
-so a crash never leaves a half-written results.csv, report or submission.
-"""
+"""One pandas row per run (the DESIGN §4 run keys), CSV export, mean and sample std (ddof=1)."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from results.files import atomic_write
 from results.types import Run, RunSet
 
 RUN_KEYS = ["seed", "log", "metric", "val_loss", "val_bpb", "artifact_bytes", "code_bytes", "train_time_ms",
             "eval_time_ms", "steps", "tokenizer", "bytes_per_token"]
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write `data` to `path` via a temp file in the same folder and os.replace (all or nothing): readers
-    see the old or the new content, never a torn one, even after a crash. Every file pgolf writes uses it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)                 # mkstemp makes 0600; results and records are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a crash (the ledger relies on it)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return path
 
 
 def run_row(run: Run) -> dict:

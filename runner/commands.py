@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from results.errors import PgolfError
-from runner.ledger import (BATCH, Ledger, atomic_write, create_batch, load_batch, sha256_file)
-from runner.secrets import Scrubber, is_secret, redact, secret_env
+from results.files import atomic_write, sha256_file
+from runner.ledger import BATCH, Ledger, create_batch, load_batch
+from results.secrets import Scrubber, is_secret_name, redact, secret_env
 from runner.spec import JobSpec, load_spec, validate_spec
 
 EXIT_INTERRUPTED = 130
@@ -39,7 +40,7 @@ def cmd_resume(args) -> int:
     # secret env values were redacted in batch.json: they must come from the environment again
     env = dict(raw.get("env") or {})
     for k in list(env):
-        if is_secret(k):
+        if is_secret_name(k):
             if k not in os.environ:
                 raise PgolfError(f"{run_dir / BATCH}: env.{k} is a secret that batch.json does not keep: "
                                  f"export {k} and resume again")

@@ -26,8 +26,9 @@ from typing import Any
 import ray
 
 from runner.executors.base import AttemptResult, AttemptSpec, InfraFailure
-from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger, atomic_write, atomic_write_json
-from runner.secrets import Scrubber
+from results.files import atomic_write, atomic_write_json
+from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger
+from results.secrets import Scrubber
 
 POLL_S = 1.0                 # driver loop: longest ray.wait without news
 EVENT_WAIT_S = 1.0           # a drain call waits this long for an event before returning empty

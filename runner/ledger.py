@@ -8,7 +8,6 @@ the script's sha256 and a copy of the script itself, which is what every attempt
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from results.errors import PgolfError
-from results.table import atomic_write
+from results.files import atomic_write, atomic_write_json, sha256_file
 
 LEDGER = "ledger.json"
 BATCH = "batch.json"
@@ -30,18 +29,6 @@ INTERRUPTED = "interrupted"
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Ledger:

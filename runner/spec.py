@@ -3,7 +3,7 @@
 A spec says what to run (script, env, seeds), on what (backend, nproc_per_node, gpus_per_seed), under
 which limits, on which data, against which baseline. Relative paths are resolved against the spec file's
 folder so a spec works from any working directory. `JobSpec.model_dump()` is what batch.json stores
-(with secret-looking env values redacted by runner.secrets).
+(with secret-looking env values redacted by results.secrets).
 """
 from __future__ import annotations
 

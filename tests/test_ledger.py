@@ -2,7 +2,8 @@
 import json
 import os
 
-from runner.ledger import ATTEMPT_KEYS, Ledger, atomic_write_json, create_batch, load_batch, sha256_file
+from results.files import atomic_write_json, sha256_file
+from runner.ledger import ATTEMPT_KEYS, Ledger, create_batch, load_batch
 
 
 def test_ledger_shape_and_transitions(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 
 from results.errors import PgolfError
 from runner.spec import load_spec
-from runner.secrets import Scrubber, is_secret, redact
+from results.secrets import Scrubber, redact
+from results.secrets import is_secret_name as is_secret
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -147,7 +147,7 @@ def test_cli_submit_and_refusal_exit_codes(tmp_path, capsys):
 
 
 def test_scrub_masks_secret_names_only():
-    from results.submit import scrub
+    from results.secrets import scrub
     text = ("RUNPOD_API_KEY=rpa_XYZ123456 HF_TOKEN='abcd1234efgh' db_password: hunter2hunter "
             "TOKENIZER_PATH=/x/fineweb_8192_bpe.model TRAIN_BATCH_TOKENS=786432 bos_token: 1")
     out = scrub(text)

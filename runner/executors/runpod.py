@@ -102,7 +102,7 @@ def job_env(attempt: AttemptSpec) -> dict[str, str]:
     """What the job gets on the pod: the driver's job env (spec env, data paths, limits) minus RunPod's own
     key and machine-local variables; of the user's secrets only those the spec names or jobs commonly need
     (HF_TOKEN, ...), never every *_KEY of the user's shell."""
-    from runner.secrets import is_secret
+    from results.secrets import is_secret_name as is_secret
     named = set((attempt.spec or {}).get("env") or {})
     out = {k: str(v) for k, v in attempt.env.items()
            if not NEVER_SHIP.match(k) and (not is_secret(k) or k in named or k in SECRET_PASS)}
