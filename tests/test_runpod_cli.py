@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.fake_runpod import FakeRunPod
+from runner.backends.runpod.fake import FakeRunPod
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
