@@ -8,8 +8,8 @@ per batch), in-attempt overhead (ended - started - P: process start-up, result r
 gap between one attempt's end and the next one's start on the same node, and the steady-state ratio
 (wall minus cold start) / ideal. Measured twice: with launcher "python" (the payload
 starts as a plain process: pgolf + Ray alone) and with "torchrun" (adds torchrun's own start-up, about
-2-3 s of importing torch on a small machine, which a real payload pays anyway). The whole command
-(`execute`: connect, preflight, batch files, report) is shown too.
+2-3 s of importing torch on a small machine, which a real payload pays anyway). The whole library call
+(`runner.run`: connect, preflight, batch files, report) is shown too.
 
     .venv/bin/python bench/runner_overhead.py                 # 6 seeds x 20 s on 3 nodes
     .venv/bin/python bench/runner_overhead.py --seconds 5     # quick
@@ -25,7 +25,6 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,32 +35,29 @@ from rich.table import Table  # noqa: E402
 
 
 def run_batch(address: str, launcher: str, seeds: int, seconds: float, tmp: Path) -> dict:
+    import runner
     from runner import driver as drv
-    from runner.commands import execute
-    from runner.spec import load_spec
     job = tmp / f"bench-{launcher}.toml"
     job.write_text(f'name = "bench"\nscript = "{ROOT / "tests/payloads/fake_train.py"}"\n'
                    f"seeds = {list(range(1, seeds + 1))}\nnproc_per_node = 1\ngpus_per_seed = 8\n"
                    f'launcher = "{launcher}"\nenv = {{ FAKE_SECONDS = {seconds}, FAKE_STEPS = 10 }}\n')
-    spec = load_spec(job)
     times = {}
     orig = drv.Driver.run
 
-    def timed(self, *a, **kw):
+    def timed(self, *a, **kw):    # the driver loop alone, inside the whole library call
         times["t0"], times["wall0"] = time.perf_counter(), time.time()
         try:
             return orig(self, *a, **kw)
         finally:
             times["t1"] = time.perf_counter()
     drv.Driver.run = timed
-    args = SimpleNamespace(address=address, no_progress=True, rehearse=False, rehearse_faults="", backend=None)
     run_dir = tmp / f"runs-{launcher}"
     t0 = time.perf_counter()
     try:
         import contextlib
         import io
         with contextlib.redirect_stdout(io.StringIO()):
-            rc = execute(run_dir, spec, args, spec_file=str(job), fresh=True)
+            rc = runner.run(job, run_dir=run_dir, address=address, progress=False).exit_code
     finally:
         drv.Driver.run = orig
     total = time.perf_counter() - t0
