@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from results.errors import PgolfError
-from results.files import atomic_write, atomic_write_json, sha256_file
+from results.files import atomic_write_json, sha256_file
 
 LEDGER = "ledger.json"
 BATCH = "batch.json"

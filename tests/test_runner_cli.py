@@ -40,7 +40,7 @@ def test_missing_data_fails_before_anything_starts(tmp_path):
     r = pgolf("run", job, "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "[data] paths.DATA_PATH" in r.stderr and "does not exist" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
-    job.write_text(f'name = "x"\nscript = "missing.py"\nseeds = [1]\n')
+    job.write_text('name = "x"\nscript = "missing.py"\nseeds = [1]\n')
     r = pgolf("run", job, "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "script:" in r.stderr and "missing.py does not exist" in r.stderr
 

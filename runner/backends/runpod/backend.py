@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import re
 import secrets
 import time
