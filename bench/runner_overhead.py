@@ -13,6 +13,8 @@ starts as a plain process: pgolf + Ray alone) and with "torchrun" (adds torchrun
 
     .venv/bin/python bench/runner_overhead.py                 # 6 seeds x 20 s on 3 nodes
     .venv/bin/python bench/runner_overhead.py --seconds 5     # quick
+
+The table is printed and written, with the raw numbers, to bench/results/runner_overhead.json (--out).
 """
 from __future__ import annotations
 
@@ -81,6 +83,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--launcher", choices=["python", "torchrun", "both"], default="both")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "runner_overhead.json"),
+                    help="where the numbers go as JSON")
     a = ap.parse_args()
     from ray.cluster_utils import Cluster
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
@@ -95,10 +99,14 @@ def main() -> int:
                 "overhead / attempt ms", "cold start s", "in-attempt overhead ms", "wave gap ms",
                 "steady / ideal", "whole command s"):
         t.add_column(col, justify="right")
+    rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for launcher in (["python", "torchrun"] if a.launcher == "both" else [a.launcher]):
                 r = run_batch(c.address, launcher, a.seeds, a.seconds, Path(tmp))
+                rows.append(dict(r, launcher=launcher, loop_over_ideal=r["loop"] / ideal,
+                                 overhead_per_attempt_s=(r["loop"] - ideal) / waves,
+                                 steady_over_ideal=(r["loop"] - r["cold"]) / ideal))
                 t.add_row(launcher, str(r["rc"]), str(r["attempts"]), str(r["nodes"]), f"{r['loop']:.2f}",
                           f"{r['loop'] / ideal:.4f}", f"{(r['loop'] - ideal) / waves * 1000:.0f}",
                           f"{r['cold']:.2f}", f"{r['attempt_overhead'] * 1000:.0f}", f"{r['gap'] * 1000:.0f}",
@@ -106,6 +114,10 @@ def main() -> int:
     finally:
         c.shutdown()
     Console(width=200).print(t)
+    from results.files import atomic_write_json
+    atomic_write_json(a.out, {"seeds": a.seeds, "seconds": a.seconds, "nodes": a.nodes, "waves": waves,
+                              "ideal_s": ideal, "cpu_cores": os.cpu_count(), "rows": rows})
+    print(f"wrote {a.out}")
     return 0
 
 
