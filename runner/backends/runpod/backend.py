@@ -18,6 +18,7 @@ import re
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -75,7 +76,7 @@ class RunPodBackend:
         """A logical resource on the driver's node: at most `max_pods` attempts (pods) at once."""
         return {"runpod_pod": float(self.settings.max_pods)}
 
-    def ray_options(self) -> dict[str, object]:
+    def ray_options(self) -> dict[str, Any]:
         return {"num_cpus": 0, "resources": {"runpod_pod": 1}}
 
     def preflight(self, n_seeds: int, where: str) -> list[str]:
