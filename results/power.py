@@ -69,16 +69,20 @@ class Setting:
         return _candidate_sample([v / self.scale for v in values], self.tokenizer, self.bytes_per_token)
 
     def p_values(self, values: np.ndarray) -> np.ndarray:
-        """One-sided p of the policy's test for each row of `values` (draws × seeds, in the metric):
-        the same scipy calls significance makes, vectorised over rows."""
-        shifted = self.baseline - self.margin
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            if self.test == "one-sample":
-                res = sps.ttest_1samp(values, shifted[0], axis=1, alternative="less")
-            else:
-                res = sps.ttest_ind(values, shifted, axis=1, equal_var=False, alternative="less")
-        return np.asarray(res.pvalue)
+        """One-sided p of the policy's test for each row of `values` (draws × seeds, in the metric)."""
+        return p_values(values, self.baseline - self.margin, self.test)
+
+
+def p_values(values: np.ndarray, shifted_baseline: np.ndarray, test: str) -> np.ndarray:
+    """The scipy call significance makes (one-sample against the one shifted value, or Welch against the
+    shifted baseline seeds; alternative "less"), vectorised over the rows of `values`."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if test == "one-sample":
+            res = sps.ttest_1samp(values, shifted_baseline[0], axis=1, alternative="less")
+        else:
+            res = sps.ttest_ind(values, shifted_baseline, axis=1, equal_var=False, alternative="less")
+    return np.asarray(res.pvalue)
 
 
 def setting(baseline, improvement_bpb: float, std_bpb: float | None = None, policy: str = "rule", *,
