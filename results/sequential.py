@@ -28,20 +28,23 @@ one-sample progression design at 3, 6, 8 seeds. So the thresholds actually appli
 actually run: `NULL_DRAWS` batches are simulated under the null (candidate and baseline seeds i.i.d. normal
 with equal std, true difference exactly at the margin; the t statistics do not depend on the mean or std),
 the same scipy test gives each look's p, and look k's nominal-p threshold is set so that exactly α(t_k) of
-the batches have crossed by look k. The thresholds tend to Φ(−c_k) as the seeds grow (tested), and the
-stage-wise-ordering adjusted p comes from the same batches. Fixed random streams (one per seed column) keep
-the thresholds of earlier looks unchanged when the looks after them change.
+the batches have crossed by look k, capped at the policy's α so that a success is always also a pass of
+significance's own test at that look (the cap binds only where Welch is conservative, 3 seeds against 3;
+what it leaves unspent carries to the next look). The thresholds tend to Φ(−c_k) as the seeds grow (tested),
+and the stage-wise-ordering adjusted p comes from the same batches. Fixed random streams (one per seed
+column) keep the thresholds of earlier looks unchanged when the looks after them change.
 
 What is claimed: if the candidate's true mean is no better than the baseline's minus the margin, and both
-sides' seeds are normal with the same std, the chance that the procedure ever declares success is the
-policy's α, to ±√(α(1−α)/NULL_DRAWS) (checked on independent simulations in tests/test_sequential.py),
-counted over new draws of the baseline's seeds too, as for significance's Welch test. Futility only lowers
-it. After an early stop the nominal p is NOT a valid p-value; the p the design allows is the
-stage-wise-ordering adjusted p, never below the nominal p (≤ α exactly when a boundary was crossed). Not claimed: the mean at an early
-stop is biased toward lucky seeds (no unbiased estimate is offered); with unequal stds on the two sides the
-calibration is approximate; the conditional power is an estimate under the current data, not a guarantee.
-With `spending=None` the last look is significance's own Welch test, whose actual size against only 3
-baseline seeds exceeds its nominal α when the candidate has many more seeds (8 vs 3 at α = 0.01: 1.4%).
+sides' seeds are normal with the same std, the chance that the procedure ever declares success is at most
+the policy's α, up to ±√(α(1−α)/NULL_DRAWS) of calibration error (checked on independent simulations in
+tests/test_sequential.py), counted over new draws of the baseline's seeds too, as for significance's Welch
+test. Futility only lowers it. After an early stop the nominal p is NOT a valid p-value; the p the design
+allows is the stage-wise-ordering adjusted p, never below the nominal p (≤ α exactly when a boundary was
+crossed). Not claimed: the mean at an early stop is biased toward lucky seeds (no unbiased estimate is
+offered); with unequal stds on the two sides the calibration is approximate; the conditional power is an
+estimate under the current data, not a guarantee. With `spending=None` the last look is significance's own
+Welch test, whose actual size against only 3 baseline seeds exceeds its nominal α when the candidate has
+many more seeds (8 against 3 at α = 0.01: 1.4%, measured under equal stds).
 """
 from __future__ import annotations
 
