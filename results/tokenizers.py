@@ -1,4 +1,5 @@
-"""Canonical bytes-per-token table (DESIGN §1) and tokenizer inference from a log's hints.
+"""Canonical bytes-per-token table (docs/CHALLENGE.md, "Bytes per token") and tokenizer inference from a
+log's hints.
 
 bpb is tokenizer-agnostic only when bytes are counted the canonical way; the ratio
 val_loss / (ln 2 · val_bpb) of a run is its bytes per token, which must match this table.
@@ -9,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-BPB_TOLERANCE = 0.0005          # 0.05 % relative, DESIGN §4 bpb_consistency
+BPB_TOLERANCE = 0.0005          # 0.05 % relative: the bpb_consistency check
 BYTE_TOLERANCE = 0.01           # byte-level tables are "≈1.0": allow 1 % (BOS/specials)
 
 

@@ -11,11 +11,9 @@ from results.load import load
 from runner.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
+from corpus import TEN, needs_records  # noqa: E402
 from test_load import make_run_dir  # noqa: E402
 
-RECORDS = Path(__file__).resolve().parents[2] / "shared" / "records"
-TEN = RECORDS / "track_10min_16mb"
-needs_records = pytest.mark.skipif(not RECORDS.is_dir(), reason="../shared/records not present")
 
 
 def checks(path) -> tuple[dict, dict]:

@@ -1,15 +1,12 @@
 """Every folder under ../shared/records loads and audits without an exception; every log yields runs."""
 import json
-from pathlib import Path
 
 import pytest
 
+from corpus import FOLDERS
 from results.audit import CHECK_IDS, audit
 from results.load import find_logs, load
 from results.parse import parse_log
-
-RECORDS = Path(__file__).resolve().parents[2] / "shared" / "records"
-FOLDERS = sorted(p for track in RECORDS.glob("track_*") for p in track.iterdir() if p.is_dir()) if RECORDS.is_dir() else []
 
 pytestmark = pytest.mark.skipif(not FOLDERS, reason="../shared/records not present")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from corpus import TEN
 from results.errors import PgolfError
 from results.report import render_summary, write_report
 from runner.cli import main
@@ -14,7 +15,7 @@ try:
 except ImportError:                     # tests/ is not a package: pytest puts it on sys.path
     from test_submit import log_text, make_run_dir
 
-TRACK = Path(__file__).resolve().parents[2] / "shared" / "records" / "track_10min_16mb"
+TRACK = TEN
 VALCALIB = TRACK / "2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072"
 LEAKY = TRACK / "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon"
 LONGCTX = TRACK / "2026-03-18_LongContextSeq2048"

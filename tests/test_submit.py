@@ -1,4 +1,4 @@
-"""pgolf submit: a run directory (DESIGN §5, built here) becomes a record folder that loads and audits as pass;
+"""pgolf submit: a run directory (built here) becomes a record folder that loads and audits as pass;
 failing runs are refused and leave nothing behind; secrets never reach the written files."""
 import hashlib
 import json
@@ -17,7 +17,7 @@ SECRET = "hf_abcdefghijklmnop1234"
 
 def log_text(seed: int, bpb: float, sha: str, *, total_bytes: int = 15_900_000, train_ms: int = 590_000,
              eval_ms: int = 400_000, extra: str = "") -> str:
-    """A train.log in the DESIGN §7 line format (what our payload prints)."""
+    """A train.log in our payload's line format (docs/CHALLENGE.md, "Log lines")."""
     loss = bpb * math.log(2) * BPT_SP8192
     steps = [f"step:{s}/1000 train_loss:{9.0 - 5.0 * s / 1000 + seed % 7 * 0.01:.4f} "
              f"train_time:{s * train_ms // 1000}ms step_avg:{train_ms / 1000:.2f}ms" for s in range(100, 1001, 100)]
