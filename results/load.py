@@ -29,28 +29,82 @@ def load(path: str | Path) -> RunSet:
         raise PgolfError(f"{d}: no such folder; pass a record folder or a run directory")
     if not d.is_dir():
         raise PgolfError(f"{d}: is a file, not a folder; pass the folder that holds the logs")
-    if (d / "batch.json").exists() or (d / "ledger.json").exists():
+    if _is_run_dir(d):
         return load_run_dir(d)
+    collection = describe_collection(d)
+    if collection:
+        raise PgolfError(collection)
     return load_record(d)
 
 
+def _is_run_dir(d: Path) -> bool:
+    return (d / "batch.json").exists() or (d / "ledger.json").exists()
+
+
+def _is_own_folder(d: Path) -> bool:
+    """A folder that is a record or a run of its own (not part of the folder above it)."""
+    return claims.find(d) is not None or _is_run_dir(d)
+
+
+def describe_collection(d: Path) -> str | None:
+    """One line when `d` holds tracks or record/run folders rather than logs of its own, else None."""
+    if _is_own_folder(d) or _own_logs(d):
+        return None
+    subs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    tracks = [p for p in subs if p.name.startswith("track_")]
+    if tracks:
+        counts = ", ".join(f"{t.name} ({sum(1 for p in t.iterdir() if p.is_dir())} record folders)" for t in tracks)
+        first = next((p for t in tracks for p in sorted(t.iterdir()) if p.is_dir()), tracks[0])
+        return (f"{d}: holds the tracks {counts}, not logs; audit one record folder, e.g. `pgolf audit '{first}'` "
+                f"(or all of them: python bench/audit_corpus.py '{d}')")
+    if d.name.startswith("track_") and subs:
+        return (f"{d}: is the track {d.name} ({len(subs)} record folders), not a record; audit one of them, "
+                f"e.g. `pgolf audit '{subs[0]}'`")
+    inner = [p for p in subs if _is_own_folder(p)]
+    if inner:
+        return (f"{d}: holds {len(inner)} record/run folders, not logs; audit one of them, "
+                f"e.g. `pgolf audit '{inner[0]}'`")
+    return None
+
+
 # ---- record folders ------------------------------------------------------------------------------
+_MAX_DEPTH = 3
+
+
+def _is_log(p: Path, need_marker: bool) -> bool:
+    name = p.name.lower()
+    if not p.is_file() or p.suffix.lower() not in LOG_SUFFIXES or name in _NOT_LOGS:
+        return False
+    if not need_marker and (p.suffix.lower() == ".log" or name.startswith(("train", "log"))):
+        return True
+    try:
+        head = p.read_bytes()[:200_000]
+    except OSError:
+        return False
+    return any(m in head for m in _LOG_MARKERS)
+
+
+def _own_logs(d: Path) -> list[Path]:
+    return [p for p in sorted(d.iterdir()) if _is_log(p, need_marker=False)]
+
+
 def find_logs(d: Path) -> list[Path]:
-    """Log files in the folder itself and in log subfolders (logs/), sorted by path."""
-    places = [d] + sorted(p for p in d.iterdir() if p.is_dir() and "log" in p.name.lower())
-    out = []
-    for place in places:
-        for p in sorted(place.iterdir()):
-            if not p.is_file() or p.suffix.lower() not in LOG_SUFFIXES or p.name.lower() in _NOT_LOGS:
+    """Every training log of a record folder, sorted by path: its own *.log files and train*/log* *.txt files,
+    the same in log folders (logs/), and any *.log/*.txt carrying run lines (steps, losses, val_bpb) in other
+    subfolders, e.g. one named after the upstream PR. Subfolders that are records or runs of their own are
+    left out."""
+    out = _own_logs(d)
+
+    def visit(folder: Path, depth: int):
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
+            if _is_own_folder(sub):
                 continue
-            if p.suffix.lower() == ".txt" and not p.name.lower().startswith(("train", "log")):
-                try:
-                    head = p.read_bytes()[:200_000]
-                except OSError:
-                    continue
-                if not any(m in head for m in _LOG_MARKERS):
-                    continue
-            out.append(p)
+            loose = "log" not in sub.name.lower()
+            out.extend(p for p in sorted(sub.iterdir()) if _is_log(p, need_marker=loose))
+            if depth < _MAX_DEPTH:
+                visit(sub, depth + 1)
+
+    visit(d, 1)
     return out
 
 
@@ -63,13 +117,8 @@ def load_record(d: Path) -> RunSet:
     script = d / "train_gpt.py"
     rs.script_path = script if script.is_file() else None
     logs = find_logs(d)
-    if not logs and not sub:
-        if not any(d.iterdir()):
-            raise PgolfError(f"{d}: folder is empty; expected training logs (train_seed*.log) and submission.json")
-        inner = [p for p in d.iterdir() if p.is_dir() and (claims.find(p) or (p / "ledger.json").exists())]
-        if inner:
-            raise PgolfError(f"{d}: holds {len(inner)} record/run folders, not logs; audit one of them, "
-                             f"e.g. `pgolf audit '{inner[0]}'`")
+    if not logs and not sub and not any(d.iterdir()):
+        raise PgolfError(f"{d}: folder is empty; expected training logs (train_seed*.log) and submission.json")
     runs: list[Run] = []
     for p in logs:
         try:

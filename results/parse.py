@@ -25,7 +25,7 @@ from results.tokenizers import bytes_per_token, infer
 from results.types import CurvePoint, Metric, Run
 
 # ---- line patterns ---------------------------------------------------------------------------
-_TS_PREFIX = re.compile(r"^\d{9,}(?:\.\d+)?\s+")
+_TS_PREFIX = re.compile(r"^\d{9,}(?:\.\d+)? ")
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf|NaN|Inf)"
 
 _STEP_TRAIN = re.compile(
@@ -34,7 +34,7 @@ _STEP_VAL = re.compile(
     r"^step:(\d+)/(\d+)\s+val_loss:\s*(" + _NUM + r")\s+val_bpb:\s*(" + _NUM + r")(?:.*?train_time:\s*([\d.]+)ms)?")
 _NEW_TRAIN = re.compile(r"^(\d+)/(\d+)\s+train_loss:\s*(" + _NUM + r")(?:\s+train_time:\s*([\d.]+)(ms|m|s))?")
 _NEW_VAL = re.compile(r"^(\d+)/(\d+)\s+val_loss:\s*(" + _NUM + r")\s+val_bpb:\s*(" + _NUM + r")")
-_TTT_PROGRESS = re.compile(r"^(?:  ttt_chunk|ttt_progress|tttg:)")
+_TTT_PROGRESS = re.compile(r"^(?:  ttt_chunk \[|ttt_progress:|tttg:)")
 _STOP = re.compile(r"^stopping_early:.*?train_time:\s*([\d.]+)ms\s+step:\s*(\d+)/(\d+)")
 _METRIC = re.compile(
     r"^(?P<label>[A-Za-z][A-Za-z0-9_\-+.]*(?: [A-Za-z][A-Za-z0-9_\-+.]*)*?)\s+(?:stride:\d+\s+)?"
@@ -44,6 +44,7 @@ _TOTAL = re.compile(r"^Total submission size(?: ([^:]+))?:\s*(\d+) bytes")
 _MODEL = re.compile(r"^Serialized model(?: ([^:]+))?:\s*(\d+) bytes")
 _CODE = re.compile(r"^Code size(?: \((compressed|uncompressed)\))?:\s*(\d+) bytes")
 _BUDGET = re.compile(r"\bbudget:(\d+)/16000000\b")
+_ARTIFACT_MB = re.compile(r"=\s*(\d+\.\d+)/16\.00MB\b")                 # "... = 15.50/16.00MB FITS" (2 decimals)
 _ARTIFACT_BYTES = re.compile(r"^artifact_bytes:\s*(\d+)")
 _TOTAL_SUB = re.compile(r"model:.*\bTotal submission:\s*(\d+) bytes")
 _QMODEL = re.compile(r"^(\S+) model:\s*(\d+) bytes \|")
@@ -68,6 +69,11 @@ _SIDECAR = re.compile(r"^val_bpb:byte_sidecar")
 _VAL_PATTERN = re.compile(r"^val_loader:shards pattern=(\S+)\s+tokens:(\d+)")
 _VAL_FILES = re.compile(r"^\s+val_files:\s*(\S+)")
 _VAL_TOKENS = re.compile(r"^(?:\s*val_tokens:|val tokens:)\s*(\d+)")
+_TRAIN_SHARDS = re.compile(r"\btrain_shards:\s*(\d+)")
+_DUMP_START = re.compile(r"^(?:Hyperparameters:|--- Hyperparameters ---)\s*$")
+_DUMP_LINE = re.compile(r"^\s{2,}([a-z][a-z0-9_]*):[ \t]?(.*)$")                  # "  name: value" under the header
+_KV_LINE = re.compile(r"^[A-Za-z_]\w*=\S*(?:\s+[A-Za-z_]\w*=\S*)+\s*$")        # "a=1 b=2 ..." under the header
+_COLON_LINE = re.compile(r"^[a-z_][a-z0-9_]*:[^\s:]+(?:\s+[a-z_][a-z0-9_]*:[^\s:]+)+\s*$")  # "a:1 b:2" in the header
 _DATASET = re.compile(r"(?:train_loader:dataset:|data_path[:=]\s*|datasets_dir:\s*)(\S+)")
 
 # lines that open a new run; a run that already has a body (steps, metrics) ends there
@@ -177,6 +183,7 @@ class _Parser:
         self.log = log
         self.fseed = filename_seed(Path(log).name)
         self.builders = [_Builder(log, 1, self.fseed)]
+        self.dump_line = -1                  # last line of a hyperparameter dump block, while one is being read
 
     @property
     def b(self) -> _Builder:
@@ -228,6 +235,41 @@ def _on_run_start(p: _Parser, m: re.Match, n: int) -> bool:
     if p.b.body:
         p.new_run(n)
     return False                             # the header line may carry hints too
+
+
+def _on_dump_start(p: _Parser, m: re.Match, n: int) -> bool:
+    p.dump_line = n
+    return True
+
+
+def _on_dump_line(p: _Parser, m: re.Match, n: int) -> bool:
+    """`  name: value` right under `Hyperparameters:` (or under another such line): the run's configuration."""
+    if p.dump_line != n - 1:
+        return False
+    p.dump_line = n
+    p.b.run.hparams.setdefault(m.group(1), m.group(2).strip())
+    return False                             # seed, val_files, tokenizer_path lines are hints too
+
+
+def _on_kv_line(p: _Parser, m: re.Match, n: int) -> bool:
+    """`a=1 b=2 ...` right under `--- Hyperparameters ---`."""
+    if p.dump_line != n - 1:
+        return False
+    _pairs(p.b.run.hparams, m.string.split(), "=")
+    return False
+
+
+def _on_colon_line(p: _Parser, m: re.Match, n: int) -> bool:
+    """`a:1 b:2 ...` lines before training starts (the official script's header)."""
+    if not p.b.body:
+        _pairs(p.b.run.hparams, m.string.split(), ":")
+    return False
+
+
+def _pairs(into: dict[str, str], tokens: list[str], sep: str):
+    for tok in tokens:
+        key, _, value = tok.partition(sep)
+        into.setdefault(key, value)
 
 
 def _on_comment(p: _Parser, m: re.Match, n: int) -> bool:
@@ -369,6 +411,10 @@ RULES: tuple[Rule, ...] = (
     Rule("val_loss", _NEW_VAL, _on_new_val),
     Rule("ttt", _TTT_PROGRESS, _skip),
     Rule("", _RUN_START, _on_run_start),
+    Rule("Hyperparameters", _DUMP_START, _on_dump_start),
+    Rule("  ", _DUMP_LINE, _on_dump_line),
+    Rule("=", _KV_LINE, _on_kv_line),
+    Rule(":", _COLON_LINE, _on_colon_line),
     Rule("#", _COMMENT, _on_comment),
     Rule("val_bpb", _METRIC, _on_metric),
     Rule("stopping_early", _STOP, _on_stop),
@@ -385,6 +431,7 @@ RULES: tuple[Rule, ...] = (
     Rule("Total submission:", _TOTAL_SUB, _on_total_sub),
     Rule("Code:", _RAW_CODE, _size(lambda _: "code_other", body=False)),
     Rule("[modal]", _SCRIPT_SIZE, _on_script_size),
+    Rule("/16.00MB", _ARTIFACT_MB, _hint("artifact_mb", "artifact_mb", first=False, consume=True)),
     # seeds stated other ways, evaluation times
     Rule("seed:", _SEED_DUMP, _on_seed),
     Rule("=", _SEED_ARGS, _on_weak_seed),
@@ -396,6 +443,7 @@ RULES: tuple[Rule, ...] = (
     Rule("tokenizer_kind=", _TOK_KIND, _hint("tokenizer_kind", "tokenizer")),
     Rule("tokenizer=", _TOKENIZER_ARG, _on_byte_arg),
     Rule("vocab_size", _VOCAB, _hint("vocab_size")),
+    Rule("train_shards", _TRAIN_SHARDS, _hint("train_shards", "train_shards")),
     Rule("val_bytes_per_token:", _VAL_BPT, _hint("val_bytes_per_token", "val_bytes_per_token", first=False,
                                                   consume=True)),
     Rule("val_bpb:byte_sidecar", _SIDECAR, _on_sidecar),

@@ -53,6 +53,7 @@ class Run:
     refs: dict[str, int] = field(default_factory=dict)             # fact -> line number
     warnings: list[str] = field(default_factory=list)
     hints: dict[str, str] = field(default_factory=dict)            # tokenizer/dataset hints seen in the log
+    hparams: dict[str, str] = field(default_factory=dict)          # the run's configuration as its log states it
     total_eval_time_ms: float | None = None    # `total_eval_time:Ns` when the script prints one
     source_sha16: str | None = None            # sha256[:16] of the training source embedded in the log
     source_text: str | None = None             # embedded source block itself, when still present
