@@ -440,13 +440,14 @@ def check_config(rs: RunSet):
     dumped = [r for r in runs if r.hparams]
     if dumped and len(dumped) < len(runs):
         warns.append("no hyperparameters logged in " + ", ".join(r.log for r in runs if not r.hparams))
-    training, evaluation, partial = [], [], []
+    training, evaluation, partial, compared = [], [], [], 0
     for key in sorted(set().union(*(r.hparams for r in dumped)) if dumped else ()):
         if key in _PER_RUN_KEYS:
             continue
         vals = {r.log: r.hparams.get(key) for r in dumped}
         if any(v is not None and "/" in v for v in vals.values()):
             continue                                  # a path: differs from machine to machine
+        compared += 1
         if None in vals.values():
             partial.append(key)
         present = {v for v in vals.values() if v is not None}
@@ -468,8 +469,7 @@ def check_config(rs: RunSet):
     if not dumped:
         return "skip", f"{len(runs)} runs, no hyperparameters logged to compare" + (
             f" (same tokenizer {toks.pop()})" if toks else "")
-    n_keys = len(set().union(*(r.hparams for r in dumped)) - _PER_RUN_KEYS)
-    return "pass", (f"{len(runs)} runs agree on {n_keys} logged hyperparameters (seed, run id and paths aside)"
+    return "pass", (f"{len(runs)} runs agree on {compared} logged hyperparameters (seed, run id and paths aside)"
                     + (f", tokenizer {next(iter(toks))}" if toks else "")
                     + (f", script {next(iter(ids))}" if ids else ""))
 

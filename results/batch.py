@@ -44,22 +44,85 @@ def default_baseline(runset: RunSet) -> tuple[object, str | None]:
     return ref, base.get("policy")
 
 
+DEFAULT_TRAIN_SECONDS = 600          # the spec's [limits] train_seconds default (the challenge's budget)
+
+
+def _env_text(v) -> str:
+    """An env value as the job saw it (the runner's spec rules: booleans 1/0, whole floats as integers)."""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def portable_data_paths(variant: str | None, paths: dict) -> dict[str, str]:
+    """DATA_PATH / TOKENIZER_PATH by the variant's name instead of this machine's paths: the official layout
+    (`./data/datasets/fineweb10B_<variant>`, `./data/tokenizers/fineweb_<N>_bpe.model`, as
+    data/cached_challenge_fineweb.py writes it) for official variants, `./data/<variant>/...` otherwise."""
+    out = {}
+    for key, value in paths.items():
+        name = Path(str(value)).name
+        if key == "DATA_PATH":
+            out[key] = f"./data/datasets/fineweb10B_{variant}" if _official(variant) else f"./data/{variant or name}"
+        elif key == "TOKENIZER_PATH":
+            out[key] = (f"./data/tokenizers/fineweb_{variant[2:]}_bpe.model" if _official(variant) and variant.startswith("sp")
+                        else f"./data/{variant}/{name}" if variant else f"./data/{name}")
+        else:
+            out[key] = f"./data/{variant}/{name}" if variant else f"./data/{name}"
+    if _official(variant):
+        out.setdefault("DATA_PATH", f"./data/datasets/fineweb10B_{variant}")
+        if variant.startswith("sp"):
+            out.setdefault("TOKENIZER_PATH", f"./data/tokenizers/fineweb_{variant[2:]}_bpe.model")
+    return out
+
+
+def _official(variant: str | None) -> bool:
+    return bool(variant) and (variant.startswith("sp") and variant[2:].isdigit() or variant.startswith("byte"))
+
+
+def _local_path(value: str) -> bool:
+    return value.startswith(("/", "~")) or (len(value) > 2 and value[1] == ":" and value[2] in "\\/")
+
+
+def run_env(spec: dict) -> tuple[dict[str, str], list[str]]:
+    """Every variable the job ran with, fit to publish: the spec's env, the data by variant name, and
+    MAX_WALLCLOCK_SECONDS from [limits] train_seconds (unless the env sets it). Returns (env, notes)."""
+    notes = []
+    env = {k: _env_text(v) for k, v in (spec.get("env") or {}).items() if k != "SEED"}
+    data = spec.get("data") or {}
+    variant = data.get("variant")
+    for k, v in portable_data_paths(variant, data.get("paths") or {}).items():
+        env.setdefault(k, v)
+    if variant:
+        notes.append(f"data: variant {variant}" + (" (official layout under ./data, as data/cached_challenge_fineweb.py "
+                                                   "writes it)" if _official(variant) else f" (put it under ./data/{variant})"))
+    limits = spec.get("limits") or {}
+    env.setdefault("MAX_WALLCLOCK_SECONDS", _env_text(limits.get("train_seconds", DEFAULT_TRAIN_SECONDS)))
+    for k, v in env.items():
+        if _local_path(v):
+            env[k] = f"./{Path(v).name}"
+            notes.append(f"{k}: a path of the machine that ran it, shown as ./{Path(v).name}")
+    return env, notes
+
+
 def reproduction_command(batch: dict | None) -> str | None:
-    """A shell loop over the batch's seeds: `ENV=... SEED=$SEED torchrun ... train_gpt.py`, secrets masked."""
+    """A shell loop over the batch's seeds that states every variable the run used:
+    `ENV=... MAX_WALLCLOCK_SECONDS=600 SEED=$SEED torchrun ... train_gpt.py`; no path of this machine,
+    secrets masked."""
     spec = spec_of(batch)
     if not spec.get("script"):
         return None
-    env = {k: v for k, v in (spec.get("env") or {}).items()}
-    for k, v in ((spec.get("data") or {}).get("paths") or {}).items():
-        env.setdefault(k, v)
-    parts = [f"{k}={shlex.quote(str(v))}" for k, v in env.items() if k != "SEED"] + ["SEED=$SEED"]
+    env, notes = run_env(spec)
+    parts = [f"{k}={shlex.quote(v)}" for k, v in env.items()] + ["SEED=$SEED"]
     script = Path(str(spec["script"])).name
     if spec.get("launcher") == "python":
         parts.append(f"python {script}")
     else:
         parts.append(f"torchrun --standalone --nproc_per_node={spec.get('nproc_per_node', 8)} {script}")
     seeds = " ".join(str(x) for x in spec.get("seeds") or []) or "42"
-    return scrub(f"for SEED in {seeds}; do\n  " + " \\\n  ".join(parts) + "\ndone")
+    head = "".join(f"# {n}\n" for n in notes)
+    return scrub(head + f"for SEED in {seeds}; do\n  " + " \\\n  ".join(parts) + "\ndone")
 
 
 def batch_cost(runset: RunSet) -> dict | None:

@@ -60,7 +60,7 @@ _COMMENT = re.compile(r"^#")
 _CORPUS = re.compile(r"^# \[corpus: \d+ lines of embedded training-script source removed; sha256/16=([0-9a-f]{16})\]")
 _PHASE_EVAL = re.compile(r"^[a-z_]+_eval_time:\s*([\d.]+)ms")
 _TOTAL_EVAL = re.compile(r"^total_eval_time:(?:\s*([\d.]+)s)?")
-_TOK_PATH = re.compile(r"tokenizer_path[:=]\s*(\S+)")
+_TOK_PATH = re.compile(r"tokenizer_path(?::\s*|=)(\S+)")          # `=` takes no spaces: `a= b=1` is empty
 _TOK_KIND = re.compile(r"tokenizer_kind=(\S+)")
 _TOKENIZER_ARG = re.compile(r"(?:^|\s)tokenizer=byte(?:\s|$)")
 _VOCAB = re.compile(r"\bvocab_size[:=]\s*(\d+)")
@@ -452,8 +452,30 @@ RULES: tuple[Rule, ...] = (
     Rule("tokens:", _VAL_TOKENS, _on_val_tokens),
     Rule("dat", _DATASET, _hint("dataset", "dataset")),
 )
-_FINDERS = tuple((r.needle, r.pattern.match if r.pattern.pattern.startswith("^") else r.pattern.search, r.handle)
-                 for r in RULES)
+
+
+def _first_char(pattern: re.Pattern) -> str | None:
+    """The one character a line must start with for an anchored pattern (`^step:` -> "s"), else None."""
+    src = pattern.pattern
+    if src.startswith("^\\[") or src.startswith("^\\d"):
+        return "[" if src[2] == "[" else None
+    if len(src) > 1 and src[0] == "^" and (src[1].isalnum() or src[1] in "#_-") and src[2:3] not in ("*", "?", "+", "{", "|"):
+        return src[1]
+    return None
+
+
+_FINDERS = tuple((r.needle, r.pattern.match if r.pattern.pattern.startswith("^") else r.pattern.search, r.handle,
+                  _first_char(r.pattern)) for r in RULES)
+_BY_FIRST: dict[str, tuple] = {}
+
+
+def _finders(c: str) -> tuple:
+    """The rules that can apply to a line starting with `c`, in table order (computed once per character):
+    a rule anchored to another first character is skipped without a look, which keeps a pass fast."""
+    found = _BY_FIRST.get(c)
+    if found is None:
+        found = _BY_FIRST[c] = tuple((n, f, h) for n, f, h, first in _FINDERS if first is None or first == c)
+    return found
 
 
 # ---- reading files ------------------------------------------------------------------------------
@@ -496,7 +518,9 @@ def parse_text(text: str, log: str, file_warnings: list[str] | None = None) -> l
             m = _TS_PREFIX.match(line)
             if m:
                 line = line[m.end():]
-        for needle, find, handle in _FINDERS:
+                if not line:
+                    continue
+        for needle, find, handle in _finders(line[0]):
             if needle in line:
                 m = find(line)
                 if m and handle(p, m, i + 1):

@@ -20,6 +20,8 @@ from results.batch import batch_cost, default_baseline, read_batch, reproduction
 from results.errors import PgolfError
 from results.files import atomic_write
 from results.load import load
+from results.reproduce import compare_with_record
+from results.reproduce import sentence as reproduction_sentence
 from results.secrets import scrub
 from results.stats import LN2, as_sample, baseline_sample, sentence, significance
 from results.summary import summarize
@@ -31,22 +33,28 @@ STATUS_MARK = {"pass": "✅", "fail": "❌", "warn": "⚠️", "skip": "–"}
 
 # ---------------------------------------------------------------- building the report
 
-def default_out(runset: RunSet) -> Path:
-    d = Path(runset.dir)
-    return d if runset.kind == "run" else Path.cwd() / f"report-{d.resolve().name}"
+def report_dir(kind: str, folder, out=None) -> Path | None:
+    """Where the report files go: OUT when given, else the run directory itself (pgolf owns it); a record
+    folder without OUT gets no files (print only): nothing is ever written into the current directory."""
+    if out is not None:
+        return Path(out)
+    return Path(folder) if kind == "run" else None
 
 
-def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dict, dict]:
+def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce_of=None) -> tuple[dict, dict]:
     """(report dict, extras for rendering). Pure: writes nothing.
 
     An explicit `baseline` that cannot be read raises PgolfError. A baseline taken from batch.json, or a
     folder with no scored run, gives "significance": null and a one-line "significance_error" instead, so
-    that the end-of-batch report of the runner is always written.
+    that the end-of-batch report of the runner is always written. `reproduce_of` (a record folder) adds
+    "reproduction": these runs' per-seed scores against what that record claims (results.reproduce).
     """
     report = dict(audit(runset))
     cost = batch_cost(runset)
     if cost:
         report["cost"] = cost
+    if reproduce_of is not None:
+        report["reproduction"] = compare_with_record(reproduce_of, runset)
     explicit = baseline is not None
     if runset.kind == "run":
         spec_ref, spec_policy = default_baseline(runset)
@@ -82,15 +90,20 @@ def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dic
     return report, extras
 
 
-def write_report(dir, baseline=None, policy: str | None = None, out=None) -> dict:
-    """Load DIR (run directory or record folder), audit it, test significance, write everything to OUT.
+def write_report(dir, baseline=None, policy: str | None = None, out=None, *, reproduce_of=None) -> dict:
+    """Load DIR (run directory or record folder), audit it, test significance, and write results.csv,
+    report.md, report.json and plots/ to `report_dir` (OUT; the run directory itself; or, for a record folder
+    without OUT, nowhere). Returns the report dict (= `pgolf report --json`).
 
-    Returns the report dict (= `pgolf report --json`). OUT defaults to DIR for a run directory and to
-    ./report-<folder name>/ for a record folder (the shared records are read-only).
-    """
+    PgolfError when there is nothing to report (no scored run) or the input is unusable."""
     runset = load(Path(dir))
-    report, extras = build(runset, baseline, policy)
-    out = Path(out) if out is not None else default_out(runset)
+    if not [r for r in runset.runs if r.val_bpb is not None]:
+        why = (f"{len(runset.runs)} log run(s) without a final val_bpb" if runset.runs else "no training logs")
+        raise PgolfError(f"{dir}: nothing to report: {why}; `pgolf audit {dir}` shows what the folder holds")
+    report, extras = build(runset, baseline, policy, reproduce_of=reproduce_of)
+    out = report_dir(runset.kind, runset.dir, out)
+    if out is None:
+        return report
     df = frame(runset)
     write_csv(df, out / "results.csv")
     plot_files: list[str] = []
@@ -169,9 +182,17 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
     if cost:
         per = ", ".join(f"seed {k}: ${v:.2f}" for k, v in cost["per_seed_usd"].items())
         lines += ["", "## Cost", "", f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s) ({per})."]
+    rep = report.get("reproduction")
+    if rep:
+        lines += ["", "## Reproduction check", "", reproduction_sentence(rep), "",
+                  "| seed | claimed val_bpb | reproduced val_bpb | difference |", "|---:|---:|---:|---:|"]
+        lines += [f"| {s} | {rep['claimed'][s]:.8f} | {rep['reproduced'][s]:.8f} | {rep['differences'][s]:+.8f} |"
+                  for s in rep["claimed"]]
+        lines += [f"- {n}" for n in rep.get("notes", [])]
     cmd = reproduction_command(batch) if batch else None
     if cmd:
-        lines += ["", "## Reproduction", "", "```bash", cmd, "```"]
+        lines += ["", "## Reproduction", "", "Every variable the run used (secrets masked, data by variant name):",
+                  "", "```bash", cmd, "```"]
     if plot_files:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_files]
     return scrub("\n".join(lines) + "\n")
@@ -203,6 +224,9 @@ def render_summary(report: dict) -> Group:
     parts.append(Text(report.get("significance_error") or sentence(sig), style=style))
     for n in (sig or {}).get("notes", []):
         parts.append(Text(f"  note: {n}", style="dim"))
+    if report.get("reproduction"):
+        rep = report["reproduction"]
+        parts.append(Text(reproduction_sentence(rep), style="bold green" if rep["stands"] else "bold red"))
     bad = [c for c in report.get("checks", []) if c.get("status") in ("fail", "warn")]
     verdict = report.get("verdict", "?")
     parts.append(Text(f"audit: {verdict}", style="bold green" if verdict == "pass" else "bold red"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 SPACE = "\u2581"
@@ -59,13 +60,20 @@ def scan_files(paths: list[Path], root: Path | None = None) -> list[Finding]:
 
 
 def scan_source(source: str, name: str) -> list[Finding]:
+    """Findings of one script's text; `name` is how findings cite it."""
+    return list(_scan(source, name))
+
+
+@lru_cache(maxsize=16)
+def _scan(source: str, name: str) -> tuple[Finding, ...]:
+    """Cached: submit and report audit the same script several times in one process."""
     try:
         tree = ast.parse(source)
     except SyntaxError as e:
-        return [Finding("warn", "unreadable", name, e.lineno or 0, f"not valid Python 3 ({e.msg}); not read")]
+        return (Finding("warn", "unreadable", name, e.lineno or 0, f"not valid Python 3 ({e.msg}); not read"),)
     mod = _Module(tree)
-    return sorted(_byte_tables(mod, name) + _validation_training(mod, name) + _ngram_keys(mod, name),
-                  key=lambda f: (f.line, f.pattern))
+    return tuple(sorted(_byte_tables(mod, name) + _validation_training(mod, name) + _ngram_keys(mod, name),
+                  key=lambda f: (f.line, f.pattern)))
 
 
 # ---- shared helpers -----------------------------------------------------------------------------

@@ -92,8 +92,11 @@ def submission_dict(runs, report: dict, spec: dict, author, github_id, name) -> 
 
 
 def submit(run_dir, out, author: str | None = None, github_id: str | None = None,
-           name: str | None = None) -> dict:
-    """Write the record folder OUT from RUN_DIR; returns the record's report dict. Refuses with PgolfError."""
+           name: str | None = None, baseline=None, policy: str | None = None) -> dict:
+    """Write the record folder OUT from RUN_DIR; returns the record's report dict. Refuses with PgolfError.
+
+    `baseline` / `policy` as for `pgolf report` (default: the spec's [baseline]); the significance test's
+    result goes into submission.json and the README."""
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -112,7 +115,7 @@ def submit(run_dir, out, author: str | None = None, github_id: str | None = None
         raise PgolfError(f"{script}:{leaks[0]}: looks like a secret (a secret-named NAME=value); the shipped script "
                          "must not hold one and cannot be edited after the run: remove it, rerun, then submit")
 
-    report, _ = build(runset)
+    report, _ = build(runset, baseline, policy)
     if report.get("verdict") != "pass":
         raise PgolfError(f"{run_dir}: the audit fails, a reviewer would reject this record ({_failures(report)}); "
                          "fix the run, then submit")
