@@ -30,6 +30,15 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.8f}".rstrip("0").rstrip(".") if isinstance(x, float) else str(x)
 
 
+def _worst(fails: list[str], warns: list[str], otherwise: tuple[str, str]) -> tuple[str, str]:
+    """A check's result from what it found: any fail (warnings appended), else any warning, else `otherwise`."""
+    if fails:
+        return "fail", "; ".join(fails + warns)
+    if warns:
+        return "warn", "; ".join(warns)
+    return otherwise
+
+
 def _header(r: Run) -> str:
     return f"whose header says seed {r.header_seed}" if r.header_seed is not None else "which states no seed"
 
@@ -340,15 +349,12 @@ def check_bpb_consistency(rs: RunSet):
         else:
             why = "; looks like the leading-space byte counted twice" if 0.08 <= dev <= 0.35 else ""
             fails.append(msg + why)
-    if fails:
-        return "fail", "; ".join(fails + warns)
-    if warns:
-        return "warn", "; ".join(warns)
-    if oks:
-        names = sorted({r.tokenizer for r in scored(rs.runs) if r.tokenizer}) or ["custom"]
-        tol = max(tolerance(n) for n in names if n in TABLE) if any(n in TABLE for n in names) else BPB_TOLERANCE
-        return "pass", f"bytes/token within {tol * 100:.2f}% of the {'/'.join(names)} table: " + ", ".join(oks)
-    return "skip", "no run with both val_loss and val_bpb"
+    if not (fails or warns or oks):
+        return "skip", "no run with both val_loss and val_bpb"
+    names = sorted({r.tokenizer for r in scored(rs.runs) if r.tokenizer}) or ["custom"]
+    tol = max(tolerance(n) for n in names if n in TABLE) if any(n in TABLE for n in names) else BPB_TOLERANCE
+    return _worst(fails, warns, ("pass", f"bytes/token within {tol * 100:.2f}% of the {'/'.join(names)} table: "
+                                 + ", ".join(oks)))
 
 
 def _finite(text: str) -> bool:
@@ -462,16 +468,12 @@ def check_config(rs: RunSet):
         missing = {r.log: [k for k in partial if k not in r.hparams] for r in dumped}
         warns.append("some logs list hyperparameters others do not (different script versions?): " + "; ".join(
             f"{log} lacks {', '.join(ks[:6])}{' …' if len(ks) > 6 else ''}" for log, ks in missing.items() if ks))
-    if fails:
-        return "fail", "; ".join(fails + warns)
-    if warns:
-        return "warn", "; ".join(warns)
     if not dumped:
-        return "skip", f"{len(runs)} runs, no hyperparameters logged to compare" + (
-            f" (same tokenizer {toks.pop()})" if toks else "")
-    return "pass", (f"{len(runs)} runs agree on {compared} logged hyperparameters (seed, run id and paths aside)"
-                    + (f", tokenizer {next(iter(toks))}" if toks else "")
-                    + (f", script {next(iter(ids))}" if ids else ""))
+        return _worst(fails, warns, ("skip", f"{len(runs)} runs, no hyperparameters logged to compare"
+                                     + (f" (same tokenizer {next(iter(toks))})" if toks else "")))
+    return _worst(fails, warns, ("pass", f"{len(runs)} runs agree on {compared} logged hyperparameters (seed, run id "
+                                 "and paths aside)" + (f", tokenizer {next(iter(toks))}" if toks else "")
+                                 + (f", script {next(iter(ids))}" if ids else "")))
 
 
 CASEOPS_LEAKY_TRAIN_SHARDS = 1499         # openai/parameter-golf#2127: prepare_caseops_data.py's default
@@ -498,11 +500,10 @@ def check_data_overlap(rs: RunSet):
         train_files = r.hparams.get("train_files", "") + " " + r.hints.get("dataset", "")
         if "fineweb_val_" in train_files:
             warns.append(f"{r.log}: the training files are validation shards ({train_files.strip()})")
-    if warns:
-        return "warn", "; ".join(warns)
-    if facts:
-        return "pass", "no known leak fingerprint: " + ", ".join(facts[:6]) + (" …" if len(facts) > 6 else "")
-    return "skip", "the logs state neither a training-shard count nor a validation size"
+    if not facts and not warns:
+        return "skip", "the logs state neither a training-shard count nor a validation size"
+    return _worst([], warns, ("pass", "no known leak fingerprint: " + ", ".join(facts[:6])
+                              + (" …" if len(facts) > 6 else "")))
 
 
 def shipped_scripts(rs: RunSet) -> list[Path]:
@@ -520,12 +521,8 @@ def check_script_static(rs: RunSet):
     fails = [str(f) for f in findings if f.status == "fail"]
     warns = [str(f) for f in findings if f.status == "warn"]
     names = ", ".join(p.name for p in scripts)
-    if fails:
-        return "fail", "; ".join(fails + warns)
-    if warns:
-        return "warn", "; ".join(warns)
-    return "pass", (f"read {names}: no double-counted space in a byte table, no training on validation tokens "
-                    "before they are scored, no hashed n-gram key holding the target")
+    return _worst(fails, warns, ("pass", f"read {names}: no double-counted space in a byte table, no training on "
+                                 "validation tokens before they are scored, no hashed n-gram key holding the target"))
 
 
 CHECKS = {

@@ -47,7 +47,7 @@ def default_baseline(runset: RunSet) -> tuple[object, str | None]:
 DEFAULT_TRAIN_SECONDS = 600          # the spec's [limits] train_seconds default (the challenge's budget)
 
 
-def _env_text(v) -> str:
+def env_text(v) -> str:
     """An env value as the job saw it (the runner's spec rules: booleans 1/0, whole floats as integers)."""
     if isinstance(v, bool):
         return "1" if v else "0"
@@ -89,7 +89,7 @@ def run_env(spec: dict) -> tuple[dict[str, str], list[str]]:
     """Every variable the job ran with, fit to publish: the spec's env, the data by variant name, and
     MAX_WALLCLOCK_SECONDS from [limits] train_seconds (unless the env sets it). Returns (env, notes)."""
     notes = []
-    env = {k: _env_text(v) for k, v in (spec.get("env") or {}).items() if k != "SEED"}
+    env = {k: env_text(v) for k, v in (spec.get("env") or {}).items() if k != "SEED"}
     data = spec.get("data") or {}
     variant = data.get("variant")
     for k, v in portable_data_paths(variant, data.get("paths") or {}).items():
@@ -98,7 +98,7 @@ def run_env(spec: dict) -> tuple[dict[str, str], list[str]]:
         notes.append(f"data: variant {variant}" + (" (official layout under ./data, as data/cached_challenge_fineweb.py "
                                                    "writes it)" if _official(variant) else f" (put it under ./data/{variant})"))
     limits = spec.get("limits") or {}
-    env.setdefault("MAX_WALLCLOCK_SECONDS", _env_text(limits.get("train_seconds", DEFAULT_TRAIN_SECONDS)))
+    env.setdefault("MAX_WALLCLOCK_SECONDS", env_text(limits.get("train_seconds", DEFAULT_TRAIN_SECONDS)))
     for k, v in env.items():
         if _local_path(v):
             env[k] = f"./{Path(v).name}"

@@ -180,3 +180,20 @@ def test_run_dir_report_sums_pod_costs_from_the_ledger(tmp_path):
 def test_report_without_costs_has_no_cost_key(tmp_path):
     rep = write_report(make_run_dir(tmp_path))
     assert "cost" not in rep
+
+
+def test_reproduction_block_of_the_smoke_spec_has_no_local_path():
+    """jobs/smoke.toml as batch.json stores it (paths made absolute): every variable, no path of this machine."""
+    import tomllib
+    from results.batch import reproduction_command
+    root = Path(__file__).resolve().parents[1]
+    spec = tomllib.loads((root / "jobs" / "smoke.toml").read_text())
+    spec["script"] = str(root / "model" / "train_gpt.py")
+    spec["data"]["paths"] = {k: str((root / "jobs" / v).resolve()) for k, v in spec["data"]["paths"].items()}
+    cmd = reproduction_command({"spec": spec})
+    assert str(root) not in cmd and "/work" not in cmd
+    assert "MAX_WALLCLOCK_SECONDS=25" in cmd and "DATA_PATH=./data/tiny" in cmd
+    assert "TOKENIZER_PATH=./data/tiny/tokenizer.model" in cmd and "# data: variant tiny" in cmd
+    for key in spec["env"]:
+        assert f"{key}=" in cmd, key
+    assert "--nproc_per_node=1 train_gpt.py" in cmd and "for SEED in 42 1337 2025" in cmd

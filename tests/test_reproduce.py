@@ -113,3 +113,11 @@ def test_report_of_a_reproduction_run(tmp_path, smoke_record):
     assert json.loads((run / "report.json").read_text())["reproduction"]["stands"] is False
     assert math.isclose(compare_with_record(smoke_record, {42: 1.08, 1337: 1.081, 2025: 1.0805})["mean_difference"],
                         0.0, abs_tol=1e-12)
+
+
+def test_cli_function_prints_the_spec(smoke_record, capsys):
+    import argparse
+    from results.commands import cmd_reproduce
+    assert cmd_reproduce(argparse.Namespace(record_dir=str(smoke_record), seeds=[5, 6])) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["seeds"] == [5, 6] and "pgolf reproduce: note:" in err
