@@ -170,7 +170,7 @@ class _Module:
                 params = params[1:]
             bound = list(zip(params, node.args)) + [(k.arg, k.value) for k in node.keywords if k.arg]
             for param, arg in bound:
-                if _val_ident(self, scope, arg, sources):
+                if _val_ident(self, scope, arg, sources) is not None:
                     self.val_params.setdefault(fn.name, {}).setdefault(param, node.lineno)
 
     def _functions_that_train(self) -> set[str]:
@@ -321,11 +321,33 @@ def _scored_first(mod: _Module, stmts: list, target) -> bool | None:
     return False
 
 
+def _params(scope) -> set[str]:
+    args = getattr(scope, "args", None)
+    return {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs} if args else set()
+
+
+def _caller_scored_first(mod: _Module, caller, call) -> bool:
+    """A call site that hands over data its own loop has scored first (phased / chunked TTT helpers)."""
+    loops = _loops_around(caller, call)
+    return bool(loops) and _scored_first(mod, loops[0].body, call) is True
+
+
+def _throwaway(loop) -> int | None:
+    """Line showing a loop trains a copy that is thrown away (a compile warm-up): it deletes a name it binds,
+    or its own names say warm-up. None otherwise."""
+    bound = {t.id for n in _nodes(loop.body) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    for n in _nodes(loop.body):
+        if isinstance(n, ast.Delete) and any(isinstance(t, ast.Name) and t.id in bound for t in n.targets):
+            return n.lineno
+    if any("warmup" in ident.lower() for ident in _names(loop.target) | _names(loop.iter)) if isinstance(
+            loop, (ast.For, ast.AsyncFor)) else False:
+        return loop.lineno
+    return None
+
+
 def _validation_training(mod: _Module, name: str) -> list[Finding]:
     out = []
     for scope in mod.scopes:
-        if not hasattr(scope, "body"):
-            continue
         steps = [n for n in mod.own(scope) if _is_backward(n) or (
             isinstance(n, ast.Call) and _call_name(n) in mod.trains and _call_name(n) != getattr(scope, "name", None))]
         for step in steps:
@@ -339,16 +361,37 @@ def _validation_training(mod: _Module, name: str) -> list[Finding]:
             first = _scored_first(mod, outer.body, step)
             if first:
                 continue
+            ident, origin = on_val
+            data = ident if ident == origin else f"{ident}, from {origin}"
             what = f"`{_call_name(step)}()`" if not _is_backward(step) else "the backward pass"
             if first is None:
                 out.append(Finding("warn", "val_trained_before_scored", name, step.lineno,
-                                   f"a loop scores and trains on validation data ({on_val}) in one statement; "
+                                   f"a loop scores and trains on validation data ({data}) in one statement; "
                                    "cannot tell whether each token is scored before it is trained on"))
-            else:
-                out.append(Finding("fail", "val_trained_before_scored", name, step.lineno,
-                                   f"{what} in the loop at line {outer.lineno} trains on validation data ({on_val}) "
-                                   "that the loop has not scored first (pre-quantisation TTT); score-first TTT scores "
-                                   "each chunk under torch.inference_mode() before training on it"))
+                continue
+            if origin in _params(scope):                     # the caller decides what this data is
+                calls = [(c, n) for c in mod.scopes for n in mod.own(c)
+                         if isinstance(n, ast.Call) and _call_name(n) == scope.name and c is not scope]
+                unscored = [n for c, n in calls if not _caller_scored_first(mod, c, n)]
+                if calls and not unscored:
+                    continue
+                if not calls:
+                    out.append(Finding("warn", "val_trained_before_scored", name, step.lineno,
+                                       f"{what} in `{scope.name}` trains on its parameter `{origin}` (validation "
+                                       "data by its name); no call in this file shows whether it was scored first"))
+                    continue
+                data += f", given at line {unscored[0].lineno} by a caller that has not scored it first"
+            thrown = _throwaway(outer)
+            if thrown is not None:
+                out.append(Finding("warn", "val_trained_before_scored", name, step.lineno,
+                                   f"{what} trains on validation data ({data}) in what looks like a warm-up of a copy "
+                                   f"that is thrown away (line {thrown}): legal only if nothing it learns reaches "
+                                   "the scored model"))
+                continue
+            out.append(Finding("fail", "val_trained_before_scored", name, step.lineno,
+                               f"{what} in the loop at line {outer.lineno} trains on validation data ({data}) "
+                               "before it is scored (pre-quantisation TTT); score-first TTT scores each chunk "
+                               "under torch.inference_mode() before training on it"))
     return _dedupe(out)
 
 
@@ -357,19 +400,17 @@ _DATA_METHODS = {"to", "split", "chunk", "view", "reshape", "narrow", "unfold", 
 
 
 def _val_sources(mod: _Module, scope) -> dict[str, str]:
-    """Names of a scope that hold validation data -> how (a parameter given it at some call site, or a slice,
-    split or copy of such data, or a loop variable over it). Scalars computed from it (a loss) do not count."""
-    out = {p: f"given validation data at line {line}" for p, line in mod.val_params.get(getattr(scope, "name", ""), {}).items()}
+    """Names of a scope that hold validation data -> the name it came from (a validation-like name, or a
+    parameter that some call site gives validation data): slices, splits and copies of such data and loop
+    variables over it count; scalars computed from it (a loss) do not."""
+    out = {p: p for p in mod.val_params.get(getattr(scope, "name", ""), {})}
 
-    def reads(expr) -> str | None:
-        for ident in sorted(_names(expr)):
-            if _VAL_NAME.search(ident) or ident in out:
-                return ident
-        return None
+    def root(ident: str) -> str | None:
+        return ident if _VAL_NAME.search(ident) else out.get(ident)
 
     def data_of(expr) -> str | None:
         if isinstance(expr, ast.Name):
-            return reads(expr)
+            return root(expr.id)
         if isinstance(expr, ast.Subscript):
             return data_of(expr.value)
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in _DATA_METHODS:
@@ -380,31 +421,34 @@ def _val_sources(mod: _Module, scope) -> dict[str, str]:
             return expr.attr if _VAL_NAME.search(expr.attr) else None
         return None
 
+    bound: dict[str, list] = {}                     # name -> every value assigned to it in the scope
+    for t, v in mod.bindings(scope):
+        for name in (x.id for x in ast.walk(t) if isinstance(x, ast.Name)):
+            bound.setdefault(name, []).append(v)
     for _ in range(3):
-        for t, v in mod.bindings(scope):
-            src = data_of(v)
-            if src is None:
+        for name, values in bound.items():
+            if name in out or _VAL_NAME.search(name):
                 continue
-            for name in (x.id for x in ast.walk(t) if isinstance(x, ast.Name)):
-                if name not in out and not _VAL_NAME.search(name):
-                    out[name] = f"from {src}"
+            srcs = [data_of(v) for v in values]
+            if all(srcs):                             # a name that also holds other data is not counted
+                out[name] = srcs[0]
     return out
 
 
-def _val_ident(mod: _Module, scope, node, sources: dict[str, str] | None = None) -> str | None:
-    """The validation data a node reads: a validation-like name, or a name that holds such data."""
+def _val_ident(mod: _Module, scope, node, sources: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """(name, where its validation data comes from) for the first validation data a node reads, else None."""
     sources = mod.sources[id(scope)] if sources is None else sources
     for ident in sorted(_names(node)):
-        if _VAL_NAME.search(ident):
-            return ident
         if ident in sources:
-            return f"{ident}, {sources[ident]}"
+            return ident, sources[ident]
+        if _VAL_NAME.search(ident):
+            return ident, ident
     return None
 
 
-def _trains_on_val(mod: _Module, scope, loop, step) -> str | None:
-    """What validation data the training step in `loop` uses; None when it uses none. A helper that scores
-    inside itself is judged on its own, not here."""
+def _trains_on_val(mod: _Module, scope, loop, step) -> tuple[str, str] | None:
+    """(name, origin) of the validation data the training step in `loop` uses; None when it uses none. A
+    helper that scores inside itself is judged on its own, not here."""
     sources = mod.sources[id(scope)]
     if not _is_backward(step):
         helper = mod.functions.get(_call_name(step))
@@ -502,14 +546,14 @@ def _ngram_keys(mod: _Module, name: str) -> list[Finding]:
             if not _is_hash(node):
                 continue
             hit = sorted(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in targets)
-            shifted = [n for n in ast.walk(node) if _forward_shift(n)]
-            if hit and _feeds_embedding(mod, scope, node):
+            if not hit:
+                continue
+            if _feeds_embedding(mod, scope, node):
                 out.append(Finding("fail", "ngram_key_has_target", name, node.lineno,
                                    f"a hashed n-gram key includes the target `{hit[0]}` and indexes an embedding: the "
                                    "model sees the token it is asked to predict"))
-            elif hit or shifted:
-                what = f"the target `{hit[0]}`" if hit else "a forward-shifted slice (the next token)"
+            else:
                 out.append(Finding("warn", "ngram_key_has_target", name, node.lineno,
-                                   f"a hashed key includes {what}: legal only for counts of tokens already scored; "
-                                   "check that it never feeds the prediction of that same token"))
+                                   f"a hashed key includes the target `{hit[0]}`: legal only for counts of tokens "
+                                   "already scored; check that it never feeds the prediction of that same token"))
     return _dedupe(out)

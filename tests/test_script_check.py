@@ -37,6 +37,19 @@ def count(prev, tgt, base_bytes, has_leading_space, is_boundary):
     tb += has_leading_space[tgt] & ~is_boundary[prev]
     return tb.sum()
 '''
+BYTES_OVERWRITTEN = '''
+def luts(sp, n, torch):
+    nbytes = torch.zeros(n)
+    spaced = torch.zeros(n, dtype=torch.bool)
+    for tok in range(n):
+        text = sp.id_to_piece(tok)
+        encoded = text.encode("utf-8")
+        nbytes[tok] = len(encoded)
+        if text.startswith("\u2581"):
+            spaced[tok] = True
+            nbytes[tok] = 1 + len(text[1:].encode("utf-8"))
+    return nbytes, spaced
+'''
 BYTES_CANONICAL = '''
 import numpy as np
 
@@ -80,6 +93,30 @@ def ttt_adapt(args, base_model, device, val_tokens):
 def main(args, model, device, val_tokens):
     ttt_adapt(args, model, device, val_tokens)
     return eval_val(model, val_tokens)
+'''
+WARMUP_ON_VAL = '''
+def warm_up_compile(model, make_adapter, val_tokens):
+    for size in (64, 128):
+        adapter = make_adapter(size)
+        x = val_tokens[:size]
+        model(x, adapter).sum().backward()
+        del adapter
+'''
+PHASED_GLOBAL_SGD = '''
+import torch
+
+def global_sgd(model, opt, val_tokens):
+    for start in range(0, len(val_tokens), 1024):
+        model(val_tokens[start:start + 1025]).backward()
+        opt.step()
+
+def phased(model, opt, docs):
+    scored = []
+    for batch in docs:
+        with torch.no_grad():
+            model(batch)
+        scored.append(batch)
+        global_sgd(model, opt, torch.cat(scored))
 '''
 PRE_QUANT_TTT_HELPER = '''
 def step(model, opt, chunk):
@@ -157,11 +194,13 @@ def update_cache(counts, prev2, prev1, y):
 
 @pytest.mark.parametrize("source,status,pattern,line", [
     (BYTES_DOUBLE, "fail", "space_double_count", 15),
+    (BYTES_OVERWRITTEN, "fail", "space_double_count", 11),
     (BYTES_IN_TABLE_ONLY, "warn", "space_double_count", 6),
     (PRE_QUANT_TTT, "fail", "val_trained_before_scored", 16),
     (PRE_QUANT_TTT_HELPER, "fail", "val_trained_before_scored", 10),
     (NGRAM_TARGET, "fail", "ngram_key_has_target", 13),
     (NGRAM_COUNTS, "warn", "ngram_key_has_target", 3),
+    (WARMUP_ON_VAL, "warn", "val_trained_before_scored", 6),
 ])
 def test_each_pattern_is_found_with_its_line(source, status, pattern, line):
     (f,) = scan_source(source, "train_gpt.py")
@@ -169,7 +208,7 @@ def test_each_pattern_is_found_with_its_line(source, status, pattern, line):
     assert str(f).startswith(f"train_gpt.py:{line}: ")
 
 
-@pytest.mark.parametrize("source", [BYTES_CANONICAL, SCORE_FIRST_TTT, NGRAM_CAUSAL])
+@pytest.mark.parametrize("source", [BYTES_CANONICAL, SCORE_FIRST_TTT, NGRAM_CAUSAL, PHASED_GLOBAL_SGD])
 def test_corrected_forms_pass(source):
     assert scan_source(source, "train_gpt.py") == []
 
