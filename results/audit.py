@@ -427,8 +427,13 @@ def _script_identity(r: Run) -> str | None:
 
 def check_config(rs: RunSet):
     """All seeds of a claim come from one configuration: the same tokenizer, the same script, the same
-    logged hyperparameters (seed, run id, log file and paths aside)."""
+    logged hyperparameters (seed, run id, log file and paths aside). When submission.json lists its seeds, the
+    runs of those seeds are the claim; other logs in the folder (a study's side experiments) are left out."""
     runs = scored(rs.runs)
+    claimed = set(claimed_seeds(rs.submission))
+    in_claim = [r for r in runs if r.seed in claimed or r.filename_seed in claimed]
+    if len(in_claim) >= 2:
+        runs = in_claim
     if len(runs) < 2:
         return "skip", f"{len(runs)} scored run(s): nothing to compare"
     fails, warns = [], []
