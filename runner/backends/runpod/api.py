@@ -20,8 +20,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from results.errors import PgolfError
 
-GPU_H100_SXM = "NVIDIA H100 80GB HBM3"
 NAME_PREFIX = "pgolf-"
+BASE_URL_ENV = "RUNPOD_API_BASE_URL"   # where the client sends its requests (the rehearsal: the fake)
+KEY_ENV = "RUNPOD_API_KEY"
 TRANSIENT_TRIES = 6          # one call: 6 tries over ~30 s of backoff, then the error surfaces
 TRANSIENT_WAIT_MAX_S = 8.0
 _wait_base_s = 0.5           # first backoff; the rehearsal shortens it (set_backoff) so tests stay fast
@@ -47,7 +48,7 @@ class TransientError(ApiError):
 def resolve_api_key(env: dict[str, str] | None = None) -> str:
     """The key from the environment, else from RunPod's config file (as the runpod client reads it)."""
     env = os.environ if env is None else env
-    key = env.get("RUNPOD_API_KEY") or os.environ.get("RUNPOD_API_KEY")
+    key = env.get(KEY_ENV) or os.environ.get(KEY_ENV)
     if key:
         return key
     from runpod.cli.groups.config.functions import get_credentials

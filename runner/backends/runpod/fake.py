@@ -440,10 +440,10 @@ def _handler(fake: FakeRunPod):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m runner.fake_runpod [--faults SPEC]`: serve the fake until Ctrl-C (point
+    """`python -m runner.backends.runpod.fake [--faults SPEC]`: serve the fake until Ctrl-C (point
     RUNPOD_API_BASE_URL at the printed URL to drive it with the real client, e.g. a non-rehearsal run)."""
     import argparse
-    p = argparse.ArgumentParser(prog="python -m runner.fake_runpod")
+    p = argparse.ArgumentParser(prog="python -m runner.backends.runpod.fake")
     p.add_argument("--faults", default="")
     p.add_argument("--state", default=None, help="state file (default: the rehearsal's)")
     args = p.parse_args(argv)
