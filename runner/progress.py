@@ -147,7 +147,7 @@ class BatchProgress:
             t.add_row(str(s), e["state"], str(len(e["attempts"])), _short_node(last.get("node")),
                       f"{v.step}/{v.iters}" if v.iters else "-",
                       fmt_s(v.train_ms / 1000 if v.train_ms is not None else None),
-                      f"{v.score[2]:.5f}" if v.score else "-", (last.get("error") or "")[:60])
+                      f"{v.score[2]:.5f}" if v.score else "-", last.get("error") or "")
         return t
 
     def print_final(self, ledger) -> None:
@@ -161,15 +161,18 @@ def _short_node(node: str | None) -> str:
     return f"{host}:{nid[:8]}" if nid else host
 
 
-def status_table(ledger) -> Table:
-    """`pgolf status`: one row per seed from the ledger alone."""
+def status_table(ledger, driver_alive: bool = True) -> Table:
+    """`pgolf status`: one row per seed from the ledger alone; with no live driver, a seed the ledger
+    still says is running shows as `running (driver dead)`. Errors are shown whole (folded)."""
     t = Table()
-    for col in ("seed", "state", "attempts", "node", "started", "ended", "exit", "error"):
+    for col in ("seed", "state", "attempts", "node", "started", "ended", "exit"):
         t.add_column(col)
+    t.add_column("error", overflow="fold")
     for s in ledger.seeds():
         e = ledger.entry(s)
         last = e["attempts"][-1] if e["attempts"] else {}
-        t.add_row(str(s), e["state"], str(len(e["attempts"])), _short_node(last.get("node")),
+        state = e["state"] if driver_alive or e["state"] != "running" else "running (driver dead)"
+        t.add_row(str(s), state, str(len(e["attempts"])), _short_node(last.get("node")),
                   last.get("started") or "-", last.get("ended") or "-",
-                  "-" if last.get("exit_code") is None else str(last["exit_code"]), (last.get("error") or "")[:70])
+                  "-" if last.get("exit_code") is None else str(last["exit_code"]), last.get("error") or "")
     return t

@@ -8,9 +8,10 @@ on the fake's state file, so pods left by a killed rehearsal driver are found th
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection
 
 from results.errors import PgolfError
 from runner.backends.base import ClusterAction
@@ -39,13 +40,25 @@ def owners(runs_dir: Path) -> dict[str, str]:
             if att.get("pod_id") and att.get("ended") is None}
 
 
-def reconcile(runs_dir: Path) -> list[str]:
+def live_batch_pods(pods: list[dict[str, Any]], live: Collection[Path]) -> dict[str, str]:
+    """pod id -> owner note for pods named after a batch a live process holds (runner/lock.py): kept even
+    when no ledger names them yet (a create whose answer is still on its way)."""
+    names = {re.escape(instances.pod_name(str(d), 0, 0)[:-len("0-a0")]) + r"\d+-a\d+$": d for d in live}
+    out = {}
+    for p in pods:
+        for pattern, d in names.items():
+            if re.match(pattern, str(p.get("name") or "")):
+                out[p["id"]] = f"{d.name}: batch in use (live driver)"
+    return out
+
+
+def reconcile(runs_dir: Path, live: Collection[Path] = ()) -> list[str]:
     """Ended attempts whose pod RunPod no longer lists get pod_terminated=true (verified gone), in ledgers
     no driver holds (no attempt open in them), so each run's ledger tells the truth about its money.
     Returns the pod ids newly recorded."""
     done = []
     for led in _ledgers(runs_dir):
-        if led.has_open_attempt():
+        if led.has_open_attempt() or led.run_dir in live:
             continue
         changed = False
         for _seed, att in led.all_attempts():
@@ -92,10 +105,11 @@ def _terminate(pods: list[dict[str, Any]], session: Session) -> tuple[list[str],
     return [i for i in ids if i not in left], left
 
 
-def gc(runs_dir: Path, yes: bool, rehearse: bool = False) -> int:
+def gc(runs_dir: Path, yes: bool, rehearse: bool = False, live: Collection[Path] = ()) -> int:
+    """`live`: run directories a live process holds (their pods are kept, their ledgers not touched)."""
     with Session(rehearse) as session:
         pods = instances.list_ours()
-        open_ = owners(runs_dir)
+        open_ = {**owners(runs_dir), **live_batch_pods(pods, live)}
         kept = [p for p in pods if p["id"] in open_]
         orphans = [p for p in pods if p["id"] not in open_]
         if kept:
@@ -103,7 +117,7 @@ def gc(runs_dir: Path, yes: bool, rehearse: bool = False) -> int:
             print("  (if that batch's driver is dead, `pgolf resume RUN_DIR` closes its attempts; gc again after)")
         if not orphans:
             print(f"pgolf cluster gc: no orphaned pgolf pods ({len(kept)} kept)")
-            fixed = reconcile(runs_dir)
+            fixed = reconcile(runs_dir, live)
             if fixed:
                 print(f"pgolf cluster gc: recorded pod_terminated for {len(fixed)} pod(s) already gone: "
                       f"{', '.join(fixed)}")
@@ -114,7 +128,7 @@ def gc(runs_dir: Path, yes: bool, rehearse: bool = False) -> int:
             print("pgolf cluster gc: nothing terminated")
             return 1
         gone, left = _terminate(orphans, session)
-        reconcile(runs_dir)
+        reconcile(runs_dir, live)
         print(f"pgolf cluster gc: terminated {len(gone)} pod(s), verified gone: {', '.join(gone) or '-'}")
         if left:
             print(f"pgolf cluster gc: STILL LISTED after {session.timing.gone_timeout_s:.0f} s: {', '.join(left)}; "

@@ -38,6 +38,7 @@ from typing import Any
 import requests
 
 from results.errors import PgolfError
+from runner.proctree import kill_marked
 
 GPU_TYPES = [
     {"id": "NVIDIA H100 80GB HBM3", "displayName": "H100 SXM", "memoryInGb": 80, "manufacturer": "Nvidia",
@@ -54,6 +55,7 @@ CAPACITY_MESSAGE = ("There are no longer any instances available with the reques
 SLOW_START_S = 2.0
 PREEMPT_AFTER_RUNNING_S = 0.5
 FAULT_KEYS = {"capacity", "5xx", "lost_create", "slow_start", "preempt", "balance"}
+POD_MARK = "PGOLF_FAKE_POD_MARK"   # every process of a fake pod inherits it: how terminate finds them all
 
 
 def parse_faults(text: str) -> dict[str, float]:
@@ -315,7 +317,7 @@ class FakeRunPod:
             env = {"PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": pod["workdir"],
                    "LANG": "C.UTF-8", "TMPDIR": pod["workdir"], "PYTHONUNBUFFERED": "1"}
             env.update(inp["env"])
-            env.update({"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": f"pod-key-{pod_id}",
+            env.update({"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": f"pod-key-{pod_id}", POD_MARK: pod_id,
                         "RUNPOD_API_BASE_URL": self.url, "RUNPOD_GPU_COUNT": str(pod["gpuCount"]),
                         "PGOLF_HTTP_PORT": str(pod["public_port"]),      # the fake's NAT: private -> local
                         "PGOLF_WORKDIR": os.path.join(pod["workdir"], "pgolf")})
@@ -358,11 +360,13 @@ class FakeRunPod:
             self._save()
 
     def _kill(self, pod: dict) -> None:
+        """Like a container's end: every process of the pod, daemons in other sessions included."""
         if self._alive(pod):
             try:
                 os.killpg(pod["pid"], signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        kill_marked(pod["id"], name=POD_MARK)
         proc = self.procs.pop(pod["id"], None)
         if proc is not None:
             proc.wait()
