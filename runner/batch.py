@@ -230,7 +230,7 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
             signal.signal(signal.SIGTERM, old_term)
     batch = Batch(run_dir, spec, ledger, rc, scrub=scrub)
     if rc == EXIT_STORAGE:
-        batch.storage_error = storage.what_to_do(driver.storage_error, run_dir)
+        batch.storage_error = storage.what_to_do(driver.storage_error, run_dir, unrecorded=ledger.unsaved)
     if rc != EXIT_OK:
         _scrub_tree(run_dir, scrub)
         return batch

@@ -39,11 +39,12 @@ def named(e: OSError, path: str | Path) -> OSError:
 
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[None]:
-    """OSErrors inside name `path` (when they name no file themselves)."""
+    """OSErrors inside name `path`, the file being written (a failed copy names its source otherwise)."""
     try:
         yield
     except OSError as e:
-        raise named(e, path) from e
+        out = OSError(e.errno, e.strerror or str(e), str(path))
+        raise out from e
 
 
 def full(path: str | Path) -> bool:
@@ -55,12 +56,13 @@ def full(path: str | Path) -> bool:
     return st.f_bavail * st.f_frsize < FREE_MIN_BYTES
 
 
-def what_to_do(e: OSError, run_dir: str | Path) -> str:
-    """The one line for a write the run directory refused."""
+def what_to_do(e: OSError, run_dir: str | Path, unrecorded: bool = False) -> str:
+    """The one line for a write the run directory refused (`unrecorded`: the ledger on disk lags behind)."""
     what = "the disk is full: " if e.errno in NO_SPACE else ""
     fix = "free space on that disk" if e.errno in NO_SPACE else "fix that"
+    lag = " (attempts whose end could not be recorded run again)" if unrecorded else ""
     return (f"{what}cannot write {e.filename} ({e.strerror}); {fix}, then `pgolf resume {run_dir}` "
-            f"finishes the batch")
+            f"finishes the batch{lag}")
 
 
 class _Dropped:
