@@ -1,0 +1,148 @@
+"""Issue 10 on the RunPod rehearsal (`--rehearse`: the fake RunPod API, pods = local bootstrap processes):
+two `run --name same` at once, `resume` during the live run, kill -9 then two `resume`s at once, and not
+one pod more than the batch needs, ever (the fake's state file counts every pod created)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.backends.runpod.fake import FakeRunPod
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path):
+    state = tmp_path / "fake" / "state.json"
+    e = dict(os.environ, RUNPOD_API_KEY="sk-test-SECRETVALUE", RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT),
+             PGOLF_REHEARSE_STATE=str(state), RAY_ADDRESS="local")
+    e.pop("RUNPOD_API_BASE_URL", None)
+    yield e
+    os.environ["PGOLF_REHEARSE_STATE"] = str(state)
+    try:
+        FakeRunPod().terminate_all()      # never leave a pod behind, whatever failed
+    finally:
+        os.environ.pop("PGOLF_REHEARSE_STATE", None)
+
+
+def spec(tmp: Path, seconds: float) -> Path:
+    p = tmp / f"job{seconds}.toml"
+    p.write_text(f"""
+name = "rl"
+script = "{ROOT / 'tests' / 'payloads' / 'fake_train.py'}"
+seeds = [1]
+backend = "runpod"
+launcher = "python"
+gpus_per_seed = 0
+[env]
+FAKE_SECONDS = "{seconds}"
+FAKE_SECONDS_A2 = "0.5"
+FAKE_STEPS = "2"
+[limits]
+attempt_timeout_s = 120
+retries = 0
+infra_retries = 1
+[data]
+variant = "tiny"
+[runpod]
+max_pods = 1
+""")
+    return p
+
+
+def pgolf(env, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner.cli", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(p: subprocess.Popen, timeout=300) -> tuple[int, str]:
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    return p.returncode, out + err
+
+
+def first_to_exit(*procs, timeout=60) -> subprocess.Popen:
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        for p in procs:
+            if p.poll() is not None:
+                return p
+        time.sleep(0.1)
+    raise AssertionError("neither process ended")
+
+
+def fake_state(env) -> dict:
+    return json.loads(Path(env["PGOLF_REHEARSE_STATE"]).read_text())
+
+
+def alive(env) -> list[str]:
+    os.environ["PGOLF_REHEARSE_STATE"] = env["PGOLF_REHEARSE_STATE"]
+    try:
+        return FakeRunPod().alive_pods()
+    finally:
+        os.environ.pop("PGOLF_REHEARSE_STATE", None)
+
+
+def attempts(run: Path) -> list[dict]:
+    return json.loads((run / "ledger.json").read_text())["seeds"]["1"]["attempts"]
+
+
+def wait_for_pod(run: Path, env) -> str:
+    t_end = time.time() + 180
+    while True:
+        try:
+            pod = attempts(run)[-1]["pod_id"]
+            if pod and pod in alive(env):
+                return pod
+        except (OSError, ValueError, IndexError, KeyError):
+            pass
+        assert time.time() < t_end, "no pod"
+        time.sleep(0.3)
+
+
+def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
+    runs = tmp_path / "runs"
+    # two `run --name same` at once: one refuses; `resume` while it runs refuses and touches no pod
+    a, b = (pgolf(env, "run", spec(tmp_path, 4), "--rehearse", "--runs-dir", runs, "--name", "same", "--no-progress")
+            for _ in range(2))
+    loser = first_to_exit(a, b)
+    winner = b if loser is a else a
+    rc, out = finish(loser)
+    assert rc == 2 and "batch in use by `pgolf run`" in out, out
+    pod = wait_for_pod(runs / "same", env)
+    rc, out = finish(pgolf(env, "resume", runs / "same", "--rehearse", "--no-progress"))
+    assert rc == 2 and f"pid {winner.pid}" in out, out
+    assert alive(env) == [pod]
+    rc, out = finish(winner)
+    assert rc == 0, out
+    (att,) = attempts(runs / "same")
+    assert att["pod_id"] == pod and att["exit_code"] == 0 and att["pod_terminated"] is True
+
+    # kill -9 of a driver, then two `resume`s at once: one refuses, the other stops the orphan and finishes
+    drv = pgolf(env, "run", spec(tmp_path, 60), "--rehearse", "--runs-dir", runs, "--name", "k", "--no-progress")
+    try:
+        orphan = wait_for_pod(runs / "k", env)
+    finally:
+        os.killpg(drv.pid, signal.SIGKILL)
+        drv.wait()
+    r1, r2 = (pgolf(env, "resume", runs / "k", "--rehearse", "--no-progress") for _ in range(2))
+    loser = first_to_exit(r1, r2)
+    rc, out = finish(loser)
+    assert rc == 2 and "batch in use by `pgolf resume`" in out, out
+    rc, out = finish(r2 if loser is r1 else r1)
+    assert rc == 0, out
+    a1, a2 = attempts(runs / "k")
+    assert a1["pod_id"] == orphan and a1["error"].startswith("interrupted") and a2["exit_code"] == 0
+    assert a2["pod_terminated"] is True and alive(env) == []
+    assert fake_state(env)["n_pods"] == 3            # same: 1, k: the killed driver's and the resume's
