@@ -243,3 +243,27 @@ def test_disk_full_mid_batch_then_resume(tmp_path):
             a1, a2 = led[s]["attempts"]
             assert a1["ended"] and a1["error"].startswith("interrupted") and a2["exit_code"] == 0
         assert (run / "report.json").is_file()
+
+
+def test_run_never_reuses_a_folder_and_leaves_none_when_it_fails_early(tmp_path):
+    """A folder whose ledger.json was deleted is refused (nothing rebuilds a ledger), as is one holding a
+    batch; both stay as they were. A `run` refused by a check after Ray started leaves no folder behind,
+    so the name stays free."""
+    runs = tmp_path / "runs"
+    half = runs / "half"
+    half.mkdir(parents=True)
+    (half / "batch.json").write_text('{"spec": {}, "script": {}}')
+    (half / "seeds").mkdir()
+    job = write_job(tmp_path, [1], {})
+    rc, out, err = finish(pgolf("run", job, "--runs-dir", runs, "--name", "half"))
+    assert rc == 2 and "holds no complete batch (ledger.json missing)" in err and "pick another --name" in err, err
+    assert sorted(p.name for p in half.iterdir()) == ["batch.json", "seeds"]
+    (half / "ledger.json").write_text('{"seeds": {}}')
+    rc, out, err = finish(pgolf("run", job, "--runs-dir", runs, "--name", "half"))
+    assert rc == 2 and "a batch already lives here" in err and f"pgolf resume {half}" in err, err
+
+    big = tmp_path / "big.toml"
+    big.write_text(job.read_text().replace('launcher = "python"\n', "nproc_per_node = 64\n"))
+    rc, out, err = finish(pgolf("run", big, "--runs-dir", tmp_path / "new" / "runs", "--name", "x"))
+    assert rc == 2 and "no node of the Ray cluster can hold one seed" in err, err
+    assert not (tmp_path / "new").exists()

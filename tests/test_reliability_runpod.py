@@ -34,6 +34,7 @@ def env(tmp_path):
 
 
 def spec(tmp: Path, seconds: float) -> Path:
+    """One seed whose job leaves a daemon on its pod (it must die with the pod)."""
     p = tmp / f"job{seconds}.toml"
     p.write_text(f"""
 name = "rl"
@@ -46,6 +47,8 @@ gpus_per_seed = 0
 FAKE_SECONDS = "{seconds}"
 FAKE_SECONDS_A2 = "0.5"
 FAKE_STEPS = "2"
+FAKE_DAEMON = "1"
+FAKE_PID_DIR = "{tmp / 'pids'}"
 [limits]
 attempt_timeout_s = 120
 retries = 0
@@ -123,6 +126,10 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     pod = wait_for_pod(runs / "same", env)
     rc, out = finish(pgolf(env, "resume", runs / "same", "--rehearse", "--no-progress"))
     assert rc == 2 and f"pid {winner.pid}" in out, out
+    rc, out = finish(pgolf(env, "cluster", "down", spec(tmp_path, 4), "--rehearse", "--yes", "--runs-dir", runs))
+    assert rc == 2 and "batch in use by `pgolf run`" in out, out
+    rc, out = finish(pgolf(env, "cluster", "gc", "--rehearse", "--yes", "--runs-dir", runs))
+    assert rc == 0 and "in use by `pgolf run`" in out and "its pods are kept" in out, out
     assert alive(env) == [pod]
     rc, out = finish(winner)
     assert rc == 0, out
@@ -146,3 +153,6 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     assert a1["pod_id"] == orphan and a1["error"].startswith("interrupted") and a2["exit_code"] == 0
     assert a2["pod_terminated"] is True and alive(env) == []
     assert fake_state(env)["n_pods"] == 3            # same: 1, k: the killed driver's and the resume's
+    daemons = [int(f.name) for f in (tmp_path / "pids").iterdir() if "daemon" in f.read_text()]
+    assert len(daemons) == 3 and not [d for d in daemons if Path(f"/proc/{d}").exists()
+                                      and Path(f"/proc/{d}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]

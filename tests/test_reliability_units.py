@@ -260,6 +260,45 @@ def test_log_watch_other_failures_are_not_configuration_errors():
     assert w.exception == "RuntimeError: CUDA error: an illegal memory access" and w.config_error() is None
 
 
+def test_driver_reads_the_failure_from_the_log():
+    """The driver's verdict on a failed job: a configuration error fails the seed at once (unless the
+    spec retries it), another exception is shown and retried, a timeout says how long it was silent."""
+    from runner.backends.base import AttemptResult
+    from runner.driver import Driver
+    from runner.spec import validate_spec
+
+    def verdict(lines, retry_config=False, timed_out=False, error="exit code 1"):
+        spec = validate_spec({"name": "v", "script": str(FAKE), "seeds": [1],
+                              "limits": {"retries": 1, "retry_config_errors": retry_config}}, "test")
+        drv = Driver(Path("/nonexistent"), spec, None, None, {}, Scrubber(), None, FAKE)
+        w = LogWatch()
+        for line in lines:
+            w.feed(line)
+        return drv.job_failure(1, AttemptResult(exit_code=None if timed_out else 1, timed_out=timed_out),
+                               error, timed_out, w)
+
+    config = TORCHRUN_FAILURE.splitlines()
+    state, error = verdict(config)
+    assert state == "failed" and error.startswith("ValueError: tokenizer has 1024 pieces > VOCAB_SIZE=7 (exit code 1;")
+    assert "not retried" in error
+    state, error = verdict(config, retry_config=True)
+    assert state == "pending" and "retry_config_errors" in error
+    state, error = verdict(["step:1/2 train_loss:1", "Traceback (most recent call last):", "RuntimeError: NCCL"])
+    assert (state, error) == ("pending", "RuntimeError: NCCL (exit code 1)")
+    state, error = verdict(["step:1/2 train_loss:1"], timed_out=True, error="timeout: job still running")
+    assert state == "pending" and error.startswith("timeout: job still running; silent for ")
+    assert error.endswith("last line: 'step:1/2 train_loss:1'")
+
+
+def test_gc_keeps_the_pods_of_a_live_batch_by_name():
+    from runner.backends.runpod.cluster import live_batch_pods
+    from runner.backends.runpod.instances import pod_name
+    live = {Path("/r/runs/a-b")}
+    pods = [{"id": "1", "name": pod_name("/r/runs/a-b", 3, 2)}, {"id": "2", "name": pod_name("/r/runs/a-b-s1", 1, 1)},
+            {"id": "3", "name": pod_name("/r/runs/other", 3, 2)}, {"id": "4", "name": None}]
+    assert list(live_batch_pods(pods, live)) == ["1"]
+
+
 def test_log_watch_silence_of_a_hung_job():
     now = [100.0]
     w = LogWatch(clock=lambda: now[0])
