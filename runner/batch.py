@@ -34,7 +34,7 @@ from results.secrets import Scrubber, secret_env
 from runner import storage
 from runner.ledger import BATCH, LEDGER, Ledger, create_batch, frozen_script, load_batch
 from runner.lock import LOCK, BatchLock
-from runner.proctree import batch_marker_prefix, kill_marked
+from runner.proctree import batch_markers, kill_marked
 from runner.spec import JobSpec, load_spec, spec_from_batch, spec_to_batch, with_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -155,7 +155,7 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
         ledger = Ledger.load(run_dir)
         spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
         script = frozen_script(run_dir, batch)
-        stopped = kill_marked(batch_marker_prefix(str(run_dir)), prefix=True)
+        stopped = kill_marked(batch_markers(str(run_dir)))
         if stopped:
             print(f"pgolf resume: stopped {stopped} process(es) that attempts of the dead driver left on this host")
         closed = ledger.close_dangling(DRIVER_LOST)

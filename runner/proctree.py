@@ -17,6 +17,7 @@ Standard library only, Linux (/proc): the job guard and the rehearsal's fake pod
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -27,12 +28,13 @@ KILL_ROUNDS = 50             # STOP+KILL sweeps before giving up on a process th
 
 
 def attempt_marker(run_dir: str, seed: int, attempt: int) -> str:
-    """The marker value of one attempt; `batch_marker_prefix(run_dir)` matches every attempt of a batch."""
-    return f"{batch_marker_prefix(run_dir)}{seed}:{attempt}"
+    """The marker value of one attempt: `<absolute run dir>:<seed>:<attempt>`."""
+    return f"{os.path.abspath(run_dir)}:{seed}:{attempt}"
 
 
-def batch_marker_prefix(run_dir: str) -> str:
-    return f"{os.path.abspath(run_dir)}:"
+def batch_markers(run_dir: str) -> re.Pattern:
+    """Every attempt marker of one batch (and of no other, even one whose folder name has a colon)."""
+    return re.compile(re.escape(os.path.abspath(run_dir)) + r":\d+:\d+")
 
 
 def proc_table() -> dict[int, tuple[int, int]]:
@@ -59,12 +61,16 @@ def _ancestors_and_self(table: dict[int, tuple[int, int]]) -> set[int]:
     return out
 
 
-def marked(value: str, prefix: bool = False, name: str = MARKER,
+def marked(value: str | re.Pattern, name: str = MARKER,
            table: dict[int, tuple[int, int]] | None = None) -> set[int]:
-    """Live processes started with `name=value` in their environment (`prefix`: a value starting with
-    `value`), never this process or its ancestors. Processes of other users are not readable: skipped."""
+    """Live processes started with `name=value` in their environment (`value` a pattern: a value it fully
+    matches), never this process or its ancestors. Processes of other users are not readable: skipped."""
     table = proc_table() if table is None else table
-    needle = f"{name}={value}".encode()
+    key = f"{name}=".encode()
+    if isinstance(value, str):
+        wanted = lambda v: v == value.encode()     # noqa: E731
+    else:
+        wanted = lambda v: value.fullmatch(v.decode("utf-8", "replace")) is not None   # noqa: E731
     mine = _ancestors_and_self(table)
     out = set()
     for pid in table:
@@ -75,7 +81,7 @@ def marked(value: str, prefix: bool = False, name: str = MARKER,
                 env = f.read().split(b"\0")
         except OSError:
             continue
-        if any(e == needle or (prefix and e.startswith(needle)) for e in env):
+        if any(e.startswith(key) and wanted(e[len(key):]) for e in env):
             out.add(pid)
     return out
 
@@ -95,11 +101,11 @@ def _sweep(find) -> None:
         time.sleep(0.05)
 
 
-def kill_marked(value: str, prefix: bool = False, name: str = MARKER) -> int:
-    """Kill every process carrying the marker; returns how many there were at first."""
-    first = marked(value, prefix, name)
+def kill_marked(value: str | re.Pattern, name: str = MARKER) -> int:
+    """Kill every process carrying the marker (see `marked`); returns how many there were at first."""
+    first = marked(value, name)
     if first:
-        _sweep(lambda: marked(value, prefix, name))
+        _sweep(lambda: marked(value, name))
     return len(first)
 
 

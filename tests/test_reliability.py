@@ -26,8 +26,10 @@ pytestmark = pytest.mark.slow
 def no_stray_processes(tmp_path):
     """Whatever a test leaves when it fails, no job process of its batches outlives it."""
     yield
+    import re
+
     from runner.proctree import kill_marked
-    kill_marked(str(tmp_path), prefix=True)
+    kill_marked(re.compile(re.escape(str(tmp_path)) + ".*"))
 
 
 def write_job(tmp: Path, seeds: list[int], env: dict, limits: str = "retries = 1\n") -> Path:

@@ -20,7 +20,7 @@ from runner import storage
 from runner.failures import LogWatch
 from runner.ledger import Ledger
 from runner.lock import LOCK, BatchBusy, BatchLock, LockSet, holder, last_holder
-from runner.proctree import MARKER, JobProcesses, kill_marked, marked
+from runner.proctree import MARKER, JobProcesses, attempt_marker, batch_markers, kill_marked, marked
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "payloads" / "fake_train.py"
@@ -89,18 +89,19 @@ def test_a_daemon_of_the_job_is_killed_by_its_marker(tmp_path):
     """fork, setsid, fork: the daemon is nobody's descendant and in no session we saw; the marker finds it."""
     pid_dir = tmp_path / "pids"
     env = dict(os.environ, FAKE_DAEMON="1", FAKE_HANG="1", FAKE_PID_DIR=str(pid_dir), ARTIFACT_DIR=str(tmp_path),
-               **{MARKER: f"{tmp_path}:1:1"})
+               **{MARKER: attempt_marker(str(tmp_path), 1, 1)})
     proc = subprocess.Popen([sys.executable, str(FAKE)], env=env, stdout=subprocess.DEVNULL, start_new_session=True)
     wait_until(lambda: any("daemon" in f.read_text() for f in pid_dir.iterdir()) if pid_dir.exists() else False)
     (daemon,) = [int(f.name) for f in pid_dir.iterdir() if "daemon" in f.read_text()]
     assert os.getsid(daemon) not in (os.getsid(proc.pid), os.getsid(0))
     assert marked(f"{tmp_path}:1:1") == {proc.pid, daemon}
-    assert marked(f"{tmp_path}:", prefix=True) == {proc.pid, daemon} and marked(f"{tmp_path}:2:1") == set()
+    assert marked(batch_markers(str(tmp_path))) == {proc.pid, daemon} and marked(f"{tmp_path}:2:1") == set()
+    assert marked(batch_markers(str(tmp_path.parent))) == set()
     job = JobProcesses(proc.pid, proc, marker=f"{tmp_path}:1:1")
     job.scan()
     job.kill(grace_s=2)
     assert not alive(proc.pid) and not alive(daemon)
-    assert kill_marked(f"{tmp_path}:", prefix=True) == 0
+    assert kill_marked(batch_markers(str(tmp_path))) == 0
 
 
 def test_ray_node_attempt_leaves_no_daemon_on_timeout_or_normal_end(tmp_path):
