@@ -32,7 +32,7 @@ from typing import Any
 from results.errors import PgolfError
 from results.secrets import Scrubber, secret_env
 from runner import storage
-from runner.ledger import BATCH, LEDGER, Ledger, create_batch, frozen_script, load_batch
+from runner.ledger import BATCH, LEDGER, Ledger, create_batch, frozen_script, load_batch, mark_latest
 from runner.lock import LOCK, BatchLock
 from runner.proctree import batch_markers, kill_marked
 from runner.spec import JobSpec, load_spec, spec_from_batch, spec_to_batch, with_overrides
@@ -200,6 +200,7 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
         if ledger is None:
             create_batch(run_dir, spec_to_batch(spec, scrub), spec.script, spec_file=spec_file)
             ledger = Ledger.create(run_dir, spec.seeds)     # an OSError names the file the disk refused
+            mark_latest(run_dir)
             script_path = run_dir / Path(spec.script).name
             print(f"pgolf run: {run_dir}")
         backend.start()

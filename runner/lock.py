@@ -159,6 +159,8 @@ class LockSet:
         self.held: list[BatchLock] = []
         self.busy: dict[Path, dict[str, Any]] = {}
         for ledger in sorted(Path(runs_dir).glob("*/ledger.json")):
+            if ledger.parent.is_symlink():         # runs/latest names a batch that is listed anyway
+                continue
             try:
                 self.held.append(BatchLock.acquire(ledger.parent, command, patience_s=0.2))
             except BatchBusy as e:

@@ -61,6 +61,7 @@ def test_lock_refuses_a_second_holder_names_the_first_and_dies_with_it(tmp_path)
         with LockSet(tmp_path, "pgolf cluster gc") as locks:     # no ledger in b: not a batch to gc
             assert locks.busy == {} and locks.held == []
         (run / "ledger.json").write_text("{}")
+        (tmp_path / "latest").symlink_to("b")          # runs/latest: the same batch, not a second one
         with LockSet(tmp_path, "pgolf cluster gc") as locks:
             assert list(locks.busy) == [run] and locks.busy[run]["pid"] == p.pid
         p.kill()                                   # kill -9: the kernel drops the lock, the file stays

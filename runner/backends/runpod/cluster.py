@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 def _ledgers(runs_dir: Path) -> list[Ledger]:
     out = []
     for path in sorted(Path(runs_dir).glob("*/ledger.json")):
+        if path.parent.is_symlink():         # runs/latest: the same batch again
+            continue
         try:
             out.append(Ledger.load(path.parent))
         except PgolfError:
