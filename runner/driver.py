@@ -399,7 +399,7 @@ class Driver:
         config = watch.config_error()
         retry = self.limits.retries
         if timed_out:
-            error = f"{error}; {watch.silence()}"
+            error = f"{error if error.startswith('timeout') else 'timeout: ' + error}; {watch.silence()}"
         elif config and not self.limits.retry_config_errors:
             error, retry = f"{config} ({error}; a configuration or data error before training: not retried)", 0
         elif config:

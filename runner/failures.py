@@ -4,7 +4,8 @@ The driver feeds every log line of an attempt to its `LogWatch`, which keeps thr
 training started (a `step:N/M` line, the payload's format: docs/CHALLENGE.md), the first Python
 exception the job printed (the last line of its traceback, e.g. `ValueError: tokenizer has 1024 pieces
 > VOCAB_SIZE=7`; with chained exceptions, the one raised last; tracebacks of other ranks and torchrun's
-own ChildFailedError that follow are the same failure seen again), and the last line with when it came.
+own ChildFailedError that follow are the same failure seen again), and the job's last line with when it
+came (pgolf's own lines, `pgolf-pod: ...` and the like, are not the job's).
 
 Policy (docs/ARCHITECTURE.md, "Failure policy"): an exception of a configuration or data kind
 (CONFIG_ERRORS) raised before training started is deterministic: the same spec fails the same way on a
@@ -30,6 +31,7 @@ CONFIG_ERRORS = frozenset({
     "UnicodeDecodeError", "JSONDecodeError", "TOMLDecodeError",
 })
 MAX_ERROR_CHARS = 300
+OWN_LINES = ("pgolf-pod:", "pgolf-runpod:", "pgolf:")   # pgolf's own lines in a log: not the job's output
 
 
 class LogWatch:
@@ -48,6 +50,8 @@ class LogWatch:
         self._chained = False               # ... it did: the next traceback replaces the exception
 
     def feed(self, line: str) -> None:
+        if line.startswith(OWN_LINES):
+            return
         text = RANK_PREFIX.sub("", line.rstrip())
         stripped = text.strip()
         if stripped:

@@ -290,6 +290,9 @@ def test_driver_reads_the_failure_from_the_log():
     state, error = verdict(["step:1/2 train_loss:1"], timed_out=True, error="timeout: job still running")
     assert state == "pending" and error.startswith("timeout: job still running; silent for ")
     assert error.endswith("last line: 'step:1/2 train_loss:1'")
+    state, error = verdict(["step:1/2 train_loss:1", "pgolf-pod: hard deadline 9 s passed: killing torchrun"],
+                           timed_out=True, error="deadline")          # RunPod's pod: exit code 124
+    assert error.startswith("timeout: deadline; silent for ") and error.endswith("'step:1/2 train_loss:1'")
 
 
 def test_gc_keeps_the_pods_of_a_live_batch_by_name():
