@@ -75,8 +75,9 @@ def run(spec: JobSpec | str | Path, *, run_dir: str | Path | None = None, runs_d
 
     `spec` is a job spec file or a JobSpec; `seeds` and `backend` override the spec's. The run directory
     is `run_dir`, else `runs_dir/name` (default name: spec name + timestamp); it must be new or empty
-    (BatchBusy when another process holds it). `address` joins a Ray cluster (default: start a local one). `progress` shows live bars (plain
-    lines when false or when stdout is not a terminal). `rehearse` and `faults` are the RunPod rehearsal's.
+    (BatchBusy when another process holds it). `address` joins a Ray cluster (default: start a local one).
+    `progress` shows live bars (plain lines when false or when stdout is not a terminal). `rehearse` and
+    `faults` are the RunPod rehearsal's.
     """
     if isinstance(spec, JobSpec):
         spec_file = None
