@@ -102,8 +102,9 @@ def test_one_driver_per_batch_and_what_the_batch_keeps(tmp_path):
     error is not retried and `status` shows it; seed 1 wrote a secret into env.dat (scrubbed) and
     weights.bin (binary: untouched), and left a daemon behind (killed)."""
     pid_dir = tmp_path / "pids"
-    job = write_job(tmp_path, [1, 2], {"FAKE_SECONDS_1": 6, "FAKE_STEPS": 3, "FAKE_DUMP_1": "MY_API_KEY",
-                                       "FAKE_DAEMON_1": 1, "FAKE_PID_DIR": pid_dir,
+    release = tmp_path / "release"       # seed 1 runs until the test is done with the live batch
+    job = write_job(tmp_path, [1, 2], {"FAKE_SECONDS_1": 1, "FAKE_STEPS": 3, "FAKE_DUMP_1": "MY_API_KEY",
+                                       "FAKE_DAEMON_1": 1, "FAKE_PID_DIR": pid_dir, "FAKE_UNTIL": release,
                                        "FAKE_RAISE_2": "tokenizer has 1024 pieces > VOCAB_SIZE=7"})
     runs, run = tmp_path / "runs", tmp_path / "runs" / "same"
     env = env_for(MY_API_KEY=SECRET)
@@ -125,6 +126,7 @@ def test_one_driver_per_batch_and_what_the_batch_keeps(tmp_path):
     assert ledger(run)["1"]["state"] == "running" and len(ledger(run)["1"]["attempts"]) == 1
     assert (run / "ledger.json").read_bytes() == before or ledger(run)["1"]["attempts"][0]["ended"] is None
 
+    release.touch()
     rc, out, err = finish(winner)
     assert rc == 1, out + err
     led = ledger(run)
@@ -196,7 +198,7 @@ def small_disk(tmp_path: Path):
             filler = disk / "filler"
 
             def fill():
-                with open(filler, "wb") as f:
+                with open(filler, "wb", buffering=0) as f:
                     try:
                         while True:
                             f.write(b"\0" * (1 << 16))
@@ -219,14 +221,16 @@ def test_disk_full_mid_batch_then_resume(tmp_path):
     """The run directory's disk fills while both seeds run: no internal error, the driver lets the
     running attempts end, starts nothing new, ends with one line naming the path (exit 75); the ledger on
     disk is whole; once space is free, `pgolf resume` completes the batch."""
-    job = write_job(tmp_path, [1, 2], {"FAKE_SECONDS": 6, "FAKE_STEPS": 12, "FAKE_SECONDS_A2": 0.5},
-                    limits="retries = 3\n")
+    release = tmp_path / "release"       # the jobs end once the disk is full
+    job = write_job(tmp_path, [1, 2], {"FAKE_SECONDS": 1, "FAKE_STEPS": 4, "FAKE_SECONDS_A2": 0.5,
+                                       "FAKE_UNTIL_A1": release}, limits="retries = 3\n")
     with small_disk(tmp_path) as (disk, fill, free, env):
         run = disk / "runs" / "full"
         drv = pgolf("run", job, "--runs-dir", disk / "runs", "--name", "full", "--no-progress", env=env)
-        wait_for(lambda: all("step:2/12" in (run / "seeds" / s / "attempt-1" / "train.log").read_text()
+        wait_for(lambda: all("step:4/4" in (run / "seeds" / s / "attempt-1" / "train.log").read_text()
                              for s in ("1", "2")), what="both seeds training")
         fill()
+        release.touch()
         rc, out, err = finish(drv)
         assert rc == 75, out + err
         assert "Traceback" not in out + err and "internal error" not in err

@@ -33,8 +33,9 @@ def env(tmp_path):
         os.environ.pop("PGOLF_REHEARSE_STATE", None)
 
 
-def spec(tmp: Path, seconds: float) -> Path:
-    """One seed whose job leaves a daemon on its pod (it must die with the pod)."""
+def spec(tmp: Path, seconds: float, until: Path | str = "") -> Path:
+    """One seed whose job leaves a daemon on its pod (it must die with the pod); with `until`, its first
+    attempt runs until that file exists."""
     p = tmp / f"job{seconds}.toml"
     p.write_text(f"""
 name = "rl"
@@ -48,6 +49,7 @@ FAKE_SECONDS = "{seconds}"
 FAKE_SECONDS_A2 = "0.5"
 FAKE_STEPS = "2"
 FAKE_DAEMON = "1"
+FAKE_UNTIL_A1 = "{until}"
 FAKE_PID_DIR = "{tmp / 'pids'}"
 [limits]
 attempt_timeout_s = 120
@@ -117,7 +119,9 @@ def wait_for_pod(run: Path, env) -> str:
 def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     runs = tmp_path / "runs"
     # two `run --name same` at once: one refuses; `resume` while it runs refuses and touches no pod
-    a, b = (pgolf(env, "run", spec(tmp_path, 4), "--rehearse", "--runs-dir", runs, "--name", "same", "--no-progress")
+    release = tmp_path / "release"
+    job = spec(tmp_path, 1, until=release)
+    a, b = (pgolf(env, "run", job, "--rehearse", "--runs-dir", runs, "--name", "same", "--no-progress")
             for _ in range(2))
     loser = first_to_exit(a, b)
     winner = b if loser is a else a
@@ -126,11 +130,12 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     pod = wait_for_pod(runs / "same", env)
     rc, out = finish(pgolf(env, "resume", runs / "same", "--rehearse", "--no-progress"))
     assert rc == 2 and f"pid {winner.pid}" in out, out
-    rc, out = finish(pgolf(env, "cluster", "down", spec(tmp_path, 4), "--rehearse", "--yes", "--runs-dir", runs))
+    rc, out = finish(pgolf(env, "cluster", "down", job, "--rehearse", "--yes", "--runs-dir", runs))
     assert rc == 2 and "batch in use by `pgolf run`" in out, out
     rc, out = finish(pgolf(env, "cluster", "gc", "--rehearse", "--yes", "--runs-dir", runs))
     assert rc == 0 and "in use by `pgolf run`" in out and "its pods are kept" in out, out
     assert alive(env) == [pod]
+    release.touch()
     rc, out = finish(winner)
     assert rc == 0, out
     (att,) = attempts(runs / "same")

@@ -12,6 +12,7 @@ FAKE_PRINT     comma list of environment variables whose values the job prints (
 FAKE_DUMP      comma list of environment variables written to $ARTIFACT_DIR/env.dat (text) and, with a NUL
                first, to $ARTIFACT_DIR/weights.bin (binary: must come back untouched)
 FAKE_RAISE     raise ValueError(this text) before the first step line (a configuration error)
+FAKE_UNTIL     a path: after the step lines, wait (up to 300 s) until it exists (tests hold a job running)
 FAKE_DAEMON    1: leave a daemon behind (fork, setsid, fork; stdio to /dev/null) that sleeps for an hour;
                its pid file in FAKE_PID_DIR says "daemon"
 """
@@ -107,6 +108,9 @@ for i in range(1, steps + 1):
     time.sleep(per)
     ms = (time.time() - t0) * 1000
     say(f"step:{i}/{steps} train_loss:{4.0 - 0.1 * i:.4f} train_time:{ms:.0f}ms step_avg:{ms / i:.2f}ms")
+until = opt("UNTIL")
+while until and not os.path.exists(until) and time.time() - t0 < 300:
+    time.sleep(0.1)
 if fail:
     say("fake failure")
     sys.exit(3)
