@@ -121,14 +121,14 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     # two `run --name same` at once: one refuses; `resume` while it runs refuses and touches no pod
     release = tmp_path / "release"
     job = spec(tmp_path, 1, until=release)
-    a, b = (pgolf(env, "run", job, "--rehearse", "--runs-dir", runs, "--name", "same", "--no-progress")
+    a, b = (pgolf(env, "run", job, "--rehearse", "--runs-dir", runs, "--name", "rl-same", "--no-progress")
             for _ in range(2))
     loser = first_to_exit(a, b)
     winner = b if loser is a else a
     rc, out = finish(loser)
     assert rc == 2 and "batch in use by `pgolf run`" in out, out
-    pod = wait_for_pod(runs / "same", env)
-    rc, out = finish(pgolf(env, "resume", runs / "same", "--rehearse", "--no-progress"))
+    pod = wait_for_pod(runs / "rl-same", env)
+    rc, out = finish(pgolf(env, "resume", runs / "rl-same", "--rehearse", "--no-progress"))
     assert rc == 2 and f"pid {winner.pid}" in out, out
     rc, out = finish(pgolf(env, "cluster", "down", job, "--rehearse", "--yes", "--runs-dir", runs))
     assert rc == 2 and "batch in use by `pgolf run`" in out, out
@@ -138,7 +138,7 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     release.touch()
     rc, out = finish(winner)
     assert rc == 0, out
-    (att,) = attempts(runs / "same")
+    (att,) = attempts(runs / "rl-same")
     assert att["pod_id"] == pod and att["exit_code"] == 0 and att["pod_terminated"] is True
 
     # kill -9 of a driver, then two `resume`s at once: one refuses, the other stops the orphan and finishes
