@@ -154,8 +154,9 @@ def test_kill9_then_two_resumes_at_once(tmp_path):
     """kill -9 of the driver (and its local Ray); `status` says the driver is dead; two `resume`s at once:
     one refuses, the other finishes every seed with one more attempt, each log written by one driver."""
     pid_dir = tmp_path / "pids"
+    release = tmp_path / "release"       # the resumed attempts run until the refused resume has exited
     job = write_job(tmp_path, [1, 2], {"FAKE_SECONDS": 60, "FAKE_SECONDS_A2": 1, "FAKE_STEPS": 2,
-                                       "FAKE_PID_DIR": pid_dir})
+                                       "FAKE_PID_DIR": pid_dir, "FAKE_UNTIL_A2": release})
     run = tmp_path / "runs" / "k"
     drv = pgolf("run", job, "--runs-dir", tmp_path / "runs", "--name", "k", "--no-progress")
     try:
@@ -172,6 +173,7 @@ def test_kill9_then_two_resumes_at_once(tmp_path):
     loser = first_to_exit(r1, r2)
     rc, out, err = finish(loser)
     assert rc == 2 and "batch in use by `pgolf resume`" in err, out + err
+    release.touch()
     rc, out, err = finish(r2 if loser is r1 else r1)
     assert rc == 0, out + err
     led = ledger(run)

@@ -33,9 +33,9 @@ def env(tmp_path):
         os.environ.pop("PGOLF_REHEARSE_STATE", None)
 
 
-def spec(tmp: Path, seconds: float, until: Path | str = "") -> Path:
-    """One seed whose job leaves a daemon on its pod (it must die with the pod); with `until`, its first
-    attempt runs until that file exists."""
+def spec(tmp: Path, seconds: float, until: Path | str = "", until2: Path | str = "") -> Path:
+    """One seed whose job leaves a daemon on its pod (it must die with the pod); with `until` (`until2`),
+    its first (second) attempt runs until that file exists."""
     p = tmp / f"job{seconds}.toml"
     p.write_text(f"""
 name = "rl"
@@ -50,6 +50,7 @@ FAKE_SECONDS_A2 = "0.5"
 FAKE_STEPS = "2"
 FAKE_DAEMON = "1"
 FAKE_UNTIL_A1 = "{until}"
+FAKE_UNTIL_A2 = "{until2}"
 FAKE_PID_DIR = "{tmp / 'pids'}"
 [limits]
 attempt_timeout_s = 120
@@ -142,7 +143,9 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     assert att["pod_id"] == pod and att["exit_code"] == 0 and att["pod_terminated"] is True
 
     # kill -9 of a driver, then two `resume`s at once: one refuses, the other stops the orphan and finishes
-    drv = pgolf(env, "run", spec(tmp_path, 60), "--rehearse", "--runs-dir", runs, "--name", "k", "--no-progress")
+    release2 = tmp_path / "release2"
+    drv = pgolf(env, "run", spec(tmp_path, 60, until2=release2), "--rehearse", "--runs-dir", runs, "--name", "k",
+                "--no-progress")
     try:
         orphan = wait_for_pod(runs / "k", env)
     finally:
@@ -152,6 +155,7 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     loser = first_to_exit(r1, r2)
     rc, out = finish(loser)
     assert rc == 2 and "batch in use by `pgolf resume`" in out, out
+    release2.touch()
     rc, out = finish(r2 if loser is r1 else r1)
     assert rc == 0, out
     a1, a2 = attempts(runs / "k")
