@@ -109,10 +109,14 @@ def require_record_curve(ref, what: str) -> Curve:
     return curve
 
 
-def recent_mean(points: list[tuple[float, float]], t_s: float, window_s: float) -> float | None:
-    """Mean loss of the (time s, loss) points logged within `window_s` before `t_s` (at least the latest
-    one): a single step's loss swings with its batch, the mean over a short window much less."""
-    if not points:
+def recent_vs(points: list[tuple[float, float]], curve: Curve, t_s: float,
+              window_s: float) -> tuple[float, float] | None:
+    """(seed's mean loss, record's mean loss) over the seed's points logged within `window_s` before `t_s`
+    (at least the latest), the record's curve taken at the same times: a single step's loss swings with
+    its batch, a mean over a short window much less, and averaging both sides over the same times keeps a
+    falling curve from biasing the difference. None when the record's curve does not cover those times."""
+    recent = [(x, l) for (x, l) in points if t_s - window_s <= x <= t_s] or points[-1:]
+    refs = [curve.at(x) for x, _ in recent]
+    if not recent or any(r is None for r in refs):
         return None
-    recent = [l for (x, l) in points if t_s - window_s <= x <= t_s] or [points[-1][1]]
-    return sum(recent) / len(recent)
+    return sum(l for _, l in recent) / len(recent), sum(refs) / len(refs)

@@ -67,7 +67,7 @@ def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce
         if baseline is None or str(baseline) == str(spec_ref):   # the runner passes the spec's own ref
             explicit, baseline = False, spec_ref
             policy = policy or spec_policy
-    extras: dict = {"base": None, "threshold_bpb": None}
+    extras: dict = {"base": None, "threshold_bpb": None, "baseline_ref": baseline}
     report["significance"] = None
     if baseline is None:
         return report, extras
@@ -132,6 +132,32 @@ def adaptive_lines(adaptive: dict) -> list[str]:
     return [head, "", f"Design: {adaptive.get('rule')}."]
 
 
+def _curve(runset: RunSet, extras: dict):
+    """The record's mean train-loss curve for the loss plot: the spec's [abort] curve, else the baseline's."""
+    from results.curves import record_curve
+    ref = (spec_of(read_batch(runset)).get("abort") or {}).get("curve") if runset.kind == "run" else None
+    try:
+        return record_curve(ref or extras.get("baseline_ref"))
+    except PgolfError:
+        return None
+
+
+def _aborted_runs(runset: RunSet, aborted: dict | None) -> list:
+    """(the run in an aborted attempt's log, its "abort" entry) for the loss plot."""
+    from results.parse import parse_log
+    out = []
+    for a in (aborted or {}).get("attempts", []):
+        log = Path(runset.dir) / "seeds" / str(a["seed"]) / f"attempt-{a['attempt']}" / "train.log"
+        try:
+            runs = parse_log(log, str(log.relative_to(runset.dir)))
+        except OSError:
+            continue
+        if runs:
+            runs[0].seed = runs[0].seed if runs[0].seed is not None else a["seed"]
+            out.append((runs[0], a))
+    return out
+
+
 def write_report(dir, baseline=None, policy: str | None = None, out=None, *, reproduce_of=None) -> dict:
     """Load DIR (run directory or record folder), audit it, test significance, and write results.csv,
     report.md, report.json and plots/ to `report_dir` (OUT; the run directory itself; or, for a record folder
@@ -151,7 +177,8 @@ def write_report(dir, baseline=None, policy: str | None = None, out=None, *, rep
     plot_files: list[str] = []
     scored = [r for r in runset.runs if r.val_bpb is not None]
     base = extras["base"]
-    for p in (plots.train_loss(runset.runs, out / "plots" / "train_loss.png"),
+    for p in (plots.train_loss(runset.runs, out / "plots" / "train_loss.png", baseline=_curve(runset, extras),
+                               aborted=_aborted_runs(runset, report.get("aborted"))),
               plots.seeds_vs_baseline([r.val_bpb for r in scored], base.bpb if base else None,
                                       extras["threshold_bpb"], out / "plots" / "seeds_val_bpb.png",
                                       cand_labels=[r.seed for r in scored],

@@ -3,8 +3,8 @@
 At each chosen fraction of the wall-clock training budget (`[abort] at`), the seed's train loss is compared
 with the record's mean train-loss curve (results.curves) at the same elapsed training time. The seed's value
 is the mean of the losses it logged over the last 5% of the budget before that point (at least the latest
-one), because a single step's loss swings by ±0.1 nats with its batch; the record's curve is already a mean
-over its seeds. Worse by more than `[abort] margin` nats: the driver cancels the attempt through the
+one), because a single step's loss swings by ±0.1 nats with its batch, and the record's is its mean curve
+(over its seeds) averaged at the same times (results.curves.recent_vs). Worse by more than `[abort] margin` nats: the driver cancels the attempt through the
 backend's normal cancel path (the one Ctrl-C uses; no process or pod is left) and records it as `aborted`:
 its own state, not a failure, never retried, never counted in the statistics.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from results.curves import Curve, recent_mean
+from results.curves import Curve, recent_vs
 from runner.phases import read_line
 
 WINDOW_FRACTION = 0.05       # the seed's loss: mean over the last 5% of the budget before the check
@@ -73,11 +73,11 @@ class AbortWatch:
             return None
         s.checked.update(due)
         f = due[-1]
-        mine = recent_mean(s.points, t, WINDOW_FRACTION * self.budget_s)
         curve, note = self.curve.scaled_to(s.bytes_per_token)
-        ref = curve.at(t)
-        if ref is None or mine is None:
+        both = recent_vs(s.points, curve, t, WINDOW_FRACTION * self.budget_s)
+        if both is None:
             return None                              # the record's curve does not reach this time
+        mine, ref = both
         if mine - ref > self.margin:
             return Verdict(f, t, mine, ref, self.margin, note)
         return None

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from results.curves import Curve, recent_mean
+from results.curves import Curve, recent_vs
 from runner.phases import advance, read_line
 
 SCORE_RANK = {"final_int6_roundtrip_exact": 1, "final_int6_sliding_window_exact": 2, "legal_ttt_exact": 3}
@@ -192,9 +192,8 @@ class BatchProgress:
             v.points.append((t, step.loss))
         if self.curve is not None and v.points:
             curve, _note = self.curve.scaled_to(v.bytes_per_token)
-            ref = curve.at(t)
-            recent = recent_mean(v.points, t, 0.05 * (self.cap_s or t))
-            v.vs_record = None if ref is None or recent is None else recent - ref
+            both = recent_vs(v.points, curve, t, 0.05 * (self.cap_s or t))
+            v.vs_record = None if both is None else both[0] - both[1]
         if not self.progress:
             f = v.fraction(self.cap_s)
             if f >= SUMMARY_EVERY * (v.summaries + 1) or step.step == step.iterations:

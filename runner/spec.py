@@ -213,6 +213,8 @@ def _loc(err: dict[str, Any]) -> str:
         return "(top level)"
     if len(loc) > 1 and loc[0] in JobSpec.model_fields and loc[0] not in ("env", "seeds"):
         return f"[{loc[0]}] " + ".".join(loc[1:])
+    if len(loc) == 1 and _section_model(loc[0]) is not None:     # a rule over the whole section
+        return f"[{loc[0]}]"
     return ".".join(loc)
 
 
@@ -234,13 +236,19 @@ def _message(err: dict[str, Any]) -> str:
 
 def _known_keys(loc: tuple) -> list[str]:
     """The keys allowed where an unknown key was found (the spec's top level or one of its sections)."""
-    model: type[BaseModel] = JobSpec
-    if len(loc) > 1 and loc[0] in JobSpec.model_fields:
-        ann = JobSpec.model_fields[str(loc[0])].annotation
-        for cand in (ann, *typing.get_args(ann)):      # `Adaptive | None` -> Adaptive
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                model = cand
+    model = (_section_model(str(loc[0])) if len(loc) > 1 else None) or JobSpec
     return list(model.model_fields)
+
+
+def _section_model(name: str) -> type[BaseModel] | None:
+    """The model of a [section] of the spec (`Adaptive | None` -> Adaptive), None for other keys."""
+    field = JobSpec.model_fields.get(name)
+    if field is None:
+        return None
+    for cand in (field.annotation, *typing.get_args(field.annotation)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
 
 
 def resolve_path(base: Path, p: str) -> str:
