@@ -123,10 +123,9 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
 
     from runner import preflight
     from runner.backends import make_backend
+    from runner.abort import AbortPolicy
     from runner.driver import Driver, connect
     from runner.progress import BatchProgress
-
-    from runner.abort import AbortPolicy
     from runner.waves import Waves
 
     scrub = Scrubber.from_environ({k: str(v) for k, v in spec.env.items()})
