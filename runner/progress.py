@@ -168,12 +168,15 @@ class BatchProgress:
             self.say(f"[seed {seed}] {text}")
         if info.bytes_per_token is not None:
             v.bytes_per_token = info.bytes_per_token
+        if info.stopped_ms is not None:
+            v.stopped, v.train_ms = True, info.stopped_ms
+            if not self.progress:
+                self.say(f"[seed {seed}] training stopped at the wall-clock cap: step {v.step}/{v.iters}, "
+                         f"train {fmt_s(info.stopped_ms / 1000)}")
         if info.phase is not None and (v.phase == "queued" or info.phase != v.phase):
             self._phase(v, info.phase)
         if info.step is not None:
             self._step(v, info.step)
-        if info.stopped_ms is not None:
-            v.stopped, v.train_ms = True, info.stopped_ms
         if info.score is not None:
             label, bpb = info.score
             rank = SCORE_RANK.get(label, 0)
