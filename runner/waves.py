@@ -11,7 +11,9 @@ wave k launches the seeds that bring the batch to look k, drawn from the spec's 
 (`JobSpec.seed_sequence`). A seed that fails for good or is aborted (runner/abort.py) scores nothing: the
 look then tests fewer seeds than planned, which `decide` accounts for (the looks it is given are the scored
 counts, so the boundaries already used never move). A wave that adds no scored seed, or a look with fewer
-than two, tests nothing and the batch goes on (or, at the maximum, stops untested).
+than two, tests nothing and the batch goes on (or, at the maximum, stops untested). The conditional power
+behind a futility stop assumes the remaining planned looks at their planned seed counts; after failed or
+aborted seeds the batch will test fewer, so it is then slightly optimistic (it stops a little less often).
 
 Durable state. ledger.json's "adaptive" section holds the design, every wave (its seeds, then its look) and
 the outcome; a wave is written before its seeds are added to the ledger, so a driver that dies at any
