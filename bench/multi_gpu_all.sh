@@ -28,7 +28,7 @@ tail -4 $R/model_step_v1024.log; tail -16 $R/serialize_gpu.log
 python3 bench/multi_gpu.py analyze $R/multi_gpu_1gpu.log $R/multi_gpu_2gpu.log
 if [ "${RECORD:-0}" = 1 ]; then
     rm -f /tmp/record.rc
-    (setsid bash -c 'while [ ! -f /tmp/prepare.rc ]; do sleep 5; done; OUT= bash bench/record_run.sh 4 '"${RECORD_SECONDS:-600}"'; \
+    (setsid bash -c 'while [ ! -f /tmp/prepare.rc ]; do sleep 5; done; OUT= RECORD_DEST=/tmp/record_run bash bench/record_run.sh 4 '"${RECORD_SECONDS:-600}"'; \
         echo $? > /tmp/record.rc' > /tmp/record.log 2>&1 &)
     echo "record run started in the background (log /tmp/record.log)"
 fi

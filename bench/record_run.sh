@@ -13,7 +13,8 @@
 #   gpus_per_seed = GPUS, train_seconds = TRAIN_SECONDS, eval_seconds = 600.
 # - pgolf runs as `python3 -m runner.cli` with PYTHONPATH=/tmp/site:$PWD (no pip install of pgolf).
 # - Results: the run directory's train.log, report.md, report.json, ledger.json (+ audit.json and this
-#   script's own log) are copied to $OUT/record_run/ when OUT is set, else to bench/results/record_run/.
+#   script's own log) are copied to $OUT/record_run/ when OUT is set, else to $RECORD_DEST
+#   (default bench/results/record_run/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-$(nvidia-smi -L 2>/dev/null | wc -l)}
@@ -23,7 +24,7 @@ export PYTHONPATH=/tmp/site:$PWD TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/trito
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 DATA=/tmp/pgolf_sp8192
 DEST=${OUT:+$OUT/record_run}
-DEST=${DEST:-bench/results/record_run}
+DEST=${DEST:-${RECORD_DEST:-bench/results/record_run}}
 mkdir -p "$DEST"
 
 if [ ! -f "$DATA/manifest.json" ]; then
