@@ -16,7 +16,7 @@ TINY smoke config (CPU, 1 process, ~30-60 s per seed on model/data/tiny; jobs/sm
 """
 from __future__ import annotations
 
-import copy
+import gc
 import glob
 import hashlib
 import json
@@ -395,19 +395,22 @@ def row_quantiles(a: Tensor, percentiles) -> Tensor:
     pos = torch.tensor(percentiles, dtype=a.dtype) * (n - 1)
     lo, hi = pos.floor().long(), pos.ceil().long()
     top = a.topk(n - int(lo.min()), dim=1).values          # top[:, j] = j-th largest = sorted[n - 1 - j]
-    return torch.lerp(top[:, n - 1 - lo], top[:, n - 1 - hi], (pos - lo).to(a.device)).T
+    return torch.stack([torch.lerp(top[:, n - 1 - i], top[:, n - 1 - j], float(p - i))
+                        for p, i, j in zip(pos, lo.tolist(), hi.tolist())])
 
 
-def best_row_scales(w: Tensor, bits: int, percentiles=CLIP_PERCENTILES) -> Tensor:
+def best_row_scales(w: Tensor, bits, percentiles=CLIP_PERCENTILES) -> Tensor:
     """Per-row fp32 scale: for each row the clip (a percentile of |w|) with the smallest reconstruction
-    MSE (computed with the fp16-rounded scale that will be stored)."""
-    qmax = 2 ** (bits - 1) - 1
+    MSE (computed with the fp16-rounded scale that will be stored). `bits`: an int, or a [rows] tensor
+    of qmax values (rows of several matrices with the same width, scaled in one pass)."""
+    qmax = float(2 ** (bits - 1) - 1) if isinstance(bits, int) else bits[:, None]
     w = w.detach().float()
     best_s = best_err = None
     for clip in row_quantiles(w.abs(), percentiles):
-        s = (clip / qmax).clamp_min(1e-7).half().float()
-        q = torch.clamp(torch.round(w / s[:, None]), -qmax, qmax)
-        err = ((q * s[:, None] - w) ** 2).sum(dim=1)
+        s = (clip[:, None] / qmax).clamp_min(1e-7).half().float()
+        q = torch.clamp(torch.round(w / s), -qmax, qmax)
+        err = ((q * s - w) ** 2).sum(dim=1)
+        s = s[:, 0]
         if best_err is None:
             best_s, best_err = s, err
         else:
@@ -480,32 +483,42 @@ def quantize_state_dict(sd: dict[str, Tensor], args, step_mult=1.0, scales=None)
 class SizeModel:
     """The artifact's size at any grid coarsening m, predicted from the order-0 entropy of the quantized
     symbols (brotli and zstd land within a few percent of it on such data) plus the raw bytes of the rest.
-    All int-b matrices are flattened into one vector with each element's row, clamp bound and histogram
-    offset, so one prediction is a few whole-model kernels and one host sync on the weights' device: the
-    size-budget bisection costs milliseconds on a GPU (it runs inside the timed window at the QAT switch)."""
+    It runs inside the timed window at the QAT switch, so it is built for few kernel launches and host
+    syncs on the weights' device: row clips are searched once per matrix width (rows of same-width
+    matrices stacked), and all int-b matrices are flattened into one vector with each element's row, clamp
+    bound and histogram bin offset, so that one prediction is a few whole-model kernels and one sync."""
 
     def __init__(self, sd: dict[str, Tensor], args):
         names, _ = stored_names(sd)
         mats = [n for n in names if is_int_matrix(sd[n])]
-        self.scales = {n: best_row_scales(sd[n], matrix_bits(n, args)) for n in mats}
         self.n, n_rows = len(mats), sum(sd[n].shape[0] for n in mats)
+        self.numel = sum(sd[n].numel() for n in mats)
         self.fixed = 4096 + 160 * len(names) + 2 * n_rows + sum(
             sd[n].numel() * (2 if sd[n].is_floating_point() else sd[n].element_size())
-            for n in names if n not in self.scales)
+            for n in names if n not in mats)
+        self.scales = {}
         if not mats:
             return
         dev = sd[mats[0]].device
-        per_row = lambda vals: torch.cat([torch.full((sd[n].shape[0],), v, device=dev) for n, v in zip(mats, vals)])
+        per_row = lambda ns, vals: torch.cat([torch.full((sd[n].shape[0],), v, device=dev) for n, v in zip(ns, vals)])
+        qmax = {n: 2.0 ** (matrix_bits(n, args) - 1) - 1 for n in mats}
+        for cols in sorted({sd[n].shape[1] for n in mats}):
+            group = [n for n in mats if sd[n].shape[1] == cols]
+            s = best_row_scales(torch.cat([sd[n].detach().float() for n in group]),
+                                per_row(group, [qmax[n] for n in group]))
+            self.scales.update(zip(group, s.split([sd[n].shape[0] for n in group])))
         self.w = torch.cat([sd[n].detach().float().reshape(-1) for n in mats])
         self.base = torch.cat([self.scales[n] for n in mats])
-        self.row = torch.repeat_interleave(torch.arange(n_rows, device=dev), per_row([sd[n].shape[1] for n in mats]),
-                                           output_size=self.w.numel())
-        self.qmax = per_row([2.0 ** (matrix_bits(n, args) - 1) - 1 for n in mats])[self.row]
-        self.offset = per_row([256 * i + 128 for i in range(self.n)])[self.row]
+        self.row = torch.repeat_interleave(torch.arange(n_rows, device=dev),
+                                           per_row(mats, [sd[n].shape[1] for n in mats]), output_size=self.numel)
+        self.qmax = per_row(mats, [qmax[n] for n in mats])[self.row]
+        self.offset = per_row(mats, [256 * i + 128 for i in range(self.n)])[self.row]
+        self.calls = 0
 
     def bytes(self, step_mult: float) -> int:
         if self.n == 0:
             return self.fixed
+        self.calls += 1
         s = (self.base * step_mult).clamp_min(1e-7).half().float()[self.row]
         q = torch.minimum(torch.maximum(torch.round(self.w / s), -self.qmax), self.qmax)
         counts = torch.bincount(q.long() + self.offset, minlength=256 * self.n).view(self.n, 256).double()
@@ -514,18 +527,35 @@ class SizeModel:
 
 
 def budget_step_mult(size_model: SizeModel, budget_bytes: int) -> float:
-    """Smallest grid coarsening (>= 1, bisection on the entropy prediction) whose artifact fits 98.5% of
-    `budget_bytes`."""
-    fits = lambda m: size_model.bytes(m) <= 0.985 * budget_bytes
-    if budget_bytes <= 0 or fits(1.0):
+    """Smallest grid coarsening m >= 1 whose predicted artifact fits 98.5% of `budget_bytes` (to 2^-12 in m,
+    or 0.01% of the target in bytes). Regula falsi (Illinois) on log2 m, where the prediction is close to
+    linear (about one bit less per parameter for each doubling of the step): 4-6 predictions."""
+    target = 0.985 * budget_bytes
+    f = lambda x: size_model.bytes(2.0 ** x) - target
+    if budget_bytes <= 0 or f(0.0) <= 0:
         return 1.0
-    lo, hi = 1.0, 2.0
-    while not fits(hi) and hi < 256:
-        lo, hi = hi, hi * 2
-    for _ in range(12):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-    return hi
+    x_lo, f_lo = 0.0, f(0.0)
+    x_hi = min(8.0, 1.05 * 8 * f_lo / max(1, size_model.numel))
+    f_hi = f(x_hi)
+    while f_hi > 0:                               # the first guess does not fit yet: move up
+        if x_hi >= 8.0:
+            return 256.0
+        x_lo, f_lo, x_hi = x_hi, f_hi, min(8.0, x_hi + max(0.05, 2 * (x_hi - x_lo)))
+        f_hi = f(x_hi)
+    gap, side = -f_hi, 0                          # gap: bytes left under the target at x_hi
+    for _ in range(40):
+        if x_hi - x_lo < 2.0 ** -12 or gap < 1e-4 * target:
+            break
+        x = x_hi - f_hi * (x_hi - x_lo) / (f_hi - f_lo)
+        x = min(max(x, x_lo + 2.0 ** -14), x_hi - 2.0 ** -14)
+        fx = f(x)
+        if fx <= 0:
+            x_hi, f_hi, gap = x, fx, -fx
+            f_lo, side = (f_lo / 2 if side == 1 else f_lo), 1
+        else:
+            x_lo, f_lo = x, fx
+            f_hi, side = (f_hi / 2 if side == -1 else f_hi), -1
+    return 2.0 ** x_hi
 
 
 def dequantize_state_dict(obj) -> dict[str, Tensor]:
@@ -1308,6 +1338,10 @@ def main() -> None:
             if swa is not None:
                 torch._foreach_zero_(swa)
         del init_model
+    # compilation leaves millions of long-lived Python objects; a full GC pass over them stalls a rank for
+    # ~0.5 s at random steps (and the others wait in the all-reduce): collect once, then freeze them
+    gc.collect()
+    gc.freeze()
     warm = torch.tensor([1000.0 * (time.perf_counter() - t_w)] * 2, dtype=torch.float64, device=device)
     warm[1].neg_()
     if world > 1:
