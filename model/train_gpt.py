@@ -1414,7 +1414,7 @@ def main() -> None:
         else:
             torch._foreach_copy_(params, ema)
             log0("final_weights:ema")
-    del ema, swa
+    ema = swa = None   # free them (the step closure is not called again)
     # (the model has no dropout or batch norm: train/eval mode changes nothing, so it is never switched,
     # which keeps the compiled graphs' guards the same as in the warm-up)
     if args.prequant_eval:   # the quantization penalty = roundtrip minus this (label is a diagnostic)
