@@ -144,3 +144,48 @@ def batch_cost(runset: RunSet) -> dict | None:
     if not per_seed:
         return None
     return {"total_usd": round(sum(per_seed.values()), 4), "attempts": n, "per_seed_usd": per_seed}
+
+
+def _ledger(runset: RunSet) -> dict:
+    if runset.kind != "run":
+        return {}
+    try:
+        data = json.loads((Path(runset.dir) / "ledger.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def adaptive_summary(runset: RunSet) -> dict | None:
+    """An adaptive batch's design, waves and outcome from ledger.json's "adaptive" section (runner/waves.py),
+    in the report's shape; None for a fixed batch. Per look: seeds, scored seeds, the success boundary
+    (a nominal p threshold), whether it was crossed, the conditional power, the action."""
+    st = _ledger(runset).get("adaptive")
+    if not isinstance(st, dict):
+        return None
+    waves = []
+    for w in st.get("waves") or []:
+        look = w.get("look") or {}
+        boundary = look.get("boundary") or {}
+        waves.append({"wave": w.get("wave"), "seeds": w.get("seeds"), "scored": look.get("n"),
+                      "tested": look.get("tested"), "boundary_p": boundary.get("p"),
+                      "alpha_spent": boundary.get("alpha_spent"), "crossed": look.get("crossed"),
+                      "conditional_power": look.get("conditional_power"), "action": look.get("action")})
+    return {key: st.get(key) for key in ("rule", "looks", "policy", "spending", "futility", "baseline", "outcome")} \
+        | {"waves": waves}
+
+
+def aborted_attempts(runset: RunSet) -> dict | None:
+    """Seeds stopped by the early abort (runner/abort.py): per attempt, where it was stopped and what that saved
+    (estimated), and the totals; None when nothing was aborted."""
+    rows = []
+    for seed, entry in (_ledger(runset).get("seeds") or {}).items():
+        for a in (entry or {}).get("attempts") or []:
+            ab = a.get("abort") if isinstance(a, dict) else None
+            if isinstance(ab, dict):
+                rows.append({"seed": seed, "attempt": a.get("attempt"), **ab})
+    if not rows:
+        return None
+    usd = [r["saved_usd"] for r in rows if isinstance(r.get("saved_usd"), (int, float))]
+    return {"attempts": rows, "saved_hours": round(sum(r.get("saved_hours") or 0 for r in rows), 4),
+            "saved_usd": round(sum(usd), 2) if usd else None}

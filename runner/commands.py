@@ -63,6 +63,9 @@ def cmd_status(args) -> int:
     c = Console()
     c.print(head, markup=False, highlight=False)
     c.print(status_table(ledger))
+    from runner.progress import ledger_notes
+    for line in ledger_notes(ledger):
+        c.print(line, markup=False, highlight=False)
     return 0
 
 

@@ -20,9 +20,10 @@ from results.files import atomic_write_json, sha256_file
 
 LEDGER = "ledger.json"
 BATCH = "batch.json"
-STATES = ("pending", "running", "succeeded", "failed")
+STATES = ("pending", "running", "succeeded", "failed", "aborted")
+DONE_STATES = ("succeeded", "aborted")   # never run again (an aborted seed is not retried, issue 12)
 ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exit_code", "error",
-                "cost_usd", "pod_terminated")
+                "cost_usd", "pod_terminated", "abort")
 INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
 INTERRUPTED = "interrupted"
 
@@ -73,7 +74,7 @@ class Ledger:
         return max((a["attempt"] for a in self.attempts(seed)), default=0) + 1
 
     def unfinished(self) -> list[int]:
-        return [s for s in self.seeds() if self.state(s) != "succeeded"]
+        return [s for s in self.seeds() if self.state(s) not in DONE_STATES]
 
     def all_attempts(self) -> list[tuple[int, dict[str, Any]]]:
         """(seed, attempt) for every attempt of every seed, in ledger order."""
@@ -84,6 +85,18 @@ class Ledger:
         return any(a.get("ended") is None for _s, a in self.all_attempts())
 
     # --- changes (each saves) ----------------------------------------------------------------
+    def add_seeds(self, seeds: list[int]) -> None:
+        """New pending seeds (the next wave of an adaptive batch); seeds already there are kept as they are."""
+        for s in seeds:
+            self.data["seeds"].setdefault(str(s), {"state": "pending", "attempts": []})
+        self.save()
+
+    def set_section(self, key: str, value: Any) -> None:
+        """A top-level section other than "seeds" (e.g. "adaptive": the waves and their decisions)."""
+        assert key != "seeds"
+        self.data[key] = value
+        self.save()
+
     def start_attempt(self, seed: int, backend: str) -> dict[str, Any]:
         att = {k: None for k in ATTEMPT_KEYS}
         att.update(attempt=self.next_attempt_number(seed), backend=backend, started=now_iso())
