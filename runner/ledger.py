@@ -234,13 +234,18 @@ def mark_latest(run_dir: str | Path) -> None:
         tmp.unlink(missing_ok=True)          # a file system without symlinks: the commands still take paths
 
 
+def run_dirs(runs_dir: str | Path = "runs") -> list[Path]:
+    """The batches under RUNS_DIR: folders holding ledger.json, each once (`latest` and other links skipped)."""
+    return sorted(p.parent for p in Path(runs_dir).glob(f"*/{LEDGER}") if not p.parent.is_symlink())
+
+
 def latest_run(runs_dir: str | Path = "runs") -> Path:
     """The run directory `RUNS_DIR/latest` points at, else the one whose batch.json is newest."""
     runs_dir = Path(runs_dir)
     link = runs_dir / LATEST
     if link.is_dir() and (link / LEDGER).is_file():
         return link.resolve()
-    found = sorted((p.parent for p in runs_dir.glob(f"*/{BATCH}")), key=lambda d: (d / BATCH).stat().st_mtime)
+    found = sorted((d for d in run_dirs(runs_dir) if (d / BATCH).is_file()), key=lambda d: (d / BATCH).stat().st_mtime)
     if not found:
         raise PgolfError(f"{runs_dir}: no run directory here; give one (e.g. `pgolf status runs/NAME`) "
                          f"or start a batch with `pgolf run JOB.toml`")

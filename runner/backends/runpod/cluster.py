@@ -16,7 +16,7 @@ from results.errors import PgolfError
 from runner.backends.base import ClusterAction
 from runner.backends.runpod import api, instances
 from runner.backends.runpod.instances import Session
-from runner.ledger import Ledger
+from runner.ledger import LEDGER, Ledger, run_dirs
 
 if TYPE_CHECKING:
     from runner.backends.runpod.backend import RunPodBackend
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def _ledgers(runs_dir: Path) -> list[Ledger]:
     out = []
-    for path in sorted(Path(runs_dir).glob("*/ledger.json")):
+    for path in (d / LEDGER for d in run_dirs(runs_dir)):     # runs/latest is a link: read once
         try:
             out.append(Ledger.load(path.parent))
         except PgolfError:
