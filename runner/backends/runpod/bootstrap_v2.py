@@ -1,0 +1,492 @@
+"""The pod-side program: receive local data, prepare data, check the machine, run the job under a deadline,
+serve the results; for RunPod's REST API v2.
+
+Shipped to the pod inside its environment (gzip+base64 chunks PGOLF_BOOT_000.., decoded by the pod's
+start command), together with the script (PGOLF_SCRIPT_...) and the job (PGOLF_JOB_..., JSON). Standard
+library only: it runs on whatever Python the image has, before anything is installed.
+
+Its log is the container's stdout: RunPod keeps it and serves it as the pod log (Server-Sent Events,
+resumable), so every line of the bootstrap and of the job reaches the driver through RunPod and nothing
+here keeps a copy. The job's end is the line `pgolf-pod: done exit_code=N ...` (DONE_PREFIX).
+
+It serves, behind a bearer token (PGOLF_POD_TOKEN), on the symmetrical TCP port RunPod assigned
+(RUNPOD_TCP_PORT_<job tcp_port>, reached by the driver at the public ip:port of `runtime.ports`) and, when
+the job names one, on an HTTP port behind RunPod's proxy (the fallback):
+  GET /status             {"phase": upload|setup|data|checks|running|done, "exit_code", "error", "artifacts",
+                           "uploads_missing"}
+  GET /artifact?path=REL  one file of the run directory
+  PUT /upload?path=REL    one of the job's local data files (header X-Sha256: its hash); stored atomically,
+                          refused unless its size and hash match the job's manifest
+and never outlives its welcome: past the backstop deadline (or long after the job ended with nobody
+collecting) it terminates its own pod (DELETE /v2/pods/{RUNPOD_POD_ID} with the pod-scoped RUNPOD_API_KEY).
+
+Paths: PGOLF_POD_ROOT stands for the pod's "/" (the rehearsal's pods are folders; unset on RunPod), so a
+network volume mounted at /workspace is PGOLF_POD_ROOT/workspace; the work folder is $HOME/pgolf.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DONE_PREFIX = "pgolf-pod: done exit_code="
+UPLOAD_WAIT_S = 1800.0                 # the driver has this long to deliver the local data
+HF_BASE = "https://huggingface.co"     # HF_ENDPOINT overrides it, as for huggingface_hub (mirrors, tests)
+DEFAULT_HF_REPO = "willdepueoai/parameter-golf"          # the official download's default
+HF_REPO_BY_VARIANT = {"sp8192": "kevclark/parameter-golf"}  # where the records fetched sp8192 from
+HF_ROOTS = ("matched_10B_docs2m_seed1337", "matched_100B_train30Btok_even_seed1337")   # export folders seen
+TERMINATE_RETRY_S = 20.0
+
+
+def read_chunks(env: dict, prefix: str) -> bytes:
+    """Join PREFIX000, PREFIX001, ... and undo base64 + gzip."""
+    keys = sorted(k for k in env if k.startswith(prefix) and k[len(prefix):].isdigit())
+    if not keys:
+        raise SystemExit(f"pgolf-pod: no {prefix}* chunks in the environment")
+    return gzip.decompress(base64.b64decode("".join(env[k] for k in keys)))
+
+
+class Pod:
+    """State of this pod's one job, shared by the worker thread and the HTTP handler."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.job = json.loads(read_chunks(env, "PGOLF_JOB_"))
+        self.script = read_chunks(env, "PGOLF_SCRIPT_")
+        self.token = env.get("PGOLF_POD_TOKEN", "")
+        self.work = os.path.abspath(env.get("PGOLF_WORKDIR") or os.path.join(env.get("HOME") or "/root", "pgolf"))
+        self.run_dir = os.path.join(self.work, "run")
+        self.upload_dir = os.path.join(self.work, "uploads")
+        volume = self.job.get("volume_path")
+        self.data_dir = pod_path(env, volume, "pgolf-data") if volume else os.path.join(self.work, "data")
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.uploads = {u["path"]: u for u in (self.job.get("uploads") or {}).get("files", [])}
+        self.received: set[str] = set()
+        self.lock = threading.Lock()
+        self.phase = "setup"
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.started = time.time()
+        self.ended: float | None = None
+        self.child: subprocess.Popen | None = None
+        self.script_name = self.job.get("script_name") or "train_gpt.py"
+
+    # ---- logging: the container's stdout, shared with the job (flushed before any child writes to it)
+    def log(self, msg: str) -> None:
+        with self.lock:
+            sys.stdout.write(f"pgolf-pod: {msg}\n")
+            sys.stdout.flush()
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.log(f"phase {phase}")
+
+    def finish(self, code: int, error: str | None = None) -> None:
+        self.exit_code, self.error, self.ended = code, error, time.time()
+        self.phase = "done"
+        self.log(DONE_PREFIX[len("pgolf-pod: "):] + str(code) + (f" error={error}" if error else ""))
+
+    def artifacts(self) -> list[dict]:
+        out = []
+        for root, _dirs, files in os.walk(self.run_dir):
+            for name in files:
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, self.run_dir)
+                if rel == self.script_name or os.path.islink(path):
+                    continue
+                out.append({"path": rel, "size": os.path.getsize(path)})
+        return sorted(out, key=lambda a: a["path"])
+
+    def status(self) -> dict:
+        return {"phase": self.phase, "exit_code": self.exit_code, "error": self.error,
+                "uptime_s": round(time.time() - self.started, 1),
+                "uploads_missing": sorted(set(self.uploads) - self.received),
+                "artifacts": self.artifacts() if self.phase == "done" else []}
+
+    # ---- local data, pushed by the driver before the job starts
+    def receive(self, rel: str, size: int, digest: str, body) -> str | None:
+        """Store one upload (streamed to a temp file, hashed on the way); an error text, or None when kept."""
+        want = self.uploads.get(rel)
+        if want is None:
+            return f"{rel} is not in the job's upload manifest"
+        if size != int(want["size"]) or digest != want["sha256"]:
+            return f"{rel}: size/hash {size}/{digest[:12]} do not match the manifest"
+        dest = os.path.join(self.upload_dir, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = f"{dest}.{threading.get_ident()}.part"
+        h = hashlib.sha256()
+        left = size
+        with open(tmp, "wb") as f:
+            while left:
+                buf = body.read(min(left, 1 << 20))
+                if not buf:
+                    break
+                h.update(buf)
+                f.write(buf)
+                left -= len(buf)
+        if left or h.hexdigest() != digest:
+            os.unlink(tmp)
+            return f"{rel}: received data does not match its sha256 (incomplete upload?)"
+        os.replace(tmp, dest)
+        with self.lock:
+            self.received.add(rel)
+        return None
+
+    def wait_for_uploads(self, env: dict) -> bool:
+        if not self.uploads:
+            return True
+        self.set_phase("upload")
+        self.log(f"waiting for {len(self.uploads)} local data file(s) from the driver")
+        deadline = time.time() + float((self.job.get("uploads") or {}).get("timeout_s") or UPLOAD_WAIT_S)
+        while set(self.uploads) - self.received:
+            if time.time() > deadline:
+                self.finish(94, f"local data not delivered: {sorted(set(self.uploads) - self.received)[:3]}")
+                return False
+            time.sleep(0.2)
+        for key, rel in ((self.job.get("uploads") or {}).get("env") or {}).items():
+            env[key] = os.path.join(self.upload_dir, rel)
+        self.log(f"local data received ({len(self.uploads)} file(s), sha256 checked)")
+        return True
+
+    # ---- the job, start to end
+    def run(self) -> None:
+        marker = os.path.join(self.work, "started")
+        if os.path.exists(marker):          # the container restarted: never train twice on one pod
+            self.finish(98, "container restarted after the job had started; not running it twice")
+            return
+        open(marker, "w").close()
+        try:
+            env = dict(os.environ)
+            env.update(self.job.get("env") or {})
+            for k in ("PGOLF_POD_TOKEN", "RUNPOD_API_KEY"):
+                env.pop(k, None)
+            for k in [k for k in env if k.startswith(("PGOLF_BOOT_", "PGOLF_SCRIPT_", "PGOLF_JOB_"))]:
+                del env[k]
+            env["ARTIFACT_DIR"] = os.path.join(self.run_dir, "artifacts")
+            os.makedirs(env["ARTIFACT_DIR"], exist_ok=True)
+            with open(os.path.join(self.run_dir, self.script_name), "wb") as f:
+                f.write(self.script)
+            if not self.wait_for_uploads(env):
+                return
+            if self.job.get("setup_command"):
+                self.set_phase("setup")
+                if self.shell(self.job["setup_command"], env) != 0:
+                    return self.finish(96, "setup command failed")
+            self.set_phase("data")
+            if not self.prepare_data(env):
+                return
+            self.set_phase("checks")
+            problem = self.check_machine(env)
+            if problem:
+                return self.finish(97, f"pod check failed: {problem}")
+            self.set_phase("running")
+            code = self.torchrun(env)
+            self.finish(code, None if code == 0 else ("deadline" if code == 124 else f"torchrun exit {code}"))
+        except Exception as e:  # noqa: BLE001 - anything unexpected still ends the job visibly
+            self.finish(99, f"bootstrap error: {type(e).__name__}: {e}")
+
+    def shell(self, command: str, env: dict, cwd: str | None = None) -> int:
+        self.log(f"$ {command}")
+        return subprocess.call(["bash", "-c", command], cwd=cwd or self.work, env=env, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+
+    def prepare_data(self, env: dict) -> bool:
+        data = self.job.get("data") or {}
+        if data.get("command"):
+            if self.shell(data["command"], env, cwd=self.run_dir) != 0:
+                self.finish(95, "data command failed")
+                return False
+            return True
+        if data.get("variant"):
+            try:
+                env.update(download_official(data, self.data_dir, env.get("HF_TOKEN"), self.log))
+            except Exception as e:  # noqa: BLE001
+                self.finish(95, f"dataset download failed: {type(e).__name__}: {e}")
+                return False
+        return True
+
+    def check_machine(self, env: dict) -> str | None:
+        want_n, want_type = int(self.job.get("gpu_count") or 0), self.job.get("gpu_type") or ""
+        if self.job.get("rehearse") and want_n:
+            self.log("rehearsal: skipping the GPU count/type and fla/Triton checks")
+            return None
+        if not want_n:
+            self.log(f"CPU pod: {os.cpu_count()} CPUs, no GPU checks")
+            return None
+        try:
+            names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=60).stdout.split("\n")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"nvidia-smi failed: {e}"
+        names = [n.strip() for n in names if n.strip()]
+        self.log(f"gpus: {len(names)} x {sorted(set(names))}")
+        if want_n and len(names) != want_n:
+            return f"{len(names)} GPUs, the job needs {want_n}"
+        if want_type and any(n != want_type for n in names):
+            return f"GPU type {sorted(set(names))}, the job needs {want_type}"
+        probe = ("import importlib.metadata as m, json\nv = {}\n"
+                 "for d in ('torch', 'triton', 'flash-linear-attention'):\n"
+                 "    try: v[d] = m.version(d)\n    except Exception: v[d] = None\nprint(json.dumps(v))")
+        try:
+            vers = json.loads(subprocess.run(["python3", "-c", probe], capture_output=True, text=True,
+                                             env=env, timeout=120).stdout.strip().splitlines()[-1])
+        except Exception as e:  # noqa: BLE001
+            return f"could not read torch/triton/fla versions: {e}"
+        self.log(f"versions: {json.dumps(vers)}")
+        min_triton = self.job.get("min_triton")
+        if vers.get("flash-linear-attention") and min_triton and vers.get("triton"):
+            if version_tuple(vers["triton"]) < version_tuple(min_triton):
+                return (f"fla {vers['flash-linear-attention']} with Triton {vers['triton']} < {min_triton} "
+                        "miscompiles the GatedDeltaNet backward on Hopper (fla #640); use an image with "
+                        f"Triton >= {min_triton}")
+        return None
+
+    def torchrun(self, env: dict) -> int:
+        nproc = int(self.job.get("nproc_per_node") or 1)
+        cmd = ["python3", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               self.script_name]
+        if self.job.get("launcher") == "python":
+            cmd = ["python3", "-u", self.script_name]
+        deadline = float(self.job.get("deadline_s") or 3600)
+        self.log(f"$ {' '.join(cmd)}  (hard deadline {deadline:.0f} s)")
+        self.child = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            return self.child.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            self.log(f"hard deadline {deadline:.0f} s passed: killing torchrun")
+            kill_group(self.child.pid)
+            self.child.wait()
+            return 124
+
+    # ---- the backstop: never bill past the deadline
+    def watchdog(self) -> None:
+        backstop = float(self.job.get("backstop_s") or 7200)
+        grace = float(self.job.get("collect_grace_s") or 1800)
+        while True:
+            now = time.time()
+            late = now - self.started > backstop
+            forgotten = self.ended is not None and now - self.ended > grace
+            if late or forgotten:
+                self.log("backstop: " + ("deadline passed" if late else "nobody collected the results")
+                         + ": terminating this pod")
+                if self.child and self.child.poll() is None:
+                    kill_group(self.child.pid)
+                self_terminate(self.env, self.log)
+                time.sleep(TERMINATE_RETRY_S)
+            else:
+                time.sleep(1.0)
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def version_tuple(v: str) -> tuple:
+    out = []
+    for part in v.split("+")[0].split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def pod_path(env: dict, path: str, *more: str) -> str:
+    """A path of the pod's filesystem (e.g. a volume's mount path) on this machine: under PGOLF_POD_ROOT."""
+    return os.path.join(env.get("PGOLF_POD_ROOT") or "/", path.lstrip("/"), *more)
+
+
+def self_terminate(env: dict, log) -> bool:
+    """DELETE /v2/pods/{id} for this pod, with the pod-scoped key RunPod put in the pod (404: already gone)."""
+    pod_id, key = env.get("RUNPOD_POD_ID"), env.get("RUNPOD_API_KEY")
+    if not pod_id or not key:
+        log("backstop: RUNPOD_POD_ID/RUNPOD_API_KEY missing; cannot terminate this pod")
+        return False
+    base = (env.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io").rstrip("/")
+    req = urllib.request.Request(f"{base}/v2/pods/{urllib.parse.quote(pod_id)}", method="DELETE",
+                                 headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            ok = r.status in (200, 204)
+    except urllib.error.HTTPError as e:
+        ok = e.code == 404
+        if not ok:
+            log(f"backstop: terminate refused (HTTP {e.code}); retrying")
+            return False
+    except Exception as e:  # noqa: BLE001
+        log(f"backstop: terminate call failed ({type(e).__name__}); retrying")
+        return False
+    log("backstop: terminate requested")
+    return ok
+
+
+def hf_get(repo: str, path: str, dest: str, token: str | None) -> None:
+    """One file of a Hugging Face dataset repo, written atomically (the official download, stdlib only)."""
+    if os.path.exists(dest):
+        return
+    base = (os.environ.get("HF_ENDPOINT") or HF_BASE).rstrip("/")
+    url = f"{base}/datasets/{repo}/resolve/main/{urllib.parse.quote(path)}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    part = f"{dest}.{os.getpid()}.{threading.get_ident()}.part"   # pods sharing a volume never mix parts
+    for attempt in range(4):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=120) as r, \
+                    open(part, "wb") as f:
+                while True:
+                    buf = r.read(1 << 22)
+                    if not buf:
+                        break
+                    f.write(buf)
+            os.replace(part, dest)
+            return
+        except Exception as e:  # noqa: BLE001
+            if attempt == 3 or getattr(e, "code", None) in (401, 403, 404):
+                raise
+            time.sleep(5 * (attempt + 1))
+
+
+def download_official(data: dict, root: str, token: str | None, log) -> dict:
+    """The challenge's dataset variant (as data/cached_challenge_fineweb.py lays it out): manifest, val
+    shards, the first N train shards, the tokenizer. Returns DATA_PATH/TOKENIZER_PATH for the job."""
+    variant = data["variant"]
+    repo = data.get("repo") or HF_REPO_BY_VARIANT.get(variant, DEFAULT_HF_REPO)
+    dataset_dir = f"fineweb10B_{variant}"
+    n_train = int(data.get("train_shards") or 80)
+    manifest_path = os.path.join(root, "manifest.json")
+    prefix, manifest = None, {}
+    for cand in ([data["remote_root"]] if data.get("remote_root") else list(HF_ROOTS)):
+        try:
+            hf_get(repo, f"{cand}/manifest.json", manifest_path, token)
+            prefix, manifest = cand, json.load(open(manifest_path))
+            break
+        except Exception as e:  # noqa: BLE001 - try the next known export folder
+            log(f"no manifest at {repo}/{cand} ({type(e).__name__})")
+    if prefix is None:
+        raise ValueError(f"no manifest.json in {repo} under {data.get('remote_root') or HF_ROOTS}; "
+                         "set [runpod] data_repo / data_remote_root")
+    ds = next((d for d in manifest.get("datasets", []) if d.get("name") == dataset_dir), None)
+    if ds is None:
+        raise ValueError(f"{dataset_dir} is not in {repo}/{prefix}/manifest.json")
+    stats = ds.get("stats") or {}
+    n_val, n_max = int(stats.get("files_val") or 1), int(stats.get("files_train") or n_train)
+    n_train = min(n_train, n_max)
+    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == ds.get("tokenizer_name")), {})
+    tok_files = [tok[k] for k in ("model_path", "vocab_path", "path") if tok.get(k)]
+    if not tok_files and variant.startswith("sp"):
+        tok_files = [f"tokenizers/fineweb_{variant[2:]}_bpe.model"]
+    files = [f"datasets/{dataset_dir}/fineweb_val_{i:06d}.bin" for i in range(n_val)]
+    files += [f"datasets/{dataset_dir}/fineweb_train_{i:06d}.bin" for i in range(n_train)]
+    files += tok_files
+    log(f"downloading {len(files)} files of {variant} from {repo} ({n_train} train shards)")
+    t0 = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda rel: hf_get(repo, f"{prefix}/{rel}", os.path.join(root, rel), token), files))
+    log(f"dataset ready in {time.time() - t0:.0f} s")
+    out = {"DATA_PATH": os.path.join(root, "datasets", dataset_dir)}
+    model = next((f for f in tok_files if f.endswith(".model")), None)
+    if model:
+        out["TOKENIZER_PATH"] = os.path.join(root, model)
+    return out
+
+
+def make_handler(pod: Pod):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet: the pod log is for the job
+            pass
+
+        def send(self, code: int, body: bytes, ctype="application/json"):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def allowed(self) -> bool:
+            if pod.token and self.headers.get("Authorization") != f"Bearer {pod.token}":
+                self.send(403, b'{"error": "forbidden"}')
+                return False
+            return True
+
+        def do_GET(self):
+            if not self.allowed():
+                return
+            url = urllib.parse.urlparse(self.path)
+            q = urllib.parse.parse_qs(url.query)
+            if url.path == "/status":
+                return self.send(200, json.dumps(pod.status()).encode())
+            if url.path == "/artifact":
+                rel = (q.get("path") or [""])[0]
+                path = os.path.realpath(os.path.join(pod.run_dir, rel))
+                if not path.startswith(os.path.realpath(pod.run_dir) + os.sep) or not os.path.isfile(path):
+                    return self.send(404, b'{"error": "no such artifact"}')
+                with open(path, "rb") as f:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+                    self.end_headers()
+                    shutil.copyfileobj(f, self.wfile, 1 << 20)
+                return
+            return self.send(404, b'{"error": "not found"}')
+
+        def do_PUT(self):
+            if not self.allowed():
+                return
+            url = urllib.parse.urlparse(self.path)
+            rel = (urllib.parse.parse_qs(url.query).get("path") or [""])[0]
+            if url.path != "/upload":
+                return self.send(404, b'{"error": "not found"}')
+            problem = pod.receive(rel, int(self.headers.get("Content-Length") or 0),
+                                  self.headers.get("X-Sha256") or "", self.rfile)
+            if problem:
+                self.close_connection = True       # the body may be partly unread
+                return self.send(400, json.dumps({"error": problem}).encode())
+            return self.send(200, b'{"stored": true}')
+
+    return Handler
+
+
+def listen_ports(env: dict, job: dict) -> list[int]:
+    """The symmetrical TCP port RunPod assigned (RUNPOD_TCP_PORT_<n>), and the proxied HTTP port if any."""
+    ports = []
+    if job.get("tcp_port") and env.get(f"RUNPOD_TCP_PORT_{job['tcp_port']}"):
+        ports.append(int(env[f"RUNPOD_TCP_PORT_{job['tcp_port']}"]))
+    if job.get("http_port"):
+        ports.append(int(job["http_port"]))
+    return ports
+
+
+def main() -> int:
+    pod = Pod(dict(os.environ))
+    pod.log(f"bootstrap up (pod {os.environ.get('RUNPOD_POD_ID', '?')}, python {sys.version.split()[0]})")
+    ports = listen_ports(pod.env, pod.job)
+    if not ports:
+        pod.log(f"no port to serve on: RUNPOD_TCP_PORT_{pod.job.get('tcp_port')} is unset and the job names "
+                "no http_port")
+    for port in ports:
+        server = ThreadingHTTPServer(("0.0.0.0", port), make_handler(pod))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    pod.log(f"serving on port(s) {ports}")
+    threading.Thread(target=pod.watchdog, daemon=True).start()
+    pod.run()
+    while True:   # keep serving until the driver (or the backstop) terminates the pod
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
