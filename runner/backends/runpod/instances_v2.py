@@ -1,0 +1,240 @@
+"""The pod lifecycle on RunPod's REST API v2, used by the backend (one pod per attempt) and by `pgolf cluster`.
+
+What a pod is (`PodShape`: GPUs or a CPU flavor, in a cloud), what RunPod offers for it right now (`offer`:
+list price and stock, said in one line before anything is created), create with back-off while there is
+no capacity or the account's spend limit is reached, wait until the pod runs and its server has an address
+(a pod stuck in PROVISIONING/STARTING past `start_timeout_s` is `Stuck`: the caller terminates it and the
+driver retries on a fresh pod, as for any lost machine), terminate and verify gone, and what the pod cost
+(RunPod's billing records; None while they have nothing yet). Polling intervals are named in `Timing`; the
+rehearsal's are short so tests stay fast.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from results.errors import PgolfError
+from runner.executors.base import InfraFailure   # runner.backends.base once the restructure lands
+from runner.backends.runpod import api
+
+NAME_PREFIX = "pgolf-"
+SYMMETRIC_PORT = 70000           # "70000/tcp": RunPod gives the pod one port number used inside and out
+PROXY_PORT = 8000                # "8000/http": RunPod's HTTPS proxy, when the pod has no public address
+DEFAULT_SPEND_LIMIT = 80.0       # $/h: RunPod's default account spend limit
+LIVE = ("PROVISIONING", "STARTING", "RUNNING")
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Polling intervals and patience of the lifecycle."""
+    poll_s: float                  # status polls of a pod
+    address_grace_polls: int       # polls of a RUNNING pod without a public port before the proxy is used
+    gone_timeout_s: float          # terminate -> no longer listed
+    gone_poll_s: float
+    terminate_again_every: int     # polls between repeated DELETEs while a pod is still listed
+    capacity_wait_s: float         # how long "no capacity" / "spend limit" is waited out
+    capacity_backoff_s: float
+    capacity_backoff_max_s: float
+    start_timeout_cap_s: float     # the most a pod may take to start, whatever [runpod] start_timeout_s says
+    billing_tries: int             # billing records can lag the pod's end: look this many times
+    time_scale: float              # the API client's waits (Retry-After, backoff) are scaled by this
+
+
+REAL = Timing(poll_s=5.0, address_grace_polls=12, gone_timeout_s=300, gone_poll_s=2.0, terminate_again_every=10,
+              capacity_wait_s=3 * 3600, capacity_backoff_s=15, capacity_backoff_max_s=300,
+              start_timeout_cap_s=math.inf, billing_tries=6, time_scale=1.0)
+REHEARSAL = Timing(poll_s=0.1, address_grace_polls=20, gone_timeout_s=30, gone_poll_s=0.1, terminate_again_every=10,
+                   capacity_wait_s=120, capacity_backoff_s=0.2, capacity_backoff_max_s=1.0,
+                   start_timeout_cap_s=5.0, billing_tries=2, time_scale=0.01)
+
+
+class Stuck(InfraFailure):
+    """The pod never got past PROVISIONING/STARTING in time (RunPod bills such pods all the same)."""
+
+
+@dataclass(frozen=True)
+class PodShape:
+    """What kind of pod: `gpu_count` x `gpu_type`, or a CPU flavor (`cpu`, e.g. cpu3c) with `vcpus`."""
+    gpu_type: str | None = api.GPU_H100_SXM
+    gpu_count: int = 8
+    cpu: str | None = None
+    vcpus: int = 4
+    cloud: str = "SECURE"
+    data_centers: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        what = f"{self.cpu} x {self.vcpus} vCPU" if self.cpu else f"{self.gpu_count} x {self.gpu_type}"
+        return f"{what} ({self.cloud})"
+
+    def compute(self) -> dict:
+        """The `gpu` or `cpu` part of a create request."""
+        if self.cpu:
+            return {"cpu": api.CpuRequest(id=self.cpu, vcpu_count=self.vcpus)}
+        return {"gpu": api.GpuRequest(id=self.gpu_type, count=self.gpu_count)}
+
+
+@dataclass(frozen=True)
+class Offer:
+    price_per_hour: float            # RunPod's list price for this shape and cloud
+    availability: str                # NONE LOW MEDIUM HIGH
+    data_centers: tuple[str, ...]    # where it is in stock
+    line: str                        # what pgolf found, said to the user before creating anything
+
+
+def offer(client: api.RunPodClient, shape: PodShape) -> Offer:
+    """Price and stock of the shape from RunPod's catalog; PgolfError when RunPod cannot make such a pod."""
+    if shape.cpu:
+        flavor = next((c for c in client.cpu_types(shape.vcpus) if c.id == shape.cpu), None)
+        if flavor is None:
+            raise PgolfError(f"[runpod] cpu = {shape.cpu!r}: RunPod has no such CPU flavor; known: "
+                             f"{', '.join(c.id for c in client.cpu_types())}")
+        n = shape.vcpus
+        if n & (n - 1) or not flavor.vcpu.min <= n <= flavor.vcpu.max:
+            raise PgolfError(f"[runpod] vcpus = {n}: {flavor.id} takes a power of two from {flavor.vcpu.min} "
+                             f"to {flavor.vcpu.max}")
+        price, level, dcs = flavor.price_per_hour(n), flavor.availability or "unknown", flavor.data_centers
+    else:
+        gpu = client.gpu_type(shape.gpu_type, shape.gpu_count, shape.cloud)
+        if gpu is None:
+            raise PgolfError(f"[runpod] gpu_type = {shape.gpu_type!r}: not in RunPod's GPU catalog")
+        most = gpu.max_count.community if shape.cloud == "COMMUNITY" else gpu.max_count.secure
+        if shape.gpu_count > most:
+            raise PgolfError(f"[runpod] gpu_count = {shape.gpu_count}: {gpu.name} pods have at most {most} GPUs "
+                             f"in {shape.cloud} cloud")
+        price, level, dcs = gpu.price_per_hour(shape.cloud, shape.gpu_count), gpu.availability or "unknown", gpu.data_centers
+    where = tuple(d.id for d in dcs if d.availability != "NONE" and (not shape.data_centers or d.id in shape.data_centers))
+    line = (f"RunPod stock for {shape}: {level}" + (f" in {', '.join(where)}" if where else ", in no data center")
+            + f"; ${price:.2f}/h list price")
+    return Offer(round(price, 4), level, where, line)
+
+
+def max_pods_for(price_per_hour: float, spend_limit: float = DEFAULT_SPEND_LIMIT) -> int:
+    """How many such pods the account's spend limit allows at once (at least 1: RunPod refuses the rest)."""
+    return max(1, int(spend_limit // price_per_hour)) if price_per_hour > 0 else 1
+
+
+def pod_name(run_dir: str, seed: int, attempt: int) -> str:
+    """pgolf-<run>-s<seed>-a<attempt>: unique per attempt, so a lost create answer is adopted by name, and
+    gc and `cluster down` recognise pgolf's pods and their batch."""
+    batch = re.sub(r"[^A-Za-z0-9_.-]", "-", os.path.basename(os.path.normpath(run_dir)))[:40]
+    return f"{NAME_PREFIX}{batch}-s{seed}-a{attempt}"
+
+
+def create(client: api.RunPodClient, req: api.CreatePod, timing: Timing, say: Say) -> api.Pod:
+    """The pod; while RunPod has no capacity, or the account's spend limit is reached (other pods may end),
+    back off (doubling) for up to `timing.capacity_wait_s`, then the attempt fails as infrastructure.
+    Refusals no wait can fix (402 balance, 422, other 400s) are PgolfError: the batch cannot go on."""
+    def note(state) -> None:
+        e = state.outcome.exception()
+        why = str(e) if isinstance(e, api.SpendLimitError) else f"no capacity ({e.detail})"
+        say(f"pgolf-runpod: {why}; retrying in {state.next_action.sleep:.0f} s")
+    try:
+        for try_ in Retrying(retry=retry_if_exception_type((api.CapacityError, api.SpendLimitError)), reraise=True,
+                             stop=stop_after_delay(timing.capacity_wait_s), before_sleep=note,
+                             wait=wait_exponential(multiplier=timing.capacity_backoff_s, max=timing.capacity_backoff_max_s)):
+            with try_:
+                return client.create_pod(req)
+    except (api.CapacityError, api.SpendLimitError) as e:
+        raise InfraFailure(f"no pod after {timing.capacity_wait_s / 60:.0f} min of waiting: {e}") from None
+    except (api.TransientError, api.RateLimited) as e:
+        raise InfraFailure(f"RunPod API unreachable while creating the pod: {e}") from None
+    except (api.BalanceError, api.Refused, api.InvalidRequest, api.Forbidden, api.AuthError) as e:
+        raise PgolfError(str(e)) from None
+    raise AssertionError("unreachable")
+
+
+def wait_running(client: api.RunPodClient, pod_id: str, start_timeout_s: float, timing: Timing) -> tuple[api.Pod, str]:
+    """(pod, base URL of its server) once it runs: the public ip:port of its symmetrical TCP port, or after
+    a grace period RunPod's HTTPS proxy. Stuck past start_timeout_s; InfraFailure when it is gone or ended."""
+    limit = min(start_timeout_s, timing.start_timeout_cap_s)
+    up_by = time.time() + limit
+    running_polls = 0
+    while True:
+        try:
+            pod = client.get_pod(pod_id)
+        except (api.TransientError, api.RateLimited) as e:
+            if time.time() > up_by:
+                raise InfraFailure(f"RunPod API unreachable while pod {pod_id} starts: {e}") from None
+            time.sleep(timing.poll_s)
+            continue
+        if pod is None:
+            raise InfraFailure(f"pod {pod_id} lost (gone before it started)")
+        if pod.status == "RUNNING":
+            end = pod.tcp_endpoint()
+            if end:
+                return pod, f"http://{end[0]}:{end[1]}"
+            running_polls += 1
+            if running_polls > timing.address_grace_polls:
+                return pod, pod.proxy_url(PROXY_PORT)
+        elif pod.status not in LIVE:
+            raise InfraFailure(f"pod {pod_id} lost ({pod.status} before it started)")
+        elif time.time() > up_by:
+            raise Stuck(f"pod {pod_id} still {pod.status} after {limit:.0f} s ([runpod] start_timeout_s)")
+        time.sleep(timing.poll_s)
+
+
+def check_alive(client: api.RunPodClient, pod_id: str) -> api.Pod | None:
+    """The pod (None when the API cannot say right now); InfraFailure once it is gone or no longer running."""
+    try:
+        pod = client.get_pod(pod_id)
+    except (api.TransientError, api.RateLimited):
+        return None
+    if pod is None or pod.status != "RUNNING":
+        raise InfraFailure(f"pod {pod_id} lost ({'gone' if pod is None else pod.status})")
+    return pod
+
+
+def terminate_verified(client: api.RunPodClient, pod_ids: list[str], timing: Timing, say: Say | None = None) -> list[str]:
+    """DELETE every pod, then poll until RunPod knows none of them, asking again now and then. Returns the
+    ids still there at the deadline. Never raises: it runs on every path out of an attempt."""
+    left = list(pod_ids)
+    deadline = time.time() + timing.gone_timeout_s
+    polls = 0
+    while left:
+        still = []
+        for pid in left:
+            try:
+                if polls % timing.terminate_again_every == 0:
+                    client.delete_pod(pid)
+                if client.get_pod(pid) is not None:
+                    still.append(pid)
+            except Exception as e:  # noqa: BLE001 - keep trying until the deadline, whatever the API does
+                if polls == 0 and say is not None:
+                    say(f"terminate {pid}: {e}")
+                still.append(pid)
+        left = still
+        if not left or time.time() >= deadline:
+            return left
+        polls += 1
+        time.sleep(timing.gone_poll_s)
+    return left
+
+
+def billed_cost(client: api.RunPodClient, pod_id: str, since: str, timing: Timing) -> float | None:
+    """What RunPod billed for the pod (its billing records from `since`); None when none came in time."""
+    for n in range(timing.billing_tries):
+        try:
+            cost = client.pod_cost(pod_id, since)
+        except api.ApiError:
+            cost = None
+        if cost is not None:
+            return cost
+        if n + 1 < timing.billing_tries:
+            time.sleep(timing.poll_s)
+    return None
+
+
+def list_ours(client: api.RunPodClient, prefix: str = NAME_PREFIX) -> list[api.Pod]:
+    """The account's pods whose name starts with `prefix` (pgolf's by default)."""
+    try:
+        return [p for p in client.list_pods() if p.name.startswith(prefix)]
+    except api.ApiError as e:
+        raise PgolfError(str(e)) from None
