@@ -53,7 +53,6 @@ DEFAULT_ORIGIN = "https://api.runpod.io"
 CONFIG_FILE = Path("~/.runpod/config.toml")
 GPU_H100_SXM = "NVIDIA H100 80GB HBM3"
 MAX_LOG_TAIL = 5000                 # the most lines a log stream backfills without a resume point
-SSE_READ_TIMEOUT_S = 120.0          # a silent log stream is reconnected after this long
 BALANCE_QUERY = "query { myself { clientBalance } }"
 _CAPACITY = re.compile(r"no longer any instances available|no instances? (currently )?available|not enough "
                        r"(gpus|capacity|machines)|insufficient capacity|could not be placed|no capacity|"
@@ -359,6 +358,7 @@ class Pacing:
     backoff_max_s: float = 16.0
     rate_limit_budget_s: float = 900.0     # 429s waited out in one call before giving up
     timeout_s: float = 60.0
+    sse_read_timeout_s: float = 120.0      # a silent log stream is reconnected after this long
 
 
 def resolve_api_key(env: dict[str, str] | None = None, config_file: Path | None = None) -> str:
@@ -484,7 +484,7 @@ class RunPodClient:
             self._respect_quota()
             try:
                 with connect_sse(self._http, "GET", f"/v2/pods/{pod_id}/logs", params=params, headers=headers,
-                                 timeout=httpx.Timeout(self.pacing.timeout_s, read=SSE_READ_TIMEOUT_S)) as es:
+                                 timeout=httpx.Timeout(self.pacing.timeout_s, read=self.pacing.sse_read_timeout_s)) as es:
                     r = es.response
                     self._track_quota(r)
                     if r.status_code >= 400:
