@@ -57,8 +57,11 @@ def _print_audit(result: dict):
         st = ch["status"]
         checks.add_row(ch["id"], f"[{_STATUS_STYLE[st]}]{st}[/]", ch["detail"])
     con.print(checks)
-    v = result["verdict"]
-    con.print(f"verdict: [{'bold green' if v == 'pass' else 'bold red'}]{v.upper()}[/]")
+    from results.audit import overall
+    v, warned = result["verdict"], [c["id"] for c in result["checks"] if c["status"] == "warn"]
+    note = f" with {len(warned)} warning(s): {', '.join(warned)}" if warned and v == "pass" else ""
+    con.print(f"verdict: [{'bold yellow' if overall(result) == 'warn' else 'bold green' if v == 'pass' else 'bold red'}]"
+              f"{v.upper()}[/]{note}")
 
 
 # ---- pgolf report / pgolf submit ------------------------------------------------------------------
@@ -67,7 +70,7 @@ def cmd_report(args) -> int:
     """`pgolf report DIR`: rich summary (or exactly the report dict with --json); writes the report files."""
     from rich.console import Console
 
-    from results.report import render_summary, write_report
+    from results.report import render_summary, report_dir, write_report
 
     report = write_report(args.dir, baseline=args.baseline, policy=args.policy, out=args.out)
     if args.json:
@@ -75,21 +78,20 @@ def cmd_report(args) -> int:
     else:
         Console().print(render_summary(report))
     sys.stdout.flush()
-    out = args.out or _report_out(report)
-    print(f"pgolf report: wrote results.csv, report.md, report.json and plots/ to {out}", file=sys.stderr)
+    out = report_dir(report.get("kind", "record"), args.dir, args.out)
+    if out is None:
+        print("pgolf report: a record folder: nothing written (pass --out DIR for results.csv, report.md, "
+              "report.json and plots/)", file=sys.stderr)
+    else:
+        print(f"pgolf report: wrote results.csv, report.md, report.json and plots/ to {out}", file=sys.stderr)
     return 0
-
-
-def _report_out(report: dict) -> str:
-    from pathlib import Path
-    d = Path(report.get("dir", "."))
-    return str(d) if report.get("kind") == "run" else str(Path.cwd() / f"report-{d.resolve().name}")
 
 
 def cmd_submit(args) -> int:
     """`pgolf submit RUN_DIR --out RECORD_DIR`: writes the record folder, refuses when its audit would fail."""
     from results.submit import submit
-    rep = submit(args.run_dir, args.out, author=args.author, github_id=args.github_id, name=args.name)
+    rep = submit(args.run_dir, args.out, author=args.author, github_id=args.github_id, name=args.name,
+                 baseline=getattr(args, "baseline", None), policy=getattr(args, "policy", None))
     s = rep.get("summary", {})
     std = s.get("std_val_bpb")
     print(f"pgolf submit: wrote {args.out}: {s.get('n')} seed(s), val_bpb {s.get('mean_val_bpb'):.8f}"
@@ -101,4 +103,18 @@ def cmd_submit(args) -> int:
     elif not sig.get("passes"):
         print(f"pgolf submit: note: the result does not pass the {sig['policy']} test against {sig['baseline']} "
               f"(p = {sig['p']}); submit it as a non-record or run more seeds", file=sys.stderr)
+    return 0
+
+
+# ---- pgolf reproduce (results side: the spec and the comparison; running it is the runner's) ----------
+
+def cmd_reproduce(args) -> int:
+    """`pgolf reproduce RECORD_DIR [--seeds ...]`: for now prints the job spec (JSON) that runs the record
+    again and the notes on how it was built; the runner glue (runner.run on that spec, then
+    `write_report(run_dir, reproduce_of=RECORD_DIR)`) comes with the runner's library API."""
+    from results.reproduce import spec_from_record
+    spec, notes = spec_from_record(args.record_dir, seeds=getattr(args, "seeds", None) or None)
+    print(json.dumps(spec, indent=2))
+    for n in notes:
+        print(f"pgolf reproduce: note: {n}", file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""Writing files so that a crash never leaves half of one, and hashing them.
+"""Writing files so that a crash never leaves half of one, reading JSON objects, hashing.
 
 Every file pgolf writes (ledger, batch.json, logs it rewrites, results, reports, record folders) goes through
 `atomic_write`: a temp file in the same folder, fsync, os.replace, then an fsync of the folder so that the
@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from results.errors import PgolfError
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
@@ -40,6 +42,22 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json_object(path: Path, what: str = "") -> dict:
+    """Any pgolf JSON file (submission.json, batch.json, ledger.json): a JSON object or a one-line error."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as e:
+        raise PgolfError(f"{what}{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}); "
+                         "fix or remove the file") from None
+    except FileNotFoundError:
+        raise PgolfError(f"{what}{path}: file not found") from None
+    except OSError as e:
+        raise PgolfError(f"{what}{path}: cannot read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise PgolfError(f"{what}{path}: expected a JSON object at the top level, found {type(data).__name__}")
+    return data
 
 
 def sha256_file(path: str | Path) -> str:

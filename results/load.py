@@ -1,7 +1,7 @@
 """Load a folder into a `RunSet`: a record folder (public repository layout) or a run directory.
 
 Record folder: README.md, submission*.json (schemas vary), logs (*.log, *.txt, also under logs/),
-optionally train_gpt.py. Run directory (DESIGN §5): batch.json, ledger.json and
+optionally train_gpt.py. Run directory (what `pgolf run` writes): batch.json, ledger.json and
 seeds/SEED/attempt-K/train.log; the succeeded attempt of each seed counts (last with exit code 0).
 
 One run per seed goes into `RunSet.runs`; duplicates (the same log copied as train.log) and
@@ -9,11 +9,11 @@ superseded reruns of a seed go into `RunSet.extra_runs`, with a warning saying w
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
+from results import claims
 from results.errors import PgolfError
+from results.files import read_json_object
 from results.parse import choose_score, parse_log
 from results.types import Run, RunSet
 
@@ -29,68 +29,96 @@ def load(path: str | Path) -> RunSet:
         raise PgolfError(f"{d}: no such folder; pass a record folder or a run directory")
     if not d.is_dir():
         raise PgolfError(f"{d}: is a file, not a folder; pass the folder that holds the logs")
-    if (d / "batch.json").exists() or (d / "ledger.json").exists():
+    if _is_run_dir(d):
         return load_run_dir(d)
+    collection = describe_collection(d)
+    if collection:
+        raise PgolfError(collection)
     return load_record(d)
 
 
+def _is_run_dir(d: Path) -> bool:
+    return (d / "batch.json").exists() or (d / "ledger.json").exists()
+
+
+def _is_own_folder(d: Path) -> bool:
+    """A folder that is a record or a run of its own (not part of the folder above it)."""
+    return claims.find(d) is not None or _is_run_dir(d)
+
+
+def describe_collection(d: Path) -> str | None:
+    """One line when `d` holds tracks or record/run folders rather than logs of its own, else None."""
+    if _is_own_folder(d) or _own_logs(d):
+        return None
+    subs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    tracks = [p for p in subs if p.name.startswith("track_")]
+    if tracks:
+        counts = ", ".join(f"{t.name} ({sum(1 for p in t.iterdir() if p.is_dir())} record folders)" for t in tracks)
+        first = next((p for t in tracks for p in sorted(t.iterdir()) if p.is_dir()), tracks[0])
+        return (f"{d}: holds the tracks {counts}, not logs; audit one record folder, e.g. `pgolf audit '{first}'` "
+                f"(or all of them: python bench/audit_corpus.py '{d}')")
+    if d.name.startswith("track_") and subs:
+        return (f"{d}: is the track {d.name} ({len(subs)} record folders), not a record; audit one of them, "
+                f"e.g. `pgolf audit '{subs[0]}'`")
+    inner = [p for p in subs if _is_own_folder(p)]
+    if inner:
+        return (f"{d}: holds {len(inner)} record/run folders, not logs; audit one of them, "
+                f"e.g. `pgolf audit '{inner[0]}'`")
+    return None
+
+
 # ---- record folders ------------------------------------------------------------------------------
-def _read_json(p: Path) -> dict:
+_MAX_DEPTH = 3
+
+
+def _is_log(p: Path, need_marker: bool) -> bool:
+    name = p.name.lower()
+    if not p.is_file() or p.suffix.lower() not in LOG_SUFFIXES or name in _NOT_LOGS:
+        return False
+    if not need_marker and (p.suffix.lower() == ".log" or name.startswith(("train", "log"))):
+        return True
     try:
-        data = json.loads(p.read_text(encoding="utf-8", errors="replace"))
-    except json.JSONDecodeError as e:
-        raise PgolfError(f"{p}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}); fix or remove the file")
-    except OSError as e:
-        raise PgolfError(f"{p}: cannot read ({e.strerror})")
-    if not isinstance(data, dict):
-        raise PgolfError(f"{p}: expected a JSON object at the top level, found {type(data).__name__}")
-    return data
+        head = p.read_bytes()[:200_000]
+    except OSError:
+        return False
+    return any(m in head for m in _LOG_MARKERS)
 
 
-def find_submission(d: Path) -> Path | None:
-    exact = d / "submission.json"
-    if exact.is_file():
-        return exact
-    others = sorted(d.glob("submission*.json"))
-    return others[0] if others else None
+def _own_logs(d: Path) -> list[Path]:
+    return [p for p in sorted(d.iterdir()) if _is_log(p, need_marker=False)]
 
 
 def find_logs(d: Path) -> list[Path]:
-    """Log files in the folder itself and in log subfolders (logs/), sorted by path."""
-    places = [d] + sorted(p for p in d.iterdir() if p.is_dir() and "log" in p.name.lower())
-    out = []
-    for place in places:
-        for p in sorted(place.iterdir()):
-            if not p.is_file() or p.suffix.lower() not in LOG_SUFFIXES or p.name.lower() in _NOT_LOGS:
+    """Every training log of a record folder, sorted by path: its own *.log files and train*/log* *.txt files,
+    the same in log folders (logs/), and any *.log/*.txt carrying run lines (steps, losses, val_bpb) in other
+    subfolders, e.g. one named after the upstream PR. Subfolders that are records or runs of their own are
+    left out."""
+    out = _own_logs(d)
+
+    def visit(folder: Path, depth: int):
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
+            if _is_own_folder(sub):
                 continue
-            if p.suffix.lower() == ".txt" and not p.name.lower().startswith(("train", "log")):
-                try:
-                    head = p.read_bytes()[:200_000]
-                except OSError:
-                    continue
-                if not any(m in head for m in _LOG_MARKERS):
-                    continue
-            out.append(p)
+            loose = "log" not in sub.name.lower()
+            out.extend(p for p in sorted(sub.iterdir()) if _is_log(p, need_marker=loose))
+            if depth < _MAX_DEPTH:
+                visit(sub, depth + 1)
+
+    visit(d, 1)
     return out
 
 
 def load_record(d: Path) -> RunSet:
     rs = RunSet(dir=d, kind="record")
-    sub = find_submission(d)
+    sub = claims.find(d)
     if sub:
-        rs.submission = _read_json(sub)
+        rs.submission = claims.read(sub)
         rs.submission_path = sub
-        validate_submission(rs.submission, sub)
     script = d / "train_gpt.py"
     rs.script_path = script if script.is_file() else None
     logs = find_logs(d)
-    if not logs and not sub:
-        if not any(d.iterdir()):
-            raise PgolfError(f"{d}: folder is empty; expected training logs (train_seed*.log) and submission.json")
-        inner = [p for p in d.iterdir() if p.is_dir() and (find_submission(p) or (p / "ledger.json").exists())]
-        if inner:
-            raise PgolfError(f"{d}: holds {len(inner)} record/run folders, not logs; audit one of them, "
-                             f"e.g. `pgolf audit '{inner[0]}'`")
+    if not logs and not sub and not any(d.iterdir()):
+        raise PgolfError(f"{d}: folder is empty; expected training logs (train_seed*.log) and submission.json")
     runs: list[Run] = []
     for p in logs:
         try:
@@ -101,103 +129,16 @@ def load_record(d: Path) -> RunSet:
     return rs
 
 
-def validate_submission(sub: dict, path: Path):
-    """Type-check the keys the audit relies on; a wrong type is a one-line error naming the key."""
-    for key in ("val_bpb", "val_loss", "mean_val_bpb", "bytes_total", "bytes_code"):
-        v = sub.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise PgolfError(f"{path}: key '{key}' must be a number, found {json.dumps(v)[:40]}; fix submission.json")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise PgolfError(f"{path}: key '{key}' is {v}; a claim must be a finite number")
-    sr = sub.get("seed_results")
-    if sr is not None and not isinstance(sr, (dict, list)):
-        raise PgolfError(f"{path}: key 'seed_results' must be an object keyed by seed, found {type(sr).__name__}")
-    for seed, res in claimed_seed_results(sub).items():
-        v = res.get("val_bpb")
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise PgolfError(f"{path}: seed_results[{seed}].val_bpb must be a finite number, found {json.dumps(v)[:40]}")
-
-
-def claimed_seed_results(sub: dict | None) -> dict[int, dict]:
-    """Per-seed claims, whatever the schema: seed_results {seed: {...}} / [{seed:..}], or seeds {seed: {...}}."""
-    if not sub:
-        return {}
-    out: dict[int, dict] = {}
-    for key in ("seed_results", "seeds"):
-        val = sub.get(key)
-        if isinstance(val, dict):
-            for k, v in val.items():
-                if isinstance(v, dict) and str(k).lstrip("-").isdigit():
-                    out.setdefault(int(k), _numeric_claims(v))
-        elif isinstance(val, list):
-            for v in val:
-                if isinstance(v, dict) and isinstance(v.get("seed"), int):
-                    out.setdefault(v["seed"], _numeric_claims(v))
-    return out
-
-
-def _numeric_claims(v: dict) -> dict:
-    res = dict(v)
-    if "val_bpb" not in res:
-        for alt in ("val_var_bpb", "bpb", "val_bpb_exact"):
-            if isinstance(v.get(alt), (int, float)):
-                res["val_bpb"] = v[alt]
-                break
-    return res
-
-
-def claimed_bpb(sub: dict | None) -> float | None:
-    if not sub:
-        return None
-    for key in ("val_bpb", "mean_val_bpb", "mean_bpb"):
-        v = sub.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    return None
-
-
-def claimed_loss(sub: dict | None) -> float | None:
-    if not sub:
-        return None
-    for key in ("val_loss", "mean_val_loss"):
-        v = sub.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    return None
-
-
-def claimed_seeds(sub: dict | None) -> list[int]:
-    if not sub:
-        return []
-    seeds = sub.get("seeds")
-    if isinstance(seeds, list):
-        return [int(s) for s in seeds
-                if (isinstance(s, int) and not isinstance(s, bool)) or (isinstance(s, str) and s.isdigit())]
-    per = claimed_seed_results(sub)
-    if per:
-        return list(per)
-    if isinstance(sub.get("seed"), int):
-        return [sub["seed"]]
-    return []
-
-
-def rounding_tol(value: float) -> float:
-    """Half a unit in the last printed decimal of a claimed number (claims are often rounded)."""
-    text = repr(float(value))
-    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 8
-    return 0.5 * 10 ** (-min(decimals, 8)) + 1e-9
-
-
 def _apply_claims(rs: RunSet, runs: list[Run]):
     """Re-score runs against the submission's claims, then keep one run per seed."""
-    per_seed = claimed_seed_results(rs.submission)
-    global_claim = claimed_bpb(rs.submission)
+    per_seed = claims.claimed_seed_results(rs.submission)
+    global_claim = claims.claimed_bpb(rs.submission)
     for r in runs:
         claim = _seed_claim(per_seed, r).get("val_bpb")
         if isinstance(claim, (int, float)) and not isinstance(claim, bool):
-            choose_score(r, float(claim), rounding_tol(claim))
+            choose_score(r, float(claim), claims.rounding_tol(claim))
         elif global_claim is not None:
-            choose_score(r, global_claim, rounding_tol(global_claim))
+            choose_score(r, global_claim, claims.rounding_tol(global_claim))
     _dedupe(rs, runs, per_seed, global_claim)
 
 
@@ -210,7 +151,7 @@ def _seed_claim(per_seed: dict[int, dict], r: Run) -> dict:
 
 def _matches(r: Run, claim) -> bool:
     return (isinstance(claim, (int, float)) and r.val_bpb is not None
-            and abs(r.val_bpb - float(claim)) <= rounding_tol(claim))
+            and abs(r.val_bpb - float(claim)) <= claims.rounding_tol(claim))
 
 
 def _dedupe(rs: RunSet, runs: list[Run], per_seed: dict, global_claim: float | None):
@@ -250,7 +191,7 @@ def load_run_dir(d: Path) -> RunSet:
     rs = RunSet(dir=d, kind="run")
     batch_p, ledger_p = d / "batch.json", d / "ledger.json"
     if batch_p.exists():
-        rs.batch = _read_json(batch_p)
+        rs.batch = read_json_object(batch_p)
         script = rs.batch.get("script")
         name = script.get("file") if isinstance(script, dict) else script if isinstance(script, str) else None
         if name:
@@ -260,7 +201,7 @@ def load_run_dir(d: Path) -> RunSet:
                 rs.warnings.append(f"{batch_p.name}: frozen script {Path(name).name} is missing from {d}")
     if not ledger_p.exists():
         raise PgolfError(f"{ledger_p}: missing; a run directory needs ledger.json (run `pgolf resume {d}` to rebuild it)")
-    ledger = _read_json(ledger_p)
+    ledger = read_json_object(ledger_p)
     seeds = ledger.get("seeds")
     if not isinstance(seeds, dict):
         raise PgolfError(f"{ledger_p}: key 'seeds' must be an object keyed by seed")

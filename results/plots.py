@@ -32,9 +32,9 @@ def train_loss(runs: list[Run], path: str | Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in curves:
-        steps, losses = zip(*r.curve)
-        ax.plot(steps, losses, label=f"seed {r.seed if r.seed is not None else r.log}", lw=1.2)
-    all_loss = sorted(v for r in curves for _, v in r.curve)
+        ax.plot([c.step for c in r.curve], [c.train_loss for c in r.curve],
+                label=f"seed {r.seed if r.seed is not None else r.log}", lw=1.2)
+    all_loss = sorted(c.train_loss for r in curves for c in r.curve)
     median = all_loss[len(all_loss) // 2]
     if all_loss[-1] > 1.5 * median:            # the first steps (~ln vocab) would flatten the interesting part
         ax.set_ylim(all_loss[0] - 0.05 * median, 1.5 * median)

@@ -1,6 +1,6 @@
 """The report of a run directory or record folder: results.csv, report.json, report.md, plots/*.png.
 
-report.json is the audit JSON (DESIGN §4) plus "significance". report.md pastes as a PR body: what was run,
+report.json is the audit JSON (docs/CHALLENGE.md) plus "significance". report.md pastes as a PR body: what was run,
 the per-seed table, mean ± std, the significance sentence, the audit's checks, the reproduction command.
 `render_summary` gives the same facts as a rich renderable for terminals (pgolf report, the Ray runner).
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 from pathlib import Path
 
 from rich.console import Group
@@ -16,111 +15,46 @@ from rich.table import Table
 from rich.text import Text
 
 from results import plots
+from results.audit import audit
+from results.batch import batch_cost, default_baseline, read_batch, reproduction_command, spec_of
 from results.errors import PgolfError
-from results.stats import LN2, as_sample, baseline_sample, sentence, significance
 from results.files import atomic_write
-from results.table import frame, summary, write_csv
+from results.load import load
+from results.reproduce import compare_with_record
+from results.reproduce import sentence as reproduction_sentence
+from results.secrets import scrub
+from results.stats import LN2, as_sample, baseline_sample, sentence, significance
+from results.summary import summarize
+from results.table import frame, write_csv
 from results.types import RunSet
 
 STATUS_MARK = {"pass": "✅", "fail": "❌", "warn": "⚠️", "skip": "–"}
 
 
-# ---------------------------------------------------------------- batch.json helpers
-
-def read_batch(runset: RunSet) -> dict | None:
-    """batch.json of a run directory (already parsed by load when it could), else None."""
-    if getattr(runset, "batch", None):
-        return runset.batch
-    path = Path(runset.dir) / "batch.json"
-    if not path.is_file():
-        return None
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PgolfError(f"{path}: malformed JSON ({e}); restore it or pass --baseline explicitly") from None
-    return d if isinstance(d, dict) else None
-
-
-def spec_of(batch: dict | None) -> dict:
-    """The resolved job spec inside batch.json (stored either under "spec" or at the top level)."""
-    if not batch:
-        return {}
-    spec = batch.get("spec")
-    return spec if isinstance(spec, dict) else batch
-
-
-def default_baseline(runset: RunSet) -> tuple[object, str | None]:
-    """(ref, policy) from batch.json's "baseline" section; (None, None) when absent."""
-    base = spec_of(read_batch(runset)).get("baseline")
-    if not isinstance(base, dict) or base.get("ref") in (None, ""):
-        return None, None
-    ref = base["ref"]
-    if isinstance(ref, str) and not Path(ref).expanduser().is_absolute():
-        local = Path(runset.dir) / ref
-        if local.exists() and not Path(ref).exists():
-            ref = str(local)
-    return ref, base.get("policy")
-
-
-def reproduction_command(batch: dict | None) -> str | None:
-    """A shell loop over the batch's seeds: `ENV=... SEED=$SEED torchrun ... train_gpt.py`, secrets masked."""
-    from results.secrets import scrub          # one scrubber for everything written
-    spec = spec_of(batch)
-    if not spec.get("script"):
-        return None
-    env = {k: v for k, v in (spec.get("env") or {}).items()}
-    for k, v in ((spec.get("data") or {}).get("paths") or {}).items():
-        env.setdefault(k, v)
-    parts = [f"{k}={shlex.quote(str(v))}" for k, v in env.items() if k != "SEED"] + ["SEED=$SEED"]
-    script = Path(str(spec["script"])).name
-    if spec.get("launcher") == "python":
-        parts.append(f"python {script}")
-    else:
-        parts.append(f"torchrun --standalone --nproc_per_node={spec.get('nproc_per_node', 8)} {script}")
-    seeds = " ".join(str(x) for x in spec.get("seeds") or []) or "42"
-    return scrub(f"for SEED in {seeds}; do\n  " + " \\\n  ".join(parts) + "\ndone")
-
-
 # ---------------------------------------------------------------- building the report
 
-def batch_cost(runset: RunSet) -> dict | None:
-    """What the batch's pods cost: the sum of every attempt's cost_usd in ledger.json (retries included,
-    since they were paid for too). None for record folders and for batches that recorded no cost."""
-    if runset.kind != "run":
-        return None
-    try:
-        seeds = json.loads((Path(runset.dir) / "ledger.json").read_text()).get("seeds") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    per_seed, n = {}, 0
-    for seed, entry in seeds.items():
-        costs = [a.get("cost_usd") for a in (entry or {}).get("attempts") or [] if isinstance(a, dict)]
-        costs = [float(c) for c in costs if isinstance(c, (int, float)) and math.isfinite(c)]
-        if costs:
-            per_seed[str(seed)] = round(sum(costs), 4)
-            n += len(costs)
-    if not per_seed:
-        return None
-    return {"total_usd": round(sum(per_seed.values()), 4), "attempts": n, "per_seed_usd": per_seed}
+def report_dir(kind: str, folder, out=None) -> Path | None:
+    """Where the report files go: OUT when given, else the run directory itself (pgolf owns it); a record
+    folder without OUT gets no files (print only): nothing is ever written into the current directory."""
+    if out is not None:
+        return Path(out)
+    return Path(folder) if kind == "run" else None
 
 
-def default_out(runset: RunSet) -> Path:
-    d = Path(runset.dir)
-    return d if runset.kind == "run" else Path.cwd() / f"report-{d.resolve().name}"
-
-
-def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dict, dict]:
+def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce_of=None) -> tuple[dict, dict]:
     """(report dict, extras for rendering). Pure: writes nothing.
 
     An explicit `baseline` that cannot be read raises PgolfError. A baseline taken from batch.json, or a
     folder with no scored run, gives "significance": null and a one-line "significance_error" instead, so
-    that the end-of-batch report of the runner is always written.
+    that the end-of-batch report of the runner is always written. `reproduce_of` (a record folder) adds
+    "reproduction": these runs' per-seed scores against what that record claims (results.reproduce).
     """
-    from results.audit import audit
     report = dict(audit(runset))
     cost = batch_cost(runset)
     if cost:
         report["cost"] = cost
+    if reproduce_of is not None:
+        report["reproduction"] = compare_with_record(reproduce_of, runset)
     explicit = baseline is not None
     if runset.kind == "run":
         spec_ref, spec_policy = default_baseline(runset)
@@ -156,16 +90,20 @@ def build(runset: RunSet, baseline=None, policy: str | None = None) -> tuple[dic
     return report, extras
 
 
-def write_report(dir, baseline=None, policy: str | None = None, out=None) -> dict:
-    """Load DIR (run directory or record folder), audit it, test significance, write everything to OUT.
+def write_report(dir, baseline=None, policy: str | None = None, out=None, *, reproduce_of=None) -> dict:
+    """Load DIR (run directory or record folder), audit it, test significance, and write results.csv,
+    report.md, report.json and plots/ to `report_dir` (OUT; the run directory itself; or, for a record folder
+    without OUT, nowhere). Returns the report dict (= `pgolf report --json`).
 
-    Returns the report dict (= `pgolf report --json`). OUT defaults to DIR for a run directory and to
-    ./report-<folder name>/ for a record folder (the shared records are read-only).
-    """
-    from results.load import load
+    PgolfError when there is nothing to report (no scored run) or the input is unusable."""
     runset = load(Path(dir))
-    report, extras = build(runset, baseline, policy)
-    out = Path(out) if out is not None else default_out(runset)
+    if not [r for r in runset.runs if r.val_bpb is not None]:
+        why = (f"{len(runset.runs)} log run(s) without a final val_bpb" if runset.runs else "no training logs")
+        raise PgolfError(f"{dir}: nothing to report: {why}; `pgolf audit {dir}` shows what the folder holds")
+    report, extras = build(runset, baseline, policy, reproduce_of=reproduce_of)
+    out = report_dir(runset.kind, runset.dir, out)
+    if out is None:
+        return report
     df = frame(runset)
     write_csv(df, out / "results.csv")
     plot_files: list[str] = []
@@ -178,7 +116,6 @@ def write_report(dir, baseline=None, policy: str | None = None, out=None) -> dic
                                       base_label=Path(base.label).name if base else "baseline")):
         if p is not None:
             plot_files.append(p.relative_to(out).as_posix())
-    from results.submit import scrub
     atomic_write(out / "report.json", scrub(json.dumps(report, indent=2, default=str)) + "\n")
     atomic_write(out / "report.md", markdown(report, runset, plot_files))
     return report
@@ -203,7 +140,7 @@ def _summary(report: dict) -> dict:
     s = report.get("summary")
     if isinstance(s, dict) and "n" in s:
         return s
-    return summary(frame([]))
+    return summarize([])
 
 
 def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] = (), *,
@@ -245,12 +182,19 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
     if cost:
         per = ", ".join(f"seed {k}: ${v:.2f}" for k, v in cost["per_seed_usd"].items())
         lines += ["", "## Cost", "", f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s) ({per})."]
+    rep = report.get("reproduction")
+    if rep:
+        lines += ["", "## Reproduction check", "", reproduction_sentence(rep), "",
+                  "| seed | claimed val_bpb | reproduced val_bpb | difference |", "|---:|---:|---:|---:|"]
+        lines += [f"| {s} | {rep['claimed'][s]:.8f} | {rep['reproduced'][s]:.8f} | {rep['differences'][s]:+.8f} |"
+                  for s in rep["claimed"]]
+        lines += [f"- {n}" for n in rep.get("notes", [])]
     cmd = reproduction_command(batch) if batch else None
     if cmd:
-        lines += ["", "## Reproduction", "", "```bash", cmd, "```"]
+        lines += ["", "## Reproduction", "", "Every variable the run used (secrets masked, data by variant name):",
+                  "", "```bash", cmd, "```"]
     if plot_files:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_files]
-    from results.secrets import scrub
     return scrub("\n".join(lines) + "\n")
 
 
@@ -280,6 +224,9 @@ def render_summary(report: dict) -> Group:
     parts.append(Text(report.get("significance_error") or sentence(sig), style=style))
     for n in (sig or {}).get("notes", []):
         parts.append(Text(f"  note: {n}", style="dim"))
+    if report.get("reproduction"):
+        rep = report["reproduction"]
+        parts.append(Text(reproduction_sentence(rep), style="bold green" if rep["stands"] else "bold red"))
     bad = [c for c in report.get("checks", []) if c.get("status") in ("fail", "warn")]
     verdict = report.get("verdict", "?")
     parts.append(Text(f"audit: {verdict}", style="bold green" if verdict == "pass" else "bold red"))

@@ -1,4 +1,6 @@
-"""Significance of a candidate's per-seed scores against a baseline (DESIGN §1, §4), with scipy.stats.
+"""Significance of a candidate's per-seed scores against a baseline, with scipy.stats.
+
+The conventions (policies, margins, tests) are written out in docs/CHALLENGE.md, "Statistics".
 
 Two policies:
 - `rule` (official README): beat the baseline by >= 0.005 nats with p < 0.01. Welch one-sided against the
@@ -12,7 +14,6 @@ Degenerate inputs (one candidate seed, zero variance) give an honest dict, never
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +23,10 @@ from typing import Iterable
 import numpy as np
 from scipy import stats as sps
 
+from results import claims
 from results.errors import PgolfError
+from results.load import load
+from results.tokenizers import TABLE
 from results.types import Run, RunSet
 
 MARGIN_NATS = 0.005
@@ -113,60 +117,26 @@ def as_sample(obj, label: str = "candidate") -> Sample:
 
 # ---------------------------------------------------------------- baselines
 
-def _tokenizer_hint(d: dict) -> str | None:
-    tok = str(d.get("tokenizer") or "").lower()
-    vocab = d.get("vocab_size")
-    for name, size in (("sp1024", 1024), ("sp4096", 4096), ("sp8192", 8192)):
-        if str(size) in tok or vocab == size:
-            return name + ("_caseops" if "caseops" in tok else "")
-    return None
-
-
 def sample_from_submission(path: Path) -> Sample:
-    """Per-seed scores from a submission.json in any of the published schemas.
-
-    Seen in the records: `seed_results: {seed: {val_loss, val_bpb}}`, `seeds: {seed: {...}}`,
-    `seeds: [...]` + `seed_scores: [...]` (bpb), a single `seed` with top-level scores, and only a top-level
-    `val_bpb` / `mean_val_bpb` (then the baseline is that one number).
-    """
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PgolfError(f"baseline {path}: file not found; pass a record folder, a submission.json or a bpb number") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PgolfError(f"baseline {path}: malformed JSON ({e}); fix the file or pass the record folder") from None
-    if not isinstance(d, dict):
-        raise PgolfError(f"baseline {path}: expected a JSON object, got {type(d).__name__}")
-    label = str(path)
-    per_seed = d.get("seed_results") if isinstance(d.get("seed_results"), (dict, list)) else None
-    if per_seed is None and isinstance(d.get("seeds"), dict):
-        per_seed = d["seeds"]
-    rows: list[tuple] = []          # (seed, bpb, loss)
-    if isinstance(per_seed, dict):
-        for seed, r in per_seed.items():
-            if isinstance(r, dict) and r.get("val_bpb") is not None:
-                rows.append((seed, r["val_bpb"], r.get("val_loss")))
-    elif isinstance(per_seed, list):
-        for r in per_seed:
-            if isinstance(r, dict) and r.get("val_bpb") is not None:
-                rows.append((r.get("seed"), r["val_bpb"], r.get("val_loss")))
-    if not rows and isinstance(d.get("seed_scores"), list):
-        seeds = d.get("seeds") if isinstance(d.get("seeds"), list) else [None] * len(d["seed_scores"])
-        rows = [(s, v, None) for s, v in zip(seeds, d["seed_scores"])]
+    """Per-seed scores from a submission.json in any of the published layouts (results.claims); when it
+    has none, its one top-level claim (then the baseline is that one number)."""
+    path = Path(path)
+    d = claims.read(path, "baseline ")
+    rows = [(seed, res["val_bpb"], res.get("val_loss")) for seed, res in claims.seed_claims(d)
+            if res.get("val_bpb") is not None]
     notes = []
     if not rows:
-        top = d.get("val_bpb", d.get("mean_val_bpb"))
+        top = claims.claimed_bpb(d)
         if top is None:
             raise PgolfError(f"baseline {path}: no val_bpb (top-level or per seed) found; "
                              "pass the record folder or a bpb number instead")
-        loss = d.get("val_loss", d.get("mean_val_loss"))
-        rows = [(d.get("seed"), top, loss)]
+        rows = [(d.get("seed"), top, claims.claimed_loss(d))]
         notes.append(f"{path.name} has no per-seed scores: its single claimed value is the baseline")
     bpb = _finite([r[1] for r in rows], f"baseline {path} val_bpb")
     loss = None
     if all(r[2] is not None for r in rows):
         loss = _finite([r[2] for r in rows], f"baseline {path} val_loss")
-    s = sample_from_values(bpb, label, loss=loss, tokenizer=_tokenizer_hint(d))
+    s = sample_from_values(bpb, str(path), loss=loss, tokenizer=claims.tokenizer_hint(d))
     s.seeds = [r[0] for r in rows]
     s.notes += notes
     return s
@@ -188,7 +158,6 @@ def baseline_sample(ref) -> Sample:
     text = str(ref).strip()
     path = Path(text).expanduser()
     if path.is_dir():
-        from results.load import load        # the other half of the engine; imported lazily
         rs = load(path)
         try:
             return sample_from_runs(rs.runs, str(path))
@@ -233,7 +202,7 @@ def _num(x) -> float | None:
 
 def significance(candidate, baseline, policy: str = "rule", *, margin_bpb: float | None = None,
                  baseline_label: str | None = None) -> dict:
-    """DESIGN §4 "significance" dict for `candidate` (RunSet, runs, Sample or bpb values) vs `baseline`.
+    """The report's "significance" dict (docs/CHALLENGE.md) for `candidate` (RunSet, runs, Sample or bpb values) vs `baseline`.
 
     `margin_bpb` overrides the margin in bpb (the early records subtracted 0.005 *bpb* from a number);
     it forces the bpb comparison. Extra keys: mean, baseline_mean, margin, threshold, notes.
@@ -243,7 +212,6 @@ def significance(candidate, baseline, policy: str = "rule", *, margin_bpb: float
     cand = as_sample(candidate, "candidate")
     base = baseline_sample(baseline)
     if cand.bytes_per_token is None and cand.tokenizer:
-        from results.tokenizers import TABLE          # canonical bytes/token of a named tokenizer
         if cand.tokenizer in TABLE and not TABLE[cand.tokenizer].approx:
             cand.bytes_per_token = TABLE[cand.tokenizer].bytes_per_token
     alpha = POLICIES[policy]["alpha"]

@@ -8,28 +8,26 @@ secret, and the values of this process's secret-named environment variables, are
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from results.audit import audit
+from results.batch import read_batch, spec_of
 from results.errors import PgolfError
-from results.files import atomic_write
+from results.files import atomic_write, sha256_file
+from results.load import load
+from results.report import build, markdown
 from results.secrets import scrub, secret_lines
-from results.table import frame, summary
+from results.summary import summarize
 
 DEFAULT_TRACK = "10min_16mb"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _script(run_dir: Path, batch: dict) -> Path:
     """The script the batch ran: batch.json "script": {"file", "sha256"}, checked against its hash."""
-    from results.report import spec_of
     info = batch.get("script")
     name = info.get("file") if isinstance(info, dict) else info if isinstance(info, str) else None
     name = name or spec_of(batch).get("script")
@@ -40,7 +38,7 @@ def _script(run_dir: Path, batch: dict) -> Path:
     if path is None:
         raise PgolfError(f"{run_dir}: script {name} named in batch.json not found in the run directory")
     want = info.get("sha256") if isinstance(info, dict) else None
-    if want and _sha256(path) != want:
+    if want and sha256_file(path) != want:
         raise PgolfError(f"{path}: sha256 differs from batch.json's script.sha256; the script changed after the "
                          "run — ship the exact script that produced the logs")
     return path
@@ -68,7 +66,7 @@ def _r8(x: float | None) -> float | None:
 
 
 def submission_dict(runs, report: dict, spec: dict, author, github_id, name) -> dict:
-    s = summary(frame(runs))
+    s = summarize(runs)
     sub = spec.get("submission") or {}
     d = {"author": author or sub.get("author"), "github_id": github_id or sub.get("github_id"),
          "name": name or sub.get("name") or spec.get("name"),
@@ -94,11 +92,11 @@ def submission_dict(runs, report: dict, spec: dict, author, github_id, name) -> 
 
 
 def submit(run_dir, out, author: str | None = None, github_id: str | None = None,
-           name: str | None = None) -> dict:
-    """Write the record folder OUT from RUN_DIR; returns the record's report dict. Refuses with PgolfError."""
-    from results.audit import audit
-    from results.load import load
-    from results.report import build, markdown, read_batch, spec_of
+           name: str | None = None, baseline=None, policy: str | None = None) -> dict:
+    """Write the record folder OUT from RUN_DIR; returns the record's report dict. Refuses with PgolfError.
+
+    `baseline` / `policy` as for `pgolf report` (default: the spec's [baseline]); the significance test's
+    result goes into submission.json and the README."""
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -117,7 +115,7 @@ def submit(run_dir, out, author: str | None = None, github_id: str | None = None
         raise PgolfError(f"{script}:{leaks[0]}: looks like a secret (a secret-named NAME=value); the shipped script "
                          "must not hold one and cannot be edited after the run: remove it, rerun, then submit")
 
-    report, _ = build(runset)
+    report, _ = build(runset, baseline, policy)
     if report.get("verdict") != "pass":
         raise PgolfError(f"{run_dir}: the audit fails, a reviewer would reject this record ({_failures(report)}); "
                          "fix the run, then submit")

@@ -1,6 +1,8 @@
-"""Per-folder summary statistics: n, mean and sample standard deviation (ddof=1) of the scores.
+"""A run as one JSON row, and a folder's runs as one summary: the numbers every output prints.
 
-Shared by audit, report and submit so that every place prints the same numbers.
+audit (its "runs" and "summary"), report, results.csv and submit all go through `run_row` and
+`summarize`, so a number reads the same everywhere. Standard deviations are sample ones (ddof=1).
+The JSON keys are the contract in docs/CHALLENGE.md ("The audit JSON").
 """
 from __future__ import annotations
 
@@ -9,6 +11,21 @@ import math
 import numpy as np
 
 from results.types import Run
+
+RUN_KEYS = ("seed", "log", "metric", "val_loss", "val_bpb", "artifact_bytes", "code_bytes", "train_time_ms",
+            "eval_time_ms", "steps", "tokenizer", "bytes_per_token")
+
+
+def _finite(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def run_row(r: Run) -> dict:
+    """A Run as the audit JSON's "runs" item: JSON-safe (NaN/inf become None), bytes/token to 6 decimals."""
+    row = {k: _finite(getattr(r, k)) for k in RUN_KEYS}
+    if row["bytes_per_token"] is not None:
+        row["bytes_per_token"] = round(row["bytes_per_token"], 6)
+    return row
 
 
 def scored(runs: list[Run]) -> list[Run]:
@@ -27,9 +44,8 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize(runs: list[Run]) -> dict:
-    """DESIGN §4 `summary` object: {"n", "mean_val_bpb", "std_val_bpb", "mean_val_loss", "std_val_loss"}.
-
-    Loss statistics are given only when every scored run has a finite val_loss."""
+    """The "summary" object: {"n", "mean_val_bpb", "std_val_bpb", "mean_val_loss", "std_val_loss"} of the
+    scored runs. Loss statistics are given only when every scored run has a finite val_loss."""
     ok = scored(runs)
     mean_bpb, std_bpb = mean_std([r.val_bpb for r in ok])
     losses = [r.val_loss for r in ok]

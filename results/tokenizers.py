@@ -1,4 +1,5 @@
-"""Canonical bytes-per-token table (DESIGN §1) and tokenizer inference from a log's hints.
+"""Canonical bytes-per-token table (docs/CHALLENGE.md, "Bytes per token") and tokenizer inference from a
+log's hints.
 
 bpb is tokenizer-agnostic only when bytes are counted the canonical way; the ratio
 val_loss / (ln 2 · val_bpb) of a run is its bytes per token, which must match this table.
@@ -9,8 +10,9 @@ import math
 import re
 from dataclasses import dataclass
 
-BPB_TOLERANCE = 0.0005          # 0.05 % relative, DESIGN §4 bpb_consistency
+BPB_TOLERANCE = 0.0005          # 0.05 % relative: the bpb_consistency check
 BYTE_TOLERANCE = 0.01           # byte-level tables are "≈1.0": allow 1 % (BOS/specials)
+EXPORT_TOLERANCE = 0.02         # beyond this a deviation is a counting bug, not another validation export
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,26 @@ TABLE: dict[str, Canon] = {
     "byte": Canon("byte", 1.0, None, approx=True),      # ≈151.1M tokens
 }
 BYTE_VAL_TOKENS_APPROX = 151_100_000
+
+
+@dataclass(frozen=True)
+class Export:
+    """An older export of a tokenizer's validation split: other documents, other bytes per token."""
+    tokenizer: str
+    val_tokens: int
+    bytes_per_token: float
+    description: str
+
+
+OLDER_EXPORTS = (
+    Export("sp1024", 63_779_840, 2.44230, "the first sp1024 validation export (63,779,840 tokens, March 2026; "
+                                          "the official baseline was scored on it)"),
+)
+
+
+def known_export(name: str, val_tokens: int | None) -> Export | None:
+    """The older export a run was scored on, recognised by its token count."""
+    return next((e for e in OLDER_EXPORTS if e.tokenizer == name and e.val_tokens == val_tokens), None)
 
 
 def bytes_per_token(val_loss: float | None, val_bpb: float | None) -> float | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 
 @dataclass
@@ -17,6 +18,13 @@ class Metric:
     val_bpb: float
     line: int
     eval_time_ms: float | None = None
+
+
+class CurvePoint(NamedTuple):
+    """One training-loss line: the step, its loss, and the elapsed training time when the log states it."""
+    step: int
+    train_loss: float
+    train_time_ms: float | None = None
 
 
 @dataclass
@@ -41,10 +49,11 @@ class Run:
     bytes_per_token: float | None = None       # val_loss / (ln2 * val_bpb) of the scoring line
     val_tokens: int | None = None
     script_sha256: str | None = None
-    curve: list[tuple[int, float]] = field(default_factory=list)   # (step, train_loss)
+    curve: list[CurvePoint] = field(default_factory=list)          # training curve, in log order
     refs: dict[str, int] = field(default_factory=dict)             # fact -> line number
     warnings: list[str] = field(default_factory=list)
     hints: dict[str, str] = field(default_factory=dict)            # tokenizer/dataset hints seen in the log
+    hparams: dict[str, str] = field(default_factory=dict)          # the run's configuration as its log states it
     total_eval_time_ms: float | None = None    # `total_eval_time:Ns` when the script prints one
     source_sha16: str | None = None            # sha256[:16] of the training source embedded in the log
     source_text: str | None = None             # embedded source block itself, when still present

@@ -11,11 +11,9 @@ from results.load import load
 from runner.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
+from corpus import TEN, needs_records  # noqa: E402
 from test_load import make_run_dir  # noqa: E402
 
-RECORDS = Path(__file__).resolve().parents[2] / "shared" / "records"
-TEN = RECORDS / "track_10min_16mb"
-needs_records = pytest.mark.skipif(not RECORDS.is_dir(), reason="../shared/records not present")
 
 
 def checks(path) -> tuple[dict, dict]:
@@ -80,9 +78,11 @@ def test_seed_label_disagrees_with_header():
 
 @needs_records
 def test_baseline_scored_on_larger_validation_set():
+    """OpenAI's baseline was scored on the first, larger sp1024 export: a warning with the evidence, not a fail."""
     a, c = checks(TEN / "2026-03-17_NaiveBaseline")
     d = c["bpb_consistency"]
-    assert d["status"] == "fail" and "63,779,840" in d["detail"] and "train.log:49" in d["detail"]
+    assert d["status"] == "warn" and "63,779,840" in d["detail"] and "train.log:49" in d["detail"]
+    assert "not a byte-counting bug" in d["detail"] and "+0.262%" in d["detail"]
     assert a["runs"][0]["bytes_per_token"] == pytest.approx(2.4423, abs=1e-4)
 
 

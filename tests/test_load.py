@@ -6,18 +6,16 @@ from pathlib import Path
 import pytest
 
 from results.errors import PgolfError
-from results.load import claimed_seed_results, load
+from corpus import TEN, needs_records
+from results.claims import claimed_seed_results
+from results.load import load
 from results.summary import summarize
-
-RECORDS = Path(__file__).resolve().parents[2] / "shared" / "records"
-TEN = RECORDS / "track_10min_16mb"
-needs_records = pytest.mark.skipif(not RECORDS.is_dir(), reason="../shared/records not present")
 
 SCRIPT = "import os\nprint('train')\n"
 
 
 def payload_log(seed: int, bpb: float, sha: str | None = None, bpt: float = 3.72663) -> str:
-    """A log in our payload's format (DESIGN §7)."""
+    """A log in our payload's format (docs/CHALLENGE.md, "Log lines")."""
     import math
     loss = bpb * math.log(2) * bpt
     lines = [f"seed:{seed}"]
@@ -72,18 +70,17 @@ def test_run_dir_uses_last_succeeded_attempt(tmp_path):
     assert r.filename_seed == 42 and r.tokenizer == "sp8192"
 
 
-def test_run_dir_missing_ledger_and_bad_json(tmp_path):
-    d = tmp_path / "r"
-    d.mkdir()
-    (d / "batch.json").write_text("{}")
-    with pytest.raises(PgolfError, match="ledger.json"):
-        load(d)
-    (d / "ledger.json").write_text("{not json")
-    with pytest.raises(PgolfError, match="malformed JSON"):
-        load(d)
-    (d / "ledger.json").write_text(json.dumps({"seeds": []}))
-    with pytest.raises(PgolfError, match="seeds"):
-        load(d)
+@pytest.mark.parametrize("ledger,msg", [
+    (None, "ledger.json"),
+    ("{not json", "malformed JSON"),
+    (json.dumps({"seeds": []}), "seeds"),
+])
+def test_run_dir_missing_ledger_and_bad_json(tmp_path, ledger, msg):
+    (tmp_path / "batch.json").write_text("{}")
+    if ledger is not None:
+        (tmp_path / "ledger.json").write_text(ledger)
+    with pytest.raises(PgolfError, match=msg):
+        load(tmp_path)
 
 
 def test_missing_empty_and_file(tmp_path):
@@ -97,15 +94,15 @@ def test_missing_empty_and_file(tmp_path):
         load(tmp_path / "f.log")
 
 
-def test_submission_type_errors(tmp_path):
-    (tmp_path / "submission.json").write_text(json.dumps({"val_bpb": "1.1"}))
-    with pytest.raises(PgolfError, match="'val_bpb' must be a number"):
-        load(tmp_path)
-    (tmp_path / "submission.json").write_text('{"val_bpb": NaN}')
-    with pytest.raises(PgolfError, match="finite"):
-        load(tmp_path)
-    (tmp_path / "submission.json").write_text("[1, 2]")
-    with pytest.raises(PgolfError, match="JSON object"):
+@pytest.mark.parametrize("text,msg", [
+    (json.dumps({"val_bpb": "1.1"}), "'val_bpb' must be a number"),
+    ('{"val_bpb": NaN}', "finite"),
+    ("[1, 2]", "JSON object"),
+    (json.dumps({"seed_results": {"1": {"val_bpb": "x"}}}), r"seed_results\[1\].val_bpb"),
+])
+def test_submission_type_errors(tmp_path, text, msg):
+    (tmp_path / "submission.json").write_text(text)
+    with pytest.raises(PgolfError, match=msg):
         load(tmp_path)
 
 

@@ -1,17 +1,11 @@
 """Log parsing against the real records in ../shared/records and small synthetic logs."""
-from pathlib import Path
-
 import pytest
 
+from corpus import NON, TEN, needs_records
 from results.parse import metric_tier, parse_log, parse_text
 
-RECORDS = Path(__file__).resolve().parents[2] / "shared" / "records"
-TEN = RECORDS / "track_10min_16mb"
-NON = RECORDS / "track_non_record_16mb"
 
-pytestmark = pytest.mark.skipif(not RECORDS.is_dir(), reason="../shared/records not present")
-
-
+@needs_records
 def test_official_baseline_log():
     (r,) = parse_log(TEN / "2026-03-17_NaiveBaseline" / "train.log")
     assert r.metric == "final_int8_zlib_roundtrip_exact"
@@ -23,9 +17,11 @@ def test_official_baseline_log():
     assert r.train_time_ms == 600038 and r.steps == 13780 and r.iterations == 20000 and r.stopped_early
     assert r.val_tokens == 63779840 and r.tokenizer == "sp1024"
     assert r.eval_time_ms == 1401                # from the non-exact twin line
-    assert r.curve[0][0] <= 10 and len(r.curve) > 100
+    assert r.curve[0].step <= 10 and len(r.curve) > 100
+    assert r.curve[-1] == (13750, 1.991, 598726.0) and all(c.train_time_ms is not None for c in r.curve)
 
 
+@needs_records
 def test_cap_breaker_total_with_scheme():
     (r,) = parse_log(TEN / "2026-03-19_int6_STE QAT_ MLP_bigram _U_Net" / "train.log")
     assert r.artifact_bytes == 16186500 and r.refs["artifact_bytes"] == 173
@@ -33,16 +29,19 @@ def test_cap_breaker_total_with_scheme():
     assert r.source_sha16 == "eeac833d7b63f4c9"
 
 
+@needs_records
 def test_new_style_logs_minutes_and_dump_seed():
     (r,) = parse_log(TEN / "2026-04-18_PR1626_CaseOps_Taper" / "train_seed0.log")
     assert r.header_seed == 1337 and r.filename_seed == 0
     assert r.metric == "quantized_ttt_phased" and r.val_bpb == pytest.approx(1.06805820)
     assert r.tokenizer == "sp8192_caseops" and r.val_tokens == 47851520
     assert r.train_time_ms == 596107 and r.steps == 4921
+    assert all(c.train_time_ms is not None for c in r.curve)             # "train_time: 9.9m" -> ms
     assert r.code_bytes == 28320                 # compressed code counts
     assert r.artifact_bytes == 15932307
 
 
+@needs_records
 def test_unix_time_prefix():
     runs = parse_log(TEN / "2026-04-13_VarLenAttn_PhasingTTT2000" / "logs" / "train1.txt")
     assert len(runs) == 1
@@ -51,6 +50,7 @@ def test_unix_time_prefix():
     assert r.artifact_bytes == 15995985 and r.eval_time_ms == pytest.approx(515300)
 
 
+@needs_records
 def test_multi_run_log_is_split():
     runs = parse_log(TEN / "2026-03-19_MixedQuant_Int6Int8_SlidingWindow" / "train.log")
     assert [r.first_line for r in runs] == [1, 168, 349]
@@ -58,11 +58,13 @@ def test_multi_run_log_is_split():
     assert [r.artifact_bytes for r in runs] == [15216319, 15220600, 15353490]
 
 
+@needs_records
 def test_aborted_start_is_not_a_run():
     runs = parse_log(NON / "2026-03-29_HNet_ByteVsSubword_Study" / "train_byte260_4h.log")
     assert len(runs) == 1 and runs[0].tokenizer == "byte" and runs[0].val_bpb == pytest.approx(1.35945128)
 
 
+@needs_records
 def test_ternary_format():
     (r,) = parse_log(TEN / "2026-03-24_74M_Ternary_UNet_FP8_10L_8192BPE_YaRN_NeoMuon" / "ternary_log_42.txt")
     assert r.seed == 42 and r.metric == "final_sliding" and r.val_bpb == pytest.approx(1.1565)
@@ -70,6 +72,7 @@ def test_ternary_format():
     assert r.train_time_ms == 599652 and r.eval_time_ms == 429311
 
 
+@needs_records
 def test_legendre_format_without_seed():
     (r,) = parse_log(NON / "2026-03-31_LegendreGPT" / "train.log")
     assert r.seed is None and r.metric == "final_INT7_zlib_roundtrip"
@@ -120,3 +123,21 @@ def test_payload_phase_eval_time_lines():
                       "final_int6_sliding_window_exact val_loss:1.9 val_bpb:1.1\nsliding_eval_time:29299ms\n", "train_seed1.log")
     assert r.metric == "final_int6_sliding_window_exact" and r.eval_time_ms == 29299
     assert r.metrics[0].eval_time_ms == 17329
+
+
+@pytest.mark.parametrize("text,name,seed,header,fname", [
+    ("seed:7\nfinal_int6_roundtrip_exact val_loss:2.0 val_bpb:1.2\n", "train_seed5.log", 7, 7, 5),   # header wins
+    ("final_int6_roundtrip_exact val_loss:2.0 val_bpb:1.2\n", "train_seed5.log", 5, None, 5),         # name only
+    ("seed:7\nfinal_int6_roundtrip_exact val_loss:2.0 val_bpb:1.2\n", "train.log", 7, 7, None),       # header only
+    ("hello\nseed:9\n", "train_seed5.log", 9, 9, 5),                # no run body: the folded header still wins
+])
+def test_seed_precedence_log_header_over_file_name(text, name, seed, header, fname):
+    (r,) = parse_text(text, name)
+    assert (r.seed, r.header_seed, r.filename_seed) == (seed, header, fname)
+
+
+def test_curve_carries_train_time_where_the_log_states_it():
+    (r,) = parse_text("step:1/3 train_loss:9.0 train_time:100ms step_avg:100ms\nstep:2/3 train_loss:8.0\n"
+                      "3/3 train_loss: 7.5 train_time: 0.5m tok/s: 1\n"
+                      "final_int6_roundtrip_exact val_loss:2.0 val_bpb:1.2\n", "train.log")
+    assert [tuple(c) for c in r.curve] == [(1, 9.0, 100.0), (2, 8.0, None), (3, 7.5, 30000.0)]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from corpus import RECORDS, TEN
 from results.errors import PgolfError
 from results.report import render_summary, write_report
 from runner.cli import main
@@ -14,16 +15,15 @@ try:
 except ImportError:                     # tests/ is not a package: pytest puts it on sys.path
     from test_submit import log_text, make_run_dir
 
-TRACK = Path(__file__).resolve().parents[2] / "shared" / "records" / "track_10min_16mb"
+TRACK = TEN
 VALCALIB = TRACK / "2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072"
 LEAKY = TRACK / "2026-03-23_LeakyReLU_LegalTTT_ParallelMuon"
 LONGCTX = TRACK / "2026-03-18_LongContextSeq2048"
 
 
-def test_record_report_reproduces_valcalib_welch_from_the_logs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)             # default out for a record: ./report-<name> (records are read-only)
-    rep = write_report(VALCALIB, baseline=str(LEAKY), policy="progression")
-    out = tmp_path / f"report-{VALCALIB.name}"
+def test_record_report_reproduces_valcalib_welch_from_the_logs(tmp_path):
+    out = tmp_path / "r"
+    rep = write_report(VALCALIB, baseline=str(LEAKY), policy="progression", out=out)
     sig = rep["significance"]
     assert sig["metric"] == "val_loss" and sig["test"] == "welch" and sig["n"] == sig["n_baseline"] == 3
     assert sig["t"] == pytest.approx(-11.83, abs=0.01) and sig["df"] == pytest.approx(3.31, abs=0.01)
@@ -38,6 +38,32 @@ def test_record_report_reproduces_valcalib_welch_from_the_logs(tmp_path, monkeyp
     md = (out / "report.md").read_text()
     assert "| 314 | 1.88276292 | 1.11508120 |" in md and "t = -11.83" in md and "`artifact_cap`" in md
     assert "1.11473509 ± 0.00035387" in md                  # mean ± sample std, as the authors published
+
+
+def test_record_folder_without_out_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Records are read-only and the current directory is the user's: print only, no report-<name>/ folder."""
+    monkeypatch.chdir(tmp_path)
+    rep = write_report(VALCALIB, baseline="1.2")
+    assert rep["significance"]["n"] == 3 and list(tmp_path.iterdir()) == []
+    assert main(["report", str(VALCALIB)]) == 0
+    assert "nothing written" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_nothing_to_report_is_an_error(tmp_path, capsys):
+    (tmp_path / "submission.json").write_text('{"val_bpb": 1.1}')
+    with pytest.raises(PgolfError, match="nothing to report: no training logs"):
+        write_report(tmp_path)
+    (tmp_path / "train_seed1.log").write_text("seed:1\nstep:1/9 train_loss:9.0 train_time:5ms\n")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to report" in err[0]
+
+
+@pytest.mark.skipif(not RECORDS.is_dir(), reason="records not present")
+def test_a_folder_of_tracks_is_one_line(capsys):
+    assert main(["report", str(RECORDS)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds the tracks" in err[0]
 
 
 def test_longcontext_number_baseline_converts_the_margin(tmp_path):
@@ -60,6 +86,8 @@ def test_run_dir_report_uses_batch_baseline_and_writes_into_the_run(tmp_path):
         assert (run / name).is_file(), name
     md = (run / "report.md").read_text()
     assert "## Reproduction" in md and "SEED=$SEED \\\n  torchrun --standalone" in md and "HF_TOKEN=***" in md
+    assert "MAX_WALLCLOCK_SECONDS=600" in md and "/somewhere" not in md and str(tmp_path) not in md
+    assert "DATA_PATH=./data/datasets/fineweb10B_sp8192" in md and "# data: variant sp8192" in md
     assert "hf_abcdefghijklmnop" not in md
     from rich.console import Console
     con = Console(record=True, width=100)
@@ -152,3 +180,20 @@ def test_run_dir_report_sums_pod_costs_from_the_ledger(tmp_path):
 def test_report_without_costs_has_no_cost_key(tmp_path):
     rep = write_report(make_run_dir(tmp_path))
     assert "cost" not in rep
+
+
+def test_reproduction_block_of_the_smoke_spec_has_no_local_path():
+    """jobs/smoke.toml as batch.json stores it (paths made absolute): every variable, no path of this machine."""
+    import tomllib
+    from results.batch import reproduction_command
+    root = Path(__file__).resolve().parents[1]
+    spec = tomllib.loads((root / "jobs" / "smoke.toml").read_text())
+    spec["script"] = str(root / "model" / "train_gpt.py")
+    spec["data"]["paths"] = {k: str((root / "jobs" / v).resolve()) for k, v in spec["data"]["paths"].items()}
+    cmd = reproduction_command({"spec": spec})
+    assert str(root) not in cmd and "/work" not in cmd
+    assert "MAX_WALLCLOCK_SECONDS=25" in cmd and "DATA_PATH=./data/tiny" in cmd
+    assert "TOKENIZER_PATH=./data/tiny/tokenizer.model" in cmd and "# data: variant tiny" in cmd
+    for key in spec["env"]:
+        assert f"{key}=" in cmd, key
+    assert "--nproc_per_node=1 train_gpt.py" in cmd and "for SEED in 42 1337 2025" in cmd

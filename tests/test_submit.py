@@ -1,4 +1,4 @@
-"""pgolf submit: a run directory (DESIGN §5, built here) becomes a record folder that loads and audits as pass;
+"""pgolf submit: a run directory (built here) becomes a record folder that loads and audits as pass;
 failing runs are refused and leave nothing behind; secrets never reach the written files."""
 import hashlib
 import json
@@ -16,14 +16,15 @@ SECRET = "hf_abcdefghijklmnop1234"
 
 
 def log_text(seed: int, bpb: float, sha: str, *, total_bytes: int = 15_900_000, train_ms: int = 590_000,
-             eval_ms: int = 400_000, extra: str = "") -> str:
-    """A train.log in the DESIGN §7 line format (what our payload prints)."""
+             eval_ms: int = 400_000, extra: str = "", head: tuple[str, ...] = ()) -> str:
+    """A train.log in our payload's line format (docs/CHALLENGE.md, "Log lines")."""
     loss = bpb * math.log(2) * BPT_SP8192
     steps = [f"step:{s}/1000 train_loss:{9.0 - 5.0 * s / 1000 + seed % 7 * 0.01:.4f} "
              f"train_time:{s * train_ms // 1000}ms step_avg:{train_ms / 1000:.2f}ms" for s in range(100, 1001, 100)]
     return "\n".join([
         f"seed:{seed}",
         f"script_sha256:{sha}",
+        *head,
         "tokenizer_path:./data/tokenizers/fineweb_8192_bpe.model",
         "val_tokens:40540160",
         f"val_bytes_per_token:{BPT_SP8192}",
@@ -39,18 +40,18 @@ def log_text(seed: int, bpb: float, sha: str, *, total_bytes: int = 15_900_000, 
 
 
 def make_run_dir(root: Path, scores: dict[int, float] | None = None, *, baseline=None, policy="rule",
-                 name: str = "demo", **log_kw) -> Path:
+                 name: str = "demo", script: str = SCRIPT, track: str = "10min_16mb", **log_kw) -> Path:
     """A finished run directory: batch.json, ledger.json (seed 42 needed a second attempt), logs, script."""
     scores = scores or {42: 1.0800, 1337: 1.0810, 2025: 1.0805}
     d = root / name
     d.mkdir(parents=True)
-    (d / "train_gpt.py").write_text(SCRIPT)
-    sha = hashlib.sha256(SCRIPT.encode()).hexdigest()
+    (d / "train_gpt.py").write_text(script)
+    sha = hashlib.sha256(script.encode()).hexdigest()
     spec = {"name": name, "script": "/somewhere/train_gpt.py", "seeds": list(scores), "nproc_per_node": 8,
             "launcher": "torchrun", "env": {"ITERATIONS": 1000, "HF_TOKEN": SECRET},
             "data": {"variant": "sp8192", "paths": {"DATA_PATH": "./data/datasets/fineweb10B_sp8192"}},
             "baseline": {"ref": baseline, "policy": policy},
-            "submission": {"author": "Ada", "github_id": "ada", "name": "Demo record", "track": "10min_16mb"}}
+            "submission": {"author": "Ada", "github_id": "ada", "name": "Demo record", "track": track}}
     batch = {"spec": spec, "script": {"file": "train_gpt.py", "sha256": sha}, "pgolf_version": "0.1.0",
              "git_commit": "deadbeef", "created_at": "2026-11-22T00:00:00Z"}
     (d / "batch.json").write_text(json.dumps(batch))
@@ -110,6 +111,16 @@ def test_submit_writes_a_record_that_audits_as_pass(tmp_path):
     assert "TRAIN_BATCH_TOKENS=786432" in log42 and "val_bytes_per_token:3.72663" in log42   # not secrets
     again = audit(load(out))
     assert again["verdict"] == "pass" and again["summary"]["n"] == 3
+
+
+def test_submit_takes_baseline_and_policy_like_report(tmp_path):
+    from results.submit import submit
+    run = make_run_dir(tmp_path)                           # no [baseline] in the spec
+    rep = submit(run, tmp_path / "rec", baseline="1.2", policy="progression")
+    sig = json.loads((tmp_path / "rec" / "submission.json").read_text())["significance"]
+    assert rep["significance"] == sig and sig["policy"] == "progression" and sig["baseline"] == "1.2 bpb"
+    assert "PASSES" in (tmp_path / "rec" / "README.md").read_text()
+    assert "MAX_WALLCLOCK_SECONDS=600" in (tmp_path / "rec" / "README.md").read_text()
 
 
 def test_submit_refuses_a_run_over_the_cap(tmp_path):
