@@ -8,11 +8,13 @@ per batch), in-attempt overhead (ended - started - P: process start-up, result r
 gap between one attempt's end and the next one's start on the same node, and the steady-state ratio
 (wall minus cold start) / ideal. Measured twice: with launcher "python" (the payload
 starts as a plain process: pgolf + Ray alone) and with "torchrun" (adds torchrun's own start-up, about
-2-3 s of importing torch on a small machine, which a real payload pays anyway). The whole command
-(`execute`: connect, preflight, batch files, report) is shown too.
+2-3 s of importing torch on a small machine, which a real payload pays anyway). The whole library call
+(`runner.run`: connect, preflight, batch files, report) is shown too.
 
     .venv/bin/python bench/runner_overhead.py                 # 6 seeds x 20 s on 3 nodes
     .venv/bin/python bench/runner_overhead.py --seconds 5     # quick
+
+The table is printed and written, with the raw numbers, to bench/results/runner_overhead.json (--out).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,32 +37,29 @@ from rich.table import Table  # noqa: E402
 
 
 def run_batch(address: str, launcher: str, seeds: int, seconds: float, tmp: Path) -> dict:
+    import runner
     from runner import driver as drv
-    from runner.commands import execute
-    from runner.spec import load_spec
     job = tmp / f"bench-{launcher}.toml"
     job.write_text(f'name = "bench"\nscript = "{ROOT / "tests/payloads/fake_train.py"}"\n'
                    f"seeds = {list(range(1, seeds + 1))}\nnproc_per_node = 1\ngpus_per_seed = 8\n"
                    f'launcher = "{launcher}"\nenv = {{ FAKE_SECONDS = {seconds}, FAKE_STEPS = 10 }}\n')
-    spec = load_spec(job)
     times = {}
     orig = drv.Driver.run
 
-    def timed(self, *a, **kw):
+    def timed(self, *a, **kw):    # the driver loop alone, inside the whole library call
         times["t0"], times["wall0"] = time.perf_counter(), time.time()
         try:
             return orig(self, *a, **kw)
         finally:
             times["t1"] = time.perf_counter()
     drv.Driver.run = timed
-    args = SimpleNamespace(address=address, no_progress=True, rehearse=False, rehearse_faults="", backend=None)
     run_dir = tmp / f"runs-{launcher}"
     t0 = time.perf_counter()
     try:
         import contextlib
         import io
         with contextlib.redirect_stdout(io.StringIO()):
-            rc = execute(run_dir, spec, args, spec_file=str(job), fresh=True)
+            rc = runner.run(job, run_dir=run_dir, address=address, progress=False).exit_code
     finally:
         drv.Driver.run = orig
     total = time.perf_counter() - t0
@@ -85,6 +83,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--launcher", choices=["python", "torchrun", "both"], default="both")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "runner_overhead.json"),
+                    help="where the numbers go as JSON")
     a = ap.parse_args()
     from ray.cluster_utils import Cluster
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
@@ -99,10 +99,14 @@ def main() -> int:
                 "overhead / attempt ms", "cold start s", "in-attempt overhead ms", "wave gap ms",
                 "steady / ideal", "whole command s"):
         t.add_column(col, justify="right")
+    rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for launcher in (["python", "torchrun"] if a.launcher == "both" else [a.launcher]):
                 r = run_batch(c.address, launcher, a.seeds, a.seconds, Path(tmp))
+                rows.append(dict(r, launcher=launcher, loop_over_ideal=r["loop"] / ideal,
+                                 overhead_per_attempt_s=(r["loop"] - ideal) / waves,
+                                 steady_over_ideal=(r["loop"] - r["cold"]) / ideal))
                 t.add_row(launcher, str(r["rc"]), str(r["attempts"]), str(r["nodes"]), f"{r['loop']:.2f}",
                           f"{r['loop'] / ideal:.4f}", f"{(r['loop'] - ideal) / waves * 1000:.0f}",
                           f"{r['cold']:.2f}", f"{r['attempt_overhead'] * 1000:.0f}", f"{r['gap'] * 1000:.0f}",
@@ -110,6 +114,10 @@ def main() -> int:
     finally:
         c.shutdown()
     Console(width=200).print(t)
+    from results.files import atomic_write_json
+    atomic_write_json(a.out, {"seeds": a.seeds, "seconds": a.seconds, "nodes": a.nodes, "waves": waves,
+                              "ideal_s": ideal, "cpu_cores": os.cpu_count(), "rows": rows})
+    print(f"wrote {a.out}")
     return 0
 
 

@@ -19,7 +19,7 @@ COMMANDS = {
     "audit": "results.commands:cmd_audit",
     "report": "results.commands:cmd_report",
     "submit": "results.commands:cmd_submit",
-    "cluster": "runner.cluster:cmd_cluster",
+    "cluster": "runner.commands:cmd_cluster",
     "data": "model.data:cmd_data",
 }
 
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("spec", nargs="?", help="job spec (for up/status/down)")
     sp.add_argument("--runs-dir", default="runs")
     sp.add_argument("--yes", action="store_true", help="gc: terminate without asking")
-    sp.add_argument("--rehearse", action="store_true", help="gc against the rehearsal fake API")
+    sp.add_argument("--rehearse", action="store_true", help="act on the rehearsal's fake RunPod API")
 
     sp = sub.add_parser("data", help="data preparation")
     dsub = sp.add_subparsers(dest="data_command", required=True, metavar="ACTION")

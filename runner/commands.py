@@ -1,72 +1,49 @@
-"""`pgolf run`, `pgolf resume`, `pgolf status`: wiring of spec, preflight, ledger, driver and report."""
+"""`pgolf run`, `pgolf resume`, `pgolf status`, `pgolf cluster`: arguments in, the library called, results out.
+
+The work is in the library (runner/batch.py for batches, the backends for `cluster`); these functions
+only turn parsed arguments into calls and a Batch into what the terminal shows and the exit code.
+"""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from results.errors import PgolfError
-from results.files import atomic_write, sha256_file
-from runner.ledger import BATCH, Ledger, create_batch, load_batch
-from results.secrets import Scrubber, is_secret_name, redact, secret_env
-from runner.spec import JobSpec, load_spec, validate_spec
-
-EXIT_INTERRUPTED = 130
-DRIVER_LOST = "interrupted: driver lost before the attempt ended"
+from runner.ledger import Ledger, load_batch
 
 
 def cmd_run(args) -> int:
-    overrides = {"seeds": getattr(args, "seeds", None), "backend": getattr(args, "backend", None)}
-    spec = load_spec(args.job, overrides)
-    from runner import preflight
-    preflight.check_static(spec, args.job)
-    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = (Path(args.runs_dir) / name).resolve()
-    if (run_dir / "ledger.json").exists():
-        raise PgolfError(f"{run_dir}: a batch already lives here (finish it with `pgolf resume {run_dir}` "
-                         f"or pick another --name)")
-    return execute(run_dir, spec, args, spec_file=str(Path(args.job).resolve()), fresh=True)
+    from runner.batch import run
+    return _outcome(run(args.job, runs_dir=args.runs_dir, name=args.name, seeds=args.seeds, backend=args.backend,
+                        address=args.address, progress=not args.no_progress, rehearse=args.rehearse,
+                        faults=args.rehearse_faults))
 
 
 def cmd_resume(args) -> int:
-    run_dir = Path(args.run_dir).resolve()
-    batch = load_batch(run_dir)
-    ledger = Ledger.load(run_dir)
-    raw = dict(batch["spec"])
-    # secret env values were redacted in batch.json: they must come from the environment again
-    env = dict(raw.get("env") or {})
-    for k in list(env):
-        if is_secret_name(k):
-            if k not in os.environ:
-                raise PgolfError(f"{run_dir / BATCH}: env.{k} is a secret that batch.json does not keep: "
-                                 f"export {k} and resume again")
-            env[k] = os.environ[k]
-    raw["env"] = env
-    if getattr(args, "backend", None):
-        raw["backend"] = args.backend
-    spec = validate_spec(raw, str(run_dir / BATCH))
-    frozen = run_dir / batch["script"]["file"]
-    want = batch["script"]["sha256"]
-    if not frozen.is_file() or sha256_file(frozen) != want:
-        raise PgolfError(f"{frozen}: the batch's frozen script is missing or altered (sha256 != {want[:12]}…); "
-                         f"this run cannot be resumed, start a new one with `pgolf run`")
-    source = batch["script"].get("source")
-    if source and Path(source).is_file() and sha256_file(source) != want:
-        raise PgolfError(f"{source}: script changed since the batch started (sha256 {sha256_file(source)[:12]}… "
-                         f"!= {want[:12]}… in {BATCH}); results of two code versions must not be mixed: "
-                         f"restore the script or start a new batch with `pgolf run`")
-    closed = ledger.close_dangling(DRIVER_LOST)
-    if closed:
-        print(f"pgolf resume: closed {len(closed)} attempt(s) left open by a lost driver (seeds {sorted(set(closed))})")
-    todo = ledger.unfinished()
-    done = [s for s in ledger.seeds() if s not in todo]
-    print(f"pgolf resume: {len(done)} seed(s) already succeeded {done}; running {todo}")
-    return execute(run_dir, spec, args, spec_file=batch.get("spec_file"), fresh=False, ledger=ledger,
-                   script_path=frozen)
+    from runner.batch import resume
+    return _outcome(resume(args.run_dir, backend=args.backend, address=args.address, progress=not args.no_progress,
+                           rehearse=args.rehearse, faults=args.rehearse_faults))
+
+
+def _outcome(batch) -> int:
+    """The report's summary (secrets masked), then what did not succeed; the batch's exit code."""
+    if batch.interrupted:
+        print(f"pgolf: batch interrupted; finish it with `pgolf resume {batch.run_dir}`", file=sys.stderr)
+        return batch.exit_code
+    if batch.report_error:
+        print(f"pgolf: no report: {batch.report_error}", file=sys.stderr)
+    if batch.report is not None:
+        from rich.console import Console
+        from results.report import render_summary
+        console = Console()
+        with console.capture() as cap:
+            console.print(render_summary(batch.report))
+        sys.stdout.write(batch.scrub(cap.get()))
+        sys.stdout.flush()
+    if batch.failed:
+        print(f"pgolf: seed(s) {batch.failed} did not succeed (see `pgolf status {batch.run_dir}`)", file=sys.stderr)
+    return batch.exit_code
 
 
 def cmd_status(args) -> int:
@@ -89,116 +66,14 @@ def cmd_status(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------------
-def _spec_for_batch(spec: JobSpec, scrub: Scrubber) -> dict[str, Any]:
-    d = spec.model_dump(mode="json")
-    d["env"] = redact(d["env"])
-    d["runpod"] = {k: v for k, v in d["runpod"].items() if v is not None}
-    return scrub.obj(d)
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def execute(run_dir: Path, spec: JobSpec, args, spec_file: str | None, fresh: bool,
-            ledger: Ledger | None = None, script_path: Path | None = None) -> int:
-    """Preflight on the cluster, then run every unfinished seed, then the report. Returns the exit code."""
-    from runner import preflight
-    from runner.driver import Driver, connect
-    from runner.executors import make_backend
-    from runner.progress import BatchProgress
-
-    scrub = Scrubber.from_environ({k: str(v) for k, v in spec.env.items()})
-    spec_dict = _spec_for_batch(spec, scrub)
-    job_env = {**secret_env(), **spec.job_env()}
-    backend = make_backend(spec.backend, spec_dict, rehearse=getattr(args, "rehearse", False),
-                           faults=getattr(args, "rehearse_faults", "") or "")
-    where = spec_file or str(run_dir / BATCH)
-    local_resources = None
-    if hasattr(backend, "max_pods"):        # RunPod: a logical resource, capacity = max pods
-        local_resources = {"runpod_pod": float(backend.max_pods())}
-
-    import ray
-    old_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    rc = 0
-    driver = None
-    try:
-        connect(getattr(args, "address", None), local_resources)
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)   # ray.init may install its own
-        options = backend.ray_options(spec_dict)
-        preflight.check_cluster(options, where)
-        backend.preflight(spec_dict, len(spec.seeds) if fresh else len(ledger.unfinished()))
-        if spec.backend == "ray":
-            note = preflight.check_gpu_stack(options, where)
-            if note:
-                print(f"pgolf: note: {note}")
-        if fresh:
-            create_batch(run_dir, spec_dict, spec.script, spec_file=spec_file)
-            ledger = Ledger.create(run_dir, spec.seeds)
-            script_path = run_dir / Path(spec.script).name
-            print(f"pgolf run: {run_dir}")
-        backend.start()
-        cap = float(spec.job_env().get("MAX_WALLCLOCK_SECONDS", 0) or 0) or None
-        progress = BatchProgress(ledger.seeds(), enabled=not getattr(args, "no_progress", False), cap_s=cap)
-        for s in ledger.seeds():
-            if ledger.state(s) == "succeeded":
-                progress.views[s].status = "done (earlier)"
-        driver = Driver(run_dir, spec_dict, backend, ledger, job_env, scrub, progress, script_path)
-        try:
-            with progress:
-                driver.run(ledger.seeds())
-        except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)   # one clean-up, not two
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            print("pgolf: interrupted: cancelling attempts and stopping their processes…", file=sys.stderr, flush=True)
-            driver.interrupt()
-            rc = EXIT_INTERRUPTED
-        progress.print_final(ledger)
-    finally:
-        try:
-            backend.stop()
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
-            signal.signal(signal.SIGTERM, old_term)
-    if rc == EXIT_INTERRUPTED:
-        print(f"pgolf: batch interrupted; finish it with `pgolf resume {run_dir}`", file=sys.stderr)
-        return rc
-    _report(run_dir, spec, scrub)
-    failed = [s for s in ledger.seeds() if ledger.state(s) != "succeeded"]
-    if failed:
-        print(f"pgolf: seed(s) {failed} did not succeed (see `pgolf status {run_dir}`)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _report(run_dir: Path, spec: JobSpec, scrub: Scrubber) -> None:
-    """results.csv, report.md/json and plots via the results engine; the significance summary last."""
-    summary = None
-    try:
-        from results.report import render_summary, write_report
-        rep = write_report(str(run_dir), baseline=spec.baseline.ref, policy=spec.baseline.policy)
-        summary = render_summary(rep)
-    except ImportError as e:
-        print(f"pgolf: no report (results engine not importable: {e})", file=sys.stderr)
-    except PgolfError as e:
-        print(f"pgolf: no report: {e}", file=sys.stderr)
-    scrub_tree(run_dir, scrub)
-    if summary is not None:
-        from rich.console import Console
-        console = Console()
-        with console.capture() as cap:
-            console.print(summary)
-        sys.stdout.write(scrub(cap.get()))
-        sys.stdout.flush()
-
-
-def scrub_tree(run_dir: Path, scrub: Scrubber) -> None:
-    """Last line of defence: no secret value in any text file pgolf leaves under the run dir."""
-    for p in run_dir.rglob("*"):
-        if p.is_file() and p.suffix in {".json", ".md", ".csv", ".log", ".txt"} and p.stat().st_size < 256 << 20:
-            text = p.read_text(encoding="utf-8", errors="replace")
-            clean = scrub(text)
-            if clean != text:
-                atomic_write(p, clean)
+def cmd_cluster(args) -> int:
+    from runner.backends import cluster_gc, make_backend
+    from runner.spec import load_spec
+    if args.action == "gc":
+        return cluster_gc(args.runs_dir, yes=args.yes, rehearse=args.rehearse)
+    if not args.spec:
+        raise PgolfError(f"pgolf cluster {args.action}: give the job spec, e.g. `pgolf cluster {args.action} "
+                         f"jobs/record.toml`")
+    # --rehearse is RunPod's rehearsal: the verb then acts on the fake API, whatever backend the spec names
+    spec = load_spec(args.spec, {"backend": "runpod"} if args.rehearse else None)
+    return make_backend(spec, rehearse=args.rehearse).cluster(args.action, Path(args.runs_dir), args.yes)

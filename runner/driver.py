@@ -25,25 +25,26 @@ from typing import Any
 
 import ray
 
-from runner.executors.base import AttemptResult, AttemptSpec, InfraFailure
 from results.files import atomic_write, atomic_write_json
-from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger
 from results.secrets import Scrubber
+from runner.backends.base import AttemptResult, AttemptSpec, Backend, InfraFailure
+from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger
+from runner.spec import JobSpec
 
 POLL_S = 1.0                 # driver loop: longest ray.wait without news
 EVENT_WAIT_S = 1.0           # a drain call waits this long for an event before returning empty
 LINE_FLUSH_S = 0.2           # tasks push buffered log lines at least this often
 OVERDUE_GRACE_S = float(os.environ.get("PGOLF_OVERDUE_GRACE_S", 300))   # backstop past an attempt's deadline
 CANCEL_GRACE_S = 15.0        # Ctrl-C: time for tasks to kill their jobs before force-cancel
-CPU_SLOT = "pgolf_cpu_slot"    # custom resource of the embedded cluster: one per core
 TEXT_SUFFIXES = {".log", ".txt", ".json", ".csv", ".md", ".out", ".err", ".yaml", ".toml"}
 
 
 # --------------------------------------------------------------------------------------------------
 # Ray: cluster connection
 # --------------------------------------------------------------------------------------------------
-def connect(address: str | None, resources: dict[str, float] | None = None) -> None:
-    """Join `address` or start the embedded local cluster (dashboard off, all local CPUs)."""
+def connect(address: str | None, backend: Backend) -> None:
+    """Join `address`, or start the embedded local cluster (dashboard off, all local CPUs, plus the
+    backend's custom resources, e.g. RunPod's `runpod_pod` capacity)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kw: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
@@ -51,10 +52,8 @@ def connect(address: str | None, resources: dict[str, float] | None = None) -> N
         ray.init(address=address, **kw)
     else:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        # CPU slots Ray never lends out: Ray frees a task's CPUs while it blocks in ray.get (our durable
-        # meta does), which would let more CPU jobs run at once than the machine has cores.
-        res = {CPU_SLOT: float(cpus), **(resources or {})}
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, resources=res, **kw)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+                 resources=backend.local_resources(cpus), **kw)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,13 +210,12 @@ def classify(exc: BaseException) -> tuple[bool, str]:
 
 
 class Driver:
-    def __init__(self, run_dir: Path, spec: dict[str, Any], backend, ledger: Ledger, job_env: dict[str, str],
+    def __init__(self, run_dir: Path, spec: JobSpec, backend: Backend, ledger: Ledger, job_env: dict[str, str],
                  scrub: Scrubber, progress, script_path: Path):
         self.run_dir, self.spec, self.backend, self.ledger = run_dir, spec, backend, ledger
         self.job_env, self.scrub, self.progress, self.script_path = job_env, scrub, progress, script_path
-        self.limits = spec["limits"]
-        self.timeout_s = float(self.limits.get("attempt_timeout_s") or
-                               (self.limits["train_seconds"] + self.limits["eval_seconds"] + 600))
+        self.limits = spec.limits
+        self.timeout_s = spec.limits.timeout()
         self.running: dict[Any, tuple[int, int]] = {}       # ref -> (seed, attempt)
         self.logs: dict[tuple[int, int], Any] = {}          # (seed, attempt) -> open train.log
         self.procs: dict[tuple[int, int], tuple[str, int]] = {}
@@ -238,9 +236,7 @@ class Driver:
         (adir / "artifacts").mkdir(parents=True, exist_ok=True)
         self.logs[(seed, k)] = open(adir / "train.log", "a", encoding="utf-8")
         spec = AttemptSpec(run_dir=str(self.run_dir), seed=seed, attempt=k, attempt_dir=str(adir),
-                           script_path=str(self.script_path), env=dict(self.job_env),
-                           nproc_per_node=int(self.spec["nproc_per_node"]),
-                           gpus_per_seed=int(self.spec["gpus_per_seed"]), timeout_s=self.timeout_s, spec=self.spec)
+                           script_path=str(self.script_path), env=dict(self.job_env), timeout_s=self.timeout_s)
         ref = attempt_task.options(**self.options).remote(self.backend, spec, self.script_ref, self.driver_node,
                                                           self.channel)
         self.running[ref] = (seed, k)
@@ -303,10 +299,10 @@ class Driver:
             state = "succeeded"
         elif infra:
             self.infra_failures[seed] = self.infra_failures.get(seed, 0) + 1
-            state = "pending" if self.infra_failures[seed] <= self.limits["infra_retries"] else "failed"
+            state = "pending" if self.infra_failures[seed] <= self.limits.infra_retries else "failed"
         else:
             self.exit_failures[seed] = self.exit_failures.get(seed, 0) + 1
-            state = "pending" if self.exit_failures[seed] <= self.limits["retries"] else "failed"
+            state = "pending" if self.exit_failures[seed] <= self.limits.retries else "failed"
         fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
         self.ledger.end_attempt(seed, k, state, exit_code=result.exit_code,
@@ -348,7 +344,7 @@ class Driver:
         self.channel = EventChannel.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=False)).remote()
         self.script_ref = ray.put(self.script_path.read_bytes())
-        self.options = dict(self.backend.ray_options(self.spec))
+        self.options = dict(self.backend.ray_options())
         self.options.setdefault("max_retries", 0)
         queue = [s for s in seeds if self.ledger.state(s) != "succeeded"]
         for s in queue:
@@ -398,7 +394,7 @@ class Driver:
                 ray.cancel(ref, force=True)
             except Exception:
                 pass
-        self.kill_local_groups()
+        self.backend.kill_local([pid for host, pid in self.procs.values() if host == self.host])
         try:
             self.pump_events()
         except Exception:
@@ -412,10 +408,3 @@ class Driver:
             except OSError:
                 pass
         self.ledger.close_dangling(INTERRUPTED)   # an attempt started in the instant of the Ctrl-C
-
-    def kill_local_groups(self) -> None:
-        """Fallback after force-cancel: stop jobs on this host whose task could not (by session)."""
-        from runner.executors.ray_node import JobProcesses
-        for host, pid in self.procs.values():
-            if host == self.host:
-                JobProcesses(pid).kill(grace_s=5.0)

@@ -1,4 +1,4 @@
-"""The run directory's durable state: ledger.json (DESIGN §5) and batch.json.
+"""The run directory's durable state: ledger.json and batch.json (docs/ARCHITECTURE.md, "The run directory").
 
 Every state change rewrites ledger.json atomically (temp file, fsync, os.replace, fsync of the folder),
 so a driver killed at any instant leaves either the old or the new ledger, never half of one. Only the
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from results.errors import PgolfError
-from results.files import atomic_write, atomic_write_json, sha256_file
+from results.files import atomic_write_json, sha256_file
 
 LEDGER = "ledger.json"
 BATCH = "batch.json"
@@ -47,16 +47,7 @@ class Ledger:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Ledger":
-        path = Path(run_dir) / LEDGER
-        if not path.is_file():
-            raise PgolfError(f"{path}: no ledger here (is {run_dir} a run directory made by `pgolf run`?)")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise PgolfError(f"{path}: ledger is not valid JSON ({e}); it was not written by pgolf") from None
-        if not isinstance(data, dict) or not isinstance(data.get("seeds"), dict):
-            raise PgolfError(f"{path}: ledger has no \"seeds\" object; it was not written by pgolf")
-        return cls(run_dir, data)
+        return cls(run_dir, _read(Path(run_dir), LEDGER, "no ledger here", ("seeds",)))
 
     def save(self) -> None:
         atomic_write_json(self.path, self.data)
@@ -83,6 +74,14 @@ class Ledger:
 
     def unfinished(self) -> list[int]:
         return [s for s in self.seeds() if self.state(s) != "succeeded"]
+
+    def all_attempts(self) -> list[tuple[int, dict[str, Any]]]:
+        """(seed, attempt) for every attempt of every seed, in ledger order."""
+        return [(s, a) for s in self.seeds() for a in self.attempts(s)]
+
+    def has_open_attempt(self) -> bool:
+        """Some attempt has not ended: a driver may be running this batch (or died without closing it)."""
+        return any(a.get("ended") is None for _s, a in self.all_attempts())
 
     # --- changes (each saves) ----------------------------------------------------------------
     def start_attempt(self, seed: int, backend: str) -> dict[str, Any]:
@@ -168,10 +167,35 @@ def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: st
 
 
 def load_batch(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / BATCH
+    return _read(Path(run_dir), BATCH, "missing", ("spec", "script"))
+
+
+def _read(run_dir: Path, name: str, absent: str, objects: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON file of the run directory that must hold the `objects` keys, or one line saying why not."""
+    path = run_dir / name
     if not path.is_file():
-        raise PgolfError(f"{path}: missing (is {run_dir} a run directory made by `pgolf run`?)")
+        raise PgolfError(f"{path}: {absent} (is {run_dir} a run directory made by `pgolf run`?)")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise PgolfError(f"{path}: not valid JSON ({e})") from None
+        raise PgolfError(f"{path}: not valid JSON ({e}); it was not written by pgolf") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in objects):
+        keys = " and ".join(f'"{k}"' for k in objects)
+        raise PgolfError(f"{path}: no {keys} object; it was not written by pgolf")
+    return data
+
+
+def frozen_script(run_dir: str | Path, batch: dict[str, Any]) -> Path:
+    """The batch's frozen copy of its script, refusing (PgolfError) when it or its source changed since
+    the batch started: results of two code versions must never be mixed in one batch."""
+    frozen = Path(run_dir) / batch["script"]["file"]
+    want = batch["script"]["sha256"]
+    if not frozen.is_file() or sha256_file(frozen) != want:
+        raise PgolfError(f"{frozen}: the batch's frozen script is missing or altered (sha256 != {want[:12]}…); "
+                         f"this run cannot be resumed, start a new one with `pgolf run`")
+    source = batch["script"].get("source")
+    if source and Path(source).is_file() and sha256_file(source) != want:
+        raise PgolfError(f"{source}: script changed since the batch started (sha256 {sha256_file(source)[:12]}… "
+                         f"!= {want[:12]}… in {BATCH}); results of two code versions must not be mixed: "
+                         f"restore the script or start a new batch with `pgolf run`")
+    return frozen

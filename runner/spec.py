@@ -2,18 +2,21 @@
 
 A spec says what to run (script, env, seeds), on what (backend, nproc_per_node, gpus_per_seed), under
 which limits, on which data, against which baseline. Relative paths are resolved against the spec file's
-folder so a spec works from any working directory. `JobSpec.model_dump()` is what batch.json stores
-(with secret-looking env values redacted by results.secrets).
+folder so a spec works from any working directory. The typed `JobSpec` is what every consumer gets (the
+driver, the backends, preflight, the CLI); a dict exists only in batch.json (`spec_to_batch`), read back
+with the same validation on resume (`spec_from_batch`). Every rule about a spec lives here once: the
+attempt deadline (`Limits.timeout`), unique seeds, env names, the `[runpod]` keys and their defaults.
 """
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from results.errors import PgolfError
+from results.secrets import Scrubber, is_secret_name, redact
 
 EnvValue = Union[bool, int, float, str]
 
@@ -30,6 +33,7 @@ class Limits(_Section):
     infra_retries: int = Field(3, ge=0)    # extra attempts after the machine failed (node died, pod lost)
 
     def timeout(self) -> float:
+        """The hard deadline of one attempt (the backends kill the job at it)."""
         return self.attempt_timeout_s or (self.train_seconds + self.eval_seconds + 600)
 
 
@@ -51,19 +55,26 @@ class Submission(_Section):
     track: str | None = None
 
 
-class RunPod(BaseModel):
-    """[runpod]: the known keys are type-checked here, unset ones stay out of the resolved spec so the
-    RunPod backend's own defaults apply (runner/executors/runpod.py `settings`, which also rejects
-    unknown keys); extra keys pass through to it."""
-    model_config = ConfigDict(extra="allow")
-    image: str | None = None
-    gpu_type: str | None = None                # backend default "NVIDIA H100 80GB HBM3"
-    gpu_count: int | None = Field(None, gt=0)  # backend default 8
-    cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] | None = None   # backend default SECURE
-    max_pods: int | None = Field(None, gt=0)
-    container_disk_gb: int | None = Field(None, gt=0)
-    volume_gb: int | None = Field(None, ge=0)
-    price_per_hour: float | None = Field(None, ge=0)   # $ per pod-hour for the budget estimate
+class RunPodSettings(_Section):
+    """[runpod]: every key, its default and its check, in one place (unknown keys are errors: a typo
+    should not cost a pod). batch.json keeps only the keys the spec set, so defaults can improve."""
+    gpu_type: str = "NVIDIA H100 80GB HBM3"        # the SXM part the rules require
+    gpu_count: int = Field(8, gt=0)
+    cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "SECURE"
+    image: str = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
+    max_pods: int = Field(8, gt=0)                 # pods at once: capacity of the `runpod_pod` Ray resource
+    container_disk_gb: int = Field(80, gt=0)
+    volume_gb: int = Field(0, ge=0)
+    port: int = Field(8000, gt=0, lt=65536)        # the pod's HTTP port (status, log, artifacts)
+    price_per_hour: float | None = Field(None, ge=0)   # $ per pod-hour for the estimate; None: RunPod's list price
+    setup_s: float = Field(900, ge=0)              # pod start + data + compile: for the estimate and the backstop
+    setup_command: str = ""                        # shell command on the pod before the data (pip install ...)
+    data_repo: str = ""                            # Hugging Face dataset repo of the variant ("": the known one)
+    data_remote_root: str = ""                     # export folder inside it ("": the known ones are tried)
+    train_shards: int = Field(80, gt=0)            # training shards downloaded (the manifest's count caps it)
+    min_triton: str = "3.7.1"                      # fla with an older Triton miscompiles GDN on Hopper (fla #640)
+    backstop_grace_s: float = Field(900, ge=0)     # the pod kills itself this long after its deadline
+    collect_grace_s: float = Field(1800, ge=0)     # ... or this long after its job ended, nobody collecting
 
 
 class JobSpec(_Section):
@@ -79,7 +90,7 @@ class JobSpec(_Section):
     data: Data = Field(default_factory=Data)
     baseline: Baseline = Field(default_factory=Baseline)
     submission: Submission = Field(default_factory=Submission)
-    runpod: RunPod = Field(default_factory=RunPod)
+    runpod: RunPodSettings = Field(default_factory=RunPodSettings)
 
     @field_validator("seeds")
     @classmethod
@@ -132,7 +143,7 @@ def _loc(err: dict[str, Any]) -> str:
 def _message(err: dict[str, Any]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see jobs/smoke.toml for the known keys)"
+        return f"unknown key (check the spelling; known: {', '.join(_known_keys(err['loc']))})"
     if kind == "missing":
         return "required key is missing"
     msg = msg.removeprefix("Value error, ")
@@ -143,6 +154,16 @@ def _message(err: dict[str, Any]) -> str:
         if not isinstance(got, (dict, list)) or len(str(got)) < 60:
             msg += f", got {got!r}"
     return msg
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys allowed where an unknown key was found (the spec's top level or one of its sections)."""
+    model: type[BaseModel] = JobSpec
+    if len(loc) > 1 and loc[0] in JobSpec.model_fields:
+        ann = JobSpec.model_fields[str(loc[0])].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+    return list(model.model_fields)
 
 
 def resolve_path(base: Path, p: str) -> str:
@@ -166,6 +187,40 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobS
         raise PgolfError(f"{path}: not a text file (expected TOML)") from None
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return validate_spec(raw, str(path), base=path.resolve().parent)
+
+
+def with_overrides(spec: JobSpec, where: str, **overrides: Any) -> JobSpec:
+    """The spec with top-level keys replaced (None: keep), validated again (e.g. `seeds`, `backend`)."""
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if not over:
+        return spec
+    return validate_spec({**spec.model_dump(exclude_unset=True), **over}, where)
+
+
+def spec_to_batch(spec: JobSpec, scrub: Scrubber) -> dict[str, Any]:
+    """The spec as batch.json stores it: JSON types, secret env values masked, [runpod] as written."""
+    d = spec.model_dump(mode="json")
+    d["env"] = redact(d["env"])
+    d["runpod"] = spec.runpod.model_dump(mode="json", exclude_unset=True)
+    return scrub.obj(d)
+
+
+def spec_from_batch(raw: dict[str, Any], where: str, environ: Mapping[str, str],
+                    backend: str | None = None) -> JobSpec:
+    """The spec of a batch.json, validated again; its secret env values (masked on disk) come back from
+    `environ`, or the resume stops with what to export."""
+    raw = dict(raw)
+    env = dict(raw.get("env") or {})
+    for k in env:
+        if is_secret_name(k):
+            if k not in environ:
+                raise PgolfError(f"{where}: env.{k} is a secret that batch.json does not keep: "
+                                 f"export {k} and resume again")
+            env[k] = environ[k]
+    raw["env"] = env
+    if backend:
+        raw["backend"] = backend
+    return validate_spec(raw, where)
 
 
 def validate_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> JobSpec:

@@ -1,6 +1,10 @@
-"""ledger.json shape (DESIGN §5), atomic writes, batch.json with the frozen script."""
+"""ledger.json shape (docs/ARCHITECTURE.md, "The run directory"), atomic writes, batch.json with the frozen script."""
 import json
 import os
+
+import pytest
+
+from results.errors import PgolfError
 
 from results.files import atomic_write_json, sha256_file
 from runner.ledger import ATTEMPT_KEYS, Ledger, create_batch, load_batch
@@ -22,6 +26,10 @@ def test_ledger_shape_and_transitions(tmp_path):
     assert atts[0]["node"] == "n1" and atts[0]["pod_id"] == "p1" and "bogus" not in atts[0]
     assert atts[0]["ended"] and atts[1]["exit_code"] == 0
     assert on_disk.unfinished() == [7] and on_disk.next_attempt_number(42) == 3
+    assert [(s, a["attempt"]) for s, a in on_disk.all_attempts()] == [(42, 1), (42, 2)]
+    assert not on_disk.has_open_attempt()
+    on_disk.start_attempt(7, "ray")
+    assert on_disk.has_open_attempt()
 
 
 def test_close_dangling(tmp_path):
@@ -53,3 +61,12 @@ def test_batch_freezes_script(tmp_path):
     assert load_batch(run)["script_sha256"] == sha256_file(src)
     for k in ("pgolf_version", "git_commit", "created_at", "spec"):
         assert k in load_batch(run)
+
+
+def test_bad_run_directory_files_are_one_line_errors(tmp_path):
+    for name, text, needle in (("ledger.json", "{", "not valid JSON"), ("ledger.json", "[]", 'no "seeds" object'),
+                               ("batch.json", '{"spec": {}}', 'no "spec" and "script" object')):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(PgolfError) as e:
+            Ledger.load(tmp_path) if name == "ledger.json" else load_batch(tmp_path)
+        assert str(e.value).startswith(str(tmp_path / name)) and needle in str(e.value) and "\n" not in str(e.value)

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
+import runner
 from results.errors import PgolfError
-from runner.commands import cmd_resume, cmd_status
+from runner.commands import cmd_status
 from runner.ledger import Ledger, create_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def test_missing_data_fails_before_anything_starts(tmp_path):
     r = pgolf("run", job, "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "[data] paths.DATA_PATH" in r.stderr and "does not exist" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
-    job.write_text(f'name = "x"\nscript = "missing.py"\nseeds = [1]\n')
+    job.write_text('name = "x"\nscript = "missing.py"\nseeds = [1]\n')
     r = pgolf("run", job, "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "script:" in r.stderr and "missing.py does not exist" in r.stderr
 
@@ -62,7 +63,7 @@ def test_resume_refuses_changed_script(tmp_path):
     run = _batch(tmp_path)
     (tmp_path / "train.py").write_text("print('v2')\n")
     with pytest.raises(PgolfError, match="script changed since the batch started"):
-        cmd_resume(SimpleNamespace(run_dir=str(run), address=None, no_progress=True, backend=None))
+        runner.resume(run, progress=False)
     assert Ledger.load(run).state(2) == "running"          # refused before touching the ledger
 
 
@@ -72,7 +73,7 @@ def test_resume_refuses_altered_frozen_copy(tmp_path):
     os.chmod(frozen, 0o644)
     frozen.write_text("print('tampered')\n")
     with pytest.raises(PgolfError, match="frozen script is missing or altered"):
-        cmd_resume(SimpleNamespace(run_dir=str(run), address=None, no_progress=True, backend=None))
+        runner.resume(run, progress=False)
 
 
 def test_status(tmp_path, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.fake_runpod import FakeRunPod
+from runner.backends.runpod.fake import FakeRunPod
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,25 @@ def attempts(run_dir: Path) -> list[dict]:
     return [dict(a, seed=s) for s, e in led["seeds"].items() for a in e["attempts"]]
 
 
+def start_driver(tmp: Path, env, spec: Path, name: str, output: bool) -> subprocess.Popen:
+    """`pgolf run --rehearse` in the background, in a session of its own (killed as a whole by the tests);
+    with `output`, its stdout and stderr are read at the end."""
+    out = subprocess.PIPE if output else subprocess.DEVNULL
+    return subprocess.Popen(PGOLF + ["run", str(spec), "--rehearse", "--runs-dir", str(tmp / "runs"), "--name", name,
+                                     "--no-progress"], cwd=tmp, env=env, stdout=out,
+                            stderr=subprocess.STDOUT if output else subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+
+
+def wait_for_pods(run: Path, env, n: int) -> None:
+    """Until the batch has `n` pods, each in the ledger and running."""
+    deadline = time.time() + 180
+    while not ((run / "ledger.json").exists() and len([a for a in attempts(run) if a["pod_id"]]) == n
+               and len(alive(env)) == n):
+        assert time.time() < deadline, "the pods never started"
+        time.sleep(0.3)
+
+
 def assert_no_secret(*dirs: Path) -> None:
     for d in dirs:
         for p in d.rglob("*"):
@@ -111,19 +130,10 @@ def test_rehearsal_three_seeds_one_preempted_every_pod_terminated(tmp_path, env)
 def test_driver_killed_then_resume_then_gc_leaves_no_pod(tmp_path, env):
     spec = write_spec(tmp_path, [1, 2], 15)
     runs = tmp_path / "runs"
-    drv = subprocess.Popen(PGOLF + ["run", str(spec), "--rehearse", "--runs-dir", str(runs), "--name", "k",
-                                    "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    drv = start_driver(tmp_path, env, spec, "k", output=False)
     run = runs / "k"
-    deadline = time.time() + 180
     try:
-        while time.time() < deadline:                 # both pods created, in the ledger, and running
-            if (run / "ledger.json").exists() and len([a for a in attempts(run) if a["pod_id"]]) == 2 \
-                    and len(alive(env)) == 2:
-                break
-            time.sleep(0.3)
-        else:
-            pytest.fail("the pods never started")
+        wait_for_pods(run, env, 2)
         old = {a["pod_id"] for a in attempts(run)}
         os.killpg(drv.pid, signal.SIGKILL)            # the driver and its local Ray: its pods keep billing
         drv.wait(timeout=30)
@@ -166,20 +176,10 @@ def test_driver_killed_then_resume_then_gc_leaves_no_pod(tmp_path, env):
 
 def test_ctrl_c_terminates_every_pod_before_exiting(tmp_path, env):
     spec = write_spec(tmp_path, [1, 2], 60)
-    runs = tmp_path / "runs"
-    drv = subprocess.Popen(PGOLF + ["run", str(spec), "--rehearse", "--runs-dir", str(runs), "--name", "c",
-                                    "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    run = runs / "c"
+    drv = start_driver(tmp_path, env, spec, "c", output=True)
+    run = tmp_path / "runs" / "c"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if (run / "ledger.json").exists() and len([a for a in attempts(run) if a["pod_id"]]) == 2 \
-                    and len(alive(env)) == 2:
-                break
-            time.sleep(0.3)
-        else:
-            pytest.fail("the pods never started")
+        wait_for_pods(run, env, 2)
         drv.send_signal(signal.SIGINT)
         out, _ = drv.communicate(timeout=120)
     finally:

@@ -1,10 +1,11 @@
-"""Job spec validation: every error is one line naming the file and the key."""
+"""Job spec validation: every error is one line naming the file and the key; batch.json's copy of it."""
+import json
 from pathlib import Path
 
 import pytest
 
 from results.errors import PgolfError
-from runner.spec import load_spec
+from runner.spec import load_spec, spec_from_batch, spec_to_batch, with_overrides
 from results.secrets import Scrubber, redact
 from results.secrets import is_secret_name as is_secret
 
@@ -74,10 +75,34 @@ def test_duplicate_seeds_missing_keys_and_bad_toml(tmp_path):
         load_spec(tmp_path / "nope.toml")
 
 
-def test_runpod_section_is_permissive_and_seed_override(tmp_path):
+def test_runpod_section_defaults_unknown_keys_and_seed_override(tmp_path):
     s = load_spec(write(tmp_path, GOOD + '[runpod]\nmax_pods = 2\nsetup_s = 1200\n'), {"seeds": [7]})
     assert s.seeds == [7]
-    assert s.runpod.model_dump(exclude_none=True) == {"max_pods": 2, "setup_s": 1200}
+    assert s.runpod.max_pods == 2 and s.runpod.setup_s == 1200
+    assert s.runpod.gpu_type == "NVIDIA H100 80GB HBM3" and s.runpod.gpu_count == 8 and s.runpod.cloud_type == "SECURE"
+    with pytest.raises(PgolfError) as e:        # a typo must not cost a pod: one line, file, key, known keys
+        load_spec(write(tmp_path, GOOD + '[runpod]\ngpus = 8\n'))
+    assert "job.toml: [runpod] gpus: unknown key" in str(e.value) and "gpu_count" in str(e.value)
+    with pytest.raises(PgolfError, match=r"\[runpod\] cloud_type: "):
+        load_spec(write(tmp_path, GOOD + '[runpod]\ncloud_type = "SPOT"\n'))
+
+
+def test_batch_json_round_trip_keeps_secrets_out_and_brings_them_back(tmp_path):
+    s = load_spec(write(tmp_path, GOOD.replace("STEPS = 10", 'STEPS = 10\nMY_API_KEY = "k-123456789"')
+                        + '[runpod]\nmax_pods = 2\n'))
+    d = spec_to_batch(s, Scrubber(s.env))
+    assert d["env"]["MY_API_KEY"] == "***" and "k-123456789" not in json.dumps(d)
+    assert d["runpod"] == {"max_pods": 2}                      # only what the spec set: defaults can improve
+    assert d["limits"]["train_seconds"] == 600 and d["script"] == str(tmp_path / "train.py")
+    with pytest.raises(PgolfError, match="env.MY_API_KEY is a secret .* export MY_API_KEY"):
+        spec_from_batch(d, "runs/x/batch.json", {})
+    back = spec_from_batch(d, "runs/x/batch.json", {"MY_API_KEY": "k-123456789"}, backend="runpod")
+    assert back.env["MY_API_KEY"] == "k-123456789" and back.backend == "runpod"
+    assert back.model_dump(exclude={"backend"}) == s.model_dump(exclude={"backend"})
+    assert spec_to_batch(back, Scrubber(back.env))["runpod"] == {"max_pods": 2}
+    assert with_overrides(s, "x", seeds=[5], backend=None).seeds == [5]
+    with pytest.raises(PgolfError, match="x: seeds: seeds must be unique"):
+        with_overrides(s, "x", seeds=[5, 5])
 
 
 def test_secrets():

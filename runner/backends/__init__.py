@@ -1,0 +1,34 @@
+"""Backends that run one seed attempt: a Ray node (torchrun) or a RunPod pod.
+
+This factory is the only place that knows the backends by name; everything else talks to the
+`Backend` protocol of runner/backends/base.py. A new backend is a module (or package) here, a name in
+`runner.spec.JobSpec.backend`, and one branch below (docs/ARCHITECTURE.md, "Adding a backend").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from results.errors import PgolfError
+
+if TYPE_CHECKING:
+    from runner.backends.base import Backend
+    from runner.spec import JobSpec
+
+
+def make_backend(spec: "JobSpec", rehearse: bool = False, faults: str = "") -> "Backend":
+    """The backend the spec names; its module is imported only when asked for (RunPod's needs its client)."""
+    if spec.backend == "ray":
+        from runner.backends.ray_node import RayNodeBackend
+        return RayNodeBackend(spec)
+    if spec.backend == "runpod":
+        from runner.backends.runpod.backend import RunPodBackend
+        return RunPodBackend(spec, rehearse=rehearse, faults=faults)
+    raise PgolfError(f"backend {spec.backend!r} is not known (use ray or runpod)")
+
+
+def cluster_gc(runs_dir: str | Path, yes: bool, rehearse: bool = False) -> int:
+    """`pgolf cluster gc`: machines that outlive a dead driver. Of the backends only RunPod leaves any
+    (a Ray node's jobs die with their worker), so this is RunPod's garbage collection."""
+    from runner.backends.runpod.cluster import gc
+    return gc(Path(runs_dir), yes=yes, rehearse=rehearse)

@@ -1,4 +1,5 @@
-"""A fast stand-in for model/train_gpt.py: prints the DESIGN §7 log lines, controlled by env.
+"""A fast stand-in for model/train_gpt.py: prints the payload's log lines (their format: docs/CHALLENGE.md),
+controlled by env.
 
 Every knob X can be set per seed and attempt: FAKE_X_<SEED>_A<ATTEMPT>, FAKE_X_<SEED>, FAKE_X_A<ATTEMPT>, FAKE_X.
 FAKE_SECONDS   total run time (default 1)

@@ -18,11 +18,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.executors.base import AttemptResult, AttemptSpec, Events
+from results.errors import PgolfError
+from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Events
+from runner.ledger import now_iso
 
-CPU_SLOT = "pgolf_cpu_slot"   # see runner.driver.connect
+if TYPE_CHECKING:   # the guard (`python -m runner.backends.ray_node --guard`) starts fast without pydantic
+    from runner.spec import JobSpec
+
+# A custom resource of the embedded local cluster, one per core, that Ray never lends out: Ray frees a
+# task's CPUs while it blocks in ray.get (the durable Events.meta does), which would let more CPU jobs
+# run at once than the machine has cores. CPU attempts hold one slot per process.
+CPU_SLOT = "pgolf_cpu_slot"
+FLA_CHECK_TIMEOUT_S = 300
 TERM_GRACE_S = 10.0          # SIGTERM -> SIGKILL for the job's processes
 SCAN_S = 0.5                 # how often the job's process tree is scanned for new sessions (first minute)
 SCAN_LATE_S = 5.0            # ... and afterwards
@@ -127,24 +136,29 @@ def node_name() -> str:
 class RayNodeBackend:
     name = "ray"
 
-    def __init__(self, spec: Any = None):
+    def __init__(self, spec: "JobSpec"):
         self.spec = spec
 
     # --- driver side -------------------------------------------------------------------------
-    def ray_options(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def local_resources(self, cpus: int) -> dict[str, float]:
+        return {CPU_SLOT: float(cpus)}
+
+    def ray_options(self) -> dict[str, Any]:
         """Whole GPUs per seed on a GPU cluster; on the 0-GPU embedded default, one CPU per process."""
         import ray
-        gpus = int(spec.get("gpus_per_seed", 0))
+        gpus = self.spec.gpus_per_seed
         if gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0:
             return {"num_gpus": gpus, "num_cpus": 1}
-        n = int(spec.get("nproc_per_node", 1))
+        n = self.spec.nproc_per_node
         opts: dict[str, Any] = {"num_gpus": 0, "num_cpus": n}
         if ray.cluster_resources().get(CPU_SLOT):   # the embedded cluster: slots are never lent out
             opts["resources"] = {CPU_SLOT: n}
         return opts
 
-    def preflight(self, spec: dict[str, Any], n_seeds: int) -> None:
-        pass
+    def preflight(self, n_seeds: int, where: str) -> list[str]:
+        """On a GPU cluster, the fla/Triton check of the payload on one GPU node."""
+        note = check_gpu_stack(self.ray_options(), where)
+        return [f"pgolf: note: {note}"] if note else []
 
     def start(self) -> None:
         pass
@@ -152,18 +166,27 @@ class RayNodeBackend:
     def stop(self) -> None:
         pass
 
+    def kill_local(self, pids: list[int]) -> None:
+        for pid in pids:
+            JobProcesses(pid).kill(grace_s=5.0)
+
+    def cluster(self, action: ClusterAction, runs_dir: Path, yes: bool) -> int:
+        print(f"pgolf cluster {action}: {self.spec.name} uses the Ray backend: `pgolf run` starts a local Ray "
+              f"cluster itself; for a multi-node one use `ray start --head` / `ray up`, then `--address`")
+        return 0
+
     # --- inside the Ray task -----------------------------------------------------------------
     def command(self, attempt: AttemptSpec) -> list[str]:
-        if attempt.spec.get("launcher") == "python":
+        if self.spec.launcher == "python":
             job = [sys.executable, "-u", attempt.script_path]
         else:
             job = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={attempt.nproc_per_node}", attempt.script_path]
-        return [sys.executable, "-m", "runner.executors.ray_node", "--guard", *job]
+                   f"--nproc_per_node={self.spec.nproc_per_node}", attempt.script_path]
+        return [sys.executable, "-m", "runner.backends.ray_node", "--guard", *job]
 
     def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
         node = node_name()
-        events.meta(node=node, started=_now())   # started = when it really starts, not when queued
+        events.meta(node=node, started=now_iso())   # started = when it really starts, not when queued
         adir = Path(attempt.attempt_dir)
         art = adir / "artifacts"
         art.mkdir(parents=True, exist_ok=True)
@@ -173,7 +196,7 @@ class RayNodeBackend:
                    ARTIFACT_DIR=str(art), PGOLF_ATTEMPT=str(attempt.attempt), PYTHONUNBUFFERED="1")
         deadline = time.monotonic() + attempt.timeout_s
 
-        prepare = (attempt.spec.get("data") or {}).get("prepare")
+        prepare = self.spec.data.prepare
         if prepare:
             code, err = self._run(["bash", "-c", prepare], adir, env, events, deadline, "data prepare")
             if code != 0:
@@ -189,9 +212,7 @@ class RayNodeBackend:
         """Run `cmd` in its own process group, stream its output, kill the group on timeout or cancel."""
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
-        notify = getattr(events, "process", None)
-        if notify:
-            notify(socket.gethostname(), proc.pid)
+        events.process(socket.gethostname(), proc.pid)
         reader = threading.Thread(target=_pump, args=(proc, events), daemon=True)
         reader.start()
         job = JobProcesses(proc.pid, proc)
@@ -214,7 +235,7 @@ class RayNodeBackend:
 
 
 def guard(cmd: list[str]) -> int:
-    """`python -m runner.executors.ray_node --guard CMD...`: the session leader of one job.
+    """`python -m runner.backends.ray_node --guard CMD...`: the session leader of one job.
 
     It runs CMD (torchrun) with the same stdout, remembers the sessions of everything CMD starts, and on
     SIGTERM/SIGINT/SIGHUP, or SIGTERM from the kernel when the Ray worker above it dies (PR_SET_PDEATHSIG,
@@ -248,9 +269,43 @@ def guard(cmd: list[str]) -> int:
     return rc if rc >= 0 else 128 - rc
 
 
-def _now() -> str:
-    from runner.ledger import now_iso
-    return now_iso()
+def _fla_probe() -> tuple[str | None, str | None]:
+    """Inside a GPU task: (error, note). error is check_fla_triton's verdict; note explains a skip."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        import torch
+    except ImportError:
+        return None, "torch not importable on the GPU node"
+    if not torch.cuda.is_available():
+        return None, "no CUDA device visible on the GPU node; fla/Triton check skipped"
+    try:
+        from model.train_gpt import check_fla_triton
+    except Exception as e:  # the payload module is missing or broken there
+        return None, f"model.train_gpt not importable on the GPU node ({type(e).__name__}); fla/Triton check skipped"
+
+    def v(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+    cap = torch.cuda.get_device_capability()
+    return check_fla_triton(cap, v("flash-linear-attention") or v("fla-core"), v("triton")), None
+
+
+def check_gpu_stack(options: dict[str, Any], where: str) -> str | None:
+    """On a GPU cluster, run the payload's fla/Triton compatibility check (fla on Hopper needs Triton >=
+    3.7.1, fla #640) on a GPU node. Raises PgolfError when it fails; returns a note when it was skipped."""
+    import ray
+    if not options.get("num_gpus"):
+        return None
+    probe = ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(_fla_probe)
+    try:
+        err, note = ray.get(probe.remote(), timeout=FLA_CHECK_TIMEOUT_S)
+    except Exception as e:
+        return f"fla/Triton check could not run ({type(e).__name__})"
+    if err:
+        raise PgolfError(f"{where}: GPU node fails the fla/Triton check: {err}")
+    return note
 
 
 def _pump(proc: subprocess.Popen, events: Events) -> None:
@@ -265,4 +320,4 @@ def _list(adir: Path, art: Path) -> list[str]:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--guard":
         sys.exit(guard(sys.argv[2:]))
-    sys.exit("usage: python -m runner.executors.ray_node --guard CMD [ARGS...]")
+    sys.exit("usage: python -m runner.backends.ray_node --guard CMD [ARGS...]")

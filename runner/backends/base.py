@@ -1,0 +1,97 @@
+"""The one interface every backend implements, and what flows through it.
+
+The driver (runner/driver.py) owns the ledger and Ray scheduling; a backend knows how to run one seed
+attempt somewhere (a Ray node, a RunPod pod). A backend gets the typed job spec once, when the factory
+(`runner.backends.make_backend`) builds it, and everything the driver and the CLI need from it is a
+method of `Backend`: the Ray resources it needs, its own preflight checks, start/stop around the batch,
+the attempt itself, clean-up of local processes after Ctrl-C, and the `pgolf cluster` verbs.
+
+Inside the attempt's Ray task the backend reports through `Events`: each log line (`line`), facts that
+must reach the ledger before anything else happens (`meta`: the node, a pod id; it returns only once the
+ledger holding them is on disk), and job processes it started on this host (`process`), so the driver can
+still kill them if the task itself is force-cancelled.
+
+Standard library only: the backends' contract must be importable without Ray, torch or pandas.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+ClusterAction = Literal["up", "status", "down"]
+
+
+class InfraFailure(Exception):
+    """The machine under the attempt failed (node died, pod lost): retry elsewhere, not a seed failure."""
+
+
+@dataclass
+class AttemptSpec:
+    """One attempt of one seed, as the driver hands it to `Backend.run_attempt`."""
+    run_dir: str                 # absolute path of runs/NAME on the driver's machine
+    seed: int
+    attempt: int
+    attempt_dir: str             # runs/NAME/seeds/SEED/attempt-K (absolute; a scratch copy on another node)
+    script_path: str             # the batch's frozen copy of the script (sha256 in batch.json)
+    env: dict[str, str]          # full environment for the job, secrets included; never persisted
+    timeout_s: float             # hard deadline for the whole attempt (JobSpec.limits.timeout())
+
+
+@dataclass
+class AttemptResult:
+    exit_code: int | None
+    error: str | None = None
+    infra_failure: bool = False
+    node: str | None = None
+    pod_id: str | None = None
+    cost_usd: float | None = None
+    pod_terminated: bool | None = None
+    artifacts: list[str] = field(default_factory=list)   # paths relative to attempt_dir
+
+
+class Events(Protocol):
+    """What a backend tells the driver while an attempt runs (implemented by runner.driver.TaskEvents)."""
+
+    def line(self, text: str) -> None:
+        """One log line of the job, as it is written (no trailing newline)."""
+
+    def meta(self, **fields: Any) -> None:
+        """Facts for this attempt's ledger entry (node, pod_id, started, cost_usd, pod_terminated).
+
+        Returns only once the ledger holding them is on disk: a pod id must be durable before the pod
+        is used, so that a crashed driver can find it."""
+
+    def process(self, host: str, pid: int) -> None:
+        """A job process this attempt started on `host` (handed back to `Backend.kill_local` after Ctrl-C)."""
+
+
+class Backend(Protocol):
+    name: str        # recorded in every ledger attempt: "ray" | "runpod"
+
+    def local_resources(self, cpus: int) -> dict[str, float]:
+        """Custom Ray resources for the node of the embedded local cluster (`cpus` CPUs) that pgolf starts
+        when no --address is given, e.g. {"runpod_pod": max_pods}."""
+
+    def ray_options(self) -> dict[str, Any]:
+        """Resources of one attempt's Ray task, e.g. {"num_gpus": 8} (called once Ray is connected)."""
+
+    def preflight(self, n_seeds: int, where: str) -> list[str]:
+        """Checks before any batch file or machine exists; raise PgolfError (one line, naming `where`).
+        Returns notes for the user (e.g. the cost estimate)."""
+
+    def start(self) -> None:
+        """Driver-side set-up before the first attempt (e.g. the rehearsal's fake RunPod API)."""
+
+    def stop(self) -> None:
+        """Driver-side tear-down, always called, also after Ctrl-C."""
+
+    def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
+        """Run one seed attempt to the end (inside a Ray task); raise InfraFailure when the machine failed."""
+
+    def kill_local(self, pids: list[int]) -> None:
+        """After Ctrl-C: stop job processes (reported through Events.process on the driver's host) that
+        their force-cancelled Ray task could not stop itself."""
+
+    def cluster(self, action: ClusterAction, runs_dir: Path, yes: bool) -> int:
+        """`pgolf cluster up|status|down SPEC` for this backend; returns the exit code."""

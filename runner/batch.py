@@ -1,0 +1,191 @@
+"""The library API: run a batch of seeds, resume one, and what comes back.
+
+Modelled on Ray Tune's `Tuner(...).fit()` / `Tuner.restore(path)`:
+
+    import runner
+    batch = runner.run("jobs/smoke.toml", runs_dir="runs", progress=False)   # or a JobSpec
+    batch.exit_code, batch.states, batch.report["summary"]
+    batch = runner.resume(batch.run_dir)          # finishes what is unfinished; succeeded seeds never rerun
+
+`run` and `resume` validate everything first (spec, script, data, the Ray cluster, the backend's own
+checks such as RunPod's balance) and only then write the run directory, run every unfinished seed through
+the driver and write results.csv / report.* with the results engine. They print the batch's progress as
+it goes; what to say about the outcome is the caller's (the CLI prints the report's summary). A Ctrl-C or
+SIGTERM during the batch cancels its attempts and returns a Batch with exit code 130.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from results.errors import PgolfError
+from results.files import atomic_write
+from results.secrets import Scrubber, secret_env
+from runner.ledger import BATCH, Ledger, create_batch, frozen_script, load_batch
+from runner.spec import JobSpec, load_spec, spec_from_batch, spec_to_batch, with_overrides
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+DRIVER_LOST = "interrupted: driver lost before the attempt ended"
+
+
+@dataclass
+class Batch:
+    """A batch after `run` or `resume` returned."""
+    run_dir: Path
+    spec: JobSpec
+    ledger: Ledger
+    exit_code: int                       # 0 every seed succeeded, 1 some failed, 130 interrupted
+    report: dict[str, Any] | None = None   # report.json's content; None when interrupted or not written
+    report_error: str | None = None      # why there is no report, when the batch ended but none was written
+    scrub: Scrubber = field(default_factory=Scrubber, repr=False)   # masks this batch's secrets in text
+
+    @property
+    def states(self) -> dict[int, str]:
+        """seed -> pending | running | succeeded | failed, as the ledger says."""
+        return {s: self.ledger.state(s) for s in self.ledger.seeds()}
+
+    @property
+    def failed(self) -> list[int]:
+        return [s for s, state in self.states.items() if state != "succeeded"]
+
+    @property
+    def interrupted(self) -> bool:
+        return self.exit_code == EXIT_INTERRUPTED
+
+
+def run(spec: JobSpec | str | Path, *, run_dir: str | Path | None = None, runs_dir: str | Path = "runs",
+        name: str | None = None, seeds: list[int] | None = None, backend: str | None = None,
+        address: str | None = None, progress: bool = True, rehearse: bool = False, faults: str = "") -> Batch:
+    """Start a batch: one attempt per seed (more after failures, per the spec's limits).
+
+    `spec` is a job spec file or a JobSpec; `seeds` and `backend` override the spec's. The run directory
+    is `run_dir`, else `runs_dir/name` (default name: spec name + timestamp); it must not hold a batch
+    yet. `address` joins a Ray cluster (default: start a local one). `progress` shows live bars (plain
+    lines when false or when stdout is not a terminal). `rehearse` and `faults` are the RunPod rehearsal's.
+    """
+    if isinstance(spec, JobSpec):
+        spec_file = None
+        spec = with_overrides(spec, "job spec", seeds=seeds, backend=backend)
+    else:
+        spec_file = str(Path(spec).resolve())
+        spec = load_spec(spec, {"seeds": seeds, "backend": backend})
+    from runner import preflight
+    preflight.check_static(spec, spec_file or "job spec")
+    if run_dir is None:
+        run_dir = Path(runs_dir) / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(run_dir).resolve()
+    if (run_dir / "ledger.json").exists():
+        raise PgolfError(f"{run_dir}: a batch already lives here (finish it with `pgolf resume {run_dir}` "
+                         f"or pick another --name)")
+    return _execute(run_dir, spec, spec_file=spec_file, ledger=None, script_path=None, address=address,
+                    progress=progress, rehearse=rehearse, faults=faults)
+
+
+def resume(run_dir: str | Path, *, backend: str | None = None, address: str | None = None,
+           progress: bool = True, rehearse: bool = False, faults: str = "") -> Batch:
+    """Finish a batch from its ledger: attempts a dead driver left open are closed (and their pods
+    stopped), seeds that succeeded never run again. Refuses when the script changed since the batch began;
+    secret env values (masked in batch.json) must be in the environment again."""
+    run_dir = Path(run_dir).resolve()
+    batch = load_batch(run_dir)
+    ledger = Ledger.load(run_dir)
+    spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
+    script = frozen_script(run_dir, batch)
+    closed = ledger.close_dangling(DRIVER_LOST)
+    if closed:
+        print(f"pgolf resume: closed {len(closed)} attempt(s) left open by a lost driver (seeds {sorted(set(closed))})")
+    todo = ledger.unfinished()
+    done = [s for s in ledger.seeds() if s not in todo]
+    print(f"pgolf resume: {len(done)} seed(s) already succeeded {done}; running {todo}")
+    return _execute(run_dir, spec, spec_file=batch.get("spec_file"), ledger=ledger, script_path=script,
+                    address=address, progress=progress, rehearse=rehearse, faults=faults)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Ledger | None,
+             script_path: Path | None, address: str | None, progress: bool, rehearse: bool, faults: str) -> Batch:
+    """Preflight on the cluster, the batch files (fresh batch), every unfinished seed, then the report."""
+    import ray
+
+    from runner import preflight
+    from runner.backends import make_backend
+    from runner.driver import Driver, connect
+    from runner.progress import BatchProgress
+
+    scrub = Scrubber.from_environ({k: str(v) for k, v in spec.env.items()})
+    job_env = {**secret_env(), **spec.job_env()}
+    backend = make_backend(spec, rehearse=rehearse, faults=faults)
+    where = spec_file or str(run_dir / BATCH)
+    old_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    rc = EXIT_OK
+    try:
+        connect(address, backend)
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)   # ray.init may install its own
+        preflight.check_cluster(backend.ray_options(), where)
+        for note in backend.preflight(len(spec.seeds) if ledger is None else len(ledger.unfinished()), where):
+            print(note, flush=True)
+        if ledger is None:
+            create_batch(run_dir, spec_to_batch(spec, scrub), spec.script, spec_file=spec_file)
+            ledger = Ledger.create(run_dir, spec.seeds)
+            script_path = run_dir / Path(spec.script).name
+            print(f"pgolf run: {run_dir}")
+        backend.start()
+        cap = float(spec.job_env().get("MAX_WALLCLOCK_SECONDS", 0) or 0) or None
+        bars = BatchProgress(ledger.seeds(), enabled=progress, cap_s=cap)
+        for s in ledger.seeds():
+            if ledger.state(s) == "succeeded":
+                bars.views[s].status = "done (earlier)"
+        driver = Driver(run_dir, spec, backend, ledger, job_env, scrub, bars, script_path)
+        try:
+            with bars:
+                driver.run(ledger.seeds())
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # one clean-up, not two
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            print("pgolf: interrupted: cancelling attempts and stopping their processes…", file=sys.stderr, flush=True)
+            driver.interrupt()
+            rc = EXIT_INTERRUPTED
+        bars.print_final(ledger)
+    finally:
+        try:
+            backend.stop()
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            signal.signal(signal.SIGTERM, old_term)
+    batch = Batch(run_dir, spec, ledger, rc, scrub=scrub)
+    if rc == EXIT_INTERRUPTED:
+        return batch
+    batch.report, batch.report_error = _report(run_dir, spec)
+    scrub_tree(run_dir, scrub)
+    batch.exit_code = EXIT_FAILED if batch.failed else EXIT_OK
+    return batch
+
+
+def _report(run_dir: Path, spec: JobSpec) -> tuple[dict[str, Any] | None, str | None]:
+    """results.csv, report.md/json and plots via the results engine: (report, None) or (None, why not)."""
+    try:
+        from results.report import write_report
+        return write_report(str(run_dir), baseline=spec.baseline.ref, policy=spec.baseline.policy), None
+    except ImportError as e:
+        return None, f"results engine not importable: {e}"
+    except PgolfError as e:
+        return None, str(e)
+
+
+def scrub_tree(run_dir: Path, scrub: Scrubber) -> None:
+    """Last line of defence: no secret value in any text file pgolf leaves under the run dir."""
+    for p in run_dir.rglob("*"):
+        if p.is_file() and p.suffix in {".json", ".md", ".csv", ".log", ".txt"} and p.stat().st_size < 256 << 20:
+            text = p.read_text(encoding="utf-8", errors="replace")
+            clean = scrub(text)
+            if clean != text:
+                atomic_write(p, clean)
