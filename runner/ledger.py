@@ -22,7 +22,7 @@ LEDGER = "ledger.json"
 BATCH = "batch.json"
 STATES = ("pending", "running", "succeeded", "failed")
 ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exit_code", "error",
-                "cost_usd", "pod_terminated")
+                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated")
 INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
 INTERRUPTED = "interrupted"
 
@@ -141,8 +141,9 @@ def pgolf_version() -> str:
 
 
 def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: str | Path,
-                 spec_file: str | None = None) -> dict[str, Any]:
-    """Freeze the batch: copy the script into the run dir and write batch.json (spec already redacted)."""
+                 spec_file: str | None = None, rehearsal: bool = False) -> dict[str, Any]:
+    """Freeze the batch: copy the script into the run dir and write batch.json (spec already redacted).
+    `rehearsal`: the batch runs on the fake RunPod (--rehearse); its resume stays one, its report says so."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     script_path = Path(script_path)
@@ -161,6 +162,7 @@ def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: st
         "pgolf_version": pgolf_version(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "created_at": now_iso(),
+        "rehearsal": rehearsal,
     }
     atomic_write_json(run_dir / BATCH, batch)
     return batch

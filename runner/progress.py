@@ -161,15 +161,32 @@ def _short_node(node: str | None) -> str:
     return f"{host}:{nid[:8]}" if nid else host
 
 
-def status_table(ledger) -> Table:
-    """`pgolf status`: one row per seed from the ledger alone."""
+def status_table(ledger, rehearsal: bool = False) -> Table:
+    """`pgolf status`: one row per attempt (every attempt, not only the last), from the ledger alone: where
+    it ran (node or pod id), when, its exit and error, and for pods what they cost (billed by RunPod or
+    estimated; a rehearsal's cost is fake) and whether the pod was verified terminated."""
     t = Table()
-    for col in ("seed", "state", "attempts", "node", "started", "ended", "exit", "error"):
+    for col in ("seed", "state", "att.", "node / pod", "started", "ended", "exit", "error", "cost", "terminated"):
         t.add_column(col)
     for s in ledger.seeds():
         e = ledger.entry(s)
-        last = e["attempts"][-1] if e["attempts"] else {}
-        t.add_row(str(s), e["state"], str(len(e["attempts"])), _short_node(last.get("node")),
-                  last.get("started") or "-", last.get("ended") or "-",
-                  "-" if last.get("exit_code") is None else str(last["exit_code"]), (last.get("error") or "")[:70])
+        for i, a in enumerate(e["attempts"] or [{}]):
+            t.add_row(str(s) if i == 0 else "", e["state"] if i == 0 else "", str(a.get("attempt") or "-"),
+                      a.get("pod_id") or _short_node(a.get("node")), a.get("started") or "-", a.get("ended") or "-",
+                      "-" if a.get("exit_code") is None else str(a["exit_code"]), (a.get("error") or "")[:60],
+                      _cost(a, rehearsal), _terminated(a))
     return t
+
+
+def _cost(a: dict, rehearsal: bool) -> str:
+    usd = a.get("cost_usd")
+    if usd is None:
+        return "-"
+    kind = {"billed": "billed", "estimate": "estimate"}.get(a.get("cost_source") or "", "estimate")
+    return f"{usd:.4f} fake ({kind})" if rehearsal else f"${usd:.2f} {kind}"
+
+
+def _terminated(a: dict) -> str:
+    if not a.get("pod_id"):
+        return "-"
+    return {True: "verified", False: "NOT verified"}.get(a.get("pod_terminated"), "unknown")

@@ -1,4 +1,4 @@
-"""The v2 pod lifecycle (runner/backends/runpod/instances_v2.py) against the v2 fake: stock and price said
+"""The v2 pod lifecycle (runner/backends/runpod/instances.py) against the v2 fake: stock and price said
 before creating, capacity and spend-limit back-off, stuck pods, terminate-and-verify, billed cost."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import pytest
 
 from results.errors import PgolfError
-from runner.backends.runpod import api, instances_v2 as inst
+from runner.backends.runpod import api, instances as inst
 from runner.backends.runpod.fake import FakeRunPod
-from runner.executors.base import InfraFailure
+from runner.backends.base import InfraFailure
 
 KEY = "rpa_TESTKEY_0123456789abcdef"
 FAST = dataclasses.replace(inst.REHEARSAL, capacity_wait_s=1.0, capacity_backoff_s=0.05, capacity_backoff_max_s=0.1)

@@ -12,7 +12,7 @@ import pytest
 
 from results.errors import PgolfError
 from runner.backends.runpod import api, shipping
-from runner.backends.runpod.bootstrap_v2 import DONE_PREFIX
+from runner.backends.runpod.bootstrap import DONE_PREFIX
 from runner.backends.runpod.fake import FakeRunPod
 
 PAYLOAD = Path(__file__).resolve().parent / "payloads" / "fake_train.py"

@@ -240,6 +240,7 @@ class FakeRunPod:
         self.events: list[str] = []                # what the fake did (faults, terminations), for tests
         self.requests_seen: list[str] = []         # operation ids, in order
         self.violations: list[str] = []            # contract violations, requests and responses
+        self.final_logs: dict[str, list[str]] = {}  # pod id -> its container log when it was terminated (tests)
         self.server: ThreadingHTTPServer | None = None
         self.url = ""
 
@@ -615,6 +616,7 @@ class FakeRunPod:
 
         def finish():
             container.kill_pod(pod["mark"], pod.get("pid"), pod.get("proc_start"))
+            self.final_logs[pod_id] = self.container_log(pod_id)
             shutil.rmtree(self.root / "pods" / pod_id, ignore_errors=True)   # its disk goes with it
             with self.state.edit() as st:
                 st["pods"].pop(pod_id, None)

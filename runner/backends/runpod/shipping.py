@@ -30,7 +30,7 @@ ENV_CHUNK = 16_000                  # characters per env var: far under any per-
 MAX_SHIPPED_CHARS = 600_000         # the whole create request stays well under RunPod's request size limit
 MAX_UPLOAD_BYTES = 256 * 10 ** 6    # local data sent to a pod over its HTTP server
 UPLOAD_TRIES = 3
-BOOTSTRAP = Path(__file__).with_name("bootstrap_v2.py")
+BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
 START_COMMAND = ("bash -c 'set -eo pipefail; W=${PGOLF_WORKDIR:-$HOME/pgolf}; mkdir -p $W; "
                  "for k in $(compgen -e PGOLF_BOOT_ | sort); do printf %s ${!k}; done "
                  "| base64 -d | gzip -dc > $W/bootstrap.py; exec python3 -u $W/bootstrap.py'")
