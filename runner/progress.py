@@ -166,16 +166,21 @@ def status_table(ledger, rehearsal: bool = False) -> Table:
     it ran (node or pod id), when, its exit and error, and for pods what they cost (billed by RunPod or
     estimated; a rehearsal's cost is fake) and whether the pod was verified terminated."""
     t = Table()
-    for col in ("seed", "state", "att.", "node / pod", "started", "ended", "exit", "error", "cost", "terminated"):
-        t.add_column(col)
+    for col in ("seed", "state", "att", "node / pod", "start", "end", "exit", "error", "cost", "pod gone"):
+        t.add_column(col, overflow="fold")
     for s in ledger.seeds():
         e = ledger.entry(s)
         for i, a in enumerate(e["attempts"] or [{}]):
             t.add_row(str(s) if i == 0 else "", e["state"] if i == 0 else "", str(a.get("attempt") or "-"),
-                      a.get("pod_id") or _short_node(a.get("node")), a.get("started") or "-", a.get("ended") or "-",
+                      a.get("pod_id") or _short_node(a.get("node")), _clock(a.get("started")), _clock(a.get("ended")),
                       "-" if a.get("exit_code") is None else str(a["exit_code"]), (a.get("error") or "")[:60],
                       _cost(a, rehearsal), _terminated(a))
     return t
+
+
+def _clock(iso: str | None) -> str:
+    """HH:MM:SS of an ISO timestamp (the date is in batch.json's created_at)."""
+    return iso[11:19] if iso and len(iso) >= 19 else (iso or "-")
 
 
 def _cost(a: dict, rehearsal: bool) -> str:

@@ -223,6 +223,7 @@ class RunPodBackend:
                 last_ok, polls = time.time(), 0
                 while True:
                     polls += 1
+                    log.check()
                     status = self._status(http, base, client, pod.id, last_ok)
                     last_ok = time.time()
                     if status.get("phase") == "done":
@@ -301,35 +302,49 @@ class RunPodBackend:
 
 class _LogFollower:
     """The pod's log, from RunPod's SSE stream into events.line, in a thread of its own (its own client):
-    every line once, across reconnects, until the bootstrap's DONE line or stop()."""
+    every line once, across reconnects, until the bootstrap's DONE line or stop(). A failure of the API is
+    said in the log (the status poll goes on); a failure of the driver's side (events.line) is kept in
+    `failure` and raised in the attempt's own thread by `check()`, so the pod is terminated as usual."""
 
     def __init__(self, session: Session, env: dict[str, str], pod: api.Pod, events: Events):
-        self.client = session.client(env, notify=lambda m: events.line(f"pgolf-runpod: {m}"))
         self.pod, self.events = pod, events
+        self.client = session.client(env, notify=lambda m: self._say(f"pgolf-runpod: {m}"))
         self.cursor = api.LogCursor()
+        self.failure: BaseException | None = None
         self.done, self.stopped = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"log-{pod.id}", daemon=True)
         self.thread.start()
 
+    def _say(self, text: str) -> None:
+        if self.stopped.is_set() or self.failure is not None:
+            return
+        try:
+            self.events.line(text)
+        except BaseException as e:  # noqa: BLE001 - handed to the attempt's thread by check()
+            self.failure = e
+            self.stopped.set()
+
     def _run(self) -> None:
         try:
             for entry in self.client.stream_logs(self.pod.id, cursor=self.cursor, since=self.pod.created_at):
-                if self.stopped.is_set():
-                    return
-                self.events.line(entry.line)
-                if entry.line.startswith(DONE_PREFIX):
+                self._say(entry.line)
+                if self.stopped.is_set() or entry.line.startswith(DONE_PREFIX):
                     return
         except Exception as e:  # noqa: BLE001 - the log is not the result: say it, the status poll goes on
-            if not self.stopped.is_set():
-                self.events.line(f"pgolf-runpod: the pod log stopped: {e}")
+            self._say(f"pgolf-runpod: the pod log stopped: {e}")
         finally:
             self.done.set()
             self.client.close()
 
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
     def drain(self, timeout: float) -> None:
         """Wait (bounded) for the last lines: the DONE line comes after everything the job printed."""
         if not self.done.wait(timeout):
-            self.events.line(f"pgolf-runpod: the pod log did not reach its end within {timeout:.0f} s")
+            self._say(f"pgolf-runpod: the pod log did not reach its end within {timeout:.0f} s")
+        self.check()
 
     def stop(self) -> None:
         """No more lines to the attempt; the thread ends with the stream (the pod is terminated next)."""
