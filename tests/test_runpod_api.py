@@ -220,7 +220,7 @@ def test_errors_are_classified_as_the_create_table_says_and_never_carry_the_key(
 
 def test_log_stream_survives_drops_with_no_line_lost_or_doubled(fakes):
     fake = fakes("sse_drop=3")
-    c = client(fake, sse_read_timeout_s=0.3)              # a silent stream is reconnected too
+    c = client(fake, sse_read_timeout_s=0.1)              # a silent stream is reconnected, never given up on
     script = ('for i in $(seq 1 40); do echo "step $i"; echo "  detail $i"; sleep 0.01; '
               'if [ $i = 30 ]; then sleep 1; fi; done; printf "no newline"')
     pod = c.create_pod(cpu_pod("pgolf-sse-s1-a1", script))
@@ -231,7 +231,7 @@ def test_log_stream_survives_drops_with_no_line_lost_or_doubled(fakes):
         if len(got) == 10:
             break                                             # the caller stops, then resumes with its cursor
     got += list(c.stream_logs(pod.id, cursor=cursor))
-    assert fake.used["sse_drop"] == 3 and fake.events.count("sse_drop") >= 2   # a stream the caller closed never drops
+    assert fake.events.count("sse_drop") == 3
     assert [e.line for e in got] == fake.container_log(pod.id)
     assert len(got) == 81 and got[-1].line == "no newline"
     assert cursor.last_id == got[-1].id

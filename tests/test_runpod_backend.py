@@ -112,7 +112,7 @@ def test_happy_path_data_up_log_over_sse_artifacts_down_pod_gone_cost_billed(tmp
     assert (r.cost_usd, r.cost_source) == (meta["cost_usd"], "billed")
     pod_log = b.session.fake.final_logs[r.pod_id]
     assert job_lines(ev) == pod_log[:len(job_lines(ev))] and job_lines(ev)[-1] == DONE_PREFIX + "0"
-    assert b.session.fake.used["sse_drop"] == 2                      # two drops, not a line lost or doubled
+    assert b.session.fake.events.count("sse_drop") == 2               # two drops, not a line lost or doubled
     uploaded = next(line for line in ev.lines if line.startswith("env TOKENIZER_PATH="))
     assert uploaded.endswith("/uploads/TOKENIZER_PATH/tokenizer.model")        # the local file, on the pod
     assert sorted(r.artifacts) == ["artifacts/final_model.int6.ptz", "artifacts/train.log"]

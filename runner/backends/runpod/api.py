@@ -498,6 +498,8 @@ class RunPodClient:
                             yield LogLine(event.id, json.loads(event.data)["line"])
             except NotFound:
                 return
+            except httpx.ReadTimeout:
+                continue                          # a quiet pod, not a failure: resume from the cursor
             except RateLimited as e:
                 self._sleep(e.retry_after_s * self.pacing.time_scale, f"log stream of pod {pod_id} rate limited")
                 continue

@@ -36,7 +36,7 @@ Faults (`--rehearse-faults`, KEY=N, comma-separated):
   slow_start=K    the first K pods take SLOW_START_S to provision
   stuck=K         the first K pods stay PROVISIONING for good (billed all the same, as users report)
   preempt=K       the first K pods are lost once their log shows the job running
-  sse_drop=K      the first K log streams drop mid-stream after SSE_DROP_AFTER events
+  sse_drop=K      K log streams drop mid-stream (each after sending SSE_DROP_AFTER events)
   balance=X       the account balance in dollars (GraphQL clientBalance; a create needs one hour of credit)
   spend_limit=X   the account's spend limit in $/h (default 80, RunPod's default)
   graphql_gone=1  GraphQL answers 410 Gone (it is being retired)
@@ -670,11 +670,15 @@ class FakeRunPod:
         resume = req.header("Last-Event-ID") or req.param("since")
         start = _canonical(resume) if resume else None
         tail = int(req.param("tail", "100"))
-        with self.lock:
-            drop = self._take("sse_drop")
         headers = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
         return Reply(200, headers=headers, events=self._log_events(id, source, start, tail),
-                     drop_after=SSE_DROP_AFTER if drop else None)
+                     drop_after=SSE_DROP_AFTER if self.faults.get("sse_drop") else None)
+
+    def take_drop(self) -> bool:
+        """A stream that has sent SSE_DROP_AFTER events drops if an sse_drop fault is left (mid-stream,
+        whenever that is: a stream that ends or is closed earlier spends none)."""
+        with self.lock:
+            return self._take("sse_drop")
 
     def _log_events(self, pod_id: str, source: str | None, start: str | None, tail: int) -> Iterator[tuple[str, str]]:
         """(id, data) of the pod's log from `start` (inclusive) or its last `tail` lines, then live ones."""
@@ -916,7 +920,7 @@ def _handler(fake: FakeRunPod):
                         fake.violations += [f"response getPodLogs event: {e}" for e in errors]
                     self._chunk(f"id: {event_id}\ndata: {data}\n\n".encode())
                     sent += 1
-                    if reply.drop_after is not None and sent >= reply.drop_after:
+                    if reply.drop_after is not None and sent == reply.drop_after and fake.take_drop():
                         fake.events.append("sse_drop")
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)     # no last chunk: the client sees a drop
