@@ -10,9 +10,11 @@ import re
 import sys
 from typing import Any
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 STEP_RE = re.compile(r"step:(\d+)/(\d+)\s+train_loss:([-\d.eE+naif]+)\s+train_time:([\d.]+)ms")
 SCORE_RE = re.compile(r"^(legal_ttt_exact|final_int6_sliding_window_exact|final_int6_roundtrip_exact)\s"
@@ -161,37 +163,44 @@ def _short_node(node: str | None) -> str:
     return f"{host}:{nid[:8]}" if nid else host
 
 
-def status_table(ledger, rehearsal: bool = False) -> Table:
-    """`pgolf status`: one row per attempt (every attempt, not only the last), from the ledger alone: where
-    it ran (node or pod id), when, its exit and error, and for pods what they cost (billed by RunPod or
-    estimated; a rehearsal's cost is fake) and whether the pod was verified terminated."""
-    t = Table()
-    for col in ("seed", "state", "att", "node / pod", "start", "end", "exit", "error", "cost", "pod gone"):
-        t.add_column(col, overflow="fold")
+def status_table(ledger, rehearsal: bool = False) -> Group:
+    """`pgolf status`: one row per attempt (every attempt, not only the last), from the ledger alone: when
+    it ran, its exit, where (node or pod id), for pods what they cost (billed by RunPod or estimated; a
+    rehearsal's cost is fake) and whether the pod was verified gone; the attempts' errors in full below.
+    Fits 80 columns."""
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
+    for col in ("seed", "state", "att", "time", "exit"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("node / pod", overflow="fold")
+    t.add_column("cost", no_wrap=True)
+    t.add_column("pod gone", no_wrap=True)
+    errors = []
     for s in ledger.seeds():
         e = ledger.entry(s)
         for i, a in enumerate(e["attempts"] or [{}]):
             t.add_row(str(s) if i == 0 else "", e["state"] if i == 0 else "", str(a.get("attempt") or "-"),
-                      a.get("pod_id") or _short_node(a.get("node")), _clock(a.get("started")), _clock(a.get("ended")),
-                      "-" if a.get("exit_code") is None else str(a["exit_code"]), (a.get("error") or "")[:60],
-                      _cost(a, rehearsal), _terminated(a))
-    return t
+                      f"{_clock(a.get('started'))}-{_clock(a.get('ended'))}" if a else "-",
+                      "-" if a.get("exit_code") is None else str(a["exit_code"]),
+                      a.get("pod_id") or _short_node(a.get("node")), _cost(a, rehearsal), _terminated(a))
+            if a.get("error"):
+                errors.append(Text(f"seed {s} attempt {a.get('attempt')}: {a['error']}"))
+    return Group(t, *errors)
 
 
 def _clock(iso: str | None) -> str:
-    """HH:MM:SS of an ISO timestamp (the date is in batch.json's created_at)."""
-    return iso[11:19] if iso and len(iso) >= 19 else (iso or "-")
+    """HH:MM of an ISO timestamp (the date is in batch.json's created_at)."""
+    return iso[11:16] if iso and len(iso) >= 16 else "…"
 
 
 def _cost(a: dict, rehearsal: bool) -> str:
     usd = a.get("cost_usd")
     if usd is None:
         return "-"
-    kind = {"billed": "billed", "estimate": "estimate"}.get(a.get("cost_source") or "", "estimate")
-    return f"{usd:.4f} fake ({kind})" if rehearsal else f"${usd:.2f} {kind}"
+    kind = "billed" if a.get("cost_source") == "billed" else "est."
+    return f"fake {usd:.2f} {kind}" if rehearsal else f"${usd:.2f} {kind}"
 
 
 def _terminated(a: dict) -> str:
     if not a.get("pod_id"):
         return "-"
-    return {True: "verified", False: "NOT verified"}.get(a.get("pod_terminated"), "unknown")
+    return {True: "yes", False: "NO"}.get(a.get("pod_terminated"), "?")
