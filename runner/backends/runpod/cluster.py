@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Iterator
 from results.errors import PgolfError
 from runner.backends.base import ClusterAction
 from runner.backends.runpod import api
-from runner.backends.runpod.instances import NAME_PREFIX, REHEARSAL_DIR, Session, list_ours, terminate_verified
-from runner.ledger import Ledger
+from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, Session, batch_prefix, list_ours,
+                                              terminate_verified)
+from runner.ledger import Ledger, load_batch
 
 if TYPE_CHECKING:
     from runner.backends.runpod.backend import RunPodBackend
@@ -42,10 +43,17 @@ def sessions(runs_dir: Path, rehearse: bool, name: str | None = None) -> Iterato
         return
     for state in sorted(Path(runs_dir).glob(f"*/{REHEARSAL_DIR}/state.json")):
         run_dir = state.parent.parent
-        if name and not run_dir.name.startswith(f"{name}"):
+        if name and _batch_name(run_dir) != name:
             continue
         with Session(rehearse=True, state_dir=state.parent) as s:
             yield f"rehearsal {run_dir.name}", s
+
+
+def _batch_name(run_dir: Path) -> str | None:
+    try:
+        return load_batch(run_dir).get("name")
+    except PgolfError:
+        return None
 
 
 def owners(runs_dir: Path) -> dict[str, str]:
@@ -153,7 +161,9 @@ def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, ye
     """up: stock, price and the balance check of `pgolf run` (pods are made per attempt); status: balance
     and the spec's pods; down: terminate every pod of the spec's batches, running ones included."""
     spec = backend.spec
-    prefix = f"{NAME_PREFIX}{spec.name}-"   # run dirs default to NAME-TIMESTAMP
+    # the pods of the spec's batches under runs_dir (run dirs default to NAME-TIMESTAMP, --name may differ)
+    prefixes = sorted({batch_prefix(p.parent) for p in Path(runs_dir).glob("*/batch.json")
+                       if _batch_name(p.parent) == spec.name} | {f"{NAME_PREFIX}{spec.name}-"})
     if action == "up":
         if backend.rehearse:
             raise PgolfError("pgolf cluster up --rehearse: a rehearsal's fake RunPod lives in its run directory; "
@@ -162,10 +172,11 @@ def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, ye
             print(note, flush=True)
         print("pgolf cluster up: RunPod pods are created per seed attempt by `pgolf run`; nothing to start")
         return 0
-    rc = 0
+    rc, seen = 0, False
     for label, session in sessions(runs_dir, backend.rehearse, spec.name):
+        seen = True
         with session.client() as client:
-            pods = list_ours(client, prefix)
+            pods = [p for p in list_ours(client) if p.name.startswith(tuple(prefixes))]
             if action == "status":
                 balance = client.balance()
                 spend = sum(p.cost for p in list_ours(client, ""))
@@ -178,7 +189,7 @@ def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, ye
                 show(pods, f"{label}: pods of {spec.name}: {len(pods)}", owners(runs_dir), session.rehearse)
                 continue
             if not pods:
-                print(f"pgolf cluster down: {label}: no pods named {prefix}*")
+                print(f"pgolf cluster down: {label}: no pods named {' or '.join(p + '*' for p in prefixes)}")
                 continue
             show(pods, f"{label}: pods of {spec.name} to terminate", owners(runs_dir), session.rehearse)
             if not confirm(f"Terminate these {len(pods)} pod(s), running attempts included?", yes):
@@ -187,4 +198,6 @@ def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, ye
             gone, left = _terminate(client, pods, session)
             print(f"pgolf cluster down: {label}: {len(gone)} terminated" + (f", still there: {left}" if left else ""))
             rc = max(rc, 1 if left else 0)
+    if not seen:
+        print(f"pgolf cluster {action}: no rehearsal of {spec.name} under {runs_dir}")
     return rc

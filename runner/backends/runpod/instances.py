@@ -179,8 +179,13 @@ def max_pods_for(price_per_hour: float, spend_limit: float = DEFAULT_SPEND_LIMIT
 def pod_name(run_dir: str, seed: int, attempt: int) -> str:
     """pgolf-<run>-s<seed>-a<attempt>: unique per attempt, so a lost create answer is adopted by name, and
     gc and `cluster down` recognise pgolf's pods and their batch."""
-    batch = re.sub(r"[^A-Za-z0-9_.-]", "-", os.path.basename(os.path.normpath(run_dir)))[:40]
-    return f"{NAME_PREFIX}{batch}-s{seed}-a{attempt}"
+    return f"{batch_prefix(run_dir)}s{seed}-a{attempt}"
+
+
+def batch_prefix(run_dir: str | Path) -> str:
+    """pgolf-<run>-: the start of every pod name of the batch in `run_dir`."""
+    batch = re.sub(r"[^A-Za-z0-9_.-]", "-", os.path.basename(os.path.normpath(str(run_dir))))[:40]
+    return f"{NAME_PREFIX}{batch}-"
 
 
 def create(client: api.RunPodClient, req: api.CreatePod, timing: Timing, say: Say) -> api.Pod:
