@@ -116,3 +116,89 @@ def test_backstop_terminates_its_own_pod_with_the_pod_key(fake):
         assert time.time() < end, "the pod did not terminate itself"
         time.sleep(0.1)
     assert f"terminate {pod.id}" in fake.events and fake.alive_pods() == []
+
+
+def test_bootstrap_downloads_the_official_variant_once_onto_a_volume(tmp_path, monkeypatch):
+    """The pod's dataset download (manifest-driven, as data/cached_challenge_fineweb.py), against a local
+    stand-in for huggingface.co (HF_ENDPOINT); a second pod on the same network volume downloads nothing."""
+    import json
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from runner.backends.runpod import bootstrap
+    root = "matched_10B_docs2m_seed1337"
+    repo_dir = tmp_path / "hf" / "datasets" / "org" / "pg" / "resolve" / "main" / root
+    (repo_dir / "datasets" / "fineweb10B_sp1024").mkdir(parents=True)
+    (repo_dir / "tokenizers").mkdir()
+    (repo_dir / "manifest.json").write_text(json.dumps({
+        "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp1024",
+                      "stats": {"files_train": 3, "files_val": 1}}],
+        "tokenizers": [{"name": "sp1024", "model_path": "tokenizers/fineweb_1024_bpe.model",
+                        "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}]}))
+    for name in ("fineweb_val_000000.bin", "fineweb_train_000000.bin", "fineweb_train_000001.bin",
+                 "fineweb_train_000002.bin"):
+        (repo_dir / "datasets" / "fineweb10B_sp1024" / name).write_bytes(name.encode())
+    for name in ("fineweb_1024_bpe.model", "fineweb_1024_bpe.vocab"):
+        (repo_dir / "tokenizers" / name).write_bytes(b"tok")
+    seen = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            return super().do_GET()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(tmp_path / "hf")))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.server_address[1]}")
+    volume = bootstrap.pod_path({"PGOLF_POD_ROOT": str(tmp_path / "pod")}, "/workspace", "pgolf-data")
+    assert volume == str(tmp_path / "pod" / "workspace" / "pgolf-data")
+    try:
+        spec = {"variant": "sp1024", "repo": "org/pg", "train_shards": 2}
+        out = bootstrap.download_official(spec, volume, "hf_tok", [].append)
+        first = len(seen)
+        again = bootstrap.download_official(spec, volume, "hf_tok", [].append)
+    finally:
+        srv.shutdown()
+    data = Path(volume)
+    assert out == again == {"DATA_PATH": str(data / "datasets" / "fineweb10B_sp1024"),
+                            "TOKENIZER_PATH": str(data / "tokenizers" / "fineweb_1024_bpe.model")}
+    got = sorted(p.name for p in (data / "datasets" / "fineweb10B_sp1024").iterdir())
+    assert got == ["fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+    assert {auth for _path, auth in seen} == {"Bearer hf_tok"}
+    assert len(seen) == first                     # the second pod found everything on the volume
+
+
+def test_a_real_mode_pod_checks_its_gpus_and_refuses_without_them(tmp_path, monkeypatch):
+    """Without --rehearse (here: the real client pointed at the fake by RUNPOD_API_BASE_URL, the key from
+    RUNPOD_API_KEY) a GPU pod's bootstrap checks GPU count/type: no nvidia-smi -> exit 97, one clear line."""
+    from runner.backends.base import AttemptSpec
+    from runner.backends.runpod.backend import RunPodBackend
+    from runner.spec import validate_spec
+    fake = FakeRunPod(tmp_path / "fake", api_key=KEY)
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.start())
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    spec = validate_spec({"name": "b", "script": str(PAYLOAD), "seeds": [42], "backend": "runpod",
+                          "launcher": "python", "gpus_per_seed": 0,
+                          "data": {"variant": "tiny", "prepare": "echo data-ready"}}, "test spec")
+    b = RunPodBackend(spec, rehearse=False)
+    adir = tmp_path / "runs" / "b" / "seeds" / "42" / "attempt-1"
+    adir.mkdir(parents=True)
+    lines: list[str] = []
+
+    class Events:
+        line = staticmethod(lines.append)
+
+        def meta(self, **fields):
+            pass
+    try:
+        r = b.run_attempt(AttemptSpec(run_dir=str(adir.parents[2]), seed=42, attempt=1, attempt_dir=str(adir),
+                                      script_path=str(PAYLOAD), env={}, timeout_s=60), Events())
+        assert r.exit_code == 97 and "pod check failed" in r.error and r.pod_terminated is True
+        assert "data-ready" in lines and not any("rehearsal" in line for line in lines)
+        assert fake.requests_seen.count("createPod") == 1 and fake.alive_pods() == []
+    finally:
+        fake.terminate_all()
+        fake.stop()
+    assert fake.violations == []

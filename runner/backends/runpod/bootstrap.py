@@ -478,10 +478,16 @@ def main() -> int:
     if not ports:
         pod.log(f"no port to serve on: RUNPOD_TCP_PORT_{pod.job.get('tcp_port')} is unset and the job names "
                 "no http_port")
+    serving = []
     for port in ports:
-        server = ThreadingHTTPServer(("0.0.0.0", port), make_handler(pod))
+        try:
+            server = ThreadingHTTPServer(("0.0.0.0", port), make_handler(pod))
+        except OSError as e:          # one port taken still leaves the other way in
+            pod.log(f"cannot serve on port {port}: {e}")
+            continue
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    pod.log(f"serving on port(s) {ports}")
+        serving.append(port)
+    pod.log(f"serving on port(s) {serving}")
     threading.Thread(target=pod.watchdog, daemon=True).start()
     pod.run()
     while True:   # keep serving until the driver (or the backstop) terminates the pod

@@ -93,7 +93,7 @@ class Session:
 
     def client(self, env: dict[str, str] | None = None, notify: Say | None = None) -> api.RunPodClient:
         """A client of this session's API (`env`: the job's environment, where the key may be)."""
-        key = REHEARSAL_KEY if self.rehearse else api.resolve_api_key(env)
+        key = REHEARSAL_KEY if self.rehearse else api.resolve_api_key({**os.environ, **(env or {})})
         pacing = api.Pacing(time_scale=self.timing.time_scale,
                             sse_read_timeout_s=2.0 if self.rehearse else api.Pacing.sse_read_timeout_s)
         return api.RunPodClient(key, origin=self.origin, pacing=pacing, notify=notify)
