@@ -104,17 +104,3 @@ def cmd_submit(args) -> int:
         print(f"pgolf submit: note: the result does not pass the {sig['policy']} test against {sig['baseline']} "
               f"(p = {sig['p']}); submit it as a non-record or run more seeds", file=sys.stderr)
     return 0
-
-
-# ---- pgolf reproduce (results side: the spec and the comparison; running it is the runner's) ----------
-
-def cmd_reproduce(args) -> int:
-    """`pgolf reproduce RECORD_DIR [--seeds ...]`: for now prints the job spec (JSON) that runs the record
-    again and the notes on how it was built; the runner glue (runner.run on that spec, then
-    `write_report(run_dir, reproduce_of=RECORD_DIR)`) comes with the runner's library API."""
-    from results.reproduce import spec_from_record
-    spec, notes = spec_from_record(args.record_dir, seeds=getattr(args, "seeds", None) or None)
-    print(json.dumps(spec, indent=2))
-    for n in notes:
-        print(f"pgolf reproduce: note: {n}", file=sys.stderr)
-    return 0

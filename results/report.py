@@ -53,7 +53,9 @@ def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce
     cost = batch_cost(runset)
     if cost:
         report["cost"] = cost
-    if reproduce_of is not None:
+    if reproduce_of is None and runset.kind == "run":
+        reproduce_of = spec_of(read_batch(runset)).get("reproduces")   # a batch made by `pgolf reproduce`
+    if reproduce_of:
         report["reproduction"] = compare_with_record(reproduce_of, runset)
     explicit = baseline is not None
     if runset.kind == "run":

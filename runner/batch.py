@@ -26,7 +26,7 @@ from typing import Any
 from results.errors import PgolfError
 from results.files import atomic_write
 from results.secrets import Scrubber, secret_env
-from runner.ledger import BATCH, Ledger, create_batch, frozen_script, load_batch
+from runner.ledger import BATCH, Ledger, create_batch, frozen_script, load_batch, mark_latest
 from runner.spec import JobSpec, load_spec, spec_from_batch, spec_to_batch, with_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -150,6 +150,7 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
         if ledger is None:
             create_batch(run_dir, spec_to_batch(spec, scrub), spec.script, spec_file=spec_file, rehearsal=rehearse)
             ledger = Ledger.create(run_dir, spec.seeds)
+            mark_latest(run_dir)
             script_path = run_dir / Path(spec.script).name
             print(f"pgolf run: {run_dir}")
         backend.start()

@@ -19,64 +19,94 @@ COMMANDS = {
     "audit": "results.commands:cmd_audit",
     "report": "results.commands:cmd_report",
     "submit": "results.commands:cmd_submit",
+    "reproduce": "runner.commands:cmd_reproduce",
     "cluster": "runner.commands:cmd_cluster",
     "data": "model.data:cmd_data",
 }
+LATEST_DEFAULT = ("status", "audit", "report")   # these take the newest run under runs/ when DIR is left out
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("pgolf")
+    except Exception:  # noqa: BLE001 - running from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf multi-seed runner and auditor")
+    p.add_argument("--version", action="version", version=f"pgolf {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_backend(sp):
         sp.add_argument("--backend", choices=["ray", "runpod"], help="override the spec's backend")
+        sp.add_argument("--address", help="Ray cluster address (default: start a local one)")
+        sp.add_argument("--no-progress", action="store_true",
+                        help="one plain line per event instead of live progress bars")
         sp.add_argument("--rehearse", action="store_true",
                         help="with --backend runpod: run the whole RunPod path for free against a local fake API")
         sp.add_argument("--rehearse-faults", default="", metavar="SPEC",
                         help="faults for the rehearsal, e.g. preempt=1,capacity=2,5xx=3,slow_start=2")
 
+    def add_latest_dir(sp, what):
+        sp.add_argument("dir", nargs="?", metavar="DIR",
+                        help=f"{what} (default: the newest run under runs/, i.e. runs/latest)")
+
     sp = sub.add_parser("run", help="start a batch of seeds from a job spec")
     sp.add_argument("job", help="job spec (TOML), e.g. jobs/smoke.toml")
     sp.add_argument("--seeds", type=int, nargs="+", help="override the spec's seeds")
-    sp.add_argument("--address", help="Ray cluster address (default: start a local one)")
     sp.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     sp.add_argument("--name", help="run directory name (default: spec name + timestamp)")
-    sp.add_argument("--no-progress", action="store_true", help="plain log lines instead of live progress bars")
     add_backend(sp)
 
     sp = sub.add_parser("resume", help="finish a batch from its ledger; succeeded seeds never run again")
-    sp.add_argument("run_dir")
-    sp.add_argument("--address", help="Ray cluster address (default: start a local one)")
-    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("run_dir", help="the batch's run directory, e.g. runs/smoke-20261128-101500")
     add_backend(sp)
 
     sp = sub.add_parser("status", help="show a batch's ledger")
-    sp.add_argument("run_dir")
-    sp.add_argument("--json", action="store_true")
+    add_latest_dir(sp, "run directory")
+    sp.add_argument("--json", action="store_true", help="print ledger.json instead of a table")
 
     sp = sub.add_parser("audit", help="compliance audit of a run directory or record folder")
-    sp.add_argument("dir")
-    sp.add_argument("--json", action="store_true")
+    add_latest_dir(sp, "run directory or record folder")
+    sp.add_argument("--json", action="store_true", help="print the audit as JSON (docs/CHALLENGE.md has its keys)")
 
     sp = sub.add_parser("report", help="results table, statistics and significance; writes report.md and plots")
-    sp.add_argument("dir")
+    add_latest_dir(sp, "run directory or record folder")
     sp.add_argument("--baseline", help="record folder, submission.json or a bpb number")
-    sp.add_argument("--policy", choices=["rule", "progression"], default=None)
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--out", help="where report.md and plots/ go (default: DIR for a run, else ./report-<name>)")
+    sp.add_argument("--policy", choices=["rule", "progression"], default=None,
+                    help="significance policy (default: the spec's, else rule)")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.add_argument("--out", help="where results.csv, report.md/json and plots/ go (default: the run directory; "
+                                  "for a record folder nothing is written unless --out is given)")
 
     sp = sub.add_parser("submit", help="turn a finished run into a record folder")
-    sp.add_argument("run_dir")
-    sp.add_argument("--out", required=True, help="record folder to write")
-    sp.add_argument("--author")
-    sp.add_argument("--github-id")
-    sp.add_argument("--name")
+    sp.add_argument("run_dir", help="the batch's run directory")
+    sp.add_argument("--out", required=True, help="record folder to write (must not exist or be empty)")
+    sp.add_argument("--author", help="submission.json author (default: the spec's [submission])")
+    sp.add_argument("--github-id", help="submission.json github_id (default: the spec's [submission])")
+    sp.add_argument("--name", help="submission.json name (default: the spec's [submission] or name)")
+    sp.add_argument("--baseline", help="record folder, submission.json or a bpb number to test against")
+    sp.add_argument("--policy", choices=["rule", "progression"], default=None,
+                    help="significance policy (default: the spec's, else rule)")
+
+    sp = sub.add_parser("reproduce", help="run a record folder again and say whether its claim stands")
+    sp.add_argument("record_dir", help="record folder with its train_gpt.py, logs and submission.json")
+    sp.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the record's)")
+    sp.add_argument("--data", nargs="+", metavar="NAME=PATH",
+                    help="where the data is on this cluster, e.g. DATA_PATH=... TOKENIZER_PATH=...")
+    sp.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    sp.add_argument("--name", help="run directory name (default: reproduce-<record> + timestamp)")
+    sp.add_argument("--dry-run", action="store_true", help="print the job spec and stop")
+    add_backend(sp)
 
     sp = sub.add_parser("cluster", help="manage clusters and pods")
-    sp.add_argument("action", choices=["up", "status", "down", "gc"])
+    sp.add_argument("action", choices=["up", "status", "down", "gc"],
+                    help="up: check budget; status: pods and spend; down: terminate a spec's pods; gc: orphans")
     sp.add_argument("spec", nargs="?", help="job spec (for up/status/down)")
-    sp.add_argument("--runs-dir", default="runs")
-    sp.add_argument("--yes", action="store_true", help="gc: terminate without asking")
+    sp.add_argument("--runs-dir", default="runs", help="where the ledgers live (default: runs)")
+    sp.add_argument("--yes", action="store_true", help="terminate without asking")
     sp.add_argument("--rehearse", action="store_true", help="act on the rehearsal's fake RunPod API")
 
     sp = sub.add_parser("data", help="data preparation")
@@ -84,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("prepare", help="train a sentencepiece tokenizer and write official-format shards")
     dp.add_argument("--text", nargs="+", help="text files or folders to read (default: the Python standard library's docstrings)")
     dp.add_argument("--out", required=True, help="output folder (tokenizer + shards)")
-    dp.add_argument("--vocab-size", type=int, default=1024)
-    dp.add_argument("--val-fraction", type=float, default=0.1)
-    dp.add_argument("--shard-tokens", type=int, default=1_000_000)
+    dp.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary size (default 1024)")
+    dp.add_argument("--val-fraction", type=float, default=0.1,
+                    help="fraction of documents in the validation split (default 0.1)")
+    dp.add_argument("--shard-tokens", type=int, default=1_000_000, help="tokens per shard file (default 1,000,000)")
     dp.add_argument("--max-chars", type=int, default=None, help="cap on characters read")
     dp.add_argument("--python-src", nargs="+", metavar="DIR",
                     help="also read docstrings and comment blocks of every .py file under these folders")
@@ -100,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     target = COMMANDS["data" if args.command == "data" else args.command]
     module, func = target.split(":")
     try:
+        if args.command in LATEST_DEFAULT:
+            if args.dir is None:
+                from runner.ledger import latest_run
+                args.dir = str(latest_run())
         return int(getattr(import_module(module), func)(args) or 0)
     except PgolfError as e:
         print(f"pgolf {args.command}: error: {e}", file=sys.stderr)

@@ -47,7 +47,7 @@ def _outcome(batch) -> int:
 
 
 def cmd_status(args) -> int:
-    run_dir = Path(args.run_dir)
+    run_dir = Path(args.dir)
     ledger = Ledger.load(run_dir)
     if args.json:
         try:
@@ -85,3 +85,35 @@ def cmd_cluster(args) -> int:
     # --rehearse is RunPod's rehearsal: the verb then acts on the fake API, whatever backend the spec names
     spec = load_spec(args.spec, {"backend": "runpod"} if args.rehearse else None)
     return make_backend(spec, rehearse=args.rehearse).cluster(args.action, Path(args.runs_dir), args.yes)
+
+
+def cmd_reproduce(args) -> int:
+    """`pgolf reproduce RECORD_DIR`: a job spec from the record folder (results.reproduce), run as a batch
+    through the library; the batch's report then puts the reproduced per-seed scores beside the claimed ones.
+    `--dry-run` prints the spec (JSON) instead of running it."""
+    from results.reproduce import spec_from_record
+    from runner.batch import run
+    from runner.spec import validate_spec
+    raw, notes = spec_from_record(args.record_dir, seeds=args.seeds or None, data_paths=_data_paths(args.data))
+    raw["reproduces"] = str(Path(args.record_dir).resolve())
+    for n in notes:
+        print(f"pgolf reproduce: note: {n}", file=sys.stderr)
+    spec = validate_spec(raw, f"{args.record_dir} (the reproduction's job spec)")
+    if args.dry_run:
+        print(json.dumps(spec.model_dump(mode="json", exclude_defaults=True), indent=2))
+        return 0
+    return _outcome(run(spec, runs_dir=args.runs_dir, name=args.name, backend=args.backend, address=args.address,
+                        progress=not args.no_progress, rehearse=args.rehearse, faults=args.rehearse_faults))
+
+
+def _data_paths(items: list[str] | None) -> dict[str, str] | None:
+    """`--data DATA_PATH=/x TOKENIZER_PATH=/y.model` -> {name: absolute path}."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise PgolfError(f"--data {item!r}: use NAME=PATH, e.g. DATA_PATH=data/fineweb10B_sp8192")
+        out[key] = str(Path(value).expanduser().resolve())
+    return out

@@ -201,3 +201,36 @@ def frozen_script(run_dir: str | Path, batch: dict[str, Any]) -> Path:
                          f"!= {want[:12]}… in {BATCH}); results of two code versions must not be mixed: "
                          f"restore the script or start a new batch with `pgolf run`")
     return frozen
+
+
+LATEST = "latest"
+
+
+def mark_latest(run_dir: str | Path) -> None:
+    """Point `RUNS_DIR/latest` at this run directory (a relative symlink, replaced atomically), so that the
+    commands that follow a batch (`pgolf status`, `audit`, `report` with no argument, or `runs/latest` in a
+    shell) name the newest batch and never two. A real folder called `latest` is left alone."""
+    run_dir = Path(run_dir)
+    link = run_dir.parent / LATEST
+    if run_dir.name == LATEST or (link.exists() and not link.is_symlink()):
+        return
+    tmp = run_dir.parent / f".{LATEST}.{os.getpid()}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)          # a file system without symlinks: the commands still take paths
+
+
+def latest_run(runs_dir: str | Path = "runs") -> Path:
+    """The run directory `RUNS_DIR/latest` points at, else the one whose batch.json is newest."""
+    runs_dir = Path(runs_dir)
+    link = runs_dir / LATEST
+    if link.is_dir() and (link / LEDGER).is_file():
+        return link.resolve()
+    found = sorted((p.parent for p in runs_dir.glob(f"*/{BATCH}")), key=lambda d: (d / BATCH).stat().st_mtime)
+    if not found:
+        raise PgolfError(f"{runs_dir}: no run directory here; give one (e.g. `pgolf status runs/NAME`) "
+                         f"or start a batch with `pgolf run JOB.toml`")
+    return found[-1].resolve()

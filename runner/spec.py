@@ -9,11 +9,12 @@ attempt deadline (`Limits.timeout`), unique seeds, env names, the `[runpod]` key
 """
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from results.errors import PgolfError
 from results.secrets import Scrubber, is_secret_name, redact
@@ -93,7 +94,7 @@ class JobSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     script: str
     env: dict[str, EnvValue] = Field(default_factory=dict)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[StrictInt] = Field(min_length=1)     # "42" is a typo worth a line, not a seed
     nproc_per_node: int = Field(1, gt=0)
     gpus_per_seed: int = Field(8, ge=0)
     backend: Literal["ray", "runpod"] = "ray"
@@ -103,6 +104,7 @@ class JobSpec(_Section):
     baseline: Baseline = Field(default_factory=Baseline)
     submission: Submission = Field(default_factory=Submission)
     runpod: RunPodSettings = Field(default_factory=RunPodSettings)
+    reproduces: str | None = None        # the record folder this batch runs again (`pgolf reproduce`)
 
     @field_validator("seeds")
     @classmethod
@@ -155,9 +157,14 @@ def _loc(err: dict[str, Any]) -> str:
 def _message(err: dict[str, Any]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
-        return f"unknown key (check the spelling; known: {', '.join(_known_keys(err['loc']))})"
+        known = _known_keys(err["loc"])
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key ({hint}known: {', '.join(known)})"
     if kind == "missing":
         return "required key is missing"
+    if kind == "int_type" and isinstance(err.get("input"), str):
+        return f"must be a number, got the string {err['input']!r} (write it without quotes)"
     msg = msg.removeprefix("Value error, ")
     msg = msg.replace("Input should be greater than or equal to", "must be >=")
     msg = msg.replace("Input should be greater than", "must be >")
@@ -240,12 +247,16 @@ def validate_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> 
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        # a misspelled key first: its "unknown key" explains the "missing" error of the key it was meant to be
+        errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
+        err = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise PgolfError(f"{where}: {_loc(err)}: {_message(err)}{more}") from None
     if base is not None:
         spec.script = resolve_path(base, spec.script)
         spec.data.paths = {k: resolve_path(base, v) for k, v in spec.data.paths.items()}
+        if spec.reproduces:
+            spec.reproduces = resolve_path(base, spec.reproduces)
         if isinstance(spec.baseline.ref, str) and not _is_number(spec.baseline.ref):
             spec.baseline.ref = resolve_path(base, spec.baseline.ref)
     return spec

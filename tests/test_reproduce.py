@@ -115,9 +115,12 @@ def test_report_of_a_reproduction_run(tmp_path, smoke_record):
                         0.0, abs_tol=1e-12)
 
 
-def test_cli_function_prints_the_spec(smoke_record, capsys):
+def test_cli_dry_run_prints_a_valid_job_spec(smoke_record, capsys):
     import argparse
-    from results.commands import cmd_reproduce
-    assert cmd_reproduce(argparse.Namespace(record_dir=str(smoke_record), seeds=[5, 6])) == 0
+    from runner.commands import cmd_reproduce
+    args = argparse.Namespace(record_dir=str(smoke_record), seeds=[5, 6], data=None, name=None, dry_run=True)
+    assert cmd_reproduce(args) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out)["seeds"] == [5, 6] and "pgolf reproduce: note:" in err
+    spec = json.loads(out)
+    assert spec["seeds"] == [5, 6] and spec["reproduces"] == str(smoke_record.resolve())
+    assert "pgolf reproduce: note:" in err

@@ -78,11 +78,39 @@ def test_resume_refuses_altered_frozen_copy(tmp_path):
 
 def test_status(tmp_path, capsys):
     run = _batch(tmp_path)
-    assert cmd_status(SimpleNamespace(run_dir=str(run), json=True)) == 0
+    assert cmd_status(SimpleNamespace(dir=str(run), json=True)) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["seeds"]["1"]["state"] == "succeeded" and data["seeds"]["2"]["state"] == "running"
-    assert cmd_status(SimpleNamespace(run_dir=str(run), json=False)) == 0
+    assert cmd_status(SimpleNamespace(dir=str(run), json=False)) == 0
     out = capsys.readouterr().out
     assert "succeeded" in out and "running" in out
     r = pgolf("status", tmp_path)
     assert r.returncode == 2 and "no ledger here" in r.stderr
+
+
+def test_spec_typos_name_the_key_and_version(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(f'name = "x"\nscript = "{FAKE}"\nseedz = [1]\n')
+    r = pgolf("run", job, "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "job.toml: seedz: unknown key (did you mean 'seeds'?" in r.stderr, r.stderr
+    job.write_text(f'name = "x"\nscript = "{FAKE}"\nseeds = ["42"]\n')
+    r = pgolf("run", job, "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "seeds: must be a number, got the string '42'" in r.stderr, r.stderr
+    v = pgolf("--version")
+    assert v.returncode == 0 and v.stdout.startswith("pgolf ")
+    r = pgolf("status", cwd=tmp_path)                       # no runs/ here: one line, not a traceback
+    assert r.returncode == 2 and "no run directory here" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_every_option_has_help():
+    from runner.cli import build_parser
+
+    def walk(parser):
+        for action in parser._actions:
+            if hasattr(action, "choices") and isinstance(action.choices, dict):   # subcommands
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            elif action.dest not in ("help", "version"):
+                yield parser.prog, action
+    missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(build_parser()) if not a.help]
+    assert not missing, missing

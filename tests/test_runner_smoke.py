@@ -39,3 +39,17 @@ def test_smoke_run_submit_audit(tmp_path):
     a = pgolf("audit", rec, "--json", timeout=300)
     assert a.returncode == 0, a.stdout + a.stderr
     assert json.loads(a.stdout)["verdict"] == "pass"
+    # the follow-up commands name the newest batch without a glob: runs/latest
+    assert (tmp_path / "latest").resolve() == run.resolve()
+    st = pgolf("status", tmp_path / "latest", "--json", timeout=120)
+    assert st.returncode == 0 and set(json.loads(st.stdout)["seeds"]) == {"42", "1337", "2025"}
+
+    # pgolf reproduce: the record folder written by submit runs again (two of its seeds) on the embedded default
+    again = pgolf("reproduce", rec, "--seeds", 42, 1337, "--runs-dir", tmp_path, "--name", "again", "--no-progress",
+                  timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rep = json.loads((tmp_path / "again" / "report.json").read_text())["reproduction"]
+    assert rep["n"] == 2 and set(rep["differences"]) == {"42", "1337"} and isinstance(rep["stands"], bool)
+    # (whether it stands depends on this machine's load: the smoke job stops at a 25 s wall-clock cap)
+    assert "## Reproduction check" in (tmp_path / "again" / "report.md").read_text()
+    assert (tmp_path / "latest").resolve() == (tmp_path / "again").resolve()
