@@ -24,11 +24,16 @@ if TYPE_CHECKING:
     from runner.backends.runpod.backend import RunPodBackend
 
 
+def _run_dirs(runs_dir: Path, holding: str) -> list[Path]:
+    """The run directories under runs_dir holding `holding`, each once (runs/latest is a link to one)."""
+    return sorted({p.parent.resolve() for p in Path(runs_dir).glob(f"*/{holding}") if not p.parent.is_symlink()})
+
+
 def _ledgers(runs_dir: Path) -> list[Ledger]:
     out = []
-    for path in sorted(Path(runs_dir).glob("*/ledger.json")):
+    for run_dir in _run_dirs(runs_dir, "ledger.json"):
         try:
-            out.append(Ledger.load(path.parent))
+            out.append(Ledger.load(run_dir))
         except PgolfError:
             continue
     return out
@@ -41,11 +46,10 @@ def sessions(runs_dir: Path, rehearse: bool, name: str | None = None) -> Iterato
         with Session() as s:
             yield "RunPod", s
         return
-    for state in sorted(Path(runs_dir).glob(f"*/{REHEARSAL_DIR}/state.json")):
-        run_dir = state.parent.parent
-        if name and _batch_name(run_dir) != name:
+    for run_dir in _run_dirs(runs_dir, REHEARSAL_DIR):
+        if not (run_dir / REHEARSAL_DIR / "state.json").exists() or (name and _batch_name(run_dir) != name):
             continue
-        with Session(rehearse=True, state_dir=state.parent) as s:
+        with Session(rehearse=True, state_dir=run_dir / REHEARSAL_DIR) as s:
             yield f"rehearsal {run_dir.name}", s
 
 
@@ -162,8 +166,8 @@ def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, ye
     and the spec's pods; down: terminate every pod of the spec's batches, running ones included."""
     spec = backend.spec
     # the pods of the spec's batches under runs_dir (run dirs default to NAME-TIMESTAMP, --name may differ)
-    prefixes = sorted({batch_prefix(p.parent) for p in Path(runs_dir).glob("*/batch.json")
-                       if _batch_name(p.parent) == spec.name} | {f"{NAME_PREFIX}{spec.name}-"})
+    prefixes = sorted({batch_prefix(d) for d in _run_dirs(runs_dir, "batch.json") if _batch_name(d) == spec.name}
+                      | {f"{NAME_PREFIX}{spec.name}-"})
     if action == "up":
         if backend.rehearse:
             raise PgolfError("pgolf cluster up --rehearse: a rehearsal's fake RunPod lives in its run directory; "
