@@ -127,23 +127,39 @@ def reproduction_command(batch: dict | None) -> str | None:
 
 def batch_cost(runset: RunSet) -> dict | None:
     """What the batch's pods cost: the sum of every attempt's cost_usd in ledger.json (retries included,
-    since they were paid for too). None for record folders and for batches that recorded no cost."""
+    since they were paid for too), with how many of those figures RunPod billed and how many are estimates
+    (price x lifetime), and `rehearsal: true` when the batch ran on the fake RunPod (fake figures, no
+    money). None for record folders and for batches that recorded no cost."""
     if runset.kind != "run":
         return None
     try:
         seeds = json.loads((Path(runset.dir) / "ledger.json").read_text()).get("seeds") or {}
     except (OSError, ValueError, AttributeError):
         return None
-    per_seed, n = {}, 0
+    per_seed, n, sources = {}, 0, {"billed": 0, "estimate": 0}
     for seed, entry in seeds.items():
-        costs = [a.get("cost_usd") for a in (entry or {}).get("attempts") or [] if isinstance(a, dict)]
-        costs = [float(c) for c in costs if isinstance(c, (int, float)) and math.isfinite(c)]
-        if costs:
-            per_seed[str(seed)] = round(sum(costs), 4)
-            n += len(costs)
+        atts = [a for a in (entry or {}).get("attempts") or [] if isinstance(a, dict)
+                and isinstance(a.get("cost_usd"), (int, float)) and math.isfinite(a["cost_usd"])]
+        if atts:
+            per_seed[str(seed)] = round(sum(float(a["cost_usd"]) for a in atts), 4)
+            n += len(atts)
+            for a in atts:
+                sources["billed" if a.get("cost_source") == "billed" else "estimate"] += 1
     if not per_seed:
         return None
-    return {"total_usd": round(sum(per_seed.values()), 4), "attempts": n, "per_seed_usd": per_seed}
+    rehearsal = bool((read_batch(runset) or {}).get("rehearsal"))
+    return {"total_usd": round(sum(per_seed.values()), 4), "attempts": n, "per_seed_usd": per_seed,
+            "billed_attempts": sources["billed"], "estimated_attempts": sources["estimate"], "rehearsal": rehearsal}
+
+
+def cost_sentence(cost: dict) -> str:
+    """One line for report.md and the summary: money (billed or estimated), or a rehearsal's fake figure."""
+    if cost.get("rehearsal"):
+        return (f"rehearsal on the fake RunPod: {cost['attempts']} pod attempt(s), no money spent "
+                f"(fake cost {cost['total_usd']:.4f})")
+    how = (f"{cost.get('billed_attempts', 0)} billed by RunPod, {cost.get('estimated_attempts', 0)} estimated "
+           f"(price x pod lifetime)")
+    return f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s): {how}"
 
 
 def _ledger(runset: RunSet) -> dict:

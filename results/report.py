@@ -16,8 +16,8 @@ from rich.text import Text
 
 from results import plots
 from results.audit import audit
-from results.batch import (aborted_attempts, adaptive_summary, batch_cost, default_baseline, read_batch,
-                           reproduction_command, spec_of)
+from results.batch import (aborted_attempts, adaptive_summary, batch_cost, cost_sentence, default_baseline,
+                           read_batch, reproduction_command, spec_of)
 from results.errors import PgolfError
 from results.files import atomic_write
 from results.load import load
@@ -223,6 +223,9 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
     spec = spec_of(batch)
     s = _summary(report)
     lines = [f"# {title or spec.get('name') or name}", ""] + ([byline, ""] if byline else [])
+    if batch and batch.get("rehearsal"):
+        lines += ["**Rehearsal**: these seeds ran on pgolf's fake RunPod on one machine (`--rehearse`); "
+                  "no pod was rented and no money was spent.", ""]
     what = f"{report.get('kind', 'run')} `{name}`: {s['n']} scored seed(s)"
     if spec.get("script"):
         what += f" of `{Path(str(spec['script'])).name}`"
@@ -261,8 +264,9 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
         lines.append(f"| `{c.get('id')}` | {STATUS_MARK.get(c.get('status'), '')} {c.get('status')} | {detail} |")
     cost = report.get("cost")
     if cost:
-        per = ", ".join(f"seed {k}: ${v:.2f}" for k, v in cost["per_seed_usd"].items())
-        lines += ["", "## Cost", "", f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s) ({per})."]
+        unit = "{:.4f}" if cost.get("rehearsal") else "${:.2f}"
+        per = ", ".join(f"seed {k}: " + unit.format(v) for k, v in cost["per_seed_usd"].items())
+        lines += ["", "## Cost", "", f"{cost_sentence(cost)} ({per})."]
     aborted = report.get("aborted")
     if aborted:
         lines += ["", "## Early aborts", "", abort_line(aborted), "",
@@ -322,7 +326,7 @@ def render_summary(report: dict) -> Group:
     parts = [t, Text("scored from: " + ", ".join(f"{m} ({k})" for m, k in metrics.items()), style="dim"),
              Text(f"val_bpb {_mean_std(s, 'val_bpb')}   val_loss {_mean_std(s, 'val_loss')}")]
     if report.get("cost"):
-        parts.append(Text(f"cost: ${report['cost']['total_usd']:.2f} for {report['cost']['attempts']} pod attempt(s)"))
+        parts.append(Text(f"cost: {cost_sentence(report['cost'])}"))
     sig = report.get("significance")
     style = "bold green" if sig and sig.get("passes") else "bold yellow" if sig else "dim"
     if report.get("adaptive") and sig and sig.get("sequential") and not report.get("significance_error"):

@@ -82,6 +82,7 @@ def run(spec: JobSpec | str | Path, *, run_dir: str | Path | None = None, runs_d
         spec = load_spec(spec, {"seeds": seeds, "backend": backend})
     from runner import preflight
     preflight.check_static(spec, spec_file or "job spec")
+    _check_rehearse(spec, rehearse, faults)
     if run_dir is None:
         run_dir = Path(runs_dir) / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = Path(run_dir).resolve()
@@ -96,11 +97,17 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
            progress: bool = True, rehearse: bool = False, faults: str = "") -> Batch:
     """Finish a batch from its ledger: attempts a dead driver left open are closed (and their pods
     stopped), seeds that succeeded never run again. Refuses when the script changed since the batch began;
-    secret env values (masked in batch.json) must be in the environment again."""
+    secret env values (masked in batch.json) must be in the environment again. A rehearsal stays a
+    rehearsal (batch.json says so), and a real batch is never finished on the fake."""
     run_dir = Path(run_dir).resolve()
     batch = load_batch(run_dir)
     ledger = Ledger.load(run_dir)
     spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
+    if rehearse and not batch.get("rehearsal"):
+        raise PgolfError(f"{run_dir / BATCH}: this batch ran on RunPod itself; resume it without --rehearse "
+                         f"(a batch never mixes real pods with the fake's)")
+    rehearse = bool(batch.get("rehearsal"))
+    _check_rehearse(spec, rehearse, faults)
     script = frozen_script(run_dir, batch)
     closed = ledger.close_dangling(DRIVER_LOST)
     if closed:
@@ -110,6 +117,14 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
     print(f"pgolf resume: {len(done)} seed(s) already done {done}; unfinished {todo}")
     return _execute(run_dir, spec, spec_file=batch.get("spec_file"), ledger=ledger, script_path=script,
                     address=address, progress=progress, rehearse=rehearse, faults=faults)
+
+
+def _check_rehearse(spec: JobSpec, rehearse: bool, faults: str) -> None:
+    if rehearse and spec.backend != "runpod":
+        raise PgolfError(f"--rehearse rehearses the RunPod backend, and this batch's backend is {spec.backend!r}: "
+                         f"add --backend runpod (or leave --rehearse out)")
+    if faults and not rehearse:
+        raise PgolfError("--rehearse-faults needs --rehearse (faults are only injected into the fake RunPod)")
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -130,7 +145,7 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
 
     scrub = Scrubber.from_environ({k: str(v) for k, v in spec.env.items()})
     job_env = {**secret_env(), **spec.job_env()}
-    backend = make_backend(spec, rehearse=rehearse, faults=faults)
+    backend = make_backend(spec, rehearse=rehearse, faults=faults, run_dir=run_dir)
     where = spec_file or str(run_dir / BATCH)
     try:    # issue 12's sections: their baseline and curve are read before anything starts
         waves, abort = Waves.from_spec(spec), AbortPolicy.from_spec(spec)
@@ -147,7 +162,7 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
         for note in backend.preflight(n_seeds, where):
             print(note, flush=True)
         if ledger is None:
-            create_batch(run_dir, spec_to_batch(spec, scrub), spec.script, spec_file=spec_file)
+            create_batch(run_dir, spec_to_batch(spec, scrub), spec.script, spec_file=spec_file, rehearsal=rehearse)
             ledger = Ledger.create(run_dir, [] if waves else spec.seeds)   # waves add their seeds
             mark_latest(run_dir)
             script_path = run_dir / Path(spec.script).name

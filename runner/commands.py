@@ -50,19 +50,27 @@ def cmd_status(args) -> int:
     run_dir = Path(args.dir)
     ledger = Ledger.load(run_dir)
     if args.json:
-        print(json.dumps(ledger.data, indent=2))
+        try:
+            rehearsal = bool(load_batch(run_dir).get("rehearsal"))
+        except PgolfError:
+            rehearsal = False
+        print(json.dumps({**ledger.data, "rehearsal": rehearsal}, indent=2))
         return 0
     from rich.console import Console
     from runner.progress import status_table
+    rehearsal = False
     try:
         batch = load_batch(run_dir)
+        rehearsal = bool(batch.get("rehearsal"))
         head = f"{batch.get('name')}  script {batch['script']['file']} sha256 {batch['script']['sha256'][:12]}…  " \
                f"created {batch.get('created_at')}"
+        if rehearsal:
+            head += "\nREHEARSAL: fake RunPod on this machine; its costs are fake, no money was spent"
     except PgolfError:
         head = str(run_dir)
     c = Console()
     c.print(head, markup=False, highlight=False)
-    c.print(status_table(ledger))
+    c.print(status_table(ledger, rehearsal))
     from runner.progress import ledger_notes
     for line in ledger_notes(ledger):
         c.print(line, markup=False, highlight=False)

@@ -312,7 +312,8 @@ class Driver:
         else:
             self.exit_failures[seed] = self.exit_failures.get(seed, 0) + 1
             state = "pending" if self.exit_failures[seed] <= self.limits.retries else "failed"
-        fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "pod_terminated")
+        fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "cost_source",
+                                                     "cost_estimate_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
         self.ledger.end_attempt(seed, k, state, exit_code=result.exit_code,
                                 error=self.scrub(error) if error else None, **fields)

@@ -23,7 +23,7 @@ BATCH = "batch.json"
 STATES = ("pending", "running", "succeeded", "failed", "aborted")
 DONE_STATES = ("succeeded", "aborted")   # never run again (an aborted seed is not retried, issue 12)
 ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exit_code", "error",
-                "cost_usd", "pod_terminated", "abort")
+                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort")
 INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
 INTERRUPTED = "interrupted"
 
@@ -154,8 +154,9 @@ def pgolf_version() -> str:
 
 
 def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: str | Path,
-                 spec_file: str | None = None) -> dict[str, Any]:
-    """Freeze the batch: copy the script into the run dir and write batch.json (spec already redacted)."""
+                 spec_file: str | None = None, rehearsal: bool = False) -> dict[str, Any]:
+    """Freeze the batch: copy the script into the run dir and write batch.json (spec already redacted).
+    `rehearsal`: the batch runs on the fake RunPod (--rehearse); its resume stays one, its report says so."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     script_path = Path(script_path)
@@ -174,6 +175,7 @@ def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: st
         "pgolf_version": pgolf_version(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "created_at": now_iso(),
+        "rehearsal": rehearsal,
     }
     atomic_write_json(run_dir / BATCH, batch)
     return batch

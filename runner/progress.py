@@ -18,7 +18,8 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -295,15 +296,44 @@ def _short_node(node: str | None) -> str:
     return f"{host}:{nid[:8]}" if nid else host
 
 
-def status_table(ledger) -> Table:
-    """`pgolf status`: one row per seed from the ledger alone."""
-    t = Table()
-    for col in ("seed", "state", "attempts", "node", "started", "ended", "exit", "error"):
-        t.add_column(col)
+def status_table(ledger, rehearsal: bool = False) -> Group:
+    """`pgolf status`: one row per attempt (every attempt, not only the last), from the ledger alone: when
+    it ran, its exit, where (node or pod id), for pods what they cost (billed by RunPod or estimated; a
+    rehearsal's cost is fake) and whether the pod was verified gone; the attempts' errors in full below.
+    Fits 80 columns."""
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
+    for col in ("seed", "state", "att", "time", "exit"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("node / pod", overflow="fold")
+    t.add_column("cost", no_wrap=True)
+    t.add_column("pod gone", no_wrap=True)
+    errors = []
     for s in ledger.seeds():
         e = ledger.entry(s)
-        last = e["attempts"][-1] if e["attempts"] else {}
-        t.add_row(str(s), e["state"], str(len(e["attempts"])), _short_node(last.get("node")),
-                  last.get("started") or "-", last.get("ended") or "-",
-                  "-" if last.get("exit_code") is None else str(last["exit_code"]), (last.get("error") or "")[:70])
-    return t
+        for i, a in enumerate(e["attempts"] or [{}]):
+            t.add_row(str(s) if i == 0 else "", e["state"] if i == 0 else "", str(a.get("attempt") or "-"),
+                      f"{_clock(a.get('started'))}-{_clock(a.get('ended'))}" if a else "-",
+                      "-" if a.get("exit_code") is None else str(a["exit_code"]),
+                      a.get("pod_id") or _short_node(a.get("node")), _cost(a, rehearsal), _terminated(a))
+            if a.get("error"):
+                errors.append(Text(f"seed {s} attempt {a.get('attempt')}: {a['error']}"))
+    return Group(t, *errors)
+
+
+def _clock(iso: str | None) -> str:
+    """HH:MM of an ISO timestamp (the date is in batch.json's created_at)."""
+    return iso[11:16] if iso and len(iso) >= 16 else "…"
+
+
+def _cost(a: dict, rehearsal: bool) -> str:
+    usd = a.get("cost_usd")
+    if usd is None:
+        return "-"
+    kind = "billed" if a.get("cost_source") == "billed" else "est."
+    return f"fake {usd:.2f} {kind}" if rehearsal else f"${usd:.2f} {kind}"
+
+
+def _terminated(a: dict) -> str:
+    if not a.get("pod_id"):
+        return "-"
+    return {True: "yes", False: "NO"}.get(a.get("pod_terminated"), "?")

@@ -106,12 +106,17 @@ class RunPodSettings(_Section):
     should not cost a pod). batch.json keeps only the keys the spec set, so defaults can improve."""
     gpu_type: str = "NVIDIA H100 80GB HBM3"        # the SXM part the rules require
     gpu_count: int = Field(8, gt=0)
-    cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "SECURE"
+    cpu: str | None = None                         # a CPU pod of this flavor (e.g. "cpu3c") instead of GPUs
+    vcpus: int = Field(4, ge=2)                    # a CPU pod's vCPUs: a power of two its flavor allows
+    cloud_type: Literal["SECURE", "COMMUNITY"] = "SECURE"
+    data_centers: list[str] = Field(default_factory=list)   # where pods may go ([]: anywhere)
     image: str = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
-    max_pods: int = Field(8, gt=0)                 # pods at once: capacity of the `runpod_pod` Ray resource
+    max_pods: int | None = Field(None, gt=0)       # pods at once; default: what spend_limit allows at the price
+    spend_limit: float = Field(80.0, gt=0)         # $/h the account may spend (RunPod's default limit)
+    start_timeout_s: float = Field(900, gt=0)      # a pod still PROVISIONING/STARTING after this is replaced
     container_disk_gb: int = Field(80, gt=0)
-    volume_gb: int = Field(0, ge=0)
-    port: int = Field(8000, gt=0, lt=65536)        # the pod's HTTP port (status, log, artifacts)
+    network_volume: str | None = None              # a network volume id: the dataset is downloaded onto it once
+    volume_path: str = "/workspace"                # where the network volume is mounted in the pod
     price_per_hour: float | None = Field(None, ge=0)   # $ per pod-hour for the estimate; None: RunPod's list price
     setup_s: float = Field(900, ge=0)              # pod start + data + compile: for the estimate and the backstop
     setup_command: str = ""                        # shell command on the pod before the data (pip install ...)
@@ -121,6 +126,13 @@ class RunPodSettings(_Section):
     min_triton: str = "3.7.1"                      # fla with an older Triton miscompiles GDN on Hopper (fla #640)
     backstop_grace_s: float = Field(900, ge=0)     # the pod kills itself this long after its deadline
     collect_grace_s: float = Field(1800, ge=0)     # ... or this long after its job ended, nobody collecting
+
+    @field_validator("vcpus")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("RunPod's CPU pods take a power of two vCPUs (2, 4, 8, ...)")
+        return v
 
 
 class JobSpec(_Section):
