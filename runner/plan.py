@@ -167,7 +167,6 @@ def render(out: dict, console) -> None:
         if "one_per_pod" in c:
             t.add_column("cost, 1 seed/pod", justify="right")
             t.add_column("wall, 1 seed/pod", justify="right")
-    marks = {n: f"{float(p):.0%}" for p, n in out["seeds_for_power"].items() if n is not None}
     for n, p in out["power"].items():
         row = [n, f"{p:.3f}"]
         if c:

@@ -3,7 +3,6 @@ log line says (runner/phases.py), the abort watch (runner/abort.py), the plain p
 [adaptive] / [abort] sections. The batches themselves run in tests/test_adaptive.py."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
