@@ -7,7 +7,6 @@ numbers to bench/results/audit_corpus.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path

@@ -10,7 +10,7 @@ Prints ms/step (wall clock, synchronised each step as the training loop does) sp
 optimizer+EMA (CUDA events), tokens/s, peak memory, and an MFU estimate: FLOPs/token = 6 x the weights
 used in matmuls (shared K/V counted per use, tied output head included) + the chunked gated delta rule
 (per layer and head, forward ~ 4CK + C(K+V) + 6KV + 2CV with chunk C=64, backward ~ 2x forward); peaks
-989 TFLOP/s (H100 SXM bf16 dense spec) and 800 TFLOP/s (measured matmul, ../shared/GPU.md).
+989 TFLOP/s (H100 SXM bf16 dense spec) and 800 TFLOP/s (measured matmul, docs/GPU.md).
 The published K_KVShare_Wider step on the same H100 stack: 304 ms (196 fwd+bwd + 108 optimizer/EMA).
 
 Env: BENCH_SEQS (96), BENCH_ACCUM (1 micro-batch), BENCH_WARMUP (5 steps, compile included),

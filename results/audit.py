@@ -56,7 +56,7 @@ def check_logs_present(rs: RunSet):
     if unparsed:
         why = ["; ".join(r.warnings[-3:]) if r.warnings else f"{r.log}:{r.first_line}" for r in unparsed]
         return "warn", f"{len(logs)} log(s), {len(rs.runs)} run(s); no usable final val_bpb in: " + "; ".join(why)
-    extra = (f"; not counted (duplicate or another run of a counted seed): "
+    extra = ("; not counted (duplicate or another run of a counted seed): "
              + ", ".join(f"{r.log}:{r.first_line}" for r in rs.extra_runs)) if rs.extra_runs else ""
     return "pass", f"{len(logs)} log(s), {len(rs.runs)} run(s) with a final score: {', '.join(logs)}{extra}"
 

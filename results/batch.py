@@ -127,20 +127,81 @@ def reproduction_command(batch: dict | None) -> str | None:
 
 def batch_cost(runset: RunSet) -> dict | None:
     """What the batch's pods cost: the sum of every attempt's cost_usd in ledger.json (retries included,
-    since they were paid for too). None for record folders and for batches that recorded no cost."""
+    since they were paid for too), with how many of those figures RunPod billed and how many are estimates
+    (price x lifetime), and `rehearsal: true` when the batch ran on the fake RunPod (fake figures, no
+    money). None for record folders and for batches that recorded no cost."""
     if runset.kind != "run":
         return None
     try:
         seeds = json.loads((Path(runset.dir) / "ledger.json").read_text()).get("seeds") or {}
     except (OSError, ValueError, AttributeError):
         return None
-    per_seed, n = {}, 0
+    per_seed, n, sources = {}, 0, {"billed": 0, "estimate": 0}
     for seed, entry in seeds.items():
-        costs = [a.get("cost_usd") for a in (entry or {}).get("attempts") or [] if isinstance(a, dict)]
-        costs = [float(c) for c in costs if isinstance(c, (int, float)) and math.isfinite(c)]
-        if costs:
-            per_seed[str(seed)] = round(sum(costs), 4)
-            n += len(costs)
+        atts = [a for a in (entry or {}).get("attempts") or [] if isinstance(a, dict)
+                and isinstance(a.get("cost_usd"), (int, float)) and math.isfinite(a["cost_usd"])]
+        if atts:
+            per_seed[str(seed)] = round(sum(float(a["cost_usd"]) for a in atts), 4)
+            n += len(atts)
+            for a in atts:
+                sources["billed" if a.get("cost_source") == "billed" else "estimate"] += 1
     if not per_seed:
         return None
-    return {"total_usd": round(sum(per_seed.values()), 4), "attempts": n, "per_seed_usd": per_seed}
+    rehearsal = bool((read_batch(runset) or {}).get("rehearsal"))
+    return {"total_usd": round(sum(per_seed.values()), 4), "attempts": n, "per_seed_usd": per_seed,
+            "billed_attempts": sources["billed"], "estimated_attempts": sources["estimate"], "rehearsal": rehearsal}
+
+
+def cost_sentence(cost: dict) -> str:
+    """One line for report.md and the summary: money (billed or estimated), or a rehearsal's fake figure."""
+    if cost.get("rehearsal"):
+        return (f"rehearsal on the fake RunPod: {cost['attempts']} pod attempt(s), no money spent "
+                f"(fake cost {cost['total_usd']:.4f})")
+    how = (f"{cost.get('billed_attempts', 0)} billed by RunPod, {cost.get('estimated_attempts', 0)} estimated "
+           f"(price x pod lifetime)")
+    return f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s): {how}"
+
+
+def _ledger(runset: RunSet) -> dict:
+    if runset.kind != "run":
+        return {}
+    try:
+        data = json.loads((Path(runset.dir) / "ledger.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def adaptive_summary(runset: RunSet) -> dict | None:
+    """An adaptive batch's design, waves and outcome from ledger.json's "adaptive" section (runner/waves.py),
+    in the report's shape; None for a fixed batch. Per look: seeds, scored seeds, the success boundary
+    (a nominal p threshold), whether it was crossed, the conditional power, the action."""
+    st = _ledger(runset).get("adaptive")
+    if not isinstance(st, dict):
+        return None
+    waves = []
+    for w in st.get("waves") or []:
+        look = w.get("look") or {}
+        boundary = look.get("boundary") or {}
+        waves.append({"wave": w.get("wave"), "seeds": w.get("seeds"), "scored": look.get("n"),
+                      "tested": look.get("tested"), "boundary_p": boundary.get("p"),
+                      "alpha_spent": boundary.get("alpha_spent"), "crossed": look.get("crossed"),
+                      "conditional_power": look.get("conditional_power"), "action": look.get("action")})
+    return {key: st.get(key) for key in ("rule", "looks", "policy", "spending", "futility", "baseline", "outcome")} \
+        | {"waves": waves}
+
+
+def aborted_attempts(runset: RunSet) -> dict | None:
+    """Seeds stopped by the early abort (runner/abort.py): per attempt, where it was stopped and what that saved
+    (estimated), and the totals; None when nothing was aborted."""
+    rows = []
+    for seed, entry in (_ledger(runset).get("seeds") or {}).items():
+        for a in (entry or {}).get("attempts") or []:
+            ab = a.get("abort") if isinstance(a, dict) else None
+            if isinstance(ab, dict):
+                rows.append({"seed": seed, "attempt": a.get("attempt"), **ab})
+    if not rows:
+        return None
+    usd = [r["saved_usd"] for r in rows if isinstance(r.get("saved_usd"), (int, float))]
+    return {"attempts": rows, "saved_hours": round(sum(r.get("saved_hours") or 0 for r in rows), 4),
+            "saved_usd": round(sum(usd), 2) if usd else None}

@@ -211,7 +211,8 @@ def load_run_dir(d: Path) -> RunSet:
         attempts = entry.get("attempts") if isinstance(entry, dict) else None
         if not isinstance(attempts, list):
             raise PgolfError(f"{ledger_p}: seeds[{seed_s}].attempts must be a list")
-        ok = [a for a in attempts if isinstance(a, dict) and a.get("exit_code") == 0]
+        # an aborted attempt (runner/abort.py) never counts, even if its job ended before the cancel
+        ok = [a for a in attempts if isinstance(a, dict) and a.get("exit_code") == 0 and not a.get("abort")]
         if not ok:
             state = entry.get("state", "?")
             rs.warnings.append(f"seed {seed_s}: no succeeded attempt (state {state}); not counted")

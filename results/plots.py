@@ -1,4 +1,5 @@
-"""PNG plots for a report: train loss vs step per seed, and per-seed val_bpb beside the baseline's.
+"""PNG plots for a report: train loss per seed against training time (beside the baseline record's curve, abort
+points marked), and per-seed val_bpb beside the baseline's.
 
 matplotlib's Agg backend: no display needed (CI, pods). Each function writes one file atomically and
 returns its path, or None when there is nothing to draw.
@@ -14,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from results.curves import Curve, run_points  # noqa: E402
 from results.files import atomic_write  # noqa: E402
 from results.types import Run  # noqa: E402
 
@@ -25,24 +27,50 @@ def _save(fig, path: Path) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def train_loss(runs: list[Run], path: str | Path) -> Path | None:
-    """Train loss vs step, one line per seed (from Run.curve)."""
-    curves = [r for r in runs if r.curve]
+def train_loss(runs: list[Run], path: str | Path, *, baseline: Curve | None = None,
+               aborted: list[tuple[Run, dict]] = ()) -> Path | None:
+    """Train loss per seed against elapsed training time (the budget is time, not steps), beside the
+    baseline record's mean curve (results.curves), with aborted seeds dotted and their abort points marked
+    (`aborted`: (the aborted attempt's run, its ledger "abort" entry)). Logs that state no training time
+    are drawn against the step instead."""
+    curves = [r for r in runs if r.curve] + [r for r, _ in aborted if r.curve]
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in curves:
-        ax.plot([c.step for c in r.curve], [c.train_loss for c in r.curve],
-                label=f"seed {r.seed if r.seed is not None else r.log}", lw=1.2)
-    all_loss = sorted(c.train_loss for r in curves for c in r.curve)
+    timed = all(len(run_points(r)[0]) >= 2 for r in curves)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    losses = []
+
+    def draw(r: Run, **kw):
+        if timed:
+            t, l = run_points(r)
+            ax.plot(t, l, lw=1.2, **kw)
+        else:
+            l = [c.train_loss for c in r.curve]
+            ax.plot([c.step for c in r.curve], l, lw=1.2, **kw)
+        losses.extend(l)
+    for r in runs:
+        if r.curve:
+            draw(r, label=f"seed {r.seed if r.seed is not None else r.log}")
+    for r, ab in aborted:
+        if r.curve:
+            draw(r, ls=":", label=f"seed {r.seed} (aborted)")
+        if timed:
+            ax.plot([ab["train_time_s"]], [ab["loss"]], "x", ms=10, mew=2, color="tab:red")
+            ax.annotate("aborted", (ab["train_time_s"], ab["loss"]), xytext=(5, 5), textcoords="offset points",
+                        fontsize=7, color="tab:red")
+    if baseline is not None and timed:
+        ax.plot(baseline.time_s, baseline.loss, color="black", ls="--", lw=1.5,
+                label=f"record: {baseline.label} (mean of {baseline.seeds} seeds)")
+        losses.extend(baseline.loss.tolist())
+    all_loss = sorted(v for v in losses if v == v)
     median = all_loss[len(all_loss) // 2]
     if all_loss[-1] > 1.5 * median:            # the first steps (~ln vocab) would flatten the interesting part
         ax.set_ylim(all_loss[0] - 0.05 * median, 1.5 * median)
-    ax.set_xlabel("step")
+    ax.set_xlabel("elapsed training time (s)" if timed else "step")
     ax.set_ylabel("train loss (nats)")
-    ax.set_title("Train loss per seed")
+    ax.set_title("Train loss per seed" + (" against training time" if timed else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return _save(fig, Path(path))
 
 

@@ -16,7 +16,8 @@ from rich.text import Text
 
 from results import plots
 from results.audit import audit
-from results.batch import batch_cost, default_baseline, read_batch, reproduction_command, spec_of
+from results.batch import (aborted_attempts, adaptive_summary, batch_cost, cost_sentence, default_baseline,
+                           read_batch, reproduction_command, spec_of)
 from results.errors import PgolfError
 from results.files import atomic_write
 from results.load import load
@@ -53,6 +54,11 @@ def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce
     cost = batch_cost(runset)
     if cost:
         report["cost"] = cost
+    adaptive, aborted = adaptive_summary(runset), aborted_attempts(runset)
+    if adaptive:
+        report["adaptive"] = adaptive
+    if aborted:
+        report["aborted"] = aborted
     if reproduce_of is None and runset.kind == "run":
         reproduce_of = spec_of(read_batch(runset)).get("reproduces")   # a batch made by `pgolf reproduce`
     if reproduce_of:
@@ -63,7 +69,7 @@ def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce
         if baseline is None or str(baseline) == str(spec_ref):   # the runner passes the spec's own ref
             explicit, baseline = False, spec_ref
             policy = policy or spec_policy
-    extras: dict = {"base": None, "threshold_bpb": None}
+    extras: dict = {"base": None, "threshold_bpb": None, "baseline_ref": baseline}
     report["significance"] = None
     if baseline is None:
         return report, extras
@@ -83,6 +89,8 @@ def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce
     unscored = [r.log for r in runset.runs if r.val_bpb is None]
     if unscored:
         sig["notes"].append(f"{len(unscored)} run(s) without a final score left out: {', '.join(unscored)}")
+    if adaptive:
+        _sequential_p(sig, adaptive, explicit)
     report["significance"] = sig
     extras["base"] = base
     margin_bpb = sig["margin"]
@@ -90,6 +98,66 @@ def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce
         margin_bpb = sig["margin"] / (LN2 * cand.bytes_per_token)
     extras["threshold_bpb"] = sum(base.bpb) / len(base.bpb) - margin_bpb
     return report, extras
+
+
+def _sequential_p(sig: dict, adaptive: dict, explicit: bool) -> None:
+    """An adaptive batch stopped on data, so the fixed-n p of `significance` is not a valid p-value: against
+    the spec's own baseline, "p" becomes the one the design allows (results.sequential: stage-wise adjusted
+    p, or none after a futility stop) and "passes" means the success boundary was crossed; the fixed-n p
+    stays as "p_nominal", for monitoring only. Against another baseline no design applies: a note says so."""
+    outcome = adaptive.get("outcome")
+    if explicit:
+        sig["notes"].append("this batch stopped adaptively against its spec's baseline; against this one the "
+                            "p-value is the nominal fixed-n one, not adjusted for the stopping rule")
+        return
+    sig["p_nominal"] = sig["p"]
+    sig["p"] = outcome.get("p_adjusted") if outcome else None
+    sig["passes"] = bool(outcome and outcome.get("action") == "stop_success")
+    sig["sequential"] = outcome.get("action") if outcome else "unfinished"
+    sig["notes"].append("adaptive batch: p is the one its design allows (" +
+                        (outcome["p_report"] if outcome else "the batch has not stopped yet") +
+                        "); the fixed-n p (p_nominal) does not hold after stopping on the data")
+
+
+STOPPED = {"stop_futility": "Stopped for futility", "stop_success": "Stopped for success",
+           "stop_max": "Ran to its maximum"}
+
+
+def adaptive_lines(adaptive: dict) -> list[str]:
+    """How an adaptive batch stopped and the only p-value it may report, for report.md and the terminal."""
+    out = adaptive.get("outcome")
+    if not out:
+        return [f"Adaptive batch, not stopped yet ({len(adaptive.get('waves') or [])} wave(s) so far): "
+                f"no p-value until it stops (`pgolf resume` finishes it). Design: {adaptive.get('rule')}."]
+    head = (f"**{STOPPED.get(out['action'], out['action'])}** after wave {out['wave']}: {out['seeds_run']} of up "
+            f"to {out['max_seeds']} seeds run, {out['n']} scored. {out['p_report'][0].upper()}{out['p_report'][1:]}.")
+    return [head, "", f"Design: {adaptive.get('rule')}."]
+
+
+def _curve(runset: RunSet, extras: dict):
+    """The record's mean train-loss curve for the loss plot: the spec's [abort] curve, else the baseline's."""
+    from results.curves import record_curve
+    ref = (spec_of(read_batch(runset)).get("abort") or {}).get("curve") if runset.kind == "run" else None
+    try:
+        return record_curve(ref or extras.get("baseline_ref"))
+    except PgolfError:
+        return None
+
+
+def _aborted_runs(runset: RunSet, aborted: dict | None) -> list:
+    """(the run in an aborted attempt's log, its "abort" entry) for the loss plot."""
+    from results.parse import parse_log
+    out = []
+    for a in (aborted or {}).get("attempts", []):
+        log = Path(runset.dir) / "seeds" / str(a["seed"]) / f"attempt-{a['attempt']}" / "train.log"
+        try:
+            runs = parse_log(log, str(log.relative_to(runset.dir)))
+        except OSError:
+            continue
+        if runs:
+            runs[0].seed = runs[0].seed if runs[0].seed is not None else a["seed"]
+            out.append((runs[0], a))
+    return out
 
 
 def write_report(dir, baseline=None, policy: str | None = None, out=None, *, reproduce_of=None) -> dict:
@@ -111,7 +179,8 @@ def write_report(dir, baseline=None, policy: str | None = None, out=None, *, rep
     plot_files: list[str] = []
     scored = [r for r in runset.runs if r.val_bpb is not None]
     base = extras["base"]
-    for p in (plots.train_loss(runset.runs, out / "plots" / "train_loss.png"),
+    for p in (plots.train_loss(runset.runs, out / "plots" / "train_loss.png", baseline=_curve(runset, extras),
+                               aborted=_aborted_runs(runset, report.get("aborted"))),
               plots.seeds_vs_baseline([r.val_bpb for r in scored], base.bpb if base else None,
                                       extras["threshold_bpb"], out / "plots" / "seeds_val_bpb.png",
                                       cand_labels=[r.seed for r in scored],
@@ -154,6 +223,9 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
     spec = spec_of(batch)
     s = _summary(report)
     lines = [f"# {title or spec.get('name') or name}", ""] + ([byline, ""] if byline else [])
+    if batch and batch.get("rehearsal"):
+        lines += ["**Rehearsal**: these seeds ran on pgolf's fake RunPod on one machine (`--rehearse`); "
+                  "no pod was rented and no money was spent.", ""]
     what = f"{report.get('kind', 'run')} `{name}`: {s['n']} scored seed(s)"
     if spec.get("script"):
         what += f" of `{Path(str(spec['script'])).name}`"
@@ -170,8 +242,18 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
                      f"| {_fmt(r.get('artifact_bytes'), ',')} | {_fmt(r.get('steps'))} "
                      f"| {_fmt(r.get('train_time_ms'), ',.0f')} | {_fmt(r.get('eval_time_ms'), ',.0f')} "
                      f"| `{r.get('metric') or 'unparsed'}` | `{r.get('log')}` |")
-    lines += ["", "## Significance", "",
-              report.get("significance_error") or sentence(report.get("significance")), ""]
+    lines += ["", "## Significance", ""]
+    adaptive = report.get("adaptive")
+    if adaptive and not report.get("significance_error") and (report.get("significance") or {}).get("sequential"):
+        lines += adaptive_lines(adaptive) + ["", "| wave | seeds | scored | success boundary (p <) | crossed "
+                                                 "| conditional power | action |", "|---:|---|---:|---:|---|---:|---|"]
+        for w in adaptive["waves"]:
+            lines.append(f"| {w['wave']} | {', '.join(map(str, w['seeds'] or []))} | {_fmt(w['scored'])} "
+                         f"| {_fmt(w['boundary_p'], '.3g')} | {_yes(w['crossed'])} "
+                         f"| {_fmt(w['conditional_power'], '.1%')} | {w['action'] or 'running'} |")
+        lines.append("")
+    else:
+        lines += [report.get("significance_error") or sentence(report.get("significance")), ""]
     sig = report.get("significance")
     if sig and sig.get("notes"):
         lines += [f"- {n}" for n in sig["notes"]] + [""]
@@ -182,8 +264,19 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
         lines.append(f"| `{c.get('id')}` | {STATUS_MARK.get(c.get('status'), '')} {c.get('status')} | {detail} |")
     cost = report.get("cost")
     if cost:
-        per = ", ".join(f"seed {k}: ${v:.2f}" for k, v in cost["per_seed_usd"].items())
-        lines += ["", "## Cost", "", f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s) ({per})."]
+        unit = "{:.4f}" if cost.get("rehearsal") else "${:.2f}"
+        per = ", ".join(f"seed {k}: " + unit.format(v) for k, v in cost["per_seed_usd"].items())
+        lines += ["", "## Cost", "", f"{cost_sentence(cost)} ({per})."]
+    aborted = report.get("aborted")
+    if aborted:
+        lines += ["", "## Early aborts", "", abort_line(aborted), "",
+                  "| seed | attempt | at (s of training) | train loss | record's | margin | saved |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for a in aborted["attempts"]:
+            saved = f"${a['saved_usd']:.2f}" if a.get("saved_usd") is not None else f"{a.get('saved_hours', 0):.2f} h"
+            lines.append(f"| {a['seed']} | {a['attempt']} | {a['train_time_s']:.0f} ({a['fraction']:.0%}) "
+                         f"| {a['loss']:.4f} | {a['record_loss']:.4f} | {a['margin']:g} | {saved} |")
+        lines += [f"- {a['seed']}: {a['note']}" for a in aborted["attempts"] if a.get("note")]
     rep = report.get("reproduction")
     if rep:
         lines += ["", "## Reproduction check", "", reproduction_sentence(rep), "",
@@ -198,6 +291,19 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
     if plot_files:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_files]
     return scrub("\n".join(lines) + "\n")
+
+
+def _yes(v) -> str:
+    return "–" if v is None else "yes" if v else "no"
+
+
+def abort_line(aborted: dict) -> str:
+    n = len(aborted["attempts"])
+    saved = (f"about ${aborted['saved_usd']:.2f}" if aborted.get("saved_usd") is not None
+             else f"about {aborted['saved_hours']:.2f} machine-hours")
+    return (f"{n} attempt(s) aborted early (train loss above the record's curve by more than the margin); not "
+            f"retried, not counted in the statistics; saved {saved} (estimate: the unused part of each "
+            f"attempt's expected time × the pod's price when known).")
 
 
 def render_summary(report: dict) -> Group:
@@ -220,10 +326,15 @@ def render_summary(report: dict) -> Group:
     parts = [t, Text("scored from: " + ", ".join(f"{m} ({k})" for m, k in metrics.items()), style="dim"),
              Text(f"val_bpb {_mean_std(s, 'val_bpb')}   val_loss {_mean_std(s, 'val_loss')}")]
     if report.get("cost"):
-        parts.append(Text(f"cost: ${report['cost']['total_usd']:.2f} for {report['cost']['attempts']} pod attempt(s)"))
+        parts.append(Text(f"cost: {cost_sentence(report['cost'])}"))
     sig = report.get("significance")
     style = "bold green" if sig and sig.get("passes") else "bold yellow" if sig else "dim"
-    parts.append(Text(report.get("significance_error") or sentence(sig), style=style))
+    if report.get("adaptive") and sig and sig.get("sequential") and not report.get("significance_error"):
+        parts.append(Text(" ".join(adaptive_lines(report["adaptive"])).replace("**", ""), style=style))
+    else:
+        parts.append(Text(report.get("significance_error") or sentence(sig), style=style))
+    if report.get("aborted"):
+        parts.append(Text(abort_line(report["aborted"]), style="yellow"))
     for n in (sig or {}).get("notes", []):
         parts.append(Text(f"  note: {n}", style="dim"))
     if report.get("reproduction"):

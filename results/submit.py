@@ -141,6 +141,8 @@ def submit(run_dir, out, author: str | None = None, github_id: str | None = None
                              "nothing was written")
         rec_report["dir"] = str(out)
         rec_report["significance"] = report.get("significance")
+        if report.get("adaptive"):        # an adaptive batch: the README states how it stopped, its p only
+            rec_report["adaptive"] = report["adaptive"]
         readme = markdown(rec_report, None, batch=batch, title=sub["name"],
                           byline=_byline(sub))
         atomic_write(tmp / "README.md", readme)

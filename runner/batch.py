@@ -32,7 +32,7 @@ from typing import Any
 from results.errors import PgolfError
 from results.secrets import Scrubber, secret_env
 from runner import storage
-from runner.ledger import BATCH, LEDGER, Ledger, create_batch, frozen_script, load_batch, mark_latest
+from runner.ledger import BATCH, DONE_STATES, LEDGER, Ledger, create_batch, frozen_script, load_batch, mark_latest
 from runner.lock import LOCK, BatchLock
 from runner.proctree import batch_markers, kill_marked
 from runner.spec import JobSpec, load_spec, spec_from_batch, spec_to_batch, with_overrides
@@ -48,7 +48,7 @@ class Batch:
     run_dir: Path
     spec: JobSpec
     ledger: Ledger
-    exit_code: int                       # 0 every seed succeeded, 1 some failed, 130 interrupted
+    exit_code: int                       # 0 every seed succeeded (or was aborted), 1 some failed, 130 interrupted
     report: dict[str, Any] | None = None   # report.json's content; None when interrupted or not written
     report_error: str | None = None      # why there is no report, when the batch ended but none was written
     storage_error: str | None = None     # the one line (path, what to do) when the disk refused a write
@@ -56,12 +56,18 @@ class Batch:
 
     @property
     def states(self) -> dict[int, str]:
-        """seed -> pending | running | succeeded | failed, as the ledger says."""
+        """seed -> pending | running | succeeded | failed | aborted, as the ledger says."""
         return {s: self.ledger.state(s) for s in self.ledger.seeds()}
 
     @property
     def failed(self) -> list[int]:
-        return [s for s, state in self.states.items() if state != "succeeded"]
+        """Seeds that did not succeed; an aborted seed is not a failure (runner/abort.py)."""
+        return [s for s, state in self.states.items() if state not in DONE_STATES]
+
+    @property
+    def outcome(self) -> dict[str, Any] | None:
+        """How an adaptive batch stopped (runner/waves.py): action, wave, seeds, the p it may report."""
+        return (self.ledger.data.get("adaptive") or {}).get("outcome")
 
     @property
     def interrupted(self) -> bool:
@@ -87,6 +93,7 @@ def run(spec: JobSpec | str | Path, *, run_dir: str | Path | None = None, runs_d
         spec = load_spec(spec, {"seeds": seeds, "backend": backend})
     from runner import preflight
     preflight.check_static(spec, spec_file or "job spec")
+    _check_rehearse(spec, rehearse, faults)
     if run_dir is None:
         run_dir = Path(runs_dir) / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = Path(run_dir).resolve()
@@ -147,7 +154,8 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
            progress: bool = True, rehearse: bool = False, faults: str = "") -> Batch:
     """Finish a batch from its ledger: attempts a dead driver left open are closed (and their pods
     stopped), seeds that succeeded never run again. Refuses when the script changed since the batch began;
-    secret env values (masked in batch.json) must be in the environment again."""
+    secret env values (masked in batch.json) must be in the environment again. A rehearsal stays a
+    rehearsal (batch.json says so), and a real batch is never finished on the fake."""
     run_dir = Path(run_dir).resolve()
     load_batch(run_dir)                         # a run directory (one line if not), before writing a lock there
     lock = BatchLock.acquire(run_dir, "pgolf resume")    # first, before Ray starts; read the ledger under it
@@ -155,6 +163,11 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
         batch = load_batch(run_dir)
         ledger = Ledger.load(run_dir)
         spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
+        if rehearse and not batch.get("rehearsal"):
+            raise PgolfError(f"{run_dir / BATCH}: this batch ran on RunPod itself; resume it without --rehearse "
+                             f"(a batch never mixes real pods with the fake's)")
+        rehearse = bool(batch.get("rehearsal"))
+        _check_rehearse(spec, rehearse, faults)
         script = frozen_script(run_dir, batch)
         stopped = kill_marked(batch_markers(str(run_dir)))
         if stopped:
@@ -165,11 +178,19 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
                   f"(seeds {sorted(set(closed))})")
         todo = ledger.unfinished()
         done = [s for s in ledger.seeds() if s not in todo]
-        print(f"pgolf resume: {len(done)} seed(s) already succeeded {done}; running {todo}")
+        print(f"pgolf resume: {len(done)} seed(s) already done {done}; unfinished {todo}")
         return _execute(run_dir, spec, spec_file=batch.get("spec_file"), ledger=ledger, script_path=script,
                         address=address, progress=progress, rehearse=rehearse, faults=faults)
     finally:
         lock.release()
+
+
+def _check_rehearse(spec: JobSpec, rehearse: bool, faults: str) -> None:
+    if rehearse and spec.backend != "runpod":
+        raise PgolfError(f"--rehearse rehearses the RunPod backend, and this batch's backend is {spec.backend!r}: "
+                         f"add --backend runpod (or leave --rehearse out)")
+    if faults and not rehearse:
+        raise PgolfError("--rehearse-faults needs --rehearse (faults are only injected into the fake RunPod)")
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -183,37 +204,48 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
 
     from runner import preflight
     from runner.backends import make_backend
+    from runner.abort import AbortPolicy
     from runner.driver import Driver, connect
     from runner.progress import BatchProgress
+    from runner.waves import Waves
 
     scrub = Scrubber.from_environ({k: str(v) for k, v in spec.env.items()})
     job_env = {**secret_env(), **spec.job_env()}
-    backend = make_backend(spec, rehearse=rehearse, faults=faults)
+    backend = make_backend(spec, rehearse=rehearse, faults=faults, run_dir=run_dir)
     where = spec_file or str(run_dir / BATCH)
+    try:    # issue 12's sections: their baseline and curve are read before anything starts
+        waves, abort = Waves.from_spec(spec), AbortPolicy.from_spec(spec)
+    except PgolfError as e:
+        raise PgolfError(f"{where}: {e}") from None
     old_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     rc = EXIT_OK
     try:
         connect(address, backend)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)   # ray.init may install its own
         preflight.check_cluster(backend.ray_options(), where)
-        for note in backend.preflight(len(spec.seeds) if ledger is None else len(ledger.unfinished()), where):
+        n_seeds = spec.max_seeds() if ledger is None else \
+            waves.remaining_seeds(ledger) if waves else len(ledger.unfinished())
+        for note in backend.preflight(n_seeds, where):
             print(note, flush=True)
         if ledger is None:
-            create_batch(run_dir, spec_to_batch(spec, scrub), spec.script, spec_file=spec_file)
-            ledger = Ledger.create(run_dir, spec.seeds)     # an OSError names the file the disk refused
+            create_batch(run_dir, spec_to_batch(spec, scrub), spec.script, spec_file=spec_file, rehearsal=rehearse)
+            ledger = Ledger.create(run_dir, [] if waves else spec.seeds)   # waves add their seeds
             mark_latest(run_dir)
             script_path = run_dir / Path(spec.script).name
             print(f"pgolf run: {run_dir}")
         backend.start()
         cap = float(spec.job_env().get("MAX_WALLCLOCK_SECONDS", 0) or 0) or None
-        bars = BatchProgress(ledger.seeds(), enabled=progress, cap_s=cap)
+        bars = BatchProgress(ledger.seeds(), enabled=progress, cap_s=cap, curve=_baseline_curve(spec, abort))
         for s in ledger.seeds():
-            if ledger.state(s) == "succeeded":
-                bars.views[s].status = "done (earlier)"
-        driver = Driver(run_dir, spec, backend, ledger, job_env, scrub, bars, script_path)
+            if ledger.state(s) in DONE_STATES:
+                bars.views[s].status = f"{ledger.state(s)} (earlier)"
+        driver = Driver(run_dir, spec, backend, ledger, job_env, scrub, bars, script_path, abort=abort)
         try:
             with bars:
-                driver.run(ledger.seeds())
+                if waves:
+                    waves.run(driver, ledger, run_dir, bars)
+                else:
+                    driver.run(ledger.seeds())
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)   # one clean-up, not two
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -240,6 +272,17 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
     _scrub_tree(run_dir, scrub)
     batch.exit_code = EXIT_FAILED if batch.failed else EXIT_OK
     return batch
+
+
+def _baseline_curve(spec: JobSpec, abort):
+    """The record's train-loss curve for the live view: the abort's, else the baseline folder's (if any)."""
+    if abort is not None:
+        return abort.watch.curve
+    try:
+        from results.curves import record_curve
+        return record_curve(spec.baseline.ref)
+    except PgolfError:
+        return None     # an unusable baseline is the report's to explain, not the live view's
 
 
 def _report(run_dir: Path, spec: JobSpec) -> tuple[dict[str, Any] | None, str | None]:

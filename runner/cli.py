@@ -17,6 +17,7 @@ COMMANDS = {
     "run": "runner.commands:cmd_run",
     "resume": "runner.commands:cmd_resume",
     "status": "runner.commands:cmd_status",
+    "plan": "runner.plan:cmd_plan",
     "audit": "results.commands:cmd_audit",
     "report": "results.commands:cmd_report",
     "submit": "results.commands:cmd_submit",
@@ -68,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="show a batch's ledger")
     add_latest_dir(sp, "run directory")
     sp.add_argument("--json", action="store_true", help="print ledger.json instead of a table")
+
+    sp = sub.add_parser("plan", help="seeds a claim needs (power per seed count) and what they cost")
+    sp.add_argument("--baseline", help="record folder, submission.json or bpb number (default: the spec's)")
+    sp.add_argument("--improvement", type=float, required=True, metavar="BPB",
+                    help="the true mean improvement in bpb you expect over the baseline")
+    sp.add_argument("--std", type=float, metavar="BPB", help="seed standard deviation in bpb (default: the baseline's)")
+    sp.add_argument("--policy", choices=["rule", "progression"], help="default: the spec's, else rule")
+    sp.add_argument("--max-seeds", type=int, default=8, metavar="N", help="power for 1..N seeds (default 8)")
+    sp.add_argument("--spec", metavar="JOB.toml", help="cost and hours on this spec's backend")
+    sp.add_argument("--seeds-per-pod", type=int, default=1, metavar="K",
+                    help="RunPod: K seeds one after another per pod after one set-up (cost against wall-clock)")
+    sp.add_argument("--json", action="store_true",
+                    help='print {"power", "seeds_for_power", "cost_usd", "hours", ...} (README: pgolf plan)')
 
     sp = sub.add_parser("audit", help="compliance audit of a run directory or record folder")
     add_latest_dir(sp, "run directory or record folder")

@@ -82,20 +82,31 @@ def cmd_status(args) -> int:
     ledger = Ledger.load(run_dir)
     driver = driver_state(run_dir)
     if args.json:
-        print(json.dumps({**ledger.data, "driver": driver}, indent=2))
+        try:
+            rehearsal = bool(load_batch(run_dir).get("rehearsal"))
+        except PgolfError:
+            rehearsal = False
+        print(json.dumps({**ledger.data, "rehearsal": rehearsal, "driver": driver}, indent=2))
         return 0
     from rich.console import Console
     from runner.progress import status_table
+    rehearsal = False
     try:
         batch = load_batch(run_dir)
+        rehearsal = bool(batch.get("rehearsal"))
         head = f"{batch.get('name')}  script {batch['script']['file']} sha256 {batch['script']['sha256'][:12]}…  " \
                f"created {batch.get('created_at')}"
+        if rehearsal:
+            head += "\nREHEARSAL: fake RunPod on this machine; its costs are fake, no money was spent"
     except PgolfError:
         head = str(run_dir)
     c = Console()
     c.print(head, markup=False, highlight=False)
     c.print(_driver_line(run_dir, ledger, driver), markup=False, highlight=False)
-    c.print(status_table(ledger, driver_alive=driver["alive"]))
+    c.print(status_table(ledger, rehearsal, driver_alive=driver["alive"]))
+    from runner.progress import ledger_notes
+    for line in ledger_notes(ledger):
+        c.print(line, markup=False, highlight=False)
     return 0
 
 
@@ -113,13 +124,23 @@ def cmd_cluster(args) -> int:
     if args.action != "down":
         return backend.cluster(args.action, Path(args.runs_dir), args.yes)
     with lock.LockSet(args.runs_dir, "pgolf cluster down") as locks:   # no driver starts on them meanwhile
-        live = [(d, who) for d, who in locks.busy.items() if d.name == spec.name or d.name.startswith(f"{spec.name}-")]
+        live = [(d, who) for d, who in locks.busy.items() if _batch_of(d, spec.name)]
         if live:
             d, who = live[0]
             raise PgolfError(f"{d}: batch in use by {lock.describe(who)}; `pgolf cluster down` terminates "
                              f"running attempts' pods only when no driver holds them: stop it first (Ctrl-C "
                              f"terminates its pods), then run this again")
         return backend.cluster(args.action, Path(args.runs_dir), args.yes)
+
+
+def _batch_of(run_dir: Path, name: str) -> bool:
+    """The batch in run_dir belongs to the spec called `name` (as `pgolf cluster down` reads it)."""
+    try:
+        if load_batch(run_dir).get("name") == name:
+            return True
+    except PgolfError:
+        pass
+    return run_dir.name == name or run_dir.name.startswith(f"{name}-")
 
 
 def cmd_reproduce(args) -> int:

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import math
 import os
 import signal
 import socket
@@ -35,7 +36,7 @@ from results.secrets import Scrubber
 from runner import storage
 from runner.backends.base import AttemptResult, AttemptSpec, Backend, InfraFailure, NotRecorded
 from runner.failures import LogWatch
-from runner.ledger import INFRA_PREFIX, INTERRUPTED, Ledger
+from runner.ledger import DONE_STATES, INFRA_PREFIX, INTERRUPTED, Ledger
 from runner.proctree import attempt_marker, kill_marked
 from runner.spec import JobSpec
 
@@ -225,7 +226,7 @@ def classify(exc: BaseException) -> tuple[bool, str]:
 
 class Driver:
     def __init__(self, run_dir: Path, spec: JobSpec, backend: Backend, ledger: Ledger, job_env: dict[str, str],
-                 scrub: Scrubber, progress, script_path: Path):
+                 scrub: Scrubber, progress, script_path: Path, abort=None):
         self.run_dir, self.spec, self.backend, self.ledger = run_dir, spec, backend, ledger
         self.job_env, self.scrub, self.progress, self.script_path = job_env, scrub, progress, script_path
         self.limits = spec.limits
@@ -240,6 +241,9 @@ class Driver:
         self.overdue: set[tuple[int, int]] = set()
         self.storage_error: OSError | None = None   # the first write the run directory refused
         self.host = socket.gethostname()
+        self.abort = abort                                   # runner.abort.AbortPolicy or None
+        self.aborting: dict[tuple[int, int], tuple[Any, float]] = {}   # (seed, attempt) -> (Verdict, cancel time)
+        self.channel = None
 
     def attempt_dir(self, seed: int, attempt: int) -> Path:
         return self.run_dir / "seeds" / str(seed) / f"attempt-{attempt}"
@@ -329,6 +333,8 @@ class Driver:
                     if watch is not None:
                         watch.feed(t)
                     self.progress.line(seed, t)
+                    if self.abort is not None and (seed, k) not in self.aborting:
+                        self.check_abort(seed, k, t)
             elif kind == "meta":
                 fields = self.scrub.obj(dict(ev[3]))
                 if self.record(self.ledger.update_attempt, seed, k, **fields):   # saved before the ack below
@@ -364,6 +370,9 @@ class Driver:
             error = f"timeout: no result {OVERDUE_GRACE_S:.0f} s after the attempt's deadline; the task was cancelled"
         if self.procs.get((seed, k), ("", 0))[0] == self.host or (seed, k) in self.overdue:
             kill_marked(attempt_marker(str(self.run_dir), seed, k))   # nothing of it survives on this host
+        if (seed, k) in self.aborting:
+            self.finish_aborted(seed, k, result)
+            return
         self.pump_events()
         kept = self.close_log(seed, k) and kept
         watch = self.watches.pop((seed, k), None) or LogWatch()
@@ -385,7 +394,8 @@ class Driver:
             state = "pending" if self.infra_failures[seed] <= self.limits.infra_retries else "failed"
         else:
             state, error = self.job_failure(seed, result, error, timed_out, watch)
-        fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "pod_terminated")
+        fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "cost_source",
+                                                     "cost_estimate_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
         self.record(self.ledger.end_attempt, seed, k, state, exit_code=result.exit_code,
                     error=self.scrub(error) if error else None, **fields)
@@ -447,8 +457,49 @@ class Driver:
         log = self.logs.pop((seed, k), None)
         return log.close() if log is not None else True
 
+    # --- early abort (runner/abort.py) -----------------------------------------------------------
+    def check_abort(self, seed: int, k: int, text: str) -> None:
+        """A line of a running attempt: cancel the attempt when the abort policy says so (the same cancel
+        as Ctrl-C: the task's backend kills the job or terminates the pod on its way out)."""
+        verdict = self.abort.watch.line(seed, k, text)
+        if verdict is None:
+            return
+        ref = next((r for r, key in self.running.items() if key == (seed, k)), None)
+        if ref is None:
+            return
+        self.aborting[(seed, k)] = (verdict, time.monotonic())
+        self.progress.say(f"[seed {seed}] {verdict.reason()}; cancelling attempt {k}")
+        ray.cancel(ref, force=False)
+
+    def force_aborted(self) -> None:
+        """An aborted attempt whose task did not stop within CANCEL_GRACE_S is force-cancelled."""
+        now = time.monotonic()
+        for ref, key in self.running.items():
+            if key in self.aborting and now - self.aborting[key][1] > CANCEL_GRACE_S:
+                self.aborting[key] = (self.aborting[key][0], math.inf)
+                ray.cancel(ref, force=True)
+
+    def finish_aborted(self, seed: int, k: int, result: AttemptResult) -> None:
+        verdict = self.aborting[(seed, k)][0]
+        self.pump_events()                 # a RunPod task's last meta (cost, pod_terminated) comes first
+        self.close_log(seed, k)
+        self.watches.pop((seed, k), None)
+        self.scrub_artifacts(self.attempt_dir(seed, k))
+        fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "pod_terminated")
+                  if getattr(result, k2) is not None}
+        self.record(self.ledger.end_attempt, seed, k, "aborted", exit_code=result.exit_code,
+                    error=verdict.reason(), **fields)
+        att = self.ledger.last_attempt(seed)
+        self.record(self.ledger.update_attempt, seed, k, abort={**verdict.to_dict(), **self.abort.savings(verdict, att)})
+        self.abort.watch.forget(seed, k)
+        self.write_result(seed, k, result)
+        self.progress.attempt_ended(seed, k, "aborted", verdict.reason(), self.ledger.last_attempt(seed)["abort"])
+
     # --- the loop -----------------------------------------------------------------------------
-    def run(self, seeds: list[int]) -> None:
+    def setup(self) -> None:
+        """Once per batch: the event channel on the driver's node, the script in Ray's object store."""
+        if self.channel is not None:
+            return
         self.driver_node = ray.get_runtime_context().get_node_id()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         self.channel = EventChannel.options(
@@ -456,10 +507,15 @@ class Driver:
         self.script_ref = ray.put(self.script_path.read_bytes())
         self.options = dict(self.backend.ray_options())
         self.options.setdefault("max_retries", 0)
-        queue = [s for s in seeds if self.ledger.state(s) != "succeeded"]
+        self.ev_ref = self.channel.drain.remote(EVENT_WAIT_S)   # one drain outstanding, across waves
+
+    def run(self, seeds: list[int]) -> None:
+        """Run every given seed that is not done yet until it succeeds, fails for good or is aborted
+        (called once per batch, or once per wave of an adaptive batch)."""
+        self.setup()
+        queue = [s for s in seeds if self.ledger.state(s) not in DONE_STATES]
         for s in queue:
             self.launch(s)   # Ray queues what the cluster cannot hold yet
-        self.ev_ref = self.channel.drain.remote(EVENT_WAIT_S)
         while self.running:
             ready, _ = ray.wait(list(self.running) + [self.ev_ref], num_returns=1, timeout=POLL_S)
             if self.ev_ref in ready:          # events wake the loop at once (a meta waits for its ack)
@@ -467,6 +523,8 @@ class Driver:
                 events, self.ev_ref = ray.get(self.ev_ref), self.channel.drain.remote(EVENT_WAIT_S)
                 self.pump_events(events)
             self.cancel_overdue()
+            if self.aborting:
+                self.force_aborted()
             self.retry_writes()
             for ref in ready:
                 seed, _k = self.running[ref]

@@ -25,9 +25,10 @@ from runner.storage import writing
 
 LEDGER = "ledger.json"
 BATCH = "batch.json"
-STATES = ("pending", "running", "succeeded", "failed")
+STATES = ("pending", "running", "succeeded", "failed", "aborted")
+DONE_STATES = ("succeeded", "aborted")   # never run again (an aborted seed is not retried, issue 12)
 ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exit_code", "error",
-                "cost_usd", "pod_terminated")
+                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort")
 INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
 INTERRUPTED = "interrupted"
 
@@ -83,7 +84,7 @@ class Ledger:
         return max((a["attempt"] for a in self.attempts(seed)), default=0) + 1
 
     def unfinished(self) -> list[int]:
-        return [s for s in self.seeds() if self.state(s) != "succeeded"]
+        return [s for s in self.seeds() if self.state(s) not in DONE_STATES]
 
     def all_attempts(self) -> list[tuple[int, dict[str, Any]]]:
         """(seed, attempt) for every attempt of every seed, in ledger order."""
@@ -94,6 +95,18 @@ class Ledger:
         return any(a.get("ended") is None for _s, a in self.all_attempts())
 
     # --- changes (each saves) ----------------------------------------------------------------
+    def add_seeds(self, seeds: list[int]) -> None:
+        """New pending seeds (the next wave of an adaptive batch); seeds already there are kept as they are."""
+        for s in seeds:
+            self.data["seeds"].setdefault(str(s), {"state": "pending", "attempts": []})
+        self.save()
+
+    def set_section(self, key: str, value: Any) -> None:
+        """A top-level section other than "seeds" (e.g. "adaptive": the waves and their decisions)."""
+        assert key != "seeds"
+        self.data[key] = value
+        self.save()
+
     def start_attempt(self, seed: int, backend: str) -> dict[str, Any]:
         """A new attempt, on disk before it runs: if the write fails, memory is as before and it raises."""
         att = {k: None for k in ATTEMPT_KEYS}
@@ -158,8 +171,9 @@ def pgolf_version() -> str:
 
 
 def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: str | Path,
-                 spec_file: str | None = None) -> dict[str, Any]:
-    """Freeze the batch: copy the script into the run dir and write batch.json (spec already redacted)."""
+                 spec_file: str | None = None, rehearsal: bool = False) -> dict[str, Any]:
+    """Freeze the batch: copy the script into the run dir and write batch.json (spec already redacted).
+    `rehearsal`: the batch runs on the fake RunPod (--rehearse); its resume stays one, its report says so."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     script_path = Path(script_path)
@@ -177,6 +191,7 @@ def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: st
         "pgolf_version": pgolf_version(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "created_at": now_iso(),
+        "rehearsal": rehearsal,
     }
     with writing(run_dir / BATCH):
         atomic_write_json(run_dir / BATCH, batch)
@@ -238,13 +253,18 @@ def mark_latest(run_dir: str | Path) -> None:
         tmp.unlink(missing_ok=True)          # a file system without symlinks: the commands still take paths
 
 
+def run_dirs(runs_dir: str | Path = "runs") -> list[Path]:
+    """The batches under RUNS_DIR: folders holding ledger.json, each once (`latest` and other links skipped)."""
+    return sorted(p.parent for p in Path(runs_dir).glob(f"*/{LEDGER}") if not p.parent.is_symlink())
+
+
 def latest_run(runs_dir: str | Path = "runs") -> Path:
     """The run directory `RUNS_DIR/latest` points at, else the one whose batch.json is newest."""
     runs_dir = Path(runs_dir)
     link = runs_dir / LATEST
     if link.is_dir() and (link / LEDGER).is_file():
         return link.resolve()
-    found = sorted((p.parent for p in runs_dir.glob(f"*/{BATCH}")), key=lambda d: (d / BATCH).stat().st_mtime)
+    found = sorted((d for d in run_dirs(runs_dir) if (d / BATCH).is_file()), key=lambda d: (d / BATCH).stat().st_mtime)
     if not found:
         raise PgolfError(f"{runs_dir}: no run directory here; give one (e.g. `pgolf status runs/NAME`) "
                          f"or start a batch with `pgolf run JOB.toml`")

@@ -158,13 +158,12 @@ class LockSet:
     def __init__(self, runs_dir: str | Path, command: str):
         self.held: list[BatchLock] = []
         self.busy: dict[Path, dict[str, Any]] = {}
-        for ledger in sorted(Path(runs_dir).glob("*/ledger.json")):
-            if ledger.parent.is_symlink():         # runs/latest names a batch that is listed anyway
-                continue
+        dirs = {p.parent.resolve() for p in Path(runs_dir).glob("*/ledger.json") if not p.parent.is_symlink()}
+        for run_dir in sorted(dirs):               # (runs/latest is a link to a batch listed anyway)
             try:
-                self.held.append(BatchLock.acquire(ledger.parent, command, patience_s=0.2))
+                self.held.append(BatchLock.acquire(run_dir, command, patience_s=0.2))
             except BatchBusy as e:
-                self.busy[ledger.parent] = e.holder
+                self.busy[run_dir] = e.holder
 
     def release(self) -> None:
         for lock in self.held:

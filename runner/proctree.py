@@ -12,7 +12,8 @@ A job's processes are found three ways, because each alone misses some:
 Killing: SIGTERM to the root (torchrun stops its ranks), a grace period, then rounds of SIGSTOP (nothing
 forks while we look) and SIGKILL over everything found, until a scan finds nothing.
 
-Standard library only, Linux (/proc): the job guard and the rehearsal's fake pods use it too.
+Standard library only, Linux (/proc): the job guard (ray_node) and the rehearsal's fake pods
+(runner/backends/runpod/fake_container.py) use it too.
 """
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ def proc_table() -> dict[int, tuple[int, int]]:
     return out
 
 
+def descendants(root: int, table: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    """Every live process below `root` (walking parent links)."""
+    table = proc_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _sid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
 def _ancestors_and_self(table: dict[int, tuple[int, int]]) -> set[int]:
     out, pid = set(), os.getpid()
     while pid > 1 and pid not in out:
@@ -86,7 +102,7 @@ def marked(value: str | re.Pattern, name: str = MARKER,
     return out
 
 
-def _sweep(find) -> None:
+def sweep(find) -> None:
     """SIGSTOP then SIGKILL whatever `find()` returns, until it returns nothing."""
     for _ in range(KILL_ROUNDS):
         left = find()
@@ -105,7 +121,7 @@ def kill_marked(value: str | re.Pattern, name: str = MARKER) -> int:
     """Kill every process carrying the marker (see `marked`); returns how many there were at first."""
     first = marked(value, name)
     if first:
-        _sweep(lambda: marked(value, name))
+        sweep(lambda: marked(value, name))
     return len(first)
 
 
@@ -123,15 +139,7 @@ class JobProcesses:
     def scan(self) -> None:
         """Remember the sessions of the root's descendants (ranks that started sessions of their own)."""
         table = proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _sid) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        todo = [self.pid]
-        while todo:
-            pid = todo.pop()
-            for c in children.get(pid, ()):
-                self.sessions.add(table[c][1])
-                todo.append(c)
+        self.sessions |= {table[c][1] for c in descendants(self.pid, table)}
 
     def in_sessions(self, table: dict[int, tuple[int, int]] | None = None) -> set[int]:
         table = proc_table() if table is None else table
@@ -163,7 +171,7 @@ class JobProcesses:
             t_end = time.monotonic() + grace_s
             while time.monotonic() < t_end and self.in_sessions():
                 time.sleep(0.2)
-        _sweep(self.alive)
+        sweep(self.alive)
         if self.popen is not None:
             try:
                 self.popen.wait(timeout=5)

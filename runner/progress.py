@@ -1,23 +1,35 @@
-"""Live progress of a batch: one rich progress bar per seed from the streamed `step:N/M` lines.
+"""Live progress of a batch: one row per seed, from the streamed log lines (runner/phases.py reads them).
 
-Plain mode (`--no-progress`, or stdout not a terminal) prints every streamed line as `[seed S] line`.
-Both modes end with the same final table. ETA per seed: the smaller of (remaining steps x mean step time)
-and (the wall-clock cap minus train time), since the payload stops at the cap.
+Each row shows the seed's phase (queued, set-up, compile, training, evaluation, serialisation, collecting)
+with the time spent in it, ticking live, so an evaluation of several minutes never looks like a stalled bar;
+a training bar that fills with the larger of step/iterations and train time/wall-clock cap (the payload stops
+at the cap, long before its nominal iterations); and, when the baseline is a record folder, the seed's train
+loss against the record's mean curve at the same elapsed training time (results/curves.py; the loss is the
+mean over the last 5% of the budget, as the early abort uses it).
+
+Plain mode (`--no-progress`, or stdout not a terminal) prints one line per event, not every log line:
+attempt start and end, machine found, phase changes, a step summary every 10% of training, final scores,
+and pgolf's own lines (`pgolf-runpod:` / `pgolf-pod:`). Every log line is in the attempt's train.log.
+Both modes end with the same final table.
 """
 from __future__ import annotations
 
-import re
 import sys
+import time
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
+from rich import box
+from rich.console import Console, Group
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
-STEP_RE = re.compile(r"step:(\d+)/(\d+)\s+train_loss:([-\d.eE+naif]+)\s+train_time:([\d.]+)ms")
-SCORE_RE = re.compile(r"^(legal_ttt_exact|final_int6_sliding_window_exact|final_int6_roundtrip_exact)\s"
-                      r".*?val_bpb:([\d.]+)")
+from results.curves import Curve, recent_vs
+from runner.phases import advance, read_line
+
 SCORE_RANK = {"final_int6_roundtrip_exact": 1, "final_int6_sliding_window_exact": 2, "legal_ttt_exact": 3}
+SUMMARY_EVERY = 0.1          # plain mode: a step summary every 10% of training
+BAR_TOTAL = 1000
 
 
 def fmt_s(s: float | None) -> str:
@@ -32,16 +44,28 @@ class SeedView:
         self.seed = seed
         self.attempt = 0
         self.status = "queued"
+        self.phase = "queued"
+        self.phase_since = time.monotonic()
         self.node: str | None = None
         self.step = 0
         self.iters: int | None = None
         self.loss: float | None = None
         self.train_ms: float | None = None
+        self.stopped = False                      # training ended (wall-clock cap or last step)
+        self.points: list[tuple[float, float]] = []   # (train time s, loss) for the comparison with the record
+        self.bytes_per_token: float | None = None
+        self.vs_record: float | None = None       # recent loss minus the record's at the same time
+        self.summaries = 0                        # plain mode: step summaries printed
         self.score: tuple[int, str, float] | None = None   # (rank, label, val_bpb)
         self.error: str | None = None
 
+    def reset(self, attempt: int) -> None:
+        seed = self.seed
+        self.__init__(seed)
+        self.attempt = attempt
+
     def eta_s(self, cap_s: float | None) -> float | None:
-        if not self.step or not self.iters or self.train_ms is None:
+        if self.stopped or not self.step or not self.iters or self.train_ms is None:
             return None
         per = self.train_ms / 1000 / self.step
         eta = (self.iters - self.step) * per
@@ -49,34 +73,70 @@ class SeedView:
             eta = min(eta, max(0.0, cap_s - self.train_ms / 1000))
         return eta
 
+    def fraction(self, cap_s: float | None) -> float:
+        """How far training is: the larger of step/iterations and train time/cap; 1 once it ended."""
+        if self.stopped or self.phase in ("evaluation", "serialisation", "collecting"):
+            return 1.0
+        f = self.step / self.iters if self.iters else 0.0
+        if cap_s and self.train_ms is not None:
+            f = max(f, self.train_ms / 1000 / cap_s)
+        return min(1.0, f)
+
+
+class PhaseColumn(ProgressColumn):
+    """The phase and the time spent in it, re-rendered on every refresh (it ticks without new lines)."""
+
+    def render(self, task) -> Text:
+        phase, since = task.fields.get("phase", "queued"), task.fields.get("since")
+        done = phase in ("done", "FAILED", "ABORTED") or phase.endswith("(earlier)")
+        clock = "" if since is None or done else " " + fmt_s(time.monotonic() - since)
+        style = {"training": "cyan", "evaluation": "magenta", "serialisation": "magenta",
+                 "collecting": "green", "done": "green", "FAILED": "red", "ABORTED": "yellow"}.get(phase, "dim")
+        return Text(f"{phase}{clock}".ljust(19), style=style)
+
 
 class BatchProgress:
     def __init__(self, seeds: list[int], enabled: bool = True, cap_s: float | None = None,
-                 console: Console | None = None):
+                 console: Console | None = None, curve: Curve | None = None):
         self.console = console or Console()
         self.live = enabled and self.console.is_terminal
         self.cap_s = cap_s
+        self.curve = curve
         self.views = {s: SeedView(s) for s in seeds}
         self.progress: Progress | None = None
         self.tasks: dict[int, Any] = {}
 
     def __enter__(self) -> "BatchProgress":
         if self.live:
-            self.progress = Progress(
-                TextColumn("seed {task.fields[seed]:>6}"), BarColumn(bar_width=30),
-                TextColumn("{task.completed:>6.0f}/{task.total:<6.0f}"),
-                TextColumn("train {task.fields[train]:>6}"), TextColumn("loss {task.fields[loss]:>7}"),
-                TextColumn("ETA {task.fields[eta]:>6}"), TextColumn("{task.fields[status]}"),
-                console=self.console, refresh_per_second=4)
+            cols = [TextColumn("seed {task.fields[seed]:>6}"), PhaseColumn(), BarColumn(bar_width=24),
+                    TextColumn("{task.fields[steps]:>13}"), TextColumn("train {task.fields[train]:>5}"),
+                    TextColumn("loss {task.fields[loss]:>7}")]
+            if self.curve is not None:
+                cols.append(TextColumn("vs record {task.fields[vs]:>7}"))
+            cols += [TextColumn("ETA {task.fields[eta]:>5}"), TextColumn("{task.fields[status]}")]
+            self.progress = Progress(*cols, console=self.console, refresh_per_second=4)
             for s in self.views:
-                self.tasks[s] = self.progress.add_task("", total=1, seed=s, train="-", loss="-", eta="-",
-                                                       status=self.views[s].status)
+                self._add_task(s)
             self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.progress:
             self.progress.stop()
+
+    def _add_task(self, seed: int) -> None:
+        v = self.views[seed]
+        self.tasks[seed] = self.progress.add_task("", total=BAR_TOTAL, seed=seed, phase=v.status if
+                                                  v.status.endswith("(earlier)") else v.phase, since=None,
+                                                  steps="-", train="-", loss="-", vs="-", eta="-", status="")
+
+    def add_seeds(self, seeds: list[int]) -> None:
+        """Seeds of a new wave (adaptive batches): a queued row each."""
+        for s in seeds:
+            if s not in self.views:
+                self.views[s] = SeedView(s)
+                if self.progress:
+                    self._add_task(s)
 
     def say(self, text: str) -> None:
         if self.progress:
@@ -87,53 +147,105 @@ class BatchProgress:
     # --- events from the driver ------------------------------------------------------------------
     def attempt_started(self, seed: int, attempt: int) -> None:
         v = self.views[seed]
-        v.attempt, v.status, v.step, v.iters, v.loss, v.train_ms = attempt, "queued", 0, None, None, None
-        if attempt > 1:
+        v.reset(attempt)
+        v.status = f"attempt {attempt}"
+        if not self.progress or attempt > 1:
             self.say(f"[seed {seed}] attempt {attempt} queued")
         self._update(seed)
 
     def node(self, seed: int, node: str) -> None:
         v = self.views[seed]
-        v.node, v.status = node, f"running (attempt {v.attempt})"
+        v.node = node
+        v.status = f"attempt {v.attempt} on {_short_node(node)}"
+        self._phase(v, "set-up")
         if not self.progress:
             self.say(f"[seed {seed}] attempt {v.attempt} running on {node}")
         self._update(seed)
 
     def line(self, seed: int, text: str) -> None:
         v = self.views[seed]
-        m = STEP_RE.search(text)
-        if m:
-            v.step, v.iters = int(m.group(1)), int(m.group(2))
-            v.train_ms = float(m.group(4))
-            try:
-                v.loss = float(m.group(3))
-            except ValueError:
-                pass
-        m = SCORE_RE.search(text)
-        if m:
-            rank = SCORE_RANK[m.group(1)]
-            if v.score is None or rank >= v.score[0]:
-                v.score = (rank, m.group(1), float(m.group(2)))
-        if not self.progress:
+        info = read_line(text)
+        if info.event:
             self.say(f"[seed {seed}] {text}")
-        elif m or STEP_RE.search(text):
+        if info.bytes_per_token is not None:
+            v.bytes_per_token = info.bytes_per_token
+        if info.stopped_ms is not None:
+            v.stopped, v.train_ms = True, info.stopped_ms
+            if not self.progress:
+                self.say(f"[seed {seed}] training stopped at the wall-clock cap: step {v.step}/{v.iters}, "
+                         f"train {fmt_s(info.stopped_ms / 1000)}")
+        if info.phase is not None and (v.phase == "queued" or info.phase != v.phase):
+            self._phase(v, info.phase)
+        if info.step is not None:
+            self._step(v, info.step)
+        if info.score is not None:
+            label, bpb = info.score
+            rank = SCORE_RANK.get(label, 0)
+            if v.score is None or rank >= v.score[0]:
+                v.score = (rank, label, bpb)
+            if not self.progress:
+                self.say(f"[seed {seed}] {label} val_bpb {bpb:.5f}")
+        if info.step is not None or info.score is not None or info.phase is not None:
             self._update(seed)
 
-    def attempt_ended(self, seed: int, attempt: int, state: str, error: str | None) -> None:
+    def _step(self, v: SeedView, step) -> None:
+        v.step, v.iters, v.train_ms = step.step, step.iterations, step.train_ms
+        t = step.train_ms / 1000
+        if step.loss == step.loss:
+            v.loss = step.loss
+            v.points.append((t, step.loss))
+        if self.curve is not None and v.points:
+            curve, _note = self.curve.scaled_to(v.bytes_per_token)
+            both = recent_vs(v.points, curve, t, 0.05 * (self.cap_s or t))
+            v.vs_record = None if both is None else both[0] - both[1]
+        if not self.progress:
+            f = v.fraction(self.cap_s)
+            if f >= SUMMARY_EVERY * (v.summaries + 1) or step.step == step.iterations:
+                v.summaries = int(f / SUMMARY_EVERY)
+                self.say(f"[seed {v.seed}] {self._summary(v)}")
+
+    def _summary(self, v: SeedView) -> str:
+        text = f"step {v.step}/{v.iters} train {fmt_s((v.train_ms or 0) / 1000)}"
+        if v.loss is not None:
+            text += f" loss {v.loss:.4f}"
+        if v.vs_record is not None:
+            text += f" ({v.vs_record:+.4f} vs record)"
+        eta = v.eta_s(self.cap_s)
+        return text + (f" ETA {fmt_s(eta)}" if eta is not None else "")
+
+    def _phase(self, v: SeedView, phase: str) -> None:
+        new = advance(v.phase, phase)
+        if new == v.phase:
+            return
+        if not self.progress and v.phase != "queued":
+            self.say(f"[seed {v.seed}] {v.phase} -> {new} after {fmt_s(time.monotonic() - v.phase_since)}")
+        v.phase, v.phase_since = new, time.monotonic()
+
+    def attempt_ended(self, seed: int, attempt: int, state: str, error: str | None,
+                      abort: dict | None = None) -> None:
         v = self.views[seed]
         v.error = error
-        v.status = {"succeeded": "done", "failed": "FAILED", "pending": "retrying"}.get(state, state)
+        v.status = {"succeeded": "done", "failed": "FAILED", "pending": "retrying",
+                    "aborted": "ABORTED"}.get(state, state)
+        if abort:
+            saved = (f"${abort['saved_usd']:.2f}" if abort.get("saved_usd") is not None
+                     else f"{abort.get('saved_hours', 0):.2f} h")
+            v.status += f" (saved {saved})"
+        if state in ("succeeded", "failed", "aborted"):
+            v.phase, v.phase_since = {"succeeded": "done", "failed": "FAILED", "aborted": "ABORTED"}[state], None
         msg = f"[seed {seed}] attempt {attempt} {state}" + (f": {error}" if error else "")
-        self.say(msg)
+        self.say(msg + (f"; saved about {v.status.split('saved ')[1][:-1]}" if abort else ""))
         self._update(seed)
 
     def _update(self, seed: int) -> None:
         if not self.progress:
             return
         v = self.views[seed]
-        self.progress.update(self.tasks[seed], total=v.iters or 1, completed=v.step if v.iters else 0,
+        self.progress.update(self.tasks[seed], completed=BAR_TOTAL * v.fraction(self.cap_s), phase=v.phase,
+                             since=v.phase_since, steps=f"{v.step}/{v.iters}" if v.iters else "-",
                              train=fmt_s(v.train_ms / 1000 if v.train_ms is not None else None),
                              loss=f"{v.loss:.4f}" if v.loss is not None else "-",
+                             vs=f"{v.vs_record:+.4f}" if v.vs_record is not None else "-",
                              eta=fmt_s(v.eta_s(self.cap_s)), status=v.status)
 
     # --- the end ----------------------------------------------------------------------------------
@@ -154,6 +266,29 @@ class BatchProgress:
         Console(file=sys.stdout).print(self.final_table(ledger))
 
 
+def ledger_notes(ledger) -> list[str]:
+    """`pgolf status` below the table: an adaptive batch's waves and outcome, and what early aborts saved."""
+    out = []
+    st = ledger.data.get("adaptive")
+    if st:
+        out.append(f"adaptive: {st.get('rule')}")
+        for w in st.get("waves") or []:
+            look = w.get("look")
+            what = "running" if look is None else f"{look.get('action')} ({look.get('n')} scored)"
+            out.append(f"  wave {w.get('wave')}: seeds {w.get('seeds')}: {what}")
+        o = st.get("outcome")
+        out.append(f"  outcome: {o['action']} after wave {o['wave']}, {o['seeds_run']} of up to {o['max_seeds']} "
+                   f"seeds run; {o['p_report']}" if o else "  outcome: not stopped yet (`pgolf resume` goes on)")
+    for s, a in ledger.all_attempts():
+        ab = a.get("abort")
+        if ab:
+            saved = f"${ab['saved_usd']:.2f}" if ab.get("saved_usd") is not None else f"{ab.get('saved_hours', 0):.2f} h"
+            out.append(f"seed {s} attempt {a['attempt']} aborted at {ab['train_time_s']:.0f} s of training: loss "
+                       f"{ab['loss']:.4f} vs the record's {ab['record_loss']:.4f} (margin {ab['margin']:g}); "
+                       f"saved about {saved}")
+    return out
+
+
 def _short_node(node: str | None) -> str:
     if not node:
         return "-"
@@ -161,18 +296,46 @@ def _short_node(node: str | None) -> str:
     return f"{host}:{nid[:8]}" if nid else host
 
 
-def status_table(ledger, driver_alive: bool = True) -> Table:
-    """`pgolf status`: one row per seed from the ledger alone; with no live driver, a seed the ledger
-    still says is running shows as `running (driver dead)`. Errors are shown whole (folded)."""
-    t = Table()
-    for col in ("seed", "state", "attempts", "node", "started", "ended", "exit"):
-        t.add_column(col)
-    t.add_column("error", overflow="fold")
+def status_table(ledger, rehearsal: bool = False, driver_alive: bool = True) -> Group:
+    """`pgolf status`: one row per attempt (every attempt, not only the last), from the ledger alone: when
+    it ran, its exit, where (node or pod id), for pods what they cost (billed by RunPod or estimated; a
+    rehearsal's cost is fake) and whether the pod was verified gone; the attempts' errors in full below.
+    With no live driver (runner/lock.py), a seed the ledger still calls running shows as `running (driver
+    dead)`. Fits 80 columns."""
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
+    for col in ("seed", "state", "att", "time", "exit"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("node / pod", overflow="fold")
+    t.add_column("cost", no_wrap=True)
+    t.add_column("pod gone", no_wrap=True)
+    errors = []
     for s in ledger.seeds():
         e = ledger.entry(s)
-        last = e["attempts"][-1] if e["attempts"] else {}
         state = e["state"] if driver_alive or e["state"] != "running" else "running (driver dead)"
-        t.add_row(str(s), state, str(len(e["attempts"])), _short_node(last.get("node")),
-                  last.get("started") or "-", last.get("ended") or "-",
-                  "-" if last.get("exit_code") is None else str(last["exit_code"]), last.get("error") or "")
-    return t
+        for i, a in enumerate(e["attempts"] or [{}]):
+            t.add_row(str(s) if i == 0 else "", state if i == 0 else "", str(a.get("attempt") or "-"),
+                      f"{_clock(a.get('started'))}-{_clock(a.get('ended'))}" if a else "-",
+                      "-" if a.get("exit_code") is None else str(a["exit_code"]),
+                      a.get("pod_id") or _short_node(a.get("node")), _cost(a, rehearsal), _terminated(a))
+            if a.get("error"):
+                errors.append(Text(f"seed {s} attempt {a.get('attempt')}: {a['error']}"))
+    return Group(t, *errors)
+
+
+def _clock(iso: str | None) -> str:
+    """HH:MM of an ISO timestamp (the date is in batch.json's created_at)."""
+    return iso[11:16] if iso and len(iso) >= 16 else "…"
+
+
+def _cost(a: dict, rehearsal: bool) -> str:
+    usd = a.get("cost_usd")
+    if usd is None:
+        return "-"
+    kind = "billed" if a.get("cost_source") == "billed" else "est."
+    return f"fake {usd:.2f} {kind}" if rehearsal else f"${usd:.2f} {kind}"
+
+
+def _terminated(a: dict) -> str:
+    if not a.get("pod_id"):
+        return "-"
+    return {True: "yes", False: "NO"}.get(a.get("pod_terminated"), "?")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
@@ -50,6 +51,50 @@ class Baseline(_Section):
     policy: Literal["rule", "progression"] | None = None
 
 
+class Adaptive(_Section):
+    """[adaptive]: seeds run in waves and the batch stops once its question is answered (issue 12).
+
+    After each wave the runner tests the seeds so far against [baseline] (results.sequential.decide) and
+    continues, stops for futility (conditional power under the current estimate below `futility`), stops
+    for success (only across the `spending` boundary; "none": no early success), or stops at `max`. The
+    seeds are the spec's `seeds` in order, then consecutive integers after the largest of them."""
+    min: int = Field(ge=2)                         # seeds of the first wave (the first look)
+    max: int = Field(ge=2)                         # the most seeds the batch may run
+    wave: int | None = Field(None, ge=1)           # seeds per later wave (default: min)
+    futility: float = Field(0.10, ge=0, lt=1)      # 0 turns the futility stop off
+    spending: Literal["obf", "pocock", "none"] = "obf"   # O'Brien–Fleming, Pocock, or no early success
+
+    @model_validator(mode="after")
+    def _order(self) -> "Adaptive":
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+    def looks(self) -> tuple[int, ...]:
+        """Planned looks, as cumulative seed counts: after min seeds, then every `wave` more, and at max."""
+        wave = self.wave or self.min
+        return tuple(range(self.min, self.max, wave)) + (self.max,)
+
+
+class Abort(_Section):
+    """[abort]: stop a seed early when its train loss is clearly worse than the record's own curve (issue 12).
+
+    At each fraction in `at` of the wall-clock training budget, the seed's train loss (the mean of what it
+    logged over the last 5% of the budget) is compared with the mean train-loss curve of the record's seeds
+    at the same elapsed training time; worse by more than `margin` nats aborts the seed (not retried, not
+    counted). The curve comes from `curve` (a record folder or run directory), else from [baseline] ref."""
+    at: list[float] = Field(default_factory=lambda: [0.25, 0.5], min_length=1)
+    margin: float = Field(gt=0)                    # nats of train loss; required: state what "clearly worse" is
+    curve: str | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in v):
+            raise ValueError(f"fractions of the training budget must be between 0 and 1, got {v}")
+        return sorted(set(v))
+
+
 class Submission(_Section):
     author: str | None = None
     github_id: str | None = None
@@ -62,12 +107,17 @@ class RunPodSettings(_Section):
     should not cost a pod). batch.json keeps only the keys the spec set, so defaults can improve."""
     gpu_type: str = "NVIDIA H100 80GB HBM3"        # the SXM part the rules require
     gpu_count: int = Field(8, gt=0)
-    cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "SECURE"
+    cpu: str | None = None                         # a CPU pod of this flavor (e.g. "cpu3c") instead of GPUs
+    vcpus: int = Field(4, ge=2)                    # a CPU pod's vCPUs: a power of two its flavor allows
+    cloud_type: Literal["SECURE", "COMMUNITY"] = "SECURE"
+    data_centers: list[str] = Field(default_factory=list)   # where pods may go ([]: anywhere)
     image: str = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
-    max_pods: int = Field(8, gt=0)                 # pods at once: capacity of the `runpod_pod` Ray resource
+    max_pods: int | None = Field(None, gt=0)       # pods at once; default: what spend_limit allows at the price
+    spend_limit: float = Field(80.0, gt=0)         # $/h the account may spend (RunPod's default limit)
+    start_timeout_s: float = Field(900, gt=0)      # a pod still PROVISIONING/STARTING after this is replaced
     container_disk_gb: int = Field(80, gt=0)
-    volume_gb: int = Field(0, ge=0)
-    port: int = Field(8000, gt=0, lt=65536)        # the pod's HTTP port (status, log, artifacts)
+    network_volume: str | None = None              # a network volume id: the dataset is downloaded onto it once
+    volume_path: str = "/workspace"                # where the network volume is mounted in the pod
     price_per_hour: float | None = Field(None, ge=0)   # $ per pod-hour for the estimate; None: RunPod's list price
     setup_s: float = Field(900, ge=0)              # pod start + data + compile: for the estimate and the backstop
     setup_command: str = ""                        # shell command on the pod before the data (pip install ...)
@@ -77,6 +127,13 @@ class RunPodSettings(_Section):
     min_triton: str = "3.7.1"                      # fla with an older Triton miscompiles GDN on Hopper (fla #640)
     backstop_grace_s: float = Field(900, ge=0)     # the pod kills itself this long after its deadline
     collect_grace_s: float = Field(1800, ge=0)     # ... or this long after its job ended, nobody collecting
+
+    @field_validator("vcpus")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("RunPod's CPU pods take a power of two vCPUs (2, 4, 8, ...)")
+        return v
 
 
 class JobSpec(_Section):
@@ -93,6 +150,8 @@ class JobSpec(_Section):
     baseline: Baseline = Field(default_factory=Baseline)
     submission: Submission = Field(default_factory=Submission)
     runpod: RunPodSettings = Field(default_factory=RunPodSettings)
+    adaptive: Adaptive | None = None               # [adaptive]: waves until the answer is known
+    abort: Abort | None = None                     # [abort]: early abort against the record's curve
     reproduces: str | None = None        # the record folder this batch runs again (`pgolf reproduce`)
 
     @field_validator("seeds")
@@ -117,6 +176,35 @@ class JobSpec(_Section):
             raise ValueError("launcher = \"python\" runs one process: set nproc_per_node = 1 or use torchrun")
         return self
 
+    @model_validator(mode="after")
+    def _adaptive_needs_baseline(self) -> "JobSpec":
+        if self.adaptive is not None:
+            if self.baseline.ref is None or self.baseline.policy is None:
+                raise ValueError("[adaptive] needs [baseline] ref and policy: the waves stop on that test")
+            if len(self.seeds) > self.adaptive.max:
+                raise ValueError(f"[adaptive] max is {self.adaptive.max} but {len(self.seeds)} seeds are listed")
+        if self.abort is not None and self.abort.curve is None and not isinstance(self.baseline.ref, str):
+            raise ValueError("[abort] needs the record's curve: set [abort] curve or [baseline] ref to a record folder")
+        return self
+
+    def seed_sequence(self, n: int) -> list[int]:
+        """The first n seeds of the batch: the listed seeds in order, then consecutive integers after the
+        largest of them (deterministic, so a resumed or repeated batch draws the same seeds)."""
+        out = list(self.seeds[:n])
+        nxt = max(self.seeds) + 1
+        while len(out) < n:
+            out.append(nxt)
+            nxt += 1
+        return out
+
+    def max_seeds(self) -> int:
+        """The most seeds this batch may run (the adaptive maximum, else the listed seeds)."""
+        return self.adaptive.max if self.adaptive else len(self.seeds)
+
+    def budget_seconds(self) -> float:
+        """The wall-clock training budget the job gets (MAX_WALLCLOCK_SECONDS, [limits] train_seconds)."""
+        return float(self.job_env()["MAX_WALLCLOCK_SECONDS"])
+
     def job_env(self) -> dict[str, str]:
         """Environment the job gets from the spec: env values as strings, data paths, limits."""
         env = {k: _env_str(v) for k, v in self.env.items()}
@@ -140,6 +228,8 @@ def _loc(err: dict[str, Any]) -> str:
         return "(top level)"
     if len(loc) > 1 and loc[0] in JobSpec.model_fields and loc[0] not in ("env", "seeds"):
         return f"[{loc[0]}] " + ".".join(loc[1:])
+    if len(loc) == 1 and _section_model(loc[0]) is not None:     # a rule over the whole section
+        return f"[{loc[0]}]"
     return ".".join(loc)
 
 
@@ -166,12 +256,19 @@ def _message(err: dict[str, Any]) -> str:
 
 def _known_keys(loc: tuple) -> list[str]:
     """The keys allowed where an unknown key was found (the spec's top level or one of its sections)."""
-    model: type[BaseModel] = JobSpec
-    if len(loc) > 1 and loc[0] in JobSpec.model_fields:
-        ann = JobSpec.model_fields[str(loc[0])].annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
+    model = (_section_model(str(loc[0])) if len(loc) > 1 else None) or JobSpec
     return list(model.model_fields)
+
+
+def _section_model(name: str) -> type[BaseModel] | None:
+    """The model of a [section] of the spec (`Adaptive | None` -> Adaptive), None for other keys."""
+    field = JobSpec.model_fields.get(name)
+    if field is None:
+        return None
+    for cand in (field.annotation, *typing.get_args(field.annotation)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
 
 
 def resolve_path(base: Path, p: str) -> str:
@@ -248,6 +345,8 @@ def validate_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> 
             spec.reproduces = resolve_path(base, spec.reproduces)
         if isinstance(spec.baseline.ref, str) and not _is_number(spec.baseline.ref):
             spec.baseline.ref = resolve_path(base, spec.baseline.ref)
+        if spec.abort is not None and spec.abort.curve:
+            spec.abort.curve = resolve_path(base, spec.abort.curve)
     return spec
 
 

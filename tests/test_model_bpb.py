@@ -1,4 +1,4 @@
-"""Canonical byte counting (DESIGN §1) and the evaluation window plan."""
+"""Canonical byte counting (docs/CHALLENGE.md) and the evaluation window plan."""
 import math
 import sys
 from pathlib import Path

@@ -11,6 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "model"))
 import train_gpt as tg  # noqa: E402
+from model.data import write_shard  # noqa: E402
 
 SMALL = {"VOCAB_SIZE": "256", "NUM_LAYERS": "3", "MODEL_DIM": "320", "NUM_HEADS": "4", "HEAD_DIM": "64",
          "MLP_MULT": "1", "BIGRAM_VOCAB_SIZE": "64", "BIGRAM_DIM": "16"}
@@ -52,7 +53,7 @@ def test_shared_weights_stored_once_and_strict_roundtrip(tmp_path):
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     sd = m.state_dict()
-    obj = tg.quantize_state_dict(sd, args.embed_bits, args.matrix_bits)
+    obj = tg.quantize_state_dict(sd, args)
     assert obj["alias"] == {"blocks.1.mixer.k_proj.weight": "blocks.0.mixer.k_proj.weight",
                             "blocks.1.mixer.v_proj.weight": "blocks.0.mixer.v_proj.weight"}
     stored = set(obj["q"]) | set(obj["f"])
@@ -161,8 +162,8 @@ def test_lr_multiplier_follows_progress():
 
 def test_loader_ranks_read_disjoint_slices_of_the_same_stream(tmp_path):
     toks = np.arange(5000) % 60000
-    tg.write_shard(tmp_path / "fineweb_train_000000.bin", toks[:1700])
-    tg.write_shard(tmp_path / "fineweb_train_000001.bin", toks[1700:])
+    write_shard(tmp_path / "fineweb_train_000000.bin", toks[:1700])
+    write_shard(tmp_path / "fineweb_train_000001.bin", toks[1700:])
     pattern = str(tmp_path / "fineweb_train_*.bin")
     cpu = torch.device("cpu")
     loaders = [tg.DistributedTokenLoader(pattern, r, 2, cpu) for r in range(2)]

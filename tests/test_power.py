@@ -1,6 +1,5 @@
 """Power of a claim (results.power): the computed power agrees with an independent Monte-Carlo of the very
 test significance runs, for both policies, a record-folder baseline and a number baseline."""
-import math
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,7 @@
-"""Issue 10 on the RunPod rehearsal (`--rehearse`: the fake RunPod API, pods = local bootstrap processes):
-two `run --name same` at once, `resume` during the live run, kill -9 then two `resume`s at once, and not
-one pod more than the batch needs, ever (the fake's state file counts every pod created)."""
+"""Issue 10 on the RunPod rehearsal (`--rehearse`: the fake RunPod API with its state in RUN_DIR/rehearsal/,
+pods = local process trees running the real bootstrap): two `run --name same` at once, `resume` and `cluster
+down`/`gc` during the live run, kill -9 then two `resume`s at once, and not one pod more than each batch
+needs, ever (the fake's state counts every pod created)."""
 from __future__ import annotations
 
 import json
@@ -21,16 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def env(tmp_path):
-    state = tmp_path / "fake" / "state.json"
     e = dict(os.environ, RUNPOD_API_KEY="sk-test-SECRETVALUE", RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT),
-             PGOLF_REHEARSE_STATE=str(state), RAY_ADDRESS="local")
+             RAY_ADDRESS="local", COLUMNS="200")
     e.pop("RUNPOD_API_BASE_URL", None)
     yield e
-    os.environ["PGOLF_REHEARSE_STATE"] = str(state)
-    try:
-        FakeRunPod().terminate_all()      # never leave a pod behind, whatever failed
-    finally:
-        os.environ.pop("PGOLF_REHEARSE_STATE", None)
+    for state in (tmp_path / "runs").glob("*/rehearsal"):
+        FakeRunPod(state).terminate_all()      # never leave a pod behind, whatever failed
 
 
 def spec(tmp: Path, seconds: float, until: Path | str = "", until2: Path | str = "") -> Path:
@@ -58,6 +55,7 @@ retries = 0
 infra_retries = 1
 [data]
 variant = "tiny"
+paths = {{ TOKENIZER_PATH = "{ROOT / 'model' / 'data' / 'tiny' / 'tokenizer.model'}" }}
 [runpod]
 max_pods = 1
 """)
@@ -88,28 +86,24 @@ def first_to_exit(*procs, timeout=60) -> subprocess.Popen:
     raise AssertionError("neither process ended")
 
 
-def fake_state(env) -> dict:
-    return json.loads(Path(env["PGOLF_REHEARSE_STATE"]).read_text())
+def pods_created(run: Path) -> int:
+    return json.loads((run / "rehearsal" / "state.json").read_text())["n_pods"]
 
 
-def alive(env) -> list[str]:
-    os.environ["PGOLF_REHEARSE_STATE"] = env["PGOLF_REHEARSE_STATE"]
-    try:
-        return FakeRunPod().alive_pods()
-    finally:
-        os.environ.pop("PGOLF_REHEARSE_STATE", None)
+def alive(run: Path) -> list[str]:
+    return FakeRunPod(run / "rehearsal").alive_pods() if (run / "rehearsal").exists() else []
 
 
 def attempts(run: Path) -> list[dict]:
     return json.loads((run / "ledger.json").read_text())["seeds"]["1"]["attempts"]
 
 
-def wait_for_pod(run: Path, env) -> str:
+def wait_for_pod(run: Path) -> str:
     t_end = time.time() + 180
     while True:
         try:
             pod = attempts(run)[-1]["pod_id"]
-            if pod and pod in alive(env):
+            if pod and pod in alive(run):
                 return pod
         except (OSError, ValueError, IndexError, KeyError):
             pass
@@ -128,14 +122,14 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     winner = b if loser is a else a
     rc, out = finish(loser)
     assert rc == 2 and "batch in use by `pgolf run`" in out, out
-    pod = wait_for_pod(runs / "rl-same", env)
+    pod = wait_for_pod(runs / "rl-same")
     rc, out = finish(pgolf(env, "resume", runs / "rl-same", "--rehearse", "--no-progress"))
     assert rc == 2 and f"pid {winner.pid}" in out, out
     rc, out = finish(pgolf(env, "cluster", "down", job, "--rehearse", "--yes", "--runs-dir", runs))
     assert rc == 2 and "batch in use by `pgolf run`" in out, out
     rc, out = finish(pgolf(env, "cluster", "gc", "--rehearse", "--yes", "--runs-dir", runs))
     assert rc == 0 and "in use by `pgolf run`" in out and "its pods are kept" in out, out
-    assert alive(env) == [pod]
+    assert alive(runs / "rl-same") == [pod]
     release.touch()
     rc, out = finish(winner)
     assert rc == 0, out
@@ -147,7 +141,7 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     drv = pgolf(env, "run", spec(tmp_path, 60, until2=release2), "--rehearse", "--runs-dir", runs, "--name", "k",
                 "--no-progress")
     try:
-        orphan = wait_for_pod(runs / "k", env)
+        orphan = wait_for_pod(runs / "k")
     finally:
         os.killpg(drv.pid, signal.SIGKILL)
         drv.wait()
@@ -160,8 +154,8 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     assert rc == 0, out
     a1, a2 = attempts(runs / "k")
     assert a1["pod_id"] == orphan and a1["error"].startswith("interrupted") and a2["exit_code"] == 0
-    assert a2["pod_terminated"] is True and alive(env) == []
-    assert fake_state(env)["n_pods"] == 3            # same: 1, k: the killed driver's and the resume's
+    assert a2["pod_terminated"] is True and alive(runs / "k") == [] and alive(runs / "rl-same") == []
+    assert pods_created(runs / "rl-same") == 1 and pods_created(runs / "k") == 2   # the killed driver's + the resume's
     daemons = [int(f.name) for f in (tmp_path / "pids").iterdir() if "daemon" in f.read_text()]
     assert len(daemons) == 3 and not [d for d in daemons if Path(f"/proc/{d}").exists()
                                       and Path(f"/proc/{d}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]

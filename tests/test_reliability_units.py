@@ -296,12 +296,13 @@ def test_driver_reads_the_failure_from_the_log():
 
 
 def test_gc_keeps_the_pods_of_a_live_batch_by_name():
+    from runner.backends.runpod.api import Pod
     from runner.backends.runpod.cluster import live_batch_pods
     from runner.backends.runpod.instances import pod_name
     live = {Path("/r/runs/a-b")}
-    pods = [{"id": "1", "name": pod_name("/r/runs/a-b", 3, 2)}, {"id": "2", "name": pod_name("/r/runs/a-b-s1", 1, 1)},
-            {"id": "3", "name": pod_name("/r/runs/other", 3, 2)}, {"id": "4", "name": None}]
-    assert list(live_batch_pods(pods, live)) == ["1"]
+    names = [pod_name("/r/runs/a-b", 3, 2), pod_name("/r/runs/a-b-s1", 1, 1), pod_name("/r/runs/other", 3, 2), ""]
+    pods = [Pod(id=str(i), name=n, status="RUNNING") for i, n in enumerate(names)]
+    assert list(live_batch_pods(pods, live)) == ["0"]
 
 
 def test_log_watch_silence_of_a_hung_job():

@@ -16,14 +16,19 @@ if TYPE_CHECKING:
     from runner.spec import JobSpec
 
 
-def make_backend(spec: "JobSpec", rehearse: bool = False, faults: str = "") -> "Backend":
-    """The backend the spec names; its module is imported only when asked for (RunPod's needs its client)."""
+def make_backend(spec: "JobSpec", rehearse: bool = False, faults: str = "",
+                 run_dir: str | Path | None = None) -> "Backend":
+    """The backend the spec names; its module is imported only when asked for (RunPod's needs its client).
+    `rehearse` is RunPod's rehearsal (its fake keeps its state in `run_dir`); another backend refuses it."""
+    if rehearse and spec.backend != "runpod":
+        raise PgolfError(f"--rehearse rehearses the RunPod backend, and this batch's backend is {spec.backend!r}: "
+                         f"add --backend runpod (or leave --rehearse out)")
     if spec.backend == "ray":
         from runner.backends.ray_node import RayNodeBackend
         return RayNodeBackend(spec)
     if spec.backend == "runpod":
         from runner.backends.runpod.backend import RunPodBackend
-        return RunPodBackend(spec, rehearse=rehearse, faults=faults)
+        return RunPodBackend(spec, rehearse=rehearse, faults=faults, run_dir=run_dir)
     raise PgolfError(f"backend {spec.backend!r} is not known (use ray or runpod)")
 
 

@@ -51,6 +51,8 @@ class AttemptResult:
     node: str | None = None
     pod_id: str | None = None
     cost_usd: float | None = None
+    cost_source: str | None = None             # "billed" (RunPod's billing records) or "estimate" (price x time)
+    cost_estimate_usd: float | None = None     # price x lifetime, kept beside a billed cost
     pod_terminated: bool | None = None
     artifacts: list[str] = field(default_factory=list)   # paths relative to attempt_dir
     timed_out: bool = False      # the job was killed at the attempt's deadline (exit code 124 says the same)

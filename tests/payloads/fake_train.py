@@ -9,6 +9,8 @@ FAKE_HANG      1: never finish (for timeouts and Ctrl-C)
 FAKE_PID_DIR   write files <pid> holding "seed attempt pgid" there, so tests can look for strays
 FAKE_CHILD     1: start a child process (a "rank") in the same group that sleeps as long as we do
 FAKE_PRINT     comma list of environment variables whose values the job prints (secret-leak tests)
+FAKE_BPB       the final val_bpb (default 1.10 + (seed % 7) * 0.001)
+FAKE_LOSS      added to every train loss (default 0; the losses are 4.0 - 0.1 * step)
 FAKE_DUMP      comma list of environment variables written to $ARTIFACT_DIR/env.dat (text) and, with a NUL
                first, to $ARTIFACT_DIR/weights.bin (binary: must come back untouched)
 FAKE_RAISE     raise ValueError(this text) before the first step line (a configuration error)
@@ -107,7 +109,8 @@ per = seconds / max(steps, 1)
 for i in range(1, steps + 1):
     time.sleep(per)
     ms = (time.time() - t0) * 1000
-    say(f"step:{i}/{steps} train_loss:{4.0 - 0.1 * i:.4f} train_time:{ms:.0f}ms step_avg:{ms / i:.2f}ms")
+    loss = 4.0 - 0.1 * i + float(opt("LOSS", "0"))
+    say(f"step:{i}/{steps} train_loss:{loss:.4f} train_time:{ms:.0f}ms step_avg:{ms / i:.2f}ms")
 until = opt("UNTIL")
 while until and not os.path.exists(until) and time.time() - t0 < 300:
     time.sleep(0.1)
@@ -121,7 +124,7 @@ if rank == 0:
     open(os.path.join(art, "final_model.int6.ptz"), "wb").write(blob)
     say(f"Code size: {len(code)} bytes")
     say(f"Total submission size int6+brotli: {len(code) + len(blob)} bytes")
-    bpb = 1.10 + (seed % 7) * 0.001
+    bpb = float(opt("BPB", str(1.10 + (seed % 7) * 0.001)))
     loss = bpb * math.log(2) * bpt
     say(f"final_int6_roundtrip_exact val_loss:{loss + 0.01:.8f} val_bpb:{bpb + 0.004:.8f}")
     say(f"final_int6_sliding_window_exact val_loss:{loss + 0.005:.8f} val_bpb:{bpb + 0.002:.8f}")

@@ -1,9 +1,14 @@
-"""RunPod as one package, one module per concern (the way SkyPilot keeps a cloud):
+"""RunPod as one package, one module per concern (the way SkyPilot keeps a cloud), on RunPod's REST API v2:
 
-api.py        RunPod API calls (the official `runpod` client), sorted into the errors pgolf acts on
-instances.py  the pod lifecycle: which API (real or fake), create, wait, terminate-and-verify, leftovers
-backend.py    the `runpod` backend: one pod per seed attempt, driven from a Ray task on the driver's machine
-bootstrap.py  the program that runs on the pod (standard library only; shipped in the pod's environment)
-fake.py       the rehearsal's fake RunPod API on 127.0.0.1 (`python -m runner.backends.runpod.fake`)
-cluster.py    `pgolf cluster up|status|down|gc`
+api.py            RunPod's REST API v2 (httpx + tenacity, typed with pydantic), errors sorted the way RunPod
+                  says to act on them; logs as Server-Sent Events; the balance (GraphQL, until it is retired)
+instances.py      the pod lifecycle: which API (real or the rehearsal's fake), stock and price, create,
+                  wait, stuck pods, terminate-and-verify, billed cost, leftovers
+shipping.py       what travels to a pod: bootstrap, script and job in its environment; local data uploads
+backend.py        the `runpod` backend: one pod per seed attempt, driven from a Ray task on the driver's machine
+bootstrap.py      the program that runs on the pod (standard library only; shipped in the pod's environment)
+cluster.py        `pgolf cluster up|status|down|gc`
+contract.py       RunPod's OpenAPI document (openapi-v2.json) as validators, for the fake
+fake.py           the rehearsal's fake RunPod on 127.0.0.1 (`python -m runner.backends.runpod.fake`)
+fake_container.py a fake pod's processes: init, log driver, tree kill
 """

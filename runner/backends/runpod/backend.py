@@ -1,52 +1,50 @@
-"""Backend `runpod`: each seed attempt is one Ray task (on the driver's machine) that drives one RunPod pod.
+"""Backend `runpod`: each seed attempt is one Ray task (on the driver's machine) that drives one RunPod pod
+through RunPod's REST API v2.
 
-create (8 x H100 SXM, SECURE) -> pod id into the ledger first -> the pod's bootstrap prepares data, checks
-the machine and runs torchrun -> the task streams the pod log into the ledger and downloads the artifacts ->
-terminate and poll until the pod is gone, in a `finally` that no exception skips.
+create (the spec's GPUs or CPU flavor) -> pod id into the ledger first -> wait until it runs (a pod still
+PROVISIONING/STARTING after `start_timeout_s` is terminated and the seed retried on a fresh pod, an
+infrastructure retry) -> the job's local data uploaded to the pod's server -> the pod's bootstrap prepares
+data, checks the machine and runs the job -> its log streams in from RunPod (Server-Sent Events, resumed
+after a drop with no line lost or doubled) -> artifacts downloaded from the pod's server -> terminate and
+verify gone, in a `finally` that no exception skips -> what the pod cost, from RunPod's billing records
+(the price x lifetime estimate kept beside it, and used when no record comes).
 
-Capacity errors back off and retry the create; a pod that vanishes or stops answering raises InfraFailure
-(the driver retries on a fresh pod); a non-zero exit is the job's (the spec's retries). The pod lifecycle
-itself (create, wait, terminate-and-verify, leftovers) is in instances.py, the API calls in api.py. With
-rehearse=True the session runs the fake RunPod API (fake.py) and points the client at it.
+Before the batch: what RunPod has in stock and at what price (one line), `max_pods` from the account's spend
+limit at that price when the spec does not set it, and the cost estimate against the balance. With
+rehearse=True the session runs the fake RunPod (fake.py) with its state in the run directory.
 """
 from __future__ import annotations
 
-import base64
-import gzip
-import json
+import datetime as dt
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import requests
+import httpx
 
 from results.errors import PgolfError
 from results.files import atomic_write
 from results.secrets import is_secret_name
 from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Events, InfraFailure
-from runner.backends.runpod import api, instances
-from runner.backends.runpod.instances import Session
+from runner.backends.runpod import api, shipping
+from runner.backends.runpod.bootstrap import DONE_PREFIX
+from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
+                                              billed_cost, check_alive, create, max_pods_for, offer, pod_name,
+                                              reap_leftovers, terminate_verified, wait_running)
 from runner.ledger import now_iso
 from runner.spec import JobSpec
 
-ENV_CHUNK = 16_000              # characters per env var: far under any per-value limit
-MAX_SHIPPED_CHARS = 600_000     # the whole create request stays well under RunPod's request size limit
-BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
 SECRET_PASS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")   # secrets the job may need on the pod
 NEVER_SHIP = re.compile(r"^(RUNPOD_|RAY_|PATH$|HOME$|PWD$|OLDPWD$|SHELL$|USER$|LOGNAME$|TERM$|TMPDIR$|"
                         r"PYTHON|VIRTUAL_ENV|LD_|CUDA_VISIBLE_DEVICES$|PGOLF_(BOOT|SCRIPT|JOB)_)")
 OFFICIAL_VARIANTS = ("byte260", "sp512", "sp1024", "sp2048", "sp4096", "sp8192")
-START_COMMAND = ("bash -c 'set -eo pipefail; W=${PGOLF_WORKDIR:-/root/pgolf}; mkdir -p $W; "
-                 "for k in $(compgen -e PGOLF_BOOT_ | sort); do printf %s ${!k}; done "
-                 "| base64 -d | gzip -dc > $W/bootstrap.py; exec python3 $W/bootstrap.py'")
 REHEARSAL_COLLECT_GRACE_S = 120.0   # a rehearsal pod nobody collects goes sooner than a real one
-
-
-def chunk_env(prefix: str, data: bytes) -> dict[str, str]:
-    text = base64.b64encode(gzip.compress(data, 9)).decode()
-    return {f"{prefix}{i // ENV_CHUNK:03d}": text[i:i + ENV_CHUNK] for i in range(0, len(text), ENV_CHUNK)}
+UNREACHABLE_S = {False: 180.0, True: 10.0}     # a pod whose server stays silent this long is lost
+LOG_DRAIN_S = {False: 120.0, True: 10.0}       # after the job is done, how long its last log lines may take
+POD_CHECK_EVERY = 12                           # status polls between two looks at the pod through the API
 
 
 def job_env(spec: JobSpec, attempt: AttemptSpec) -> dict[str, str]:
@@ -64,47 +62,91 @@ def job_env(spec: JobSpec, attempt: AttemptSpec) -> dict[str, str]:
 class RunPodBackend:
     name = "runpod"
 
-    def __init__(self, spec: JobSpec, rehearse: bool = False, faults: str = ""):
+    def __init__(self, spec: JobSpec, rehearse: bool = False, faults: str = "", run_dir: str | Path | None = None):
         self.spec = spec
-        self.settings = spec.runpod
+        self.settings = s = spec.runpod
         self.rehearse = rehearse
-        self.session = Session(rehearse, faults)
+        self.session = Session(rehearse, faults, Path(run_dir) / REHEARSAL_DIR if rehearse and run_dir else None)
         self.timing = self.session.timing
+        self.shape = PodShape(gpu_type=None if s.cpu else s.gpu_type, gpu_count=s.gpu_count, cpu=s.cpu,
+                              vcpus=s.vcpus, cloud=s.cloud_type, data_centers=tuple(s.data_centers))
+        self._offer: Offer | None = None
+        self._manifest: shipping.Manifest | None = None
 
     # ---- driver side
+    def offer(self) -> Offer:
+        """RunPod's price and stock for this batch's pods (asked once)."""
+        if self._offer is None:
+            with self.session.open().client() as c:
+                try:
+                    self._offer = offer(c, self.shape, self._money)
+                except api.ApiError as e:
+                    raise PgolfError(str(e)) from None
+        return self._offer
+
+    def price(self) -> float:
+        return self.settings.price_per_hour or self.offer().price_per_hour
+
+    def max_pods(self) -> int:
+        return self.settings.max_pods or max_pods_for(self.price(), self.settings.spend_limit)
+
     def local_resources(self, cpus: int) -> dict[str, float]:
         """A logical resource on the driver's node: at most `max_pods` attempts (pods) at once."""
-        return {"runpod_pod": float(self.settings.max_pods)}
+        return {"runpod_pod": float(self.max_pods())}
 
     def ray_options(self) -> dict[str, Any]:
         return {"num_cpus": 0, "resources": {"runpod_pod": 1}}
 
+    def manifest(self, where: str = "job spec") -> shipping.Manifest:
+        """The local data that travels to each pod: [data] paths that exist here, unless the pod makes its
+        data itself (an official variant downloaded there, or a `prepare` command)."""
+        if self._manifest is None:
+            data = self.spec.data
+            pod_makes_data = data.prepare or data.variant in OFFICIAL_VARIANTS
+            self._manifest = (shipping.Manifest() if pod_makes_data
+                              else shipping.local_data(data.paths, shipping.MAX_UPLOAD_BYTES, f"{where}: [data] paths"))
+        return self._manifest
+
     def preflight(self, n_seeds: int, where: str) -> list[str]:
-        """The data can exist on a pod, and the balance covers twice the batch estimate."""
+        """The data can reach a pod; what RunPod has and at what price; max_pods; the estimate vs the balance."""
         data = self.spec.data
-        if not self.rehearse and not data.prepare and data.variant not in OFFICIAL_VARIANTS:
-            raise PgolfError(f"{where}: [data] variant={data.variant!r} exists only on this machine; a RunPod pod "
-                             f"needs an official variant ({', '.join(OFFICIAL_VARIANTS)}) or a [data] prepare "
-                             f"command (or rehearse with --rehearse)")
-        self.session.open()
-        return [self.estimate(n_seeds)]
+        if not data.prepare and data.variant not in OFFICIAL_VARIANTS and not self.manifest(where).files:
+            raise PgolfError(f"{where}: [data] variant={data.variant!r} has no local [data] paths to upload and is "
+                             f"not an official variant ({', '.join(OFFICIAL_VARIANTS)}); give paths that exist "
+                             f"here, an official variant or a [data] prepare command")
+        notes = [f"rehearsal: a fake RunPod on 127.0.0.1 with its state in {self.session.state_dir}; "
+                 "its prices are RunPod-like, no money is spent"] if self.rehearse else []
+        notes.append(self.offer().line)
+        if self.manifest(where).files:
+            notes.append(f"local data: {len(self.manifest().files)} file(s), {self.manifest().size / 1e6:.1f} MB, "
+                         "uploaded to each pod (sha256-checked)")
+        if self.settings.max_pods is None:
+            notes.append(f"max_pods {self.max_pods()}: what a ${self.settings.spend_limit:.0f}/h spend limit allows at "
+                         f"{self._money(self.price(), '/h')} per pod ([runpod] max_pods or spend_limit to change it)")
+        notes.append(self.estimate(n_seeds))
+        return notes
 
     def estimate(self, n_seeds: int) -> str:
         """The cost line; PgolfError (numbers in the message) when the balance is under twice the batch
-        estimate: seeds x (train + eval + setup) x the pod's price."""
+        estimate: seeds x (train + eval + setup) x the pod's price. Without a balance (GraphQL retired) the
+        line says so and the estimate is all there is to go by."""
         s, limits = self.settings, self.spec.limits
-        try:
-            price = s.price_per_hour or api.gpu_price_per_hour(s.gpu_type, s.gpu_count, s.cloud_type)
-            balance = api.get_balance()["clientBalance"]
-        except api.ApiError as e:
-            raise PgolfError(f"RunPod API: {e}") from None
         hours = (limits.train_seconds + limits.eval_seconds + s.setup_s) / 3600
+        price = self.price()
         estimate = n_seeds * hours * price
-        msg = (f"RunPod: {n_seeds} seed(s) x {hours:.2f} h x ${price:.2f}/h = ${estimate:.2f} estimated; "
-               f"balance ${balance:.2f}")
+        with self.session.open().client() as c:
+            try:
+                balance = c.balance()
+            except api.ApiError as e:
+                raise PgolfError(str(e)) from None
+        m = self._money
+        msg = f"RunPod: {n_seeds} seed(s) x {hours:.2f} h x {m(price, '/h')} = {m(estimate)} estimated"
+        if balance is None:
+            return msg + "; balance unknown (RunPod's GraphQL API is gone): no balance check, the estimate only"
+        msg += f"; balance {m(balance)}"
         if balance < 2 * estimate:
-            raise PgolfError(f"{msg}: under twice the estimate (${2 * estimate:.2f}); add funds or run fewer seeds")
-        return msg + (" (rehearsal: fake API, no money)" if self.rehearse else "")
+            raise PgolfError(f"{msg}: under twice the estimate ({m(2 * estimate)}); add funds or run fewer seeds")
+        return msg
 
     def start(self) -> None:
         self.session.open()
@@ -121,108 +163,97 @@ class RunPodBackend:
 
     # ---- one attempt, inside a Ray task
     def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
-        self.session.connect(attempt.env)
-        name = instances.pod_name(attempt.run_dir, attempt.seed, attempt.attempt)
+        client = self.session.client(attempt.env, notify=lambda m: events.line(f"pgolf-runpod: {m}"))
+        name = pod_name(attempt.run_dir, attempt.seed, attempt.attempt)
         token = secrets.token_hex(16)
-        pod_id: str | None = None
-        created = time.time()
-        price: list[float] = [0.0]
+        pod: api.Pod | None = None
         result: AttemptResult | None = None
         try:
             events.meta(started=now_iso())      # when it really starts, not when Ray queued it
-            instances.reap_leftovers(attempt.run_dir, events.line)
-            pod = instances.create(name, self.settings, self.pod_env(attempt, token), START_COMMAND, self.timing,
-                                   events.line)
-            pod_id, created = pod["id"], time.time()
-            events.meta(pod_id=pod_id, node=f"runpod:{pod_id}")       # durable before the pod is used
-            events.line(f"pgolf-runpod: pod {pod_id} ({name}) created")
-            result = self._drive(pod_id, attempt, token, events, price)
+            reap_leftovers(client, attempt.run_dir, events.line)
+            pod = create(client, self.create_request(name, attempt, token), self.timing, events.line)
+            events.meta(pod_id=pod.id, node=f"runpod:{pod.id}")       # durable before the pod is used
+            events.line(f"pgolf-runpod: pod {pod.id} ({name}) created: {self.shape}, {self._money(pod.cost, '/h')}")
+            result = self._drive(client, pod, attempt, token, events)
             return result
         finally:
-            self._finish(pod_id, name, created, price[0], events, result)
-
-    def _finish(self, pod_id: str | None, name: str, created: float, price: float, events: Events,
-                result: AttemptResult | None) -> None:
-        """Terminate and verify gone; record lifetime cost. Runs on every path out of run_attempt (a pod
-        whose create answer was lost is found by its name)."""
-        try:
-            ids = [pod_id] if pod_id else [p["id"] for p in api.list_pods() if p.get("name") == name]
-        except Exception:  # noqa: BLE001 - the API is down; gc will find it by name
-            ids = []
-        left = instances.terminate_verified(ids, self.timing)
-        if pod_id is None:
-            return
-        gone = pod_id not in left
-        cost = round(price * (time.time() - created) / 3600, 4) if price else None
-        try:
-            events.line(f"pgolf-runpod: pod {pod_id} " + ("terminated (verified gone)" if gone else
-                        "NOT verified terminated: run `pgolf cluster gc`") +
-                        (f", cost ${cost:.2f}" if cost is not None else ""))
-            events.meta(pod_terminated=gone, cost_usd=cost)
-        finally:
-            if result is not None:
-                result.pod_terminated, result.cost_usd = gone, cost
-
-    def pod_env(self, attempt: AttemptSpec, token: str) -> dict[str, str]:
-        """The pod's environment: its HTTP token, and the bootstrap, the script and the job (JSON), each
-        gzip+base64 in chunks (the pod's start command joins PGOLF_BOOT_* and runs it)."""
-        s, data = self.settings, self.spec.data
-        job = {"launcher": self.spec.launcher, "env": job_env(self.spec, attempt),
-               "nproc_per_node": self.spec.nproc_per_node, "gpu_type": s.gpu_type, "gpu_count": s.gpu_count,
-               "deadline_s": attempt.timeout_s, "backstop_s": s.setup_s + attempt.timeout_s + s.backstop_grace_s,
-               "collect_grace_s": REHEARSAL_COLLECT_GRACE_S if self.rehearse else s.collect_grace_s,
-               "setup_command": s.setup_command, "min_triton": s.min_triton, "rehearse": self.rehearse,
-               "script_name": "train_gpt.py",
-               "data": {"variant": data.variant if data.variant in OFFICIAL_VARIANTS else None,
-                        "repo": s.data_repo, "remote_root": s.data_remote_root,
-                        "train_shards": s.train_shards, "command": data.prepare}}
-        env = {"PGOLF_POD_TOKEN": token}
-        env.update(chunk_env("PGOLF_BOOT_", BOOTSTRAP.read_bytes()))
-        env.update(chunk_env("PGOLF_SCRIPT_", Path(attempt.script_path).read_bytes()))
-        env.update(chunk_env("PGOLF_JOB_", json.dumps(job).encode()))
-        size = sum(len(k) + len(v) for k, v in env.items())
-        if size > MAX_SHIPPED_CHARS:
-            raise PgolfError(f"{attempt.script_path}: script + bootstrap = {size} characters encoded, over the "
-                             f"{MAX_SHIPPED_CHARS} pgolf ships in a pod's environment; shrink the script")
-        return env
-
-    def _drive(self, pod_id: str, attempt: AttemptSpec, token: str, events: Events,
-               price: list[float]) -> AttemptResult:
-        """Stream the pod's log until its job is done, then download the artifacts."""
-        t, s = self.timing, self.settings
-        addr = instances.wait_for_address(pod_id, s.port, t, price)
-        http = requests.Session()
-        http.headers["Authorization"] = f"Bearer {token}"
-        stream = _LogStream(events)
-        last_ok, polls = time.time(), 0
-        give_up = time.time() + s.setup_s + attempt.timeout_s + s.backstop_grace_s
-        while True:
-            polls += 1
             try:
-                stream.pull(http, addr)
-                status = http.get(f"{addr}/status", timeout=30).json()
-                last_ok = time.time()
-            except (requests.RequestException, ValueError):
-                instances.check_alive(pod_id)              # a vanished pod is InfraFailure at once
-                if time.time() - last_ok > t.unreachable_s:
-                    raise InfraFailure(f"pod {pod_id} stopped answering for {t.unreachable_s:.0f} s") from None
-                time.sleep(t.poll_s)
-                continue
-            if status.get("phase") == "done":
-                stream.pull(http, addr, drain=True)
-                got = self._download(http, addr, status.get("artifacts") or [], attempt.attempt_dir)
-                return AttemptResult(exit_code=status.get("exit_code"), error=status.get("error"),
-                                     node=f"runpod:{pod_id}", pod_id=pod_id, artifacts=got)
-            if polls % t.pod_check_every == 0:
-                instances.check_alive(pod_id)
-            if time.time() > give_up:
-                stream.flush()
-                return AttemptResult(exit_code=124, error=f"attempt passed its deadline on pod {pod_id}",
-                                     node=f"runpod:{pod_id}", pod_id=pod_id)
-            time.sleep(t.poll_s)
+                self._finish(client, pod, name, events, result)
+            finally:
+                client.close()
+
+    def create_request(self, name: str, attempt: AttemptSpec, token: str) -> api.CreatePod:
+        s = self.settings
+        mounts = (api.Mounts(network=[api.NetworkMount(volume_id=s.network_volume, path=s.volume_path)])
+                  if s.network_volume else None)
+        ports = [f"{SYMMETRIC_PORT}/tcp"] + ([] if self.rehearse else [f"{PROXY_PORT}/http"])
+        return api.CreatePod(name=name, image=s.image, args=shipping.START_COMMAND,
+                             env=shipping.pod_env(attempt.script_path, self.job(attempt), token), ports=ports,
+                             disk=s.container_disk_gb, cloud=s.cloud_type, data_center_ids=s.data_centers or None,
+                             mounts=mounts, **self.shape.compute())
+
+    def job(self, attempt: AttemptSpec) -> dict:
+        """What the bootstrap does on the pod (JSON in the pod's environment)."""
+        s, data = self.settings, self.spec.data
+        return {"launcher": self.spec.launcher, "env": job_env(self.spec, attempt),
+                "nproc_per_node": self.spec.nproc_per_node, "gpu_type": None if s.cpu else s.gpu_type,
+                "gpu_count": 0 if s.cpu else s.gpu_count, "deadline_s": attempt.timeout_s,
+                "backstop_s": s.setup_s + attempt.timeout_s + s.backstop_grace_s,
+                "collect_grace_s": REHEARSAL_COLLECT_GRACE_S if self.rehearse else s.collect_grace_s,
+                "setup_command": s.setup_command, "min_triton": s.min_triton, "rehearse": self.rehearse,
+                "script_name": "train_gpt.py", "tcp_port": SYMMETRIC_PORT,
+                "http_port": None if self.rehearse else PROXY_PORT, "uploads": self.manifest().for_pod(),
+                "volume_path": s.volume_path if s.network_volume else None,
+                "data": {"variant": data.variant if data.variant in OFFICIAL_VARIANTS else None,
+                         "repo": s.data_repo, "remote_root": s.data_remote_root,
+                         "train_shards": s.train_shards, "command": data.prepare}}
+
+    def _drive(self, client: api.RunPodClient, pod: api.Pod, attempt: AttemptSpec, token: str,
+               events: Events) -> AttemptResult:
+        """Wait for the pod, send its data, follow its log until its job is done, fetch the artifacts."""
+        t = self.timing
+        pod, base = wait_running(client, pod.id, self.settings.start_timeout_s, t)
+        events.line(f"pgolf-runpod: pod {pod.id} running; its server at {base}")
+        log = _LogFollower(self.session, attempt.env, pod, events)
+        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            try:
+                self._status(http, base, client, pod.id, time.time())      # the bootstrap is up
+                shipping.upload(http, base, self.manifest(), events.line)
+                give_up = time.time() + self.settings.setup_s + attempt.timeout_s + self.settings.backstop_grace_s
+                last_ok, polls = time.time(), 0
+                while True:
+                    polls += 1
+                    log.check()
+                    status = self._status(http, base, client, pod.id, last_ok)
+                    last_ok = time.time()
+                    if status.get("phase") == "done":
+                        log.drain(LOG_DRAIN_S[self.rehearse])
+                        got = self._download(http, base, status.get("artifacts") or [], attempt.attempt_dir)
+                        return AttemptResult(exit_code=status.get("exit_code"), error=status.get("error"),
+                                             node=f"runpod:{pod.id}", pod_id=pod.id, artifacts=got)
+                    if polls % POD_CHECK_EVERY == 0:
+                        check_alive(client, pod.id)
+                    if time.time() > give_up:
+                        return AttemptResult(exit_code=124, error=f"attempt passed its deadline on pod {pod.id}",
+                                             node=f"runpod:{pod.id}", pod_id=pod.id)
+                    time.sleep(t.poll_s)
+            finally:
+                log.stop()
+
+    def _status(self, http: httpx.Client, base: str, client: api.RunPodClient, pod_id: str, since: float) -> dict:
+        """The bootstrap's /status; while it does not answer, the pod must still exist (InfraFailure once it
+        is gone) and must answer again within UNREACHABLE_S."""
+        while True:
+            try:
+                return http.get(f"{base}/status").json()
+            except (httpx.HTTPError, ValueError):
+                check_alive(client, pod_id)
+                if time.time() - since > UNREACHABLE_S[self.rehearse]:
+                    raise InfraFailure(f"pod {pod_id} stopped answering for {UNREACHABLE_S[self.rehearse]:.0f} s") from None
+                time.sleep(self.timing.poll_s)
 
     @staticmethod
-    def _download(http: requests.Session, addr: str, artifacts: list[dict], attempt_dir: str) -> list[str]:
+    def _download(http: httpx.Client, base: str, artifacts: list[dict], attempt_dir: str) -> list[str]:
         """Every artifact of the run into attempt_dir/artifacts/, each written atomically."""
         got = []
         root = Path(attempt_dir) / "artifacts"
@@ -231,35 +262,96 @@ class RunPodBackend:
             if rel.startswith(("/", "..")) or "/../" in rel:
                 continue
             dest = Path(attempt_dir) / rel if rel.startswith("artifacts/") else root / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            r = http.get(f"{addr}/artifact", params={"path": rel}, timeout=600)
+            r = http.get(f"{base}/artifact", params={"path": rel}, timeout=600)
             r.raise_for_status()
             atomic_write(dest, r.content)
             got.append(str(dest.relative_to(attempt_dir)))
         return got
 
+    def _finish(self, client: api.RunPodClient, pod: api.Pod | None, name: str, events: Events,
+                result: AttemptResult | None) -> None:
+        """Terminate and verify gone; record the cost (billed when RunPod's records have it). Runs on every
+        path out of run_attempt (a pod whose create answer was lost is found by its name)."""
+        try:
+            ids = [pod.id] if pod else [p.id for p in client.find_pods(name)]
+        except Exception:  # noqa: BLE001 - the API is down; gc will find it by name
+            ids = []
+        left = terminate_verified(client, ids, self.timing)
+        if pod is None:
+            return
+        gone = pod.id not in left
+        created = _epoch(pod.created_at) or time.time()
+        estimate = round((pod.cost or self.price()) * (time.time() - created) / 3600, 4)
+        billed = billed_cost(client, pod.id, pod.created_at, self.timing) if gone and pod.created_at else None
+        cost, source = (billed, "billed") if billed is not None else (estimate, "estimate")
+        try:
+            events.line(f"pgolf-runpod: pod {pod.id} " + ("terminated (verified gone)" if gone else
+                        "NOT verified terminated: run `pgolf cluster gc`") +
+                        f", cost {self._money(cost)} ({source}; estimate {self._money(estimate)})"
+                        + (" [rehearsal: no money]" if self.rehearse else ""))
+            events.meta(pod_terminated=gone, cost_usd=cost, cost_source=source, cost_estimate_usd=estimate)
+        finally:
+            if result is not None:
+                result.pod_terminated, result.cost_usd = gone, cost
+                result.cost_source, result.cost_estimate_usd = source, estimate
 
-class _LogStream:
-    """The pod log by byte offset, cut into lines for events.line (a partial last line waits)."""
+    def _money(self, usd: float, per: str = "") -> str:
+        """Dollars, or a rehearsal's fake figure (never shown as money)."""
+        return f"{usd:.4f}{per} fake" if self.rehearse else f"${usd:.2f}{per}"
 
-    def __init__(self, events: Events):
-        self.events, self.offset, self.partial = events, 0, b""
 
-    def pull(self, http: requests.Session, addr: str, drain: bool = False) -> None:
-        while True:
-            r = http.get(f"{addr}/log", params={"offset": self.offset}, timeout=60)
-            r.raise_for_status()
-            size = int(r.headers.get("X-Log-Size") or 0)
-            self.offset += len(r.content)
-            *lines, self.partial = (self.partial + r.content).split(b"\n")
-            for line in lines:
-                self.events.line(line.decode("utf-8", "replace").rstrip("\r"))
-            if not r.content or self.offset >= size:
-                break
-        if drain:
-            self.flush()
+class _LogFollower:
+    """The pod's log, from RunPod's SSE stream into events.line, in a thread of its own (its own client):
+    every line once, across reconnects, until the bootstrap's DONE line or stop(). A failure of the API is
+    said in the log (the status poll goes on); a failure of the driver's side (events.line) is kept in
+    `failure` and raised in the attempt's own thread by `check()`, so the pod is terminated as usual."""
 
-    def flush(self) -> None:
-        if self.partial:
-            self.events.line(self.partial.decode("utf-8", "replace"))
-            self.partial = b""
+    def __init__(self, session: Session, env: dict[str, str], pod: api.Pod, events: Events):
+        self.pod, self.events = pod, events
+        self.client = session.client(env, notify=lambda m: self._say(f"pgolf-runpod: {m}"))
+        self.cursor = api.LogCursor()
+        self.failure: BaseException | None = None
+        self.done, self.stopped = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"log-{pod.id}", daemon=True)
+        self.thread.start()
+
+    def _say(self, text: str) -> None:
+        if self.stopped.is_set() or self.failure is not None:
+            return
+        try:
+            self.events.line(text)
+        except BaseException as e:  # noqa: BLE001 - handed to the attempt's thread by check()
+            self.failure = e
+            self.stopped.set()
+
+    def _run(self) -> None:
+        try:
+            for entry in self.client.stream_logs(self.pod.id, cursor=self.cursor, since=self.pod.created_at):
+                self._say(entry.line)
+                if self.stopped.is_set() or entry.line.startswith(DONE_PREFIX):
+                    return
+        except Exception as e:  # noqa: BLE001 - the log is not the result: say it, the status poll goes on
+            self._say(f"pgolf-runpod: the pod log stopped: {e}")
+        finally:
+            self.done.set()
+            self.client.close()
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def drain(self, timeout: float) -> None:
+        """Wait (bounded) for the last lines: the DONE line comes after everything the job printed."""
+        if not self.done.wait(timeout):
+            self._say(f"pgolf-runpod: the pod log did not reach its end within {timeout:.0f} s")
+        self.check()
+
+    def stop(self) -> None:
+        """No more lines to the attempt; the thread ends with the stream (the pod is terminated next)."""
+        self.stopped.set()
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

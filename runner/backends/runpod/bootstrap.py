@@ -1,33 +1,49 @@
-"""The pod-side program: prepare data, check the machine, run torchrun under a deadline, serve the results.
+"""The pod-side program: receive local data, prepare data, check the machine, run the job under a deadline,
+serve the results; for RunPod's REST API v2.
 
 Shipped to the pod inside its environment (gzip+base64 chunks PGOLF_BOOT_000.., decoded by the pod's
 start command), together with the script (PGOLF_SCRIPT_...) and the job (PGOLF_JOB_..., JSON). Standard
 library only: it runs on whatever Python the image has, before anything is installed.
 
-It serves, on PGOLF_HTTP_PORT, behind a bearer token (PGOLF_POD_TOKEN):
-  GET /status             {"phase": setup|data|checks|running|done, "exit_code", "error", "artifacts": [...]}
-  GET /log?offset=N       the pod log from byte N (header X-Log-Size: its current size)
+Its log is the container's stdout: RunPod keeps it and serves it as the pod log (Server-Sent Events,
+resumable), so every line of the bootstrap and of the job reaches the driver through RunPod and nothing
+here keeps a copy. The job's end is the line `pgolf-pod: done exit_code=N ...` (DONE_PREFIX).
+
+It serves, behind a bearer token (PGOLF_POD_TOKEN), on the symmetrical TCP port RunPod assigned
+(RUNPOD_TCP_PORT_<job tcp_port>, reached by the driver at the public ip:port of `runtime.ports`) and, when
+the job names one, on an HTTP port behind RunPod's proxy (the fallback):
+  GET /status             {"phase": upload|setup|data|checks|running|done, "exit_code", "error", "artifacts",
+                           "uploads_missing"}
   GET /artifact?path=REL  one file of the run directory
+  PUT /upload?path=REL    one of the job's local data files (header X-Sha256: its hash); stored atomically,
+                          refused unless its size and hash match the job's manifest
 and never outlives its welcome: past the backstop deadline (or long after the job ended with nobody
-collecting) it terminates its own pod through RunPod's API with the pod's own RUNPOD_API_KEY/RUNPOD_POD_ID.
+collecting) it terminates its own pod (DELETE /v2/pods/{RUNPOD_POD_ID} with the pod-scoped RUNPOD_API_KEY).
+
+Paths: PGOLF_POD_ROOT stands for the pod's "/" (the rehearsal's pods are folders; unset on RunPod), so a
+network volume mounted at /workspace is PGOLF_POD_ROOT/workspace; the work folder is $HOME/pgolf.
 """
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-LOG_CHUNK = 1 << 20                  # most bytes one /log answer carries
+DONE_PREFIX = "pgolf-pod: done exit_code="
+UPLOAD_WAIT_S = 1800.0                 # the driver has this long to deliver the local data
 HF_BASE = "https://huggingface.co"     # HF_ENDPOINT overrides it, as for huggingface_hub (mirrors, tests)
 DEFAULT_HF_REPO = "willdepueoai/parameter-golf"          # the official download's default
 HF_REPO_BY_VARIANT = {"sp8192": "kevclark/parameter-golf"}  # where the records fetched sp8192 from
@@ -51,11 +67,14 @@ class Pod:
         self.job = json.loads(read_chunks(env, "PGOLF_JOB_"))
         self.script = read_chunks(env, "PGOLF_SCRIPT_")
         self.token = env.get("PGOLF_POD_TOKEN", "")
-        self.work = os.path.abspath(env.get("PGOLF_WORKDIR") or "/root/pgolf")
+        self.work = os.path.abspath(env.get("PGOLF_WORKDIR") or os.path.join(env.get("HOME") or "/root", "pgolf"))
         self.run_dir = os.path.join(self.work, "run")
-        self.data_dir = os.path.join(self.work, "data")
+        self.upload_dir = os.path.join(self.work, "uploads")
+        volume = self.job.get("volume_path")
+        self.data_dir = pod_path(env, volume, "pgolf-data") if volume else os.path.join(self.work, "data")
         os.makedirs(self.run_dir, exist_ok=True)
-        self.log_path = os.path.join(self.work, "pod.log")
+        self.uploads = {u["path"]: u for u in (self.job.get("uploads") or {}).get("files", [])}
+        self.received: set[str] = set()
         self.lock = threading.Lock()
         self.phase = "setup"
         self.exit_code: int | None = None
@@ -65,10 +84,11 @@ class Pod:
         self.child: subprocess.Popen | None = None
         self.script_name = self.job.get("script_name") or "train_gpt.py"
 
-    # ---- logging: one file, appended by us and by the job; served by offset
+    # ---- logging: the container's stdout, shared with the job (flushed before any child writes to it)
     def log(self, msg: str) -> None:
-        with self.lock, open(self.log_path, "ab") as f:
-            f.write(f"pgolf-pod: {msg}\n".encode())
+        with self.lock:
+            sys.stdout.write(f"pgolf-pod: {msg}\n")
+            sys.stdout.flush()
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
@@ -77,7 +97,7 @@ class Pod:
     def finish(self, code: int, error: str | None = None) -> None:
         self.exit_code, self.error, self.ended = code, error, time.time()
         self.phase = "done"
-        self.log(f"done exit_code={code}" + (f" error={error}" if error else ""))
+        self.log(DONE_PREFIX[len("pgolf-pod: "):] + str(code) + (f" error={error}" if error else ""))
 
     def artifacts(self) -> list[dict]:
         out = []
@@ -93,7 +113,53 @@ class Pod:
     def status(self) -> dict:
         return {"phase": self.phase, "exit_code": self.exit_code, "error": self.error,
                 "uptime_s": round(time.time() - self.started, 1),
+                "uploads_missing": sorted(set(self.uploads) - self.received),
                 "artifacts": self.artifacts() if self.phase == "done" else []}
+
+    # ---- local data, pushed by the driver before the job starts
+    def receive(self, rel: str, size: int, digest: str, body) -> str | None:
+        """Store one upload (streamed to a temp file, hashed on the way); an error text, or None when kept."""
+        want = self.uploads.get(rel)
+        if want is None:
+            return f"{rel} is not in the job's upload manifest"
+        if size != int(want["size"]) or digest != want["sha256"]:
+            return f"{rel}: size/hash {size}/{digest[:12]} do not match the manifest"
+        dest = os.path.join(self.upload_dir, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = f"{dest}.{threading.get_ident()}.part"
+        h = hashlib.sha256()
+        left = size
+        with open(tmp, "wb") as f:
+            while left:
+                buf = body.read(min(left, 1 << 20))
+                if not buf:
+                    break
+                h.update(buf)
+                f.write(buf)
+                left -= len(buf)
+        if left or h.hexdigest() != digest:
+            os.unlink(tmp)
+            return f"{rel}: received data does not match its sha256 (incomplete upload?)"
+        os.replace(tmp, dest)
+        with self.lock:
+            self.received.add(rel)
+        return None
+
+    def wait_for_uploads(self, env: dict) -> bool:
+        if not self.uploads:
+            return True
+        self.set_phase("upload")
+        self.log(f"waiting for {len(self.uploads)} local data file(s) from the driver")
+        deadline = time.time() + float((self.job.get("uploads") or {}).get("timeout_s") or UPLOAD_WAIT_S)
+        while set(self.uploads) - self.received:
+            if time.time() > deadline:
+                self.finish(94, f"local data not delivered: {sorted(set(self.uploads) - self.received)[:3]}")
+                return False
+            time.sleep(0.2)
+        for key, rel in ((self.job.get("uploads") or {}).get("env") or {}).items():
+            env[key] = os.path.join(self.upload_dir, rel)
+        self.log(f"local data received ({len(self.uploads)} file(s), sha256 checked)")
+        return True
 
     # ---- the job, start to end
     def run(self) -> None:
@@ -113,6 +179,8 @@ class Pod:
             os.makedirs(env["ARTIFACT_DIR"], exist_ok=True)
             with open(os.path.join(self.run_dir, self.script_name), "wb") as f:
                 f.write(self.script)
+            if not self.wait_for_uploads(env):
+                return
             if self.job.get("setup_command"):
                 self.set_phase("setup")
                 if self.shell(self.job["setup_command"], env) != 0:
@@ -132,9 +200,8 @@ class Pod:
 
     def shell(self, command: str, env: dict, cwd: str | None = None) -> int:
         self.log(f"$ {command}")
-        with open(self.log_path, "ab") as out:
-            return subprocess.call(["bash", "-c", command], cwd=cwd or self.work, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        return subprocess.call(["bash", "-c", command], cwd=cwd or self.work, env=env, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
 
     def prepare_data(self, env: dict) -> bool:
         data = self.job.get("data") or {}
@@ -142,9 +209,6 @@ class Pod:
             if self.shell(data["command"], env, cwd=self.run_dir) != 0:
                 self.finish(95, "data command failed")
                 return False
-            return True
-        if self.job.get("rehearse"):
-            self.log(f"rehearsal: using the local data DATA_PATH={env.get('DATA_PATH', '(unset)')}")
             return True
         if data.get("variant"):
             try:
@@ -155,10 +219,13 @@ class Pod:
         return True
 
     def check_machine(self, env: dict) -> str | None:
-        if self.job.get("rehearse"):
+        want_n, want_type = int(self.job.get("gpu_count") or 0), self.job.get("gpu_type") or ""
+        if self.job.get("rehearse") and want_n:
             self.log("rehearsal: skipping the GPU count/type and fla/Triton checks")
             return None
-        want_n, want_type = int(self.job.get("gpu_count") or 0), self.job.get("gpu_type") or ""
+        if not want_n:
+            self.log(f"CPU pod: {os.cpu_count()} CPUs, no GPU checks")
+            return None
         try:
             names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                                    capture_output=True, text=True, timeout=60).stdout.split("\n")
@@ -195,16 +262,15 @@ class Pod:
             cmd = ["python3", "-u", self.script_name]
         deadline = float(self.job.get("deadline_s") or 3600)
         self.log(f"$ {' '.join(cmd)}  (hard deadline {deadline:.0f} s)")
-        with open(self.log_path, "ab") as out:
-            self.child = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
-            try:
-                return self.child.wait(timeout=deadline)
-            except subprocess.TimeoutExpired:
-                self.log(f"hard deadline {deadline:.0f} s passed: killing torchrun")
-                kill_group(self.child.pid)
-                self.child.wait()
-                return 124
+        self.child = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            return self.child.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            self.log(f"hard deadline {deadline:.0f} s passed: killing torchrun")
+            kill_group(self.child.pid)
+            self.child.wait()
+            return 124
 
     # ---- the backstop: never bill past the deadline
     def watchdog(self) -> None:
@@ -240,23 +306,32 @@ def version_tuple(v: str) -> tuple:
     return tuple(out)
 
 
+def pod_path(env: dict, path: str, *more: str) -> str:
+    """A path of the pod's filesystem (e.g. a volume's mount path) on this machine: under PGOLF_POD_ROOT."""
+    return os.path.join(env.get("PGOLF_POD_ROOT") or "/", path.lstrip("/"), *more)
+
+
 def self_terminate(env: dict, log) -> bool:
-    """podTerminate for this pod through RunPod's GraphQL API, with the key RunPod put in the pod."""
+    """DELETE /v2/pods/{id} for this pod, with the pod-scoped key RunPod put in the pod (404: already gone)."""
     pod_id, key = env.get("RUNPOD_POD_ID"), env.get("RUNPOD_API_KEY")
     if not pod_id or not key:
         log("backstop: RUNPOD_POD_ID/RUNPOD_API_KEY missing; cannot terminate this pod")
         return False
-    base = env.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io"
-    body = json.dumps({"query": 'mutation { podTerminate(input: {podId: "%s"}) }' % pod_id}).encode()
-    req = urllib.request.Request(f"{base}/graphql", data=body, method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    base = (env.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io").rstrip("/")
+    req = urllib.request.Request(f"{base}/v2/pods/{urllib.parse.quote(pod_id)}", method="DELETE",
+                                 headers={"Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            ok = r.status == 200 and "errors" not in json.loads(r.read() or b"{}")
+            ok = r.status in (200, 204)
+    except urllib.error.HTTPError as e:
+        ok = e.code == 404
+        if not ok:
+            log(f"backstop: terminate refused (HTTP {e.code}); retrying")
+            return False
     except Exception as e:  # noqa: BLE001
         log(f"backstop: terminate call failed ({type(e).__name__}); retrying")
         return False
-    log("backstop: terminate requested" if ok else "backstop: terminate refused; retrying")
+    log("backstop: terminate requested")
     return ok
 
 
@@ -268,16 +343,17 @@ def hf_get(repo: str, path: str, dest: str, token: str | None) -> None:
     url = f"{base}/datasets/{repo}/resolve/main/{urllib.parse.quote(path)}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     os.makedirs(os.path.dirname(dest), exist_ok=True)
+    part = f"{dest}.{os.getpid()}.{threading.get_ident()}.part"   # pods sharing a volume never mix parts
     for attempt in range(4):
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=120) as r, \
-                    open(dest + ".part", "wb") as f:
+                    open(part, "wb") as f:
                 while True:
                     buf = r.read(1 << 22)
                     if not buf:
                         break
                     f.write(buf)
-            os.replace(dest + ".part", dest)
+            os.replace(part, dest)
             return
         except Exception as e:  # noqa: BLE001
             if attempt == 3 or getattr(e, "code", None) in (401, 403, 404):
@@ -334,49 +410,84 @@ def make_handler(pod: Pod):
         def log_message(self, *args):  # quiet: the pod log is for the job
             pass
 
-        def send(self, code: int, body: bytes, ctype="application/json", extra=None):
+        def send(self, code: int, body: bytes, ctype="application/json"):
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self):
+        def allowed(self) -> bool:
             if pod.token and self.headers.get("Authorization") != f"Bearer {pod.token}":
-                return self.send(403, b'{"error": "forbidden"}')
+                self.send(403, b'{"error": "forbidden"}')
+                return False
+            return True
+
+        def do_GET(self):
+            if not self.allowed():
+                return
             url = urllib.parse.urlparse(self.path)
             q = urllib.parse.parse_qs(url.query)
             if url.path == "/status":
                 return self.send(200, json.dumps(pod.status()).encode())
-            if url.path == "/log":
-                offset = int((q.get("offset") or ["0"])[0])
-                size = os.path.getsize(pod.log_path) if os.path.exists(pod.log_path) else 0
-                data = b""
-                if offset < size:
-                    with open(pod.log_path, "rb") as f:
-                        f.seek(offset)
-                        data = f.read(LOG_CHUNK)
-                return self.send(200, data, "application/octet-stream", {"X-Log-Size": str(size)})
             if url.path == "/artifact":
                 rel = (q.get("path") or [""])[0]
                 path = os.path.realpath(os.path.join(pod.run_dir, rel))
                 if not path.startswith(os.path.realpath(pod.run_dir) + os.sep) or not os.path.isfile(path):
                     return self.send(404, b'{"error": "no such artifact"}')
                 with open(path, "rb") as f:
-                    return self.send(200, f.read(), "application/octet-stream")
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+                    self.end_headers()
+                    shutil.copyfileobj(f, self.wfile, 1 << 20)
+                return
             return self.send(404, b'{"error": "not found"}')
 
+        def do_PUT(self):
+            if not self.allowed():
+                return
+            url = urllib.parse.urlparse(self.path)
+            rel = (urllib.parse.parse_qs(url.query).get("path") or [""])[0]
+            if url.path != "/upload":
+                return self.send(404, b'{"error": "not found"}')
+            problem = pod.receive(rel, int(self.headers.get("Content-Length") or 0),
+                                  self.headers.get("X-Sha256") or "", self.rfile)
+            if problem:
+                self.close_connection = True       # the body may be partly unread
+                return self.send(400, json.dumps({"error": problem}).encode())
+            return self.send(200, b'{"stored": true}')
+
     return Handler
+
+
+def listen_ports(env: dict, job: dict) -> list[int]:
+    """The symmetrical TCP port RunPod assigned (RUNPOD_TCP_PORT_<n>), and the proxied HTTP port if any."""
+    ports = []
+    if job.get("tcp_port") and env.get(f"RUNPOD_TCP_PORT_{job['tcp_port']}"):
+        ports.append(int(env[f"RUNPOD_TCP_PORT_{job['tcp_port']}"]))
+    if job.get("http_port"):
+        ports.append(int(job["http_port"]))
+    return ports
 
 
 def main() -> int:
     pod = Pod(dict(os.environ))
     pod.log(f"bootstrap up (pod {os.environ.get('RUNPOD_POD_ID', '?')}, python {sys.version.split()[0]})")
-    port = int(os.environ.get("PGOLF_HTTP_PORT") or 8000)
-    server = ThreadingHTTPServer(("0.0.0.0", port), make_handler(pod))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ports = listen_ports(pod.env, pod.job)
+    if not ports:
+        pod.log(f"no port to serve on: RUNPOD_TCP_PORT_{pod.job.get('tcp_port')} is unset and the job names "
+                "no http_port")
+    serving = []
+    for port in ports:
+        try:
+            server = ThreadingHTTPServer(("0.0.0.0", port), make_handler(pod))
+        except OSError as e:          # one port taken still leaves the other way in
+            pod.log(f"cannot serve on port {port}: {e}")
+            continue
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        serving.append(port)
+    pod.log(f"serving on port(s) {serving}")
     threading.Thread(target=pod.watchdog, daemon=True).start()
     pod.run()
     while True:   # keep serving until the driver (or the backstop) terminates the pod

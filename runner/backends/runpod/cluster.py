@@ -2,37 +2,63 @@
 
 gc is the one that saves money: it lists pods whose name carries pgolf's prefix, keeps those a running
 attempt of some ledger under --runs-dir still owns (attempt not ended), shows the rest with their price,
-asks (or --yes), terminates them and polls until RunPod no longer lists them, then records
-`pod_terminated: true` in the ledgers. With --rehearse it talks to the rehearsal's fake API, started again
-on the fake's state file, so pods left by a killed rehearsal driver are found the same way.
+asks (or --yes), terminates them and polls until RunPod no longer knows them, then records
+`pod_terminated: true` in the ledgers. With --rehearse it does the same for every rehearsal under
+--runs-dir, each on the fake RunPod of its own run directory (RUN_DIR/rehearsal/), so pods left by a killed
+rehearsal driver are found the same way.
 """
 from __future__ import annotations
 
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection
+from typing import TYPE_CHECKING, Collection, Iterator
 
 from results.errors import PgolfError
 from runner.backends.base import ClusterAction
-from runner.backends.runpod import api, instances
-from runner.backends.runpod.instances import Session
-from runner.ledger import Ledger
+from runner.backends.runpod import api
+from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, Session, batch_prefix, list_ours,
+                                              terminate_verified)
+from runner.ledger import Ledger, load_batch
 
 if TYPE_CHECKING:
     from runner.backends.runpod.backend import RunPodBackend
 
 
+def _run_dirs(runs_dir: Path, holding: str) -> list[Path]:
+    """The run directories under runs_dir holding `holding`, each once (runs/latest is a link to one)."""
+    return sorted({p.parent.resolve() for p in Path(runs_dir).glob(f"*/{holding}") if not p.parent.is_symlink()})
+
+
 def _ledgers(runs_dir: Path) -> list[Ledger]:
     out = []
-    for path in sorted(Path(runs_dir).glob("*/ledger.json")):
-        if path.parent.is_symlink():         # runs/latest: the same batch again
-            continue
+    for run_dir in _run_dirs(runs_dir, "ledger.json"):
         try:
-            out.append(Ledger.load(path.parent))
+            out.append(Ledger.load(run_dir))
         except PgolfError:
             continue
     return out
+
+
+def sessions(runs_dir: Path, rehearse: bool, name: str | None = None) -> Iterator[tuple[str, Session]]:
+    """(label, open session): RunPod's API once, or with `rehearse` the fake of each rehearsal under
+    runs_dir (only the batches of spec `name`, when given)."""
+    if not rehearse:
+        with Session() as s:
+            yield "RunPod", s
+        return
+    for run_dir in _run_dirs(runs_dir, REHEARSAL_DIR):
+        if not (run_dir / REHEARSAL_DIR / "state.json").exists() or (name and _batch_name(run_dir) != name):
+            continue
+        with Session(rehearse=True, state_dir=run_dir / REHEARSAL_DIR) as s:
+            yield f"rehearsal {run_dir.name}", s
+
+
+def _batch_name(run_dir: Path) -> str | None:
+    try:
+        return load_batch(run_dir).get("name")
+    except PgolfError:
+        return None
 
 
 def owners(runs_dir: Path) -> dict[str, str]:
@@ -42,22 +68,18 @@ def owners(runs_dir: Path) -> dict[str, str]:
             if att.get("pod_id") and att.get("ended") is None}
 
 
-def live_batch_pods(pods: list[dict[str, Any]], live: Collection[Path]) -> dict[str, str]:
-    """pod id -> owner note for pods named after a batch a live process holds (runner/lock.py): kept even
-    when no ledger names them yet (a create whose answer is still on its way)."""
-    names = {re.escape(instances.pod_name(str(d), 0, 0)[:-len("0-a0")]) + r"\d+-a\d+$": d for d in live}
-    out = {}
-    for p in pods:
-        for pattern, d in names.items():
-            if re.match(pattern, str(p.get("name") or "")):
-                out[p["id"]] = f"{d.name}: batch in use (live driver)"
-    return out
+def live_batch_pods(pods: list[api.Pod], live: Collection[Path]) -> dict[str, str]:
+    """pod id -> owner note for the pods named after a batch a live process holds (runner/lock.py): kept
+    even when no ledger names them yet (a create whose answer is still on its way)."""
+    names = {re.compile(re.escape(batch_prefix(d)) + r"s\d+-a\d+"): d for d in live}
+    return {p.id: f"{d.name}: batch in use (live driver)" for p in pods for pattern, d in names.items()
+            if pattern.fullmatch(p.name or "")}
 
 
-def reconcile(runs_dir: Path, live: Collection[Path] = ()) -> list[str]:
-    """Ended attempts whose pod RunPod no longer lists get pod_terminated=true (verified gone), in ledgers
-    no driver holds (no attempt open in them), so each run's ledger tells the truth about its money.
-    Returns the pod ids newly recorded."""
+def reconcile(client: api.RunPodClient, runs_dir: Path, live: Collection[Path] = ()) -> list[str]:
+    """Ended attempts whose pod this API no longer knows get pod_terminated=true (verified gone), in
+    ledgers no driver holds (no attempt open in them, no live process holding the batch: `live`), so each
+    run's ledger tells the truth about its money. Returns the pod ids newly recorded."""
     done = []
     for led in _ledgers(runs_dir):
         if led.has_open_attempt() or led.run_dir in live:
@@ -67,7 +89,7 @@ def reconcile(runs_dir: Path, live: Collection[Path] = ()) -> list[str]:
             if not att.get("pod_id") or att.get("pod_terminated") is True:
                 continue
             try:
-                if api.get_pod(att["pod_id"]) is None:
+                if client.get_pod(att["pod_id"]) is None:
                     att["pod_terminated"] = True
                     done.append(att["pod_id"])
                     changed = True
@@ -78,16 +100,14 @@ def reconcile(runs_dir: Path, live: Collection[Path] = ()) -> list[str]:
     return done
 
 
-def show(pods: list[dict[str, Any]], title: str, note: dict[str, str] | None = None) -> None:
+def show(pods: list[api.Pod], title: str, note: dict[str, str] | None = None, rehearse: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=title)
-    for col in ("pod", "name", "status", "$/h", "up", "owner"):
+    for col in ("pod", "name", "status", "fake cost/h" if rehearse else "$/h", "created", "owner"):
         t.add_column(col)
     for p in pods:
-        up = int(p.get("uptimeSeconds") or 0)
-        t.add_row(p["id"], p.get("name") or "", str(p.get("desiredStatus")), f"{float(p.get('costPerHr') or 0):.2f}",
-                  f"{up // 3600}:{up % 3600 // 60:02d}:{up % 60:02d}", (note or {}).get(p["id"], "-"))
+        t.add_row(p.id, p.name, p.status, f"{p.cost:.2f}", p.created_at or "-", (note or {}).get(p.id, "-"))
     Console().print(t)
 
 
@@ -99,71 +119,100 @@ def confirm(question: str, yes: bool) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def _terminate(pods: list[dict[str, Any]], session: Session) -> tuple[list[str], list[str]]:
-    """(verified gone, still listed) after terminating `pods`."""
-    ids = [p["id"] for p in pods]
-    left = instances.terminate_verified(ids, session.timing,
-                                        say=lambda msg: print(f"pgolf cluster: {msg}", file=sys.stderr))
+def _terminate(client: api.RunPodClient, pods: list[api.Pod], session: Session) -> tuple[list[str], list[str]]:
+    """(verified gone, still there) after terminating `pods`."""
+    ids = [p.id for p in pods]
+    left = terminate_verified(client, ids, session.timing,
+                              say=lambda msg: print(f"pgolf cluster: {msg}", file=sys.stderr))
     return [i for i in ids if i not in left], left
 
 
 def gc(runs_dir: Path, yes: bool, rehearse: bool = False, live: Collection[Path] = ()) -> int:
     """`live`: run directories a live process holds (their pods are kept, their ledgers not touched)."""
-    with Session(rehearse) as session:
-        pods = instances.list_ours()
-        open_ = {**owners(runs_dir), **live_batch_pods(pods, live)}
-        kept = [p for p in pods if p["id"] in open_]
-        orphans = [p for p in pods if p["id"] not in open_]
-        if kept:
-            show(kept, f"kept: owned by a running attempt under {runs_dir}", open_)
-            print("  (if that batch's driver is dead, `pgolf resume RUN_DIR` closes its attempts; gc again after)")
-        if not orphans:
-            print(f"pgolf cluster gc: no orphaned pgolf pods ({len(kept)} kept)")
-            fixed = reconcile(runs_dir, live)
-            if fixed:
-                print(f"pgolf cluster gc: recorded pod_terminated for {len(fixed)} pod(s) already gone: "
-                      f"{', '.join(fixed)}")
-            return 0
-        spend = sum(float(p.get("costPerHr") or 0) for p in orphans)
-        show(orphans, f"orphaned pgolf pods: {len(orphans)}, ${spend:.2f}/h", {p["id"]: "none" for p in orphans})
-        if not confirm(f"Terminate these {len(orphans)} pod(s)?", yes):
-            print("pgolf cluster gc: nothing terminated")
-            return 1
-        gone, left = _terminate(orphans, session)
-        reconcile(runs_dir, live)
-        print(f"pgolf cluster gc: terminated {len(gone)} pod(s), verified gone: {', '.join(gone) or '-'}")
-        if left:
-            print(f"pgolf cluster gc: STILL LISTED after {session.timing.gone_timeout_s:.0f} s: {', '.join(left)}; "
-                  f"check https://www.runpod.io/console/pods", file=sys.stderr)
-            return 1
+    rc, seen = 0, False
+    for label, session in sessions(runs_dir, rehearse):
+        seen = True
+        with session.client() as client:
+            rc = max(rc, _gc_one(client, session, label, runs_dir, yes, live))
+    if rehearse and not seen:
+        print(f"pgolf cluster gc: no rehearsal under {runs_dir}")
+    return rc
+
+
+def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Path, yes: bool,
+            live: Collection[Path] = ()) -> int:
+    pods = list_ours(client)
+    open_ = {**owners(runs_dir), **live_batch_pods(pods, live)}
+    kept = [p for p in pods if p.id in open_]
+    orphans = [p for p in pods if p.id not in open_]
+    if kept:
+        show(kept, f"{label}: kept, owned by a running attempt under {runs_dir}", open_, session.rehearse)
+        print("  (if that batch's driver is dead, `pgolf resume RUN_DIR` closes its attempts; gc again after)")
+    if not orphans:
+        print(f"pgolf cluster gc: {label}: no orphaned pgolf pods ({len(kept)} kept)")
+        fixed = reconcile(client, runs_dir, live)
+        if fixed:
+            print(f"pgolf cluster gc: {label}: recorded pod_terminated for {len(fixed)} pod(s) already gone: "
+                  f"{', '.join(fixed)}")
         return 0
+    spend = sum(p.cost for p in orphans)
+    money = f"{spend:.2f}/h (rehearsal: fake, no money)" if session.rehearse else f"${spend:.2f}/h"
+    show(orphans, f"{label}: orphaned pgolf pods: {len(orphans)}, {money}", {p.id: "none" for p in orphans},
+         session.rehearse)
+    if not confirm(f"Terminate these {len(orphans)} pod(s)?", yes):
+        print("pgolf cluster gc: nothing terminated")
+        return 1
+    gone, left = _terminate(client, orphans, session)
+    reconcile(client, runs_dir, live)
+    print(f"pgolf cluster gc: {label}: terminated {len(gone)} pod(s), verified gone: {', '.join(gone) or '-'}")
+    if left:
+        print(f"pgolf cluster gc: STILL THERE after {session.timing.gone_timeout_s:.0f} s: {', '.join(left)}; "
+              f"check https://www.runpod.io/console/pods", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, yes: bool) -> int:
-    """up: the balance check of `pgolf run` (pods are made per attempt); status: balance, spend and the
-    spec's pods; down: terminate every pod of the spec's batches, running ones included."""
-    spec, session = backend.spec, backend.session
-    prefix = f"{api.NAME_PREFIX}{spec.name}-"   # run dirs default to NAME-TIMESTAMP
-    with session:
-        if action == "up":
-            print(backend.estimate(len(spec.seeds)), flush=True)
-            print("pgolf cluster up: RunPod pods are created per seed attempt by `pgolf run`; nothing to start")
-            return 0
-        pods = instances.list_ours(prefix)
-        if action == "status":
-            try:
-                bal = api.get_balance()
-                print(f"RunPod balance ${bal['clientBalance']:.2f}, spending ${bal['currentSpendPerHr']:.2f}/h")
-            except api.ApiError as e:
-                print(f"RunPod balance: unavailable ({e})")
-            show(pods, f"pods of {spec.name}: {len(pods)}", owners(runs_dir))
-            return 0
-        if not pods:
-            print(f"pgolf cluster down: no pods named {prefix}*")
-            return 0
-        show(pods, f"pods of {spec.name} to terminate", owners(runs_dir))
-        if not confirm(f"Terminate these {len(pods)} pod(s), running attempts included?", yes):
-            return 1
-        gone, left = _terminate(pods, session)
-        print(f"pgolf cluster down: {len(gone)} terminated" + (f", still listed: {left}" if left else ""))
-        return 1 if left else 0
+    """up: stock, price and the balance check of `pgolf run` (pods are made per attempt); status: balance
+    and the spec's pods; down: terminate every pod of the spec's batches, running ones included."""
+    spec = backend.spec
+    # the pods of the spec's batches under runs_dir (run dirs default to NAME-TIMESTAMP, --name may differ)
+    prefixes = sorted({batch_prefix(d) for d in _run_dirs(runs_dir, "batch.json") if _batch_name(d) == spec.name}
+                      | {f"{NAME_PREFIX}{spec.name}-"})
+    if action == "up":
+        if backend.rehearse:
+            raise PgolfError("pgolf cluster up --rehearse: a rehearsal's fake RunPod lives in its run directory; "
+                             "`pgolf run SPEC --rehearse` makes one")
+        for note in backend.preflight(len(spec.seeds), "pgolf cluster up"):
+            print(note, flush=True)
+        print("pgolf cluster up: RunPod pods are created per seed attempt by `pgolf run`; nothing to start")
+        return 0
+    rc, seen = 0, False
+    for label, session in sessions(runs_dir, backend.rehearse, spec.name):
+        seen = True
+        with session.client() as client:
+            pods = [p for p in list_ours(client) if p.name.startswith(tuple(prefixes))]
+            if action == "status":
+                balance = client.balance()
+                spend = sum(p.cost for p in list_ours(client, ""))
+                if session.rehearse:
+                    print(f"{label}: fake RunPod (no money)")
+                elif balance is None:
+                    print(f"RunPod balance: unknown (GraphQL gone); spending ${spend:.2f}/h")
+                else:
+                    print(f"RunPod balance ${balance:.2f}, spending ${spend:.2f}/h")
+                show(pods, f"{label}: pods of {spec.name}: {len(pods)}", owners(runs_dir), session.rehearse)
+                continue
+            if not pods:
+                print(f"pgolf cluster down: {label}: no pods named {' or '.join(p + '*' for p in prefixes)}")
+                continue
+            show(pods, f"{label}: pods of {spec.name} to terminate", owners(runs_dir), session.rehearse)
+            if not confirm(f"Terminate these {len(pods)} pod(s), running attempts included?", yes):
+                rc = 1
+                continue
+            gone, left = _terminate(client, pods, session)
+            print(f"pgolf cluster down: {label}: {len(gone)} terminated" + (f", still there: {left}" if left else ""))
+            rc = max(rc, 1 if left else 0)
+    if not seen:
+        print(f"pgolf cluster {action}: no rehearsal of {spec.name} under {runs_dir}")
+    return rc

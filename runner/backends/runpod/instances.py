@@ -1,18 +1,22 @@
-"""The pod lifecycle on RunPod, used by the backend (one pod per attempt) and by `pgolf cluster`.
+"""The pod lifecycle on RunPod's REST API v2, used by the backend (one pod per attempt) and by `pgolf cluster`.
 
-Which API (`Session`: RunPod's, or the rehearsal's fake), create with back-off while there is no
-capacity, wait until the pod's HTTP port is mapped, notice a pod that is gone, terminate and verify it is
-gone, list pgolf's pods, and stop the pods a batch's ended attempts left behind. Polling intervals and
-patience are named in `Timing`; the rehearsal's are short so tests stay fast.
+Which API (`Session`: RunPod's, or the rehearsal's fake with its state in the run directory), what a pod is (`PodShape`: GPUs or a CPU flavor, in a cloud), what RunPod offers for it right now (`offer`:
+list price and stock, said in one line before anything is created), create with back-off while there is
+no capacity or the account's spend limit is reached, wait until the pod runs and its server has an address
+(a pod stuck in PROVISIONING/STARTING past `start_timeout_s` is `Stuck`: the caller terminates it and the
+driver retries on a fresh pod, as for any lost machine), terminate and verify gone, and what the pod cost
+(RunPod's billing records; None while they have nothing yet). Polling intervals are named in `Timing`; the
+rehearsal's are short so tests stay fast. `reap_leftovers` stops the pods a batch's ended attempts left.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -21,11 +25,13 @@ from runner.backends.base import InfraFailure
 from runner.backends.runpod import api
 from runner.ledger import Ledger
 
-if TYPE_CHECKING:
-    from runner.spec import RunPodSettings
-
-REHEARSAL_KEY = "pgolf-rehearsal"     # what the fake accepts when the user has no RunPod key at all
-TERMINATE_AGAIN_EVERY = 10            # polls between repeated podTerminate calls while a pod is still listed
+NAME_PREFIX = "pgolf-"
+SYMMETRIC_PORT = 70000           # "70000/tcp": RunPod gives the pod one port number used inside and out
+PROXY_PORT = 8000                # "8000/http": RunPod's HTTPS proxy, when the pod has no public address
+DEFAULT_SPEND_LIMIT = 80.0       # $/h: RunPod's default account spend limit
+LIVE = ("PROVISIONING", "STARTING", "RUNNING")
+REHEARSAL_DIR = "rehearsal"      # a rehearsal keeps its fake RunPod's state in RUN_DIR/rehearsal/
+REHEARSAL_KEY = "pgolf-rehearsal"   # the key every rehearsal uses: the user's real key never meets the fake
 
 Say = Callable[[str], None]
 
@@ -33,72 +39,69 @@ Say = Callable[[str], None]
 @dataclass(frozen=True)
 class Timing:
     """Polling intervals and patience of the lifecycle."""
-    poll_s: float                  # status polls of a running pod
-    startup_timeout_s: float       # create -> HTTP port mapped
-    unreachable_s: float           # a pod whose HTTP port stays silent this long is lost
+    poll_s: float                  # status polls of a pod
+    address_grace_polls: int       # polls of a RUNNING pod without a public port before the proxy is used
     gone_timeout_s: float          # terminate -> no longer listed
     gone_poll_s: float
-    capacity_wait_s: float         # how long "no capacity" is waited out before the attempt fails
+    terminate_again_every: int     # polls between repeated DELETEs while a pod is still listed
+    capacity_wait_s: float         # how long "no capacity" / "spend limit" is waited out
     capacity_backoff_s: float
     capacity_backoff_max_s: float
-    pod_check_every: int           # status polls between two looks at the pod through the API
+    start_timeout_cap_s: float     # the most a pod may take to start, whatever [runpod] start_timeout_s says
+    billing_tries: int             # billing records can lag the pod's end: look this many times
+    time_scale: float              # the API client's waits (Retry-After, backoff) are scaled by this
 
 
-REAL = Timing(poll_s=5.0, startup_timeout_s=1200, unreachable_s=180, gone_timeout_s=300, gone_poll_s=2.0,
-              capacity_wait_s=3 * 3600, capacity_backoff_s=15, capacity_backoff_max_s=300, pod_check_every=12)
-REHEARSAL = Timing(poll_s=0.2, startup_timeout_s=60, unreachable_s=10, gone_timeout_s=30, gone_poll_s=0.2,
-                   capacity_wait_s=120, capacity_backoff_s=0.2, capacity_backoff_max_s=1.0, pod_check_every=5)
+REAL = Timing(poll_s=5.0, address_grace_polls=12, gone_timeout_s=300, gone_poll_s=2.0, terminate_again_every=10,
+              capacity_wait_s=3 * 3600, capacity_backoff_s=15, capacity_backoff_max_s=300,
+              start_timeout_cap_s=math.inf, billing_tries=6, time_scale=1.0)
+REHEARSAL = Timing(poll_s=0.1, address_grace_polls=20, gone_timeout_s=30, gone_poll_s=0.1, terminate_again_every=10,
+                   capacity_wait_s=120, capacity_backoff_s=0.2, capacity_backoff_max_s=1.0,
+                   start_timeout_cap_s=5.0, billing_tries=2, time_scale=0.01)
 
 
 class Session:
     """The RunPod API pgolf talks to: RunPod's own (key from RUNPOD_API_KEY or ~/.runpod/config.toml), or
-    with `rehearse` the fake on 127.0.0.1, started on its state file so that pods an earlier rehearsal
-    left behind are listed again. Pickled into Ray tasks without the fake: a task calls `connect()`."""
+    with `rehearse` the fake on 127.0.0.1 serving `state_dir` (the run directory's rehearsal/ folder), so
+    that the pods an earlier rehearsal of the batch left are listed again and two rehearsals never see each
+    other's pods. Pickled into Ray tasks without the fake: a task builds its clients with `client()`."""
 
-    def __init__(self, rehearse: bool = False, faults: str = ""):
+    def __init__(self, rehearse: bool = False, faults: str = "", state_dir: str | Path | None = None):
         if faults and not rehearse:
             raise PgolfError("--rehearse-faults needs --rehearse (faults are only injected into the fake API)")
         if faults:
             from runner.backends.runpod.fake import parse_faults
             parse_faults(faults)   # a typo fails before anything starts
         self.rehearse, self.faults = rehearse, faults
+        self.state_dir = Path(state_dir) if state_dir else None
         self.timing = REHEARSAL if rehearse else REAL
-        self.base_url: str | None = None
+        self.origin: str | None = None
         self.fake = None
-        self._old_base: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:   # never the fake server (threads, sockets)
         return dict(self.__dict__, fake=None)
 
     def open(self) -> "Session":
-        """Start the fake (rehearsal, once) and point the client at the API."""
+        """Start the fake (rehearsal, once)."""
         if self.rehearse and self.fake is None:
+            if self.state_dir is None:
+                raise PgolfError("a rehearsal needs its run directory (its fake RunPod keeps its state there)")
             from runner.backends.runpod.fake import FakeRunPod
-            self._old_base = os.environ.get(api.BASE_URL_ENV)
-            self.fake = FakeRunPod(faults=self.faults)
-            self.base_url = self.fake.start()
-        self.connect()
+            self.fake = FakeRunPod(self.state_dir, faults=self.faults)
+            self.origin = self.fake.start()
         return self
 
-    def connect(self, env: dict[str, str] | None = None) -> None:
-        """Point this process's client at the API with the right key (`env`: the job's environment)."""
-        if self.base_url:
-            os.environ[api.BASE_URL_ENV] = self.base_url
-        if self.rehearse:
-            key = (env or {}).get(api.KEY_ENV) or os.environ.get(api.KEY_ENV) or REHEARSAL_KEY
-            api.configure(key, backoff_s=0.05)
-        else:
-            api.configure(api.resolve_api_key(env))
+    def client(self, env: dict[str, str] | None = None, notify: Say | None = None) -> api.RunPodClient:
+        """A client of this session's API (`env`: the job's environment, where the key may be)."""
+        key = REHEARSAL_KEY if self.rehearse else api.resolve_api_key({**os.environ, **(env or {})})
+        pacing = api.Pacing(time_scale=self.timing.time_scale,
+                            sse_read_timeout_s=2.0 if self.rehearse else api.Pacing.sse_read_timeout_s)
+        return api.RunPodClient(key, origin=self.origin, pacing=pacing, notify=notify)
 
     def close(self) -> None:
-        if self.fake is None:
-            return
-        self.fake.stop()
-        self.fake = None
-        if self._old_base is None:
-            os.environ.pop(api.BASE_URL_ENV, None)
-        else:
-            os.environ[api.BASE_URL_ENV] = self._old_base
+        if self.fake is not None:
+            self.fake.stop()
+            self.fake = None
 
     def __enter__(self) -> "Session":
         return self.open()
@@ -107,68 +110,151 @@ class Session:
         self.close()
 
 
+class Stuck(InfraFailure):
+    """The pod never got past PROVISIONING/STARTING in time (RunPod bills such pods all the same)."""
+
+
+@dataclass(frozen=True)
+class PodShape:
+    """What kind of pod: `gpu_count` x `gpu_type`, or a CPU flavor (`cpu`, e.g. cpu3c) with `vcpus`."""
+    gpu_type: str | None = api.GPU_H100_SXM
+    gpu_count: int = 8
+    cpu: str | None = None
+    vcpus: int = 4
+    cloud: str = "SECURE"
+    data_centers: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        what = f"{self.cpu} x {self.vcpus} vCPU" if self.cpu else f"{self.gpu_count} x {self.gpu_type}"
+        return f"{what} ({self.cloud})"
+
+    def compute(self) -> dict:
+        """The `gpu` or `cpu` part of a create request."""
+        if self.cpu:
+            return {"cpu": api.CpuRequest(id=self.cpu, vcpu_count=self.vcpus)}
+        return {"gpu": api.GpuRequest(id=self.gpu_type, count=self.gpu_count)}
+
+
+@dataclass(frozen=True)
+class Offer:
+    price_per_hour: float            # RunPod's list price for this shape and cloud
+    availability: str                # NONE LOW MEDIUM HIGH
+    data_centers: tuple[str, ...]    # where it is in stock
+    line: str                        # what pgolf found, said to the user before creating anything
+
+
+def offer(client: api.RunPodClient, shape: PodShape, money: Callable[[float], str] = "${:.2f}".format) -> Offer:
+    """Price and stock of the shape from RunPod's catalog; PgolfError when RunPod cannot make such a pod.
+    `money` formats the price in the line (a rehearsal's is not money)."""
+    if shape.cpu:
+        flavor = next((c for c in client.cpu_types(shape.vcpus) if c.id == shape.cpu), None)
+        if flavor is None:
+            raise PgolfError(f"[runpod] cpu = {shape.cpu!r}: RunPod has no such CPU flavor; known: "
+                             f"{', '.join(c.id for c in client.cpu_types())}")
+        n = shape.vcpus
+        if n & (n - 1) or not flavor.vcpu.min <= n <= flavor.vcpu.max:
+            raise PgolfError(f"[runpod] vcpus = {n}: {flavor.id} takes a power of two from {flavor.vcpu.min} "
+                             f"to {flavor.vcpu.max}")
+        price, level, dcs = flavor.price_per_hour(n), flavor.availability or "unknown", flavor.data_centers
+    else:
+        gpu = client.gpu_type(shape.gpu_type, shape.gpu_count, shape.cloud)
+        if gpu is None:
+            raise PgolfError(f"[runpod] gpu_type = {shape.gpu_type!r}: not in RunPod's GPU catalog")
+        most = gpu.max_count.community if shape.cloud == "COMMUNITY" else gpu.max_count.secure
+        if shape.gpu_count > most:
+            raise PgolfError(f"[runpod] gpu_count = {shape.gpu_count}: {gpu.name} pods have at most {most} GPUs "
+                             f"in {shape.cloud} cloud")
+        price, level, dcs = gpu.price_per_hour(shape.cloud, shape.gpu_count), gpu.availability or "unknown", gpu.data_centers
+    where = tuple(d.id for d in dcs if d.availability != "NONE" and (not shape.data_centers or d.id in shape.data_centers))
+    line = (f"RunPod stock for {shape}: {level}" + (f" in {', '.join(where)}" if where else ", in no data center")
+            + f"; {money(price)}/h list price")
+    return Offer(round(price, 4), level, where, line)
+
+
+def max_pods_for(price_per_hour: float, spend_limit: float = DEFAULT_SPEND_LIMIT) -> int:
+    """How many such pods the account's spend limit allows at once (at least 1: RunPod refuses the rest)."""
+    return max(1, int(spend_limit // price_per_hour)) if price_per_hour > 0 else 1
+
+
 def pod_name(run_dir: str, seed: int, attempt: int) -> str:
-    """pgolf-<run>-s<seed>-a<attempt>: how gc and `cluster down` recognise pgolf's pods and their batch."""
-    batch = re.sub(r"[^A-Za-z0-9_.-]", "-", os.path.basename(os.path.normpath(run_dir)))[:40]
-    return f"{api.NAME_PREFIX}{batch}-s{seed}-a{attempt}"
+    """pgolf-<run>-s<seed>-a<attempt>: unique per attempt, so a lost create answer is adopted by name, and
+    gc and `cluster down` recognise pgolf's pods and their batch."""
+    return f"{batch_prefix(run_dir)}s{seed}-a{attempt}"
 
 
-def create(name: str, s: "RunPodSettings", env: dict[str, str], docker_args: str, timing: Timing,
-           say: Say) -> dict[str, Any]:
-    """A pod of `s.gpu_count` x `s.gpu_type`; while RunPod has no capacity, back off (doubling) and try
-    again for up to `timing.capacity_wait_s` before the attempt fails as infrastructure."""
+def batch_prefix(run_dir: str | Path) -> str:
+    """pgolf-<run>-: the start of every pod name of the batch in `run_dir`."""
+    batch = re.sub(r"[^A-Za-z0-9_.-]", "-", os.path.basename(os.path.normpath(str(run_dir))))[:40]
+    return f"{NAME_PREFIX}{batch}-"
+
+
+def create(client: api.RunPodClient, req: api.CreatePod, timing: Timing, say: Say) -> api.Pod:
+    """The pod; while RunPod has no capacity, or the account's spend limit is reached (other pods may end),
+    back off (doubling) for up to `timing.capacity_wait_s`, then the attempt fails as infrastructure.
+    Refusals no wait can fix (402 balance, 422, other 400s) are PgolfError: the batch cannot go on."""
     def note(state) -> None:
-        say(f"pgolf-runpod: no capacity for {s.gpu_count} x {s.gpu_type} ({s.cloud_type}); "
-            f"retrying in {state.next_action.sleep:.0f} s")
+        e = state.outcome.exception()
+        why = str(e) if isinstance(e, api.SpendLimitError) else f"no capacity ({e.detail})"
+        say(f"pgolf-runpod: {why}; retrying in {state.next_action.sleep:.0f} s")
     try:
-        for try_ in Retrying(retry=retry_if_exception_type(api.CapacityError), reraise=True,
+        for try_ in Retrying(retry=retry_if_exception_type((api.CapacityError, api.SpendLimitError)), reraise=True,
                              stop=stop_after_delay(timing.capacity_wait_s), before_sleep=note,
-                             wait=wait_exponential(multiplier=timing.capacity_backoff_s,
-                                                   max=timing.capacity_backoff_max_s)):
+                             wait=wait_exponential(multiplier=timing.capacity_backoff_s, max=timing.capacity_backoff_max_s)):
             with try_:
-                return api.create_pod(name=name, image=s.image, gpu_type=s.gpu_type, gpu_count=s.gpu_count,
-                                      cloud_type=s.cloud_type, container_disk_gb=s.container_disk_gb,
-                                      volume_gb=s.volume_gb, ports=f"{s.port}/http", env=env,
-                                      docker_args=docker_args)
-    except api.CapacityError as e:
-        raise InfraFailure(f"no RunPod capacity after {timing.capacity_wait_s / 60:.0f} min: {e}") from None
-    except api.TransientError as e:
+                return client.create_pod(req)
+    except (api.CapacityError, api.SpendLimitError) as e:
+        raise InfraFailure(f"no pod after {timing.capacity_wait_s / 60:.0f} min of waiting: {e}") from None
+    except (api.TransientError, api.RateLimited) as e:
         raise InfraFailure(f"RunPod API unreachable while creating the pod: {e}") from None
+    except (api.BalanceError, api.Refused, api.InvalidRequest, api.Forbidden, api.AuthError) as e:
+        raise PgolfError(str(e)) from None
     raise AssertionError("unreachable")
 
 
-def check_alive(pod_id: str) -> dict[str, Any]:
-    """The pod as the API lists it ({} when the API is unreachable for now); InfraFailure once it is gone
-    or no longer meant to run (preempted, exited)."""
-    try:
-        pod = api.get_pod(pod_id)
-    except api.TransientError:
-        return {}
-    if pod is None or pod.get("desiredStatus") not in ("RUNNING", None):
-        state = "gone" if pod is None else pod.get("desiredStatus")
-        raise InfraFailure(f"pod {pod_id} lost ({state})")
-    return pod
-
-
-def wait_for_address(pod_id: str, port: int, timing: Timing, price: list[float]) -> str:
-    """Base URL of the pod's HTTP port once the container runs. `price[0]` follows the pod's price per
-    hour as the API reports it, so that even a pod that never started has a known cost."""
-    up_by = time.time() + timing.startup_timeout_s
+def wait_running(client: api.RunPodClient, pod_id: str, start_timeout_s: float, timing: Timing) -> tuple[api.Pod, str]:
+    """(pod, base URL of its server) once it runs: the public ip:port of its symmetrical TCP port, or after
+    a grace period RunPod's HTTPS proxy. Stuck past start_timeout_s; InfraFailure when it is gone or ended."""
+    limit = min(start_timeout_s, timing.start_timeout_cap_s)
+    up_by = time.time() + limit
+    running_polls = 0
     while True:
-        pod = check_alive(pod_id)
-        if pod.get("costPerHr"):
-            price[0] = float(pod["costPerHr"])
-        addr = api.pod_address(pod, port) if pod else None
-        if addr:
-            return addr
-        if time.time() > up_by:
-            raise InfraFailure(f"pod {pod_id} did not start within {timing.startup_timeout_s:.0f} s")
+        try:
+            pod = client.get_pod(pod_id)
+        except (api.TransientError, api.RateLimited) as e:
+            if time.time() > up_by:
+                raise InfraFailure(f"RunPod API unreachable while pod {pod_id} starts: {e}") from None
+            time.sleep(timing.poll_s)
+            continue
+        if pod is None:
+            raise InfraFailure(f"pod {pod_id} lost (gone before it started)")
+        if pod.status == "RUNNING":
+            end = pod.tcp_endpoint()
+            if end:
+                return pod, f"http://{end[0]}:{end[1]}"
+            running_polls += 1
+            if running_polls > timing.address_grace_polls:
+                return pod, pod.proxy_url(PROXY_PORT)
+        elif pod.status not in LIVE:
+            raise InfraFailure(f"pod {pod_id} lost ({pod.status} before it started)")
+        elif time.time() > up_by:
+            raise Stuck(f"pod {pod_id} still {pod.status} after {limit:.0f} s ([runpod] start_timeout_s)")
         time.sleep(timing.poll_s)
 
 
-def terminate_verified(pod_ids: list[str], timing: Timing, say: Say | None = None) -> list[str]:
-    """podTerminate every pod, then poll until RunPod lists none of them, asking again now and then.
-    Returns the ids still listed at the deadline. Never raises: it runs on every path out of an attempt."""
+def check_alive(client: api.RunPodClient, pod_id: str) -> api.Pod | None:
+    """The pod (None when the API cannot say right now); InfraFailure once it is gone or no longer running."""
+    try:
+        pod = client.get_pod(pod_id)
+    except (api.TransientError, api.RateLimited):
+        return None
+    if pod is None or pod.status != "RUNNING":
+        raise InfraFailure(f"pod {pod_id} lost ({'gone' if pod is None else pod.status})")
+    return pod
+
+
+def terminate_verified(client: api.RunPodClient, pod_ids: list[str], timing: Timing, say: Say | None = None) -> list[str]:
+    """DELETE every pod, then poll until RunPod knows none of them, asking again now and then. Returns the
+    ids still there at the deadline. Never raises: it runs on every path out of an attempt."""
     left = list(pod_ids)
     deadline = time.time() + timing.gone_timeout_s
     polls = 0
@@ -176,9 +262,9 @@ def terminate_verified(pod_ids: list[str], timing: Timing, say: Say | None = Non
         still = []
         for pid in left:
             try:
-                if polls % TERMINATE_AGAIN_EVERY == 0:
-                    api.terminate_pod(pid)
-                if api.get_pod(pid) is not None:
+                if polls % timing.terminate_again_every == 0:
+                    client.delete_pod(pid)
+                if client.get_pod(pid) is not None:
                     still.append(pid)
             except Exception as e:  # noqa: BLE001 - keep trying until the deadline, whatever the API does
                 if polls == 0 and say is not None:
@@ -192,15 +278,29 @@ def terminate_verified(pod_ids: list[str], timing: Timing, say: Say | None = Non
     return left
 
 
-def list_ours(prefix: str = api.NAME_PREFIX) -> list[dict[str, Any]]:
+def billed_cost(client: api.RunPodClient, pod_id: str, since: str, timing: Timing) -> float | None:
+    """What RunPod billed for the pod (its billing records from `since`); None when none came in time."""
+    for n in range(timing.billing_tries):
+        try:
+            cost = client.pod_cost(pod_id, since)
+        except api.ApiError:
+            cost = None
+        if cost is not None:
+            return cost
+        if n + 1 < timing.billing_tries:
+            time.sleep(timing.poll_s)
+    return None
+
+
+def list_ours(client: api.RunPodClient, prefix: str = NAME_PREFIX) -> list[api.Pod]:
     """The account's pods whose name starts with `prefix` (pgolf's by default)."""
     try:
-        return [p for p in api.list_pods() if str(p.get("name") or "").startswith(prefix)]
+        return [p for p in client.list_pods() if p.name.startswith(prefix)]
     except api.ApiError as e:
-        raise PgolfError(f"RunPod API: {e}") from None
+        raise PgolfError(str(e)) from None
 
 
-def reap_leftovers(run_dir: str | Path, say: Say) -> None:
+def reap_leftovers(client: api.RunPodClient, run_dir: str | Path, say: Say) -> None:
     """Pods of this batch's ended attempts that may still bill (a dead driver's, closed by `pgolf resume`,
     or one whose termination was not verified): terminate them now rather than wait for their backstop.
     Never fails the attempt; `pgolf cluster gc` verifies and records them."""
@@ -213,8 +313,8 @@ def reap_leftovers(run_dir: str | Path, say: Say) -> None:
         if not pid or att.get("ended") is None or att.get("pod_terminated") is True:
             continue
         try:
-            if api.get_pod(pid) is not None:
-                api.terminate_pod(pid)
+            if client.get_pod(pid) is not None:
+                client.delete_pod(pid)
                 say(f"pgolf-runpod: terminated pod {pid} left by seed {seed} attempt "
                     f"{att.get('attempt')} ({att.get('error') or 'not verified gone'})")
         except api.ApiError:
