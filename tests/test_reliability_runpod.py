@@ -98,6 +98,11 @@ def attempts(run: Path) -> list[dict]:
     return json.loads((run / "ledger.json").read_text())["seeds"]["1"]["attempts"]
 
 
+def daemons(tmp: Path) -> list[int]:
+    pid_dir = tmp / "pids"
+    return [int(f.name) for f in pid_dir.iterdir() if "daemon" in f.read_text()] if pid_dir.exists() else []
+
+
 def wait_for_pod(run: Path) -> str:
     t_end = time.time() + 180
     while True:
@@ -142,6 +147,10 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
                 "--no-progress")
     try:
         orphan = wait_for_pod(runs / "k")
+        t_end = time.time() + 120           # its job runs (and has left its daemon) before the driver dies
+        while len(daemons(tmp_path)) < 2:
+            assert time.time() < t_end, "the orphan's job never started"
+            time.sleep(0.2)
     finally:
         os.killpg(drv.pid, signal.SIGKILL)
         drv.wait()
@@ -156,6 +165,6 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     assert a1["pod_id"] == orphan and a1["error"].startswith("interrupted") and a2["exit_code"] == 0
     assert a2["pod_terminated"] is True and alive(runs / "k") == [] and alive(runs / "rl-same") == []
     assert pods_created(runs / "rl-same") == 1 and pods_created(runs / "k") == 2   # the killed driver's + the resume's
-    daemons = [int(f.name) for f in (tmp_path / "pids").iterdir() if "daemon" in f.read_text()]
-    assert len(daemons) == 3 and not [d for d in daemons if Path(f"/proc/{d}").exists()
-                                      and Path(f"/proc/{d}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
+    left = daemons(tmp_path)                # one per attempt; every pod took its daemon with it
+    assert len(left) == 3 and not [d for d in left if Path(f"/proc/{d}").exists()
+                                   and Path(f"/proc/{d}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
