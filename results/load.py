@@ -200,7 +200,8 @@ def load_run_dir(d: Path) -> RunSet:
             if rs.script_path is None:
                 rs.warnings.append(f"{batch_p.name}: frozen script {Path(name).name} is missing from {d}")
     if not ledger_p.exists():
-        raise PgolfError(f"{ledger_p}: missing; a run directory needs ledger.json (run `pgolf resume {d}` to rebuild it)")
+        raise PgolfError(f"{ledger_p}: missing; a run directory needs its ledger.json and nothing rebuilds one: "
+                         f"restore it from a backup, or start a new batch with `pgolf run`")
     ledger = read_json_object(ledger_p)
     seeds = ledger.get("seeds")
     if not isinstance(seeds, dict):

@@ -11,7 +11,13 @@ Modelled on Ray Tune's `Tuner(...).fit()` / `Tuner.restore(path)`:
 checks such as RunPod's balance) and only then write the run directory, run every unfinished seed through
 the driver and write results.csv / report.* with the results engine. They print the batch's progress as
 it goes; what to say about the outcome is the caller's (the CLI prints the report's summary). A Ctrl-C or
-SIGTERM during the batch cancels its attempts and returns a Batch with exit code 130.
+SIGTERM during the batch cancels its attempts and returns a Batch with exit code 130; a run directory
+whose disk refuses writes ends the batch early with exit code 75 and `Batch.storage_error`.
+
+One process per batch: both hold the batch lock (runner/lock.py) from before Ray starts until they
+return, and refuse (BatchBusy, one line naming the holder) when another live process holds it. `run`
+never reuses a folder: it must be new or empty, and what `run` wrote is removed again when it fails
+before the batch's ledger exists, so the name stays free.
 """
 from __future__ import annotations
 
@@ -24,13 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from results.errors import PgolfError
-from results.files import atomic_write
 from results.secrets import Scrubber, secret_env
-from runner.ledger import BATCH, DONE_STATES, Ledger, create_batch, frozen_script, load_batch, mark_latest
+from runner import storage
+from runner.ledger import BATCH, DONE_STATES, LEDGER, Ledger, create_batch, frozen_script, load_batch, mark_latest
+from runner.lock import LOCK, BatchLock
+from runner.proctree import batch_markers, kill_marked
 from runner.spec import JobSpec, load_spec, spec_from_batch, spec_to_batch, with_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-DRIVER_LOST = "interrupted: driver lost before the attempt ended"
+EXIT_STORAGE = 75            # EX_TEMPFAIL: the run directory's disk refused a write; resume once it is fixed
+DRIVER_LOST = "interrupted: its end was never recorded (the driver died, or its disk refused the write)"
 
 
 @dataclass
@@ -42,6 +51,7 @@ class Batch:
     exit_code: int                       # 0 every seed succeeded (or was aborted), 1 some failed, 130 interrupted
     report: dict[str, Any] | None = None   # report.json's content; None when interrupted or not written
     report_error: str | None = None      # why there is no report, when the batch ended but none was written
+    storage_error: str | None = None     # the one line (path, what to do) when the disk refused a write
     scrub: Scrubber = field(default_factory=Scrubber, repr=False)   # masks this batch's secrets in text
 
     @property
@@ -70,9 +80,10 @@ def run(spec: JobSpec | str | Path, *, run_dir: str | Path | None = None, runs_d
     """Start a batch: one attempt per seed (more after failures, per the spec's limits).
 
     `spec` is a job spec file or a JobSpec; `seeds` and `backend` override the spec's. The run directory
-    is `run_dir`, else `runs_dir/name` (default name: spec name + timestamp); it must not hold a batch
-    yet. `address` joins a Ray cluster (default: start a local one). `progress` shows live bars (plain
-    lines when false or when stdout is not a terminal). `rehearse` and `faults` are the RunPod rehearsal's.
+    is `run_dir`, else `runs_dir/name` (default name: spec name + timestamp); it must be new or empty
+    (BatchBusy when another process holds it). `address` joins a Ray cluster (default: start a local one).
+    `progress` shows live bars (plain lines when false or when stdout is not a terminal). `rehearse` and
+    `faults` are the RunPod rehearsal's.
     """
     if isinstance(spec, JobSpec):
         spec_file = None
@@ -86,11 +97,57 @@ def run(spec: JobSpec | str | Path, *, run_dir: str | Path | None = None, runs_d
     if run_dir is None:
         run_dir = Path(runs_dir) / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = Path(run_dir).resolve()
-    if (run_dir / "ledger.json").exists():
+    made = next((p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()), None)
+    lock = BatchLock.acquire(run_dir, "pgolf run", create=True)      # first, before Ray starts
+    fresh = False
+    try:
+        _check_fresh(run_dir)
+        fresh = True
+        return _execute(run_dir, spec, spec_file=spec_file, ledger=None, script_path=None, address=address,
+                        progress=progress, rehearse=rehearse, faults=faults)
+    finally:
+        unstarted = fresh and not (run_dir / LEDGER).exists()
+        if unstarted:
+            _discard_unstarted(run_dir)
+        lock.release()
+        if unstarted and made is not None:
+            for p in [run_dir, *run_dir.parents]:       # the folders this call made, if still empty
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+                if p == made:
+                    break
+
+
+def _check_fresh(run_dir: Path) -> None:
+    """A new batch goes into a new or empty folder only: never mixed with another batch's files."""
+    there = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+    if not there:
+        return
+    if LEDGER in there and BATCH in there:
         raise PgolfError(f"{run_dir}: a batch already lives here (finish it with `pgolf resume {run_dir}` "
                          f"or pick another --name)")
-    return _execute(run_dir, spec, spec_file=spec_file, ledger=None, script_path=None, address=address,
-                    progress=progress, rehearse=rehearse, faults=faults)
+    missing = " and ".join(n for n in (BATCH, LEDGER) if n not in there)
+    raise PgolfError(f"{run_dir}: folder is not empty ({', '.join(there[:3])}{', ...' if len(there) > 3 else ''}) "
+                     f"and holds no complete batch ({missing} missing), so neither `pgolf run` nor `pgolf resume` "
+                     f"can use it: pick another --name")
+
+
+def _discard_unstarted(run_dir: Path) -> None:
+    """`run` failed before the batch's ledger existed: remove what it wrote (the folder was empty)."""
+    import shutil
+    for p in run_dir.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.chmod(p, 0o644)
+                p.unlink()
+            except OSError:
+                pass
 
 
 def resume(run_dir: str | Path, *, backend: str | None = None, address: str | None = None,
@@ -100,23 +157,32 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
     secret env values (masked in batch.json) must be in the environment again. A rehearsal stays a
     rehearsal (batch.json says so), and a real batch is never finished on the fake."""
     run_dir = Path(run_dir).resolve()
-    batch = load_batch(run_dir)
-    ledger = Ledger.load(run_dir)
-    spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
-    if rehearse and not batch.get("rehearsal"):
-        raise PgolfError(f"{run_dir / BATCH}: this batch ran on RunPod itself; resume it without --rehearse "
-                         f"(a batch never mixes real pods with the fake's)")
-    rehearse = bool(batch.get("rehearsal"))
-    _check_rehearse(spec, rehearse, faults)
-    script = frozen_script(run_dir, batch)
-    closed = ledger.close_dangling(DRIVER_LOST)
-    if closed:
-        print(f"pgolf resume: closed {len(closed)} attempt(s) left open by a lost driver (seeds {sorted(set(closed))})")
-    todo = ledger.unfinished()
-    done = [s for s in ledger.seeds() if s not in todo]
-    print(f"pgolf resume: {len(done)} seed(s) already done {done}; unfinished {todo}")
-    return _execute(run_dir, spec, spec_file=batch.get("spec_file"), ledger=ledger, script_path=script,
-                    address=address, progress=progress, rehearse=rehearse, faults=faults)
+    load_batch(run_dir)                         # a run directory (one line if not), before writing a lock there
+    lock = BatchLock.acquire(run_dir, "pgolf resume")    # first, before Ray starts; read the ledger under it
+    try:
+        batch = load_batch(run_dir)
+        ledger = Ledger.load(run_dir)
+        spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
+        if rehearse and not batch.get("rehearsal"):
+            raise PgolfError(f"{run_dir / BATCH}: this batch ran on RunPod itself; resume it without --rehearse "
+                             f"(a batch never mixes real pods with the fake's)")
+        rehearse = bool(batch.get("rehearsal"))
+        _check_rehearse(spec, rehearse, faults)
+        script = frozen_script(run_dir, batch)
+        stopped = kill_marked(batch_markers(str(run_dir)))
+        if stopped:
+            print(f"pgolf resume: stopped {stopped} process(es) that attempts of the dead driver left on this host")
+        closed = ledger.close_dangling(DRIVER_LOST)
+        if closed:
+            print(f"pgolf resume: closed {len(closed)} attempt(s) whose end was never recorded "
+                  f"(seeds {sorted(set(closed))})")
+        todo = ledger.unfinished()
+        done = [s for s in ledger.seeds() if s not in todo]
+        print(f"pgolf resume: {len(done)} seed(s) already done {done}; unfinished {todo}")
+        return _execute(run_dir, spec, spec_file=batch.get("spec_file"), ledger=ledger, script_path=script,
+                        address=address, progress=progress, rehearse=rehearse, faults=faults)
+    finally:
+        lock.release()
 
 
 def _check_rehearse(spec: JobSpec, rehearse: bool, faults: str) -> None:
@@ -186,6 +252,8 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
             print("pgolf: interrupted: cancelling attempts and stopping their processes…", file=sys.stderr, flush=True)
             driver.interrupt()
             rc = EXIT_INTERRUPTED
+        if driver.storage_error is not None and rc != EXIT_INTERRUPTED:
+            rc = EXIT_STORAGE
         bars.print_final(ledger)
     finally:
         try:
@@ -195,10 +263,13 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
                 ray.shutdown()
             signal.signal(signal.SIGTERM, old_term)
     batch = Batch(run_dir, spec, ledger, rc, scrub=scrub)
-    if rc == EXIT_INTERRUPTED:
+    if rc == EXIT_STORAGE:
+        batch.storage_error = storage.what_to_do(driver.storage_error, run_dir, unrecorded=ledger.unsaved)
+    if rc != EXIT_OK:
+        _scrub_tree(run_dir, scrub)
         return batch
     batch.report, batch.report_error = _report(run_dir, spec)
-    scrub_tree(run_dir, scrub)
+    _scrub_tree(run_dir, scrub)
     batch.exit_code = EXIT_FAILED if batch.failed else EXIT_OK
     return batch
 
@@ -223,13 +294,15 @@ def _report(run_dir: Path, spec: JobSpec) -> tuple[dict[str, Any] | None, str | 
         return None, f"results engine not importable: {e}"
     except PgolfError as e:
         return None, str(e)
+    except OSError as e:      # the disk refused the report: the ledger is whole, the report can be made again
+        return None, (f"cannot write it ({e.strerror}{': ' + str(e.filename) if e.filename else ''}); "
+                      f"free space, then `pgolf report {run_dir}`")
 
 
-def scrub_tree(run_dir: Path, scrub: Scrubber) -> None:
-    """Last line of defence: no secret value in any text file pgolf leaves under the run dir."""
-    for p in run_dir.rglob("*"):
-        if p.is_file() and p.suffix in {".json", ".md", ".csv", ".log", ".txt"} and p.stat().st_size < 256 << 20:
-            text = p.read_text(encoding="utf-8", errors="replace")
-            clean = scrub(text)
-            if clean != text:
-                atomic_write(p, clean)
+def _scrub_tree(run_dir: Path, scrub: Scrubber) -> None:
+    """Last line of defence: no secret value in any text file pgolf leaves under the run dir (text by
+    content, whatever the name; a full disk scrubs in place)."""
+    try:
+        storage.scrub_tree(run_dir, scrub)
+    except OSError as e:
+        print(f"pgolf: could not scrub {e.filename or run_dir} ({e.strerror})", file=sys.stderr)

@@ -5,6 +5,7 @@ Every verb returns an exit code. Bad input raises PgolfError and becomes one lin
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from importlib import import_module
@@ -159,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # never a traceback for users; PGOLF_DEBUG=1 shows it
         if os.environ.get("PGOLF_DEBUG"):
             raise
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            print(f"pgolf {args.command}: error: cannot write {e.filename or 'a file'} ({e.strerror}); free space "
+                  f"on that disk (or make it writable), then run the command again", file=sys.stderr)
+            return 75
         print(f"pgolf {args.command}: internal error: {type(e).__name__}: {e} (set PGOLF_DEBUG=1 for a traceback)",
               file=sys.stderr)
         return 3

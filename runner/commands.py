@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 from results.errors import PgolfError
+from runner import lock
 from runner.ledger import Ledger, load_batch
+
+DRIVERS = ("pgolf run", "pgolf resume")
 
 
 def cmd_run(args) -> int:
@@ -31,6 +34,9 @@ def _outcome(batch) -> int:
     if batch.interrupted:
         print(f"pgolf: batch interrupted; finish it with `pgolf resume {batch.run_dir}`", file=sys.stderr)
         return batch.exit_code
+    if batch.storage_error:
+        print(f"pgolf: {batch.storage_error}", file=sys.stderr)
+        return batch.exit_code
     if batch.report_error:
         print(f"pgolf: no report: {batch.report_error}", file=sys.stderr)
     if batch.report is not None:
@@ -43,18 +49,44 @@ def _outcome(batch) -> int:
         sys.stdout.flush()
     if batch.failed:
         print(f"pgolf: seed(s) {batch.failed} did not succeed (see `pgolf status {batch.run_dir}`)", file=sys.stderr)
+        for s in batch.failed:
+            last = batch.ledger.last_attempt(s) or {}
+            if last.get("error"):
+                print(f"pgolf:   seed {s}: {batch.scrub(last['error'])}", file=sys.stderr)
     return batch.exit_code
+
+
+def driver_state(run_dir: Path) -> dict:
+    """Whether a live driver (`pgolf run`/`resume`) holds the batch: {"alive", "pid", "host", "command",
+    "started"}; when none is alive, "last" is what the lock file says of the last one (a dead driver)."""
+    held = lock.holder(run_dir)
+    if held is not None and (held.get("command") in DRIVERS or not held.get("pid")):
+        return {"alive": True, **held}
+    return {"alive": False, "last": lock.last_holder(run_dir) or None,
+            **({"busy": held} if held is not None else {})}
+
+
+def _driver_line(run_dir: Path, ledger: Ledger, d: dict) -> str:
+    if d["alive"]:
+        return f"driver: alive, {lock.describe(d)}"
+    busy = f"; batch held by {lock.describe(d['busy'])}" if d.get("busy") else ""
+    if ledger.has_open_attempt():
+        last = f" ({lock.describe(d['last'])})" if d.get("last") else ""
+        return (f"driver: dead{last}; its open attempts never ended here: `pgolf resume {run_dir}` closes them "
+                f"and finishes the batch{busy}")
+    return f"driver: none (the batch is not running){busy}"
 
 
 def cmd_status(args) -> int:
     run_dir = Path(args.dir)
     ledger = Ledger.load(run_dir)
+    driver = driver_state(run_dir)
     if args.json:
         try:
             rehearsal = bool(load_batch(run_dir).get("rehearsal"))
         except PgolfError:
             rehearsal = False
-        print(json.dumps({**ledger.data, "rehearsal": rehearsal}, indent=2))
+        print(json.dumps({**ledger.data, "rehearsal": rehearsal, "driver": driver}, indent=2))
         return 0
     from rich.console import Console
     from runner.progress import status_table
@@ -70,7 +102,8 @@ def cmd_status(args) -> int:
         head = str(run_dir)
     c = Console()
     c.print(head, markup=False, highlight=False)
-    c.print(status_table(ledger, rehearsal))
+    c.print(_driver_line(run_dir, ledger, driver), markup=False, highlight=False)
+    c.print(status_table(ledger, rehearsal, driver_alive=driver["alive"]))
     from runner.progress import ledger_notes
     for line in ledger_notes(ledger):
         c.print(line, markup=False, highlight=False)
@@ -87,7 +120,27 @@ def cmd_cluster(args) -> int:
                          f"jobs/record.toml`")
     # --rehearse is RunPod's rehearsal: the verb then acts on the fake API, whatever backend the spec names
     spec = load_spec(args.spec, {"backend": "runpod"} if args.rehearse else None)
-    return make_backend(spec, rehearse=args.rehearse).cluster(args.action, Path(args.runs_dir), args.yes)
+    backend = make_backend(spec, rehearse=args.rehearse)
+    if args.action != "down":
+        return backend.cluster(args.action, Path(args.runs_dir), args.yes)
+    with lock.LockSet(args.runs_dir, "pgolf cluster down") as locks:   # no driver starts on them meanwhile
+        live = [(d, who) for d, who in locks.busy.items() if _batch_of(d, spec.name)]
+        if live:
+            d, who = live[0]
+            raise PgolfError(f"{d}: batch in use by {lock.describe(who)}; `pgolf cluster down` terminates "
+                             f"running attempts' pods only when no driver holds them: stop it first (Ctrl-C "
+                             f"terminates its pods), then run this again")
+        return backend.cluster(args.action, Path(args.runs_dir), args.yes)
+
+
+def _batch_of(run_dir: Path, name: str) -> bool:
+    """The batch in run_dir belongs to the spec called `name` (as `pgolf cluster down` reads it)."""
+    try:
+        if load_batch(run_dir).get("name") == name:
+            return True
+    except PgolfError:
+        pass
+    return run_dir.name == name or run_dir.name.startswith(f"{name}-")
 
 
 def cmd_reproduce(args) -> int:

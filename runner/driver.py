@@ -7,13 +7,18 @@ so a pod id is on disk before the pod is used. The driver loop alternates `ray.w
 with draining the channel. A task that runs on another node than the driver works in a node-local
 scratch folder and returns its artifacts' bytes, which the driver writes into the attempt folder.
 
-Failure policy: a Ray system error (node died, worker crashed) or InfraFailure is an infrastructure
-failure, retried up to `infra_retries` times; a non-zero exit or timeout is retried up to `retries`.
+Failure policy (docs/ARCHITECTURE.md): a Ray system error (node died, worker crashed) or InfraFailure is
+an infrastructure failure, retried up to `infra_retries` times; a non-zero exit or timeout is retried up to
+`retries`, except a configuration or data error raised before training started (runner/failures.py),
+which fails the seed at once unless `[limits] retry_config_errors`. A write the run directory refuses
+(disk full) stops new attempts: the running ones end, and any of them that did not end whole and
+successful is closed as interrupted, for `pgolf resume` once there is space (runner/storage.py).
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -28,8 +33,11 @@ import ray
 
 from results.files import atomic_write, atomic_write_json
 from results.secrets import Scrubber
-from runner.backends.base import AttemptResult, AttemptSpec, Backend, InfraFailure
+from runner import storage
+from runner.backends.base import AttemptResult, AttemptSpec, Backend, InfraFailure, NotRecorded
+from runner.failures import LogWatch
 from runner.ledger import DONE_STATES, INFRA_PREFIX, INTERRUPTED, Ledger
+from runner.proctree import attempt_marker, kill_marked
 from runner.spec import JobSpec
 
 POLL_S = 1.0                 # driver loop: longest ray.wait without news
@@ -37,7 +45,6 @@ EVENT_WAIT_S = 1.0           # a drain call waits this long for an event before 
 LINE_FLUSH_S = 0.2           # tasks push buffered log lines at least this often
 OVERDUE_GRACE_S = float(os.environ.get("PGOLF_OVERDUE_GRACE_S", 300))   # backstop past an attempt's deadline
 CANCEL_GRACE_S = 15.0        # Ctrl-C: time for tasks to kill their jobs before force-cancel
-TEXT_SUFFIXES = {".log", ".txt", ".json", ".csv", ".md", ".out", ".err", ".yaml", ".toml"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,6 +74,7 @@ class EventChannel:
     def __init__(self):
         self.events: list[tuple] = []
         self.waiters: dict[int, asyncio.Event] = {}
+        self.refused: dict[int, str] = {}
         self.next_id = 0
         self.wake = asyncio.Event()
         self.kicked = False
@@ -81,13 +89,15 @@ class EventChannel:
     async def process(self, seed: int, attempt: int, host: str, pid: int) -> None:
         self._push(("process", seed, attempt, host, pid))
 
-    async def meta(self, seed: int, attempt: int, fields: dict[str, Any]) -> None:
+    async def meta(self, seed: int, attempt: int, fields: dict[str, Any]) -> str | None:
+        """Returns once the driver answered: None (on disk) or why the disk refused it."""
         mid = self.next_id
         self.next_id += 1
         self.waiters[mid] = asyncio.Event()
         self._push(("meta", seed, attempt, fields, mid))
         await self.waiters[mid].wait()
         del self.waiters[mid]
+        return self.refused.pop(mid, None)
 
     async def drain(self, timeout: float = 0.0) -> list[tuple]:
         """Pending events; with `timeout`, first wait up to that long for one (or for `kick`)."""
@@ -106,9 +116,11 @@ class EventChannel:
         self.kicked = True
         self.wake.set()
 
-    async def ack(self, ids: list[int]) -> None:
+    async def ack(self, ids: list[int], refused: str | None = None) -> None:
         for i in ids:
             if i in self.waiters:
+                if refused:
+                    self.refused[i] = refused
                 self.waiters[i].set()
 
 
@@ -140,7 +152,9 @@ class TaskEvents:
 
     def meta(self, **fields: Any) -> None:
         self.flush()
-        ray.get(self.channel.meta.remote(self.seed, self.attempt, fields))
+        refused = ray.get(self.channel.meta.remote(self.seed, self.attempt, fields))
+        if refused:
+            raise NotRecorded(f"the driver could not record {sorted(fields)}: {refused}")
 
     def process(self, host: str, pid: int) -> None:
         self.channel.process.remote(self.seed, self.attempt, host, pid)
@@ -218,12 +232,14 @@ class Driver:
         self.limits = spec.limits
         self.timeout_s = spec.limits.timeout()
         self.running: dict[Any, tuple[int, int]] = {}       # ref -> (seed, attempt)
-        self.logs: dict[tuple[int, int], Any] = {}          # (seed, attempt) -> open train.log
+        self.logs: dict[tuple[int, int], storage.AttemptLog] = {}   # (seed, attempt) -> its train.log
+        self.watches: dict[tuple[int, int], LogWatch] = {}  # (seed, attempt) -> what its log says so far
         self.procs: dict[tuple[int, int], tuple[str, int]] = {}
         self.exit_failures: dict[int, int] = {}
         self.infra_failures: dict[int, int] = {}
         self.first_seen: dict[tuple[int, int], float] = {}   # first event of an attempt (it left the queue)
         self.overdue: set[tuple[int, int]] = set()
+        self.storage_error: OSError | None = None   # the first write the run directory refused
         self.host = socket.gethostname()
         self.abort = abort                                   # runner.abort.AbortPolicy or None
         self.aborting: dict[tuple[int, int], tuple[Any, float]] = {}   # (seed, attempt) -> (Verdict, cancel time)
@@ -232,13 +248,61 @@ class Driver:
     def attempt_dir(self, seed: int, attempt: int) -> Path:
         return self.run_dir / "seeds" / str(seed) / f"attempt-{attempt}"
 
+    # --- the run directory's disk ------------------------------------------------------------------
+    def storage_failed(self, e: OSError) -> None:
+        """A write was refused: from now on no attempt starts; the running ones go on to their end."""
+        if self.storage_error is not None:
+            return
+        self.storage_error = storage.named(e, self.run_dir)
+        self.progress.say(f"pgolf: cannot write {self.storage_error.filename} ({self.storage_error.strerror}): "
+                          f"no new attempts; the running ones go on")
+        for ref, key in list(self.running.items()):
+            if key not in self.first_seen:       # still queued by Ray: it never starts
+                try:
+                    ray.cancel(ref, force=False)
+                except Exception:  # noqa: BLE001 - it may have ended meanwhile
+                    pass
+
+    def record(self, change, *args, **kw) -> bool:
+        """A ledger change; False (and the disk's error noted) when it could not be saved."""
+        try:
+            change(*args, **kw)
+            return True
+        except OSError as e:
+            self.storage_failed(e)
+            return False
+
+    def retry_writes(self) -> None:
+        """What the disk refused earlier goes out as soon as it takes writes again."""
+        if self.ledger.unsaved:
+            self.record(self.ledger.save)
+        for log in self.logs.values():
+            if log.pending:
+                log.flush()
+
     # --- launching -----------------------------------------------------------------------------
     def launch(self, seed: int) -> None:
-        att = self.ledger.start_attempt(seed, self.backend.name)
-        k = att["attempt"]
+        if self.storage_error is None and storage.full(self.run_dir):
+            self.storage_failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run_dir)))
+        if self.storage_error is not None:
+            return
+        k = self.ledger.next_attempt_number(seed)
         adir = self.attempt_dir(seed, k)
-        (adir / "artifacts").mkdir(parents=True, exist_ok=True)
-        self.logs[(seed, k)] = open(adir / "train.log", "a", encoding="utf-8")
+        try:
+            with storage.writing(adir):
+                (adir / "artifacts").mkdir(parents=True, exist_ok=True)
+                log = storage.AttemptLog(adir / "train.log")
+        except OSError as e:
+            self.storage_failed(e)
+            return
+        try:
+            self.ledger.start_attempt(seed, self.backend.name)   # on disk before it runs, or not at all
+        except OSError as e:
+            log.close()
+            self.storage_failed(e)
+            return
+        self.logs[(seed, k)] = log
+        self.watches[(seed, k)] = LogWatch()
         spec = AttemptSpec(run_dir=str(self.run_dir), seed=seed, attempt=k, attempt_dir=str(adir),
                            script_path=str(self.script_path), env=dict(self.job_env), timeout_s=self.timeout_s)
         ref = attempt_task.options(**self.options).remote(self.backend, spec, self.script_ref, self.driver_node,
@@ -253,99 +317,145 @@ class Driver:
             self.channel.kick.remote()
             events = ray.get(self.ev_ref)
             self.ev_ref = self.channel.drain.remote(EVENT_WAIT_S)
-        acks = []
+        acks, refused = [], []
         for ev in events:
             kind, seed, k = ev[0], ev[1], ev[2]
             self.first_seen.setdefault((seed, k), time.monotonic())   # the attempt really runs
             if kind == "lines":
-                f = self.logs.get((seed, k))
                 clean = [self.scrub(t) for t in ev[3]]
-                if f is not None:
-                    f.write("".join(t + "\n" for t in clean))
-                    f.flush()
+                log = self.logs.get((seed, k))
+                if log is not None:
+                    failed = log.write(clean)      # never raises: refused lines wait (or are counted)
+                    if failed is not None:
+                        self.storage_failed(failed)
+                watch = self.watches.get((seed, k))
                 for t in clean:
+                    if watch is not None:
+                        watch.feed(t)
                     self.progress.line(seed, t)
                     if self.abort is not None and (seed, k) not in self.aborting:
                         self.check_abort(seed, k, t)
             elif kind == "meta":
                 fields = self.scrub.obj(dict(ev[3]))
-                self.ledger.update_attempt(seed, k, **fields)   # saved before the ack below
+                if self.record(self.ledger.update_attempt, seed, k, **fields):   # saved before the ack below
+                    acks.append(ev[4])
+                else:
+                    refused.append(ev[4])
                 if "node" in fields:
                     self.progress.node(seed, fields["node"])
-                acks.append(ev[4])
             elif kind == "process":
                 self.procs[(seed, k)] = (ev[3], ev[4])
         if acks:
             self.channel.ack.remote(acks)
+        if refused:
+            e = self.storage_error
+            self.channel.ack.remote(refused, f"cannot write {e.filename} ({e.strerror})" if e else "ledger not written")
 
     # --- finishing an attempt --------------------------------------------------------------------
     def finish(self, ref) -> None:
         seed, k = self.running.pop(ref)
+        adir = self.attempt_dir(seed, k)
+        kept = True      # the attempt's log and artifacts are whole on disk
         try:
             out = ray.get(ref)
             result: AttemptResult = out["result"]
             infra, error = result.infra_failure, result.error
-            self.write_files(seed, k, out["files"])
+            kept = self.write_files(seed, k, out["files"])
         except Exception as e:   # ray errors of the attempt
             result = AttemptResult(exit_code=None)
             infra, error = classify(e)
+        timed_out = result.timed_out or result.exit_code == 124
         if (seed, k) in self.overdue:
-            infra, error = False, (f"timeout: no result {OVERDUE_GRACE_S:.0f} s after the attempt's deadline; "
-                                   f"the task was cancelled")
+            infra, timed_out = False, True
+            error = f"timeout: no result {OVERDUE_GRACE_S:.0f} s after the attempt's deadline; the task was cancelled"
+        if self.procs.get((seed, k), ("", 0))[0] == self.host or (seed, k) in self.overdue:
+            kill_marked(attempt_marker(str(self.run_dir), seed, k))   # nothing of it survives on this host
         if (seed, k) in self.aborting:
             self.finish_aborted(seed, k, result)
             return
         self.pump_events()
-        self.close_log(seed, k)
-        adir = self.attempt_dir(seed, k)
+        kept = self.close_log(seed, k) and kept
+        watch = self.watches.pop((seed, k), None) or LogWatch()
         self.scrub_artifacts(adir)
-        if infra:
-            error = error or "infrastructure failure"
-        if infra and not error.startswith(INFRA_PREFIX):
-            error = INFRA_PREFIX + error
         ok = (not infra) and result.exit_code == 0
-        if ok:
+        if not ok and self.storage_error is None and storage.full(adir):
+            self.storage_failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(adir)))
+        if self.storage_error is not None and not (ok and kept):
+            # a result pgolf cannot keep whole is no result, and a failure on a full disk may be the disk's
+            state, error = "pending", (f"{INTERRUPTED}: the run directory's disk refused writes "
+                                       f"({self.storage_error.strerror}: {self.storage_error.filename})")
+        elif ok:
             state = "succeeded"
         elif infra:
+            error = error or "infrastructure failure"
+            if not error.startswith(INFRA_PREFIX):
+                error = INFRA_PREFIX + error
             self.infra_failures[seed] = self.infra_failures.get(seed, 0) + 1
             state = "pending" if self.infra_failures[seed] <= self.limits.infra_retries else "failed"
         else:
-            self.exit_failures[seed] = self.exit_failures.get(seed, 0) + 1
-            state = "pending" if self.exit_failures[seed] <= self.limits.retries else "failed"
+            state, error = self.job_failure(seed, result, error, timed_out, watch)
         fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "cost_source",
                                                      "cost_estimate_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
-        self.ledger.end_attempt(seed, k, state, exit_code=result.exit_code,
-                                error=self.scrub(error) if error else None, **fields)
+        self.record(self.ledger.end_attempt, seed, k, state, exit_code=result.exit_code,
+                    error=self.scrub(error) if error else None, **fields)
         self.write_result(seed, k, result)
         self.progress.attempt_ended(seed, k, state, self.ledger.last_attempt(seed)["error"])
 
-    def write_files(self, seed: int, k: int, files: dict[str, bytes]) -> None:
+    def job_failure(self, seed: int, result: AttemptResult, error: str | None, timed_out: bool,
+                    watch: LogWatch) -> tuple[str, str]:
+        """(seed state, attempt error) after the job failed: what its log says, and whether to retry."""
+        error = error or f"exit code {result.exit_code}"
+        config = watch.config_error()
+        retry = self.limits.retries
+        if timed_out:
+            error = f"{error if error.startswith('timeout') else 'timeout: ' + error}; {watch.silence()}"
+        elif config and not self.limits.retry_config_errors:
+            error, retry = f"{config} ({error}; a configuration or data error before training: not retried)", 0
+        elif config:
+            error = f"{config} ({error}; a configuration or data error before training, retried: " \
+                    f"[limits] retry_config_errors)"
+        elif watch.exception:
+            error = f"{watch.exception} ({error})"
+        self.exit_failures[seed] = self.exit_failures.get(seed, 0) + 1
+        return ("pending" if self.exit_failures[seed] <= retry else "failed"), error
+
+    def write_files(self, seed: int, k: int, files: dict[str, bytes]) -> bool:
+        """Artifacts a task on another node sent back; False when the disk refused one."""
         adir = self.attempt_dir(seed, k).resolve()
         for rel, data in files.items():
             dest = (adir / rel).resolve()
             if adir not in dest.parents:
                 continue   # never write outside the attempt folder
-            atomic_write(dest, data)
+            try:
+                with storage.writing(dest):
+                    atomic_write(dest, data)
+            except OSError as e:
+                self.storage_failed(e)
+                return False
+        return True
 
     def scrub_artifacts(self, adir: Path) -> None:
-        """Secret values must not survive in text artifacts the job wrote (e.g. its own train.log)."""
-        for p in (adir / "artifacts").rglob("*"):
-            if p.is_file() and p.suffix in TEXT_SUFFIXES and p.stat().st_size < 256 << 20:
-                text = p.read_text(encoding="utf-8", errors="replace")
-                clean = self.scrub(text)
-                if clean != text:
-                    atomic_write(p, clean)
+        """Secret values must not survive in any text file the job wrote (whatever its name: `env.dat`)."""
+        try:
+            storage.scrub_tree(adir / "artifacts", self.scrub)
+        except OSError as e:
+            self.storage_failed(storage.named(e, adir / "artifacts"))
 
     def write_result(self, seed: int, k: int, result: AttemptResult) -> None:
         att = dict(self.ledger.last_attempt(seed))
         att.update(seed=seed, state=self.ledger.state(seed), artifacts=result.artifacts)
-        atomic_write_json(self.attempt_dir(seed, k) / "result.json", self.scrub.obj(att))
+        path = self.attempt_dir(seed, k) / "result.json"
+        try:
+            with storage.writing(path):
+                atomic_write_json(path, self.scrub.obj(att))
+        except OSError as e:
+            self.storage_failed(e)
 
-    def close_log(self, seed: int, k: int) -> None:
-        f = self.logs.pop((seed, k), None)
-        if f is not None:
-            f.close()
+    def close_log(self, seed: int, k: int) -> bool:
+        """Close the attempt's train.log; False when lines were lost to a full disk."""
+        log = self.logs.pop((seed, k), None)
+        return log.close() if log is not None else True
 
     # --- early abort (runner/abort.py) -----------------------------------------------------------
     def check_abort(self, seed: int, k: int, text: str) -> None:
@@ -373,12 +483,14 @@ class Driver:
         verdict = self.aborting[(seed, k)][0]
         self.pump_events()                 # a RunPod task's last meta (cost, pod_terminated) comes first
         self.close_log(seed, k)
+        self.watches.pop((seed, k), None)
         self.scrub_artifacts(self.attempt_dir(seed, k))
         fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
-        self.ledger.end_attempt(seed, k, "aborted", exit_code=result.exit_code, error=verdict.reason(), **fields)
+        self.record(self.ledger.end_attempt, seed, k, "aborted", exit_code=result.exit_code,
+                    error=verdict.reason(), **fields)
         att = self.ledger.last_attempt(seed)
-        self.ledger.update_attempt(seed, k, abort={**verdict.to_dict(), **self.abort.savings(verdict, att)})
+        self.record(self.ledger.update_attempt, seed, k, abort={**verdict.to_dict(), **self.abort.savings(verdict, att)})
         self.abort.watch.forget(seed, k)
         self.write_result(seed, k, result)
         self.progress.attempt_ended(seed, k, "aborted", verdict.reason(), self.ledger.last_attempt(seed)["abort"])
@@ -413,11 +525,13 @@ class Driver:
             self.cancel_overdue()
             if self.aborting:
                 self.force_aborted()
+            self.retry_writes()
             for ref in ready:
                 seed, _k = self.running[ref]
                 self.finish(ref)
                 if self.ledger.state(seed) == "pending":
-                    self.launch(seed)
+                    self.launch(seed)        # not once the disk refused a write
+        self.retry_writes()
 
     def cancel_overdue(self) -> None:
         """Backstop for a backend that misses its own deadline (a hung API call, a lost node that Ray
@@ -430,7 +544,7 @@ class Driver:
                 ray.cancel(ref, force=True)
 
     def interrupt(self) -> None:
-        """Ctrl-C: cancel every attempt, kill their process groups, close the ledger consistently."""
+        """Ctrl-C: cancel every attempt, kill their processes, close the ledger consistently."""
         refs = list(self.running)
         for ref in refs:
             try:
@@ -451,6 +565,8 @@ class Driver:
             except Exception:
                 pass
         self.backend.kill_local([pid for host, pid in self.procs.values() if host == self.host])
+        for seed, k in self.running.values():
+            kill_marked(attempt_marker(str(self.run_dir), seed, k))   # daemons the job left, on this host
         try:
             self.pump_events()
         except Exception:
@@ -458,9 +574,6 @@ class Driver:
         for ref in refs:
             seed, k = self.running.pop(ref)
             self.close_log(seed, k)
-            self.ledger.end_attempt(seed, k, "pending", error=INTERRUPTED)
-            try:
-                self.write_result(seed, k, AttemptResult(exit_code=None, error=INTERRUPTED))
-            except OSError:
-                pass
-        self.ledger.close_dangling(INTERRUPTED)   # an attempt started in the instant of the Ctrl-C
+            self.record(self.ledger.end_attempt, seed, k, "pending", error=INTERRUPTED)
+            self.write_result(seed, k, AttemptResult(exit_code=None, error=INTERRUPTED))
+        self.record(self.ledger.close_dangling, INTERRUPTED)   # an attempt started in the instant of the Ctrl-C

@@ -2,7 +2,11 @@
 
 Every state change rewrites ledger.json atomically (temp file, fsync, os.replace, fsync of the folder),
 so a driver killed at any instant leaves either the old or the new ledger, never half of one. Only the
-driver process writes it. batch.json freezes what the batch is: the resolved spec (secrets redacted),
+process holding the batch lock (runner/lock.py: the driver) writes it. When the disk refuses a write,
+`save` raises an OSError naming ledger.json and the change stays in memory (`unsaved`) to be written by
+the next save that succeeds; the one exception is a new attempt, which is undone in memory too: an attempt
+is never run unless its start is on disk. Attempts whose end never reached the disk are still open there,
+and the next driver closes them as interrupted (`close_dangling`). batch.json freezes what the batch is: the resolved spec (secrets redacted),
 the script's sha256 and a copy of the script itself, which is what every attempt runs.
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from results.errors import PgolfError
 from results.files import atomic_write_json, sha256_file
+from runner.storage import writing
 
 LEDGER = "ledger.json"
 BATCH = "batch.json"
@@ -39,6 +44,7 @@ class Ledger:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LEDGER
         self.data = data if data is not None else {"seeds": {}}
+        self.unsaved = False       # memory holds changes the disk refused so far
 
     @classmethod
     def create(cls, run_dir: str | Path, seeds: list[int]) -> "Ledger":
@@ -51,7 +57,11 @@ class Ledger:
         return cls(run_dir, _read(Path(run_dir), LEDGER, "no ledger here", ("seeds",)))
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        """Write the whole ledger; on failure (OSError naming ledger.json) memory keeps the change."""
+        self.unsaved = True
+        with writing(self.path):
+            atomic_write_json(self.path, self.data)
+        self.unsaved = False
 
     # --- queries -------------------------------------------------------------------------------
     def seeds(self) -> list[int]:
@@ -98,11 +108,18 @@ class Ledger:
         self.save()
 
     def start_attempt(self, seed: int, backend: str) -> dict[str, Any]:
+        """A new attempt, on disk before it runs: if the write fails, memory is as before and it raises."""
         att = {k: None for k in ATTEMPT_KEYS}
         att.update(attempt=self.next_attempt_number(seed), backend=backend, started=now_iso())
+        state, unsaved = self.state(seed), self.unsaved
         self.attempts(seed).append(att)
         self.entry(seed)["state"] = "running"
-        self.save()
+        try:
+            self.save()
+        except OSError:
+            self.attempts(seed).pop()
+            self.entry(seed)["state"], self.unsaved = state, unsaved
+            raise
         return att
 
     def update_attempt(self, seed: int, attempt: int, **fields: Any) -> None:
@@ -161,9 +178,8 @@ def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: st
     run_dir.mkdir(parents=True, exist_ok=True)
     script_path = Path(script_path)
     frozen = run_dir / script_path.name
-    if frozen.exists():          # a run dir left by a batch that died before its ledger existed
-        frozen.unlink()
-    shutil.copyfile(script_path, frozen)
+    with writing(frozen):
+        shutil.copyfile(script_path, frozen)
     os.chmod(frozen, 0o444)
     sha = sha256_file(frozen)
     batch = {
@@ -177,7 +193,8 @@ def create_batch(run_dir: str | Path, spec_dict: dict[str, Any], script_path: st
         "created_at": now_iso(),
         "rehearsal": rehearsal,
     }
-    atomic_write_json(run_dir / BATCH, batch)
+    with writing(run_dir / BATCH):
+        atomic_write_json(run_dir / BATCH, batch)
     return batch
 
 

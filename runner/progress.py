@@ -259,7 +259,7 @@ class BatchProgress:
             t.add_row(str(s), e["state"], str(len(e["attempts"])), _short_node(last.get("node")),
                       f"{v.step}/{v.iters}" if v.iters else "-",
                       fmt_s(v.train_ms / 1000 if v.train_ms is not None else None),
-                      f"{v.score[2]:.5f}" if v.score else "-", (last.get("error") or "")[:60])
+                      f"{v.score[2]:.5f}" if v.score else "-", last.get("error") or "")
         return t
 
     def print_final(self, ledger) -> None:
@@ -296,11 +296,12 @@ def _short_node(node: str | None) -> str:
     return f"{host}:{nid[:8]}" if nid else host
 
 
-def status_table(ledger, rehearsal: bool = False) -> Group:
+def status_table(ledger, rehearsal: bool = False, driver_alive: bool = True) -> Group:
     """`pgolf status`: one row per attempt (every attempt, not only the last), from the ledger alone: when
     it ran, its exit, where (node or pod id), for pods what they cost (billed by RunPod or estimated; a
     rehearsal's cost is fake) and whether the pod was verified gone; the attempts' errors in full below.
-    Fits 80 columns."""
+    With no live driver (runner/lock.py), a seed the ledger still calls running shows as `running (driver
+    dead)`. Fits 80 columns."""
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
     for col in ("seed", "state", "att", "time", "exit"):
         t.add_column(col, no_wrap=True)
@@ -310,8 +311,9 @@ def status_table(ledger, rehearsal: bool = False) -> Group:
     errors = []
     for s in ledger.seeds():
         e = ledger.entry(s)
+        state = e["state"] if driver_alive or e["state"] != "running" else "running (driver dead)"
         for i, a in enumerate(e["attempts"] or [{}]):
-            t.add_row(str(s) if i == 0 else "", e["state"] if i == 0 else "", str(a.get("attempt") or "-"),
+            t.add_row(str(s) if i == 0 else "", state if i == 0 else "", str(a.get("attempt") or "-"),
                       f"{_clock(a.get('started'))}-{_clock(a.get('ended'))}" if a else "-",
                       "-" if a.get("exit_code") is None else str(a["exit_code"]),
                       a.get("pod_id") or _short_node(a.get("node")), _cost(a, rehearsal), _terminated(a))

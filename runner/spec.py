@@ -33,6 +33,7 @@ class Limits(_Section):
     attempt_timeout_s: float | None = Field(None, gt=0)   # default: train + eval + 600 s of set-up
     retries: int = Field(1, ge=0)          # extra attempts after a non-zero exit
     infra_retries: int = Field(3, ge=0)    # extra attempts after the machine failed (node died, pod lost)
+    retry_config_errors: bool = False      # retry a configuration/data error raised before training (runner/failures.py)
 
     def timeout(self) -> float:
         """The hard deadline of one attempt (the backends kill the job at it)."""

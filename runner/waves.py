@@ -93,6 +93,8 @@ class Waves:
             progress.add_seeds(wave["seeds"])
             progress.say(f"pgolf: wave {wave['wave']}: seeds {wave['seeds']}")
             driver.run(wave["seeds"])
+            if driver.storage_error is not None:   # the disk refused a write: no look, `pgolf resume` goes on
+                break
             self.look(st, wave, ledger, run_dir, progress)
         return st["outcome"]
 

@@ -34,6 +34,12 @@ def make_backend(spec: "JobSpec", rehearse: bool = False, faults: str = "",
 
 def cluster_gc(runs_dir: str | Path, yes: bool, rehearse: bool = False) -> int:
     """`pgolf cluster gc`: machines that outlive a dead driver. Of the backends only RunPod leaves any
-    (a Ray node's jobs die with their worker), so this is RunPod's garbage collection."""
+    (a Ray node's jobs die with their worker), so this is RunPod's garbage collection. It holds the lock
+    of every idle batch under `runs_dir` while it works (no driver starts on them meanwhile), and keeps
+    every machine of a batch a live process holds."""
     from runner.backends.runpod.cluster import gc
-    return gc(Path(runs_dir), yes=yes, rehearse=rehearse)
+    from runner.lock import LockSet, describe
+    with LockSet(runs_dir, "pgolf cluster gc") as locks:
+        for d, who in sorted(locks.busy.items()):
+            print(f"pgolf cluster gc: {d}: in use by {describe(who)}: its pods are kept")
+        return gc(Path(runs_dir), yes=yes, rehearse=rehearse, live=set(locks.busy))

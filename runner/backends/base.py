@@ -26,6 +26,11 @@ class InfraFailure(Exception):
     """The machine under the attempt failed (node died, pod lost): retry elsewhere, not a seed failure."""
 
 
+class NotRecorded(Exception):
+    """`Events.meta` could not reach the disk (the run directory's disk refused the ledger write): the
+    attempt must not go on, since a crashed driver could not find what it uses (e.g. a pod)."""
+
+
 @dataclass
 class AttemptSpec:
     """One attempt of one seed, as the driver hands it to `Backend.run_attempt`."""
@@ -50,6 +55,7 @@ class AttemptResult:
     cost_estimate_usd: float | None = None     # price x lifetime, kept beside a billed cost
     pod_terminated: bool | None = None
     artifacts: list[str] = field(default_factory=list)   # paths relative to attempt_dir
+    timed_out: bool = False      # the job was killed at the attempt's deadline (exit code 124 says the same)
 
 
 class Events(Protocol):
@@ -62,7 +68,7 @@ class Events(Protocol):
         """Facts for this attempt's ledger entry (node, pod_id, started, cost_usd, pod_terminated).
 
         Returns only once the ledger holding them is on disk: a pod id must be durable before the pod
-        is used, so that a crashed driver can find it."""
+        is used, so that a crashed driver can find it. Raises NotRecorded when the disk refused."""
 
     def process(self, host: str, pid: int) -> None:
         """A job process this attempt started on `host` (handed back to `Backend.kill_local` after Ctrl-C)."""

@@ -3,9 +3,9 @@
 Each job runs under a small guard process (`guard` below) that leads a session of its own: a Ctrl-C in
 the driver's terminal never reaches the job directly, and on cancel, timeout or the death of the Ray worker
 above it (PR_SET_PDEATHSIG) the guard kills the whole job. torchrun starts every rank in a session of its
-own, so jobs are killed by session (`JobProcesses`), not by process group; ray_node keeps the same
-bookkeeping as a second line in case the guard itself is SIGKILLed (Ray does that to a dead worker's
-direct children).
+own and a job may daemonize, so jobs are killed by session and by the attempt's environment marker
+(`runner.proctree`), not by process group; ray_node keeps the same bookkeeping as a second line in case the
+guard itself is SIGKILLed (Ray does that to a dead worker's direct children).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from results.errors import PgolfError
 from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Events
 from runner.ledger import now_iso
+from runner.proctree import MARKER, TERM_GRACE_S, JobProcesses, attempt_marker
 
 if TYPE_CHECKING:   # the guard (`python -m runner.backends.ray_node --guard`) starts fast without pydantic
     from runner.spec import JobSpec
@@ -32,7 +33,6 @@ if TYPE_CHECKING:   # the guard (`python -m runner.backends.ray_node --guard`) s
 # run at once than the machine has cores. CPU attempts hold one slot per process.
 CPU_SLOT = "pgolf_cpu_slot"
 FLA_CHECK_TIMEOUT_S = 300
-TERM_GRACE_S = 10.0          # SIGTERM -> SIGKILL for the job's processes
 SCAN_S = 0.5                 # how often the job's process tree is scanned for new sessions (first minute)
 SCAN_LATE_S = 5.0            # ... and afterwards
 _PR_SET_PDEATHSIG = 1
@@ -46,87 +46,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id) of every live (non-zombie) process, from /proc."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                fields = f.read().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != b"Z":
-            out[int(d)] = (int(fields[1]), int(fields[3]))
-    return out
-
-
-class JobProcesses:
-    """The sessions a job's processes live in. torchrun starts every rank in a session of its own, so
-    killing torchrun's group is not enough: we remember the session of every descendant we ever saw,
-    and kill by session, which also reaches orphans whose parent already exited."""
-
-    def __init__(self, root_pid: int, popen: subprocess.Popen | None = None, session: int | None = None):
-        """`root_pid` leads its own session (started with start_new_session), unless `session` says which
-        session it lives in; never the caller's (that would take the caller's terminal down with it)."""
-        self.pid, self.popen = root_pid, popen
-        self.sessions = {root_pid if session is None else session}
-
-    def scan(self) -> None:
-        table = _proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _sid) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        todo = [self.pid]
-        while todo:
-            pid = todo.pop()
-            for c in children.get(pid, ()):
-                self.sessions.add(table[c][1])
-                todo.append(c)
-
-    def alive(self) -> list[int]:
-        me = os.getpid()
-        return [pid for pid, (_pp, sid) in _proc_table().items() if sid in self.sessions and pid != me]
-
-    def root_running(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        return self.pid in _proc_table()
-
-    def kill(self, grace_s: float = TERM_GRACE_S) -> None:
-        """SIGTERM the root (guard or torchrun: it stops its ranks), then SIGKILL what is left in the sessions."""
-        if self.root_running():
-            self.scan()
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-            t_end = time.monotonic() + grace_s
-            while time.monotonic() < t_end and self.alive():
-                time.sleep(0.2)
-        for _ in range(20):
-            left = self.alive()
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            time.sleep(0.1)
-        if self.popen is not None:
-            try:
-                self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-
-
 def node_name() -> str:
     """hostname:ray-node-id (the id tells fake nodes of one machine apart)."""
     try:
         import ray
-        nid = ray.get_runtime_context().get_node_id()
+        nid = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None   # never starts Ray
     except Exception:
         nid = None
     host = socket.gethostname()
@@ -194,6 +118,7 @@ class RayNodeBackend:
         env.update(attempt.env)
         env.update(SEED=str(attempt.seed), RUN_ID=f"seed{attempt.seed}_attempt{attempt.attempt}",
                    ARTIFACT_DIR=str(art), PGOLF_ATTEMPT=str(attempt.attempt), PYTHONUNBUFFERED="1")
+        env[MARKER] = attempt_marker(attempt.run_dir, attempt.seed, attempt.attempt)   # every job process inherits it
         deadline = time.monotonic() + attempt.timeout_s
 
         prepare = self.spec.data.prepare
@@ -201,11 +126,12 @@ class RayNodeBackend:
             code, err = self._run(["bash", "-c", prepare], adir, env, events, deadline, "data prepare")
             if code != 0:
                 return AttemptResult(exit_code=code, error=err or f"data prepare exited {code}", node=node,
-                                     artifacts=_list(adir, art))
+                                     artifacts=_list(adir, art), timed_out=code is None)
         code, err = self._run(self.command(attempt), adir, env, events, deadline, "job")
         if code != 0 and err is None:
             err = f"exit code {code}"
-        return AttemptResult(exit_code=code, error=err, node=node, artifacts=_list(adir, art))
+        return AttemptResult(exit_code=code, error=err, node=node, artifacts=_list(adir, art),
+                             timed_out=code is None)
 
     def _run(self, cmd: list[str], cwd: Path, env: dict[str, str], events: Events, deadline: float,
              what: str) -> tuple[int | None, str | None]:
@@ -215,7 +141,7 @@ class RayNodeBackend:
         events.process(socket.gethostname(), proc.pid)
         reader = threading.Thread(target=_pump, args=(proc, events), daemon=True)
         reader.start()
-        job = JobProcesses(proc.pid, proc)
+        job = JobProcesses(proc.pid, proc, marker=env.get(MARKER))
         t_start = time.monotonic()
         error = None
         try:
@@ -250,7 +176,7 @@ def guard(cmd: list[str]) -> int:
     leader = os.getsid(0) == os.getpid()      # ray_node starts us as a session leader
     # Ray SIGKILLs a dead worker's direct children (us): PDEATHSIG lets torchrun still stop its ranks
     child = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=not leader)
-    job = JobProcesses(child.pid, child, session=os.getpid() if leader else None)
+    job = JobProcesses(child.pid, child, session=os.getpid() if leader else None, marker=os.environ.get(MARKER))
     t0, ticks = time.monotonic(), 0
     while child.poll() is None and not stop:
         try:

@@ -11,6 +11,12 @@ FAKE_CHILD     1: start a child process (a "rank") in the same group that sleeps
 FAKE_PRINT     comma list of environment variables whose values the job prints (secret-leak tests)
 FAKE_BPB       the final val_bpb (default 1.10 + (seed % 7) * 0.001)
 FAKE_LOSS      added to every train loss (default 0; the losses are 4.0 - 0.1 * step)
+FAKE_DUMP      comma list of environment variables written to $ARTIFACT_DIR/env.dat (text) and, with a NUL
+               first, to $ARTIFACT_DIR/weights.bin (binary: must come back untouched)
+FAKE_RAISE     raise ValueError(this text) before the first step line (a configuration error)
+FAKE_UNTIL     a path: after the step lines, wait (up to 300 s) until it exists (tests hold a job running)
+FAKE_DAEMON    1: leave a daemon behind (fork, setsid, fork; stdio to /dev/null) that sleeps for an hour;
+               its pid file in FAKE_PID_DIR says "daemon"
 """
 import hashlib
 import math
@@ -47,6 +53,35 @@ if pid_dir:
         open(os.path.join(pid_dir, f"{pid}"), "w").write(f"{seed} {attempt} {os.getpgid(0)}\n")
 
 
+def daemonize():
+    """The classic double fork: the grandchild is in a session of its own and init's child. Returns once
+    the daemon has written its pid file."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        os.waitpid(pid, 0)
+        os.read(r, 1)
+        os.close(r)
+        return
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if pid_dir:
+        open(os.path.join(pid_dir, f"{os.getpid()}"), "w").write(f"{seed} {attempt} {os.getpgid(0)} daemon\n")
+    os.write(w, b"x")
+    os.close(w)
+    time.sleep(3600)
+    os._exit(0)
+
+
+if opt("DAEMON") == "1" and rank == 0:
+    daemonize()
+
+
 def say(s):
     if rank != 0:
         return
@@ -62,6 +97,13 @@ bpt = 2.43593
 say(f"val_bytes_per_token:{bpt}")
 for name in filter(None, opt("PRINT").split(",")):
     say(f"env {name}={os.environ.get(name)}")
+dump = [n for n in opt("DUMP").split(",") if n]
+if dump and rank == 0:
+    values = "".join(f"{n} {os.environ.get(n)}\n" for n in dump)
+    open(os.path.join(art, "env.dat"), "w").write(values)
+    open(os.path.join(art, "weights.bin"), "wb").write(b"\0" + values.encode())
+if opt("RAISE"):
+    raise ValueError(opt("RAISE"))
 t0 = time.time()
 per = seconds / max(steps, 1)
 for i in range(1, steps + 1):
@@ -69,6 +111,9 @@ for i in range(1, steps + 1):
     ms = (time.time() - t0) * 1000
     loss = 4.0 - 0.1 * i + float(opt("LOSS", "0"))
     say(f"step:{i}/{steps} train_loss:{loss:.4f} train_time:{ms:.0f}ms step_avg:{ms / i:.2f}ms")
+until = opt("UNTIL")
+while until and not os.path.exists(until) and time.time() - t0 < 300:
+    time.sleep(0.1)
 if fail:
     say("fake failure")
     sys.exit(3)

@@ -9,9 +9,10 @@ rehearsal driver are found the same way.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Collection, Iterator
 
 from results.errors import PgolfError
 from runner.backends.base import ClusterAction
@@ -67,13 +68,21 @@ def owners(runs_dir: Path) -> dict[str, str]:
             if att.get("pod_id") and att.get("ended") is None}
 
 
-def reconcile(client: api.RunPodClient, runs_dir: Path) -> list[str]:
+def live_batch_pods(pods: list[api.Pod], live: Collection[Path]) -> dict[str, str]:
+    """pod id -> owner note for the pods named after a batch a live process holds (runner/lock.py): kept
+    even when no ledger names them yet (a create whose answer is still on its way)."""
+    names = {re.compile(re.escape(batch_prefix(d)) + r"s\d+-a\d+"): d for d in live}
+    return {p.id: f"{d.name}: batch in use (live driver)" for p in pods for pattern, d in names.items()
+            if pattern.fullmatch(p.name or "")}
+
+
+def reconcile(client: api.RunPodClient, runs_dir: Path, live: Collection[Path] = ()) -> list[str]:
     """Ended attempts whose pod this API no longer knows get pod_terminated=true (verified gone), in
-    ledgers no driver holds (no attempt open in them), so each run's ledger tells the truth about its money.
-    Returns the pod ids newly recorded."""
+    ledgers no driver holds (no attempt open in them, no live process holding the batch: `live`), so each
+    run's ledger tells the truth about its money. Returns the pod ids newly recorded."""
     done = []
     for led in _ledgers(runs_dir):
-        if led.has_open_attempt():
+        if led.has_open_attempt() or led.run_dir in live:
             continue
         changed = False
         for _seed, att in led.all_attempts():
@@ -118,20 +127,22 @@ def _terminate(client: api.RunPodClient, pods: list[api.Pod], session: Session) 
     return [i for i in ids if i not in left], left
 
 
-def gc(runs_dir: Path, yes: bool, rehearse: bool = False) -> int:
+def gc(runs_dir: Path, yes: bool, rehearse: bool = False, live: Collection[Path] = ()) -> int:
+    """`live`: run directories a live process holds (their pods are kept, their ledgers not touched)."""
     rc, seen = 0, False
     for label, session in sessions(runs_dir, rehearse):
         seen = True
         with session.client() as client:
-            rc = max(rc, _gc_one(client, session, label, runs_dir, yes))
+            rc = max(rc, _gc_one(client, session, label, runs_dir, yes, live))
     if rehearse and not seen:
         print(f"pgolf cluster gc: no rehearsal under {runs_dir}")
     return rc
 
 
-def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Path, yes: bool) -> int:
+def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Path, yes: bool,
+            live: Collection[Path] = ()) -> int:
     pods = list_ours(client)
-    open_ = owners(runs_dir)
+    open_ = {**owners(runs_dir), **live_batch_pods(pods, live)}
     kept = [p for p in pods if p.id in open_]
     orphans = [p for p in pods if p.id not in open_]
     if kept:
@@ -139,7 +150,7 @@ def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Pa
         print("  (if that batch's driver is dead, `pgolf resume RUN_DIR` closes its attempts; gc again after)")
     if not orphans:
         print(f"pgolf cluster gc: {label}: no orphaned pgolf pods ({len(kept)} kept)")
-        fixed = reconcile(client, runs_dir)
+        fixed = reconcile(client, runs_dir, live)
         if fixed:
             print(f"pgolf cluster gc: {label}: recorded pod_terminated for {len(fixed)} pod(s) already gone: "
                   f"{', '.join(fixed)}")
@@ -152,7 +163,7 @@ def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Pa
         print("pgolf cluster gc: nothing terminated")
         return 1
     gone, left = _terminate(client, orphans, session)
-    reconcile(client, runs_dir)
+    reconcile(client, runs_dir, live)
     print(f"pgolf cluster gc: {label}: terminated {len(gone)} pod(s), verified gone: {', '.join(gone) or '-'}")
     if left:
         print(f"pgolf cluster gc: STILL THERE after {session.timing.gone_timeout_s:.0f} s: {', '.join(left)}; "

@@ -14,8 +14,9 @@ links) and as the processes whose environment carries the pod's marker variable 
 whose init is already gone), stops them all (SIGSTOP, so none forks while we look), kills them (SIGKILL)
 and repeats until none is left. A terminated fake pod leaves no process behind, as a real one does.
 
-Standard library only, Linux (/proc). The init runs this file as a script (`python fake_container.py LOG EXIT
--- ARGV`): it imports nothing of pgolf, so a pod starts as fast as Python does.
+Standard library only, Linux (/proc), plus runner.proctree (the one place that finds and kills a job's
+processes; itself standard library only). The init runs this file as a script (`python fake_container.py
+LOG EXIT -- ARGV`) and imports nothing else of pgolf, so a pod starts as fast as Python does.
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ import sys
 import threading
 import time
 
+from runner import proctree
+
 MARK_ENV = "PGOLF_FAKE_POD_MARK"
 PR_SET_CHILD_SUBREAPER = 36
-KILL_ROUNDS = 100
 
 
 def launch(argv: list[str], env: dict[str, str], cwd: str, log_path: str, exit_path: str, mark: str,
@@ -57,45 +59,16 @@ def alive(pid: int | None, start: str | None) -> bool:
 
 def pod_processes(mark: str, init_pid: int | None = None, init_start: str | None = None) -> set[int]:
     """Live (non-zombie) processes of one pod: its init's descendants plus every carrier of its marker."""
-    parent: dict[int, int] = {}
-    found: set[int] = set()
-    needle = f"{MARK_ENV}={mark}".encode()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        stat = _stat(pid)
-        if not stat or stat[0] == "Z" or pid == os.getpid():
-            continue
-        parent[pid] = int(stat[1])
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.add(pid)
-        except OSError:
-            pass
+    table = proctree.proc_table()
+    found = proctree.marked(mark, name=MARK_ENV, table=table)
     if init_pid and alive(init_pid, init_start):
-        found.add(init_pid)
-        frontier = {init_pid}
-        while frontier:
-            frontier = {p for p, pp in parent.items() if pp in frontier and p not in found}
-            found |= frontier
-    return found
+        found |= {init_pid} | proctree.descendants(init_pid, table)
+    return found - {os.getpid()}
 
 
 def kill_pod(mark: str, init_pid: int | None = None, init_start: str | None = None) -> bool:
     """Stop and kill every process of the pod; True once none is left."""
-    for _ in range(KILL_ROUNDS):
-        pids = pod_processes(mark, init_pid, init_start)
-        if not pids:
-            return True
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        time.sleep(0.02)
+    proctree.sweep(lambda: pod_processes(mark, init_pid, init_start))
     return not pod_processes(mark, init_pid, init_start)
 
 
