@@ -205,3 +205,19 @@ def aborted_attempts(runset: RunSet) -> dict | None:
     usd = [r["saved_usd"] for r in rows if isinstance(r.get("saved_usd"), (int, float))]
     return {"attempts": rows, "saved_hours": round(sum(r.get("saved_hours") or 0 for r in rows), 4),
             "saved_usd": round(sum(usd), 2) if usd else None}
+
+
+def unsuccessful_seeds(runset: RunSet) -> list[dict] | None:
+    """Seeds of a run directory that did not succeed (failed, or still pending/running when the report was
+    written), each with its state, attempt count and last attempt's error as the runner recorded it (a
+    config error's exception line, a hang's silence and last line, an infrastructure failure); aborted
+    seeds are reported apart. None when every seed succeeded."""
+    rows = []
+    for seed, entry in (_ledger(runset).get("seeds") or {}).items():
+        state = (entry or {}).get("state")
+        if state in ("succeeded", "aborted", None):
+            continue
+        atts = [a for a in (entry or {}).get("attempts") or [] if isinstance(a, dict)]
+        rows.append({"seed": seed, "state": state, "attempts": len(atts),
+                     "error": (atts[-1].get("error") if atts else None) or "no attempt ran"})
+    return rows or None

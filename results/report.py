@@ -17,7 +17,7 @@ from rich.text import Text
 from results import plots
 from results.audit import audit
 from results.batch import (aborted_attempts, adaptive_summary, batch_cost, cost_sentence, default_baseline,
-                           read_batch, reproduction_command, spec_of)
+                           read_batch, reproduction_command, spec_of, unsuccessful_seeds)
 from results.errors import PgolfError
 from results.files import atomic_write
 from results.load import load
@@ -59,6 +59,9 @@ def build(runset: RunSet, baseline=None, policy: str | None = None, *, reproduce
         report["adaptive"] = adaptive
     if aborted:
         report["aborted"] = aborted
+    unsuccessful = unsuccessful_seeds(runset)
+    if unsuccessful:
+        report["unsuccessful"] = unsuccessful
     if reproduce_of is None and runset.kind == "run":
         reproduce_of = spec_of(read_batch(runset)).get("reproduces")   # a batch made by `pgolf reproduce`
     if reproduce_of:
@@ -267,6 +270,10 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
         unit = "{:.4f}" if cost.get("rehearsal") else "${:.2f}"
         per = ", ".join(f"seed {k}: " + unit.format(v) for k, v in cost["per_seed_usd"].items())
         lines += ["", "## Cost", "", f"{cost_sentence(cost)} ({per})."]
+    if report.get("unsuccessful"):
+        lines += ["", "## Seeds that did not succeed", "", "| seed | state | attempts | last error |", "|---:|---|---:|---|"]
+        lines += [f"| {u['seed']} | {u['state']} | {u['attempts']} | {str(u['error']).replace('|', '/')} |"
+                  for u in report["unsuccessful"]]
     aborted = report.get("aborted")
     if aborted:
         lines += ["", "## Early aborts", "", abort_line(aborted), "",
@@ -335,6 +342,8 @@ def render_summary(report: dict) -> Group:
         parts.append(Text(report.get("significance_error") or sentence(sig), style=style))
     if report.get("aborted"):
         parts.append(Text(abort_line(report["aborted"]), style="yellow"))
+    for u in report.get("unsuccessful") or []:
+        parts.append(Text(f"seed {u['seed']} {u['state']} after {u['attempts']} attempt(s): {u['error']}", style="red"))
     for n in (sig or {}).get("notes", []):
         parts.append(Text(f"  note: {n}", style="dim"))
     if report.get("reproduction"):

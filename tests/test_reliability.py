@@ -135,6 +135,9 @@ def test_one_driver_per_batch_and_what_the_batch_keeps(tmp_path):
     error = led["2"]["attempts"][0]["error"]
     assert error.startswith("ValueError: tokenizer has 1024 pieces > VOCAB_SIZE=7") and "not retried" in error
     assert "seed 2: ValueError: tokenizer has 1024 pieces" in err
+    report = json.loads((run / "report.json").read_text())                       # the report says it too
+    assert report["unsuccessful"][0]["seed"] == "2" and "VOCAB_SIZE=7" in report["unsuccessful"][0]["error"]
+    assert "## Seeds that did not succeed" in (run / "report.md").read_text()
     status = subprocess.run([sys.executable, "-m", "runner.cli", "status", run], cwd=ROOT,
                             env=dict(env, COLUMNS="300"), capture_output=True, text=True)
     assert "ValueError: tokenizer has 1024 pieces > VOCAB_SIZE=7" in status.stdout, status.stdout
