@@ -225,9 +225,9 @@ def _task_setup(attempts: list[AttemptSpec], script_blob: bytes, driver_node: st
         scratch = Path(tempfile.mkdtemp(prefix=f"pgolf-s{first.seed}-a{first.attempt}-"))
         script = scratch / Path(first.script_path).name
         script.write_bytes(script_blob)
-        where = (lambda a: scratch / "attempt") if len(attempts) == 1 else \
-            (lambda a: scratch / f"s{a.seed}-a{a.attempt}")
-        attempts = [dataclasses.replace(a, attempt_dir=str(where(a)), script_path=str(script)) for a in attempts]
+        folders = ["attempt"] if len(attempts) == 1 else [f"s{a.seed}-a{a.attempt}" for a in attempts]
+        attempts = [dataclasses.replace(a, attempt_dir=str(scratch / f), script_path=str(script))
+                    for a, f in zip(attempts, folders)]
     for a in attempts:
         Path(a.attempt_dir).mkdir(parents=True, exist_ok=True)
     return attempts, scratch
@@ -520,8 +520,11 @@ class Driver:
         if left:
             infra, error = classify(exc) if exc is not None else \
                 (False, "runner error: the task ended without this attempt's result")
-            began = [key for key in left if key in self.began]
-            culprit = began[0] if began else (left[0] if not any(key in self.began for key in carried) else None)
+            # whose the error is: the attempt that was running; when none had begun, the set-up failed,
+            # and the set-up is the first attempt's (as on a machine of its own)
+            culprit = next((key for key in left if key in self.began), None)
+            if culprit is None and not any(key in self.began for key in carried):
+                culprit = left[0]
             for key in left:
                 if infra or key == culprit:
                     self.end_attempt(*key, AttemptResult(exit_code=None), infra, error, True, pumped=True)
@@ -534,6 +537,7 @@ class Driver:
         self.forget_task(ref)
 
     def forget_task(self, ref) -> None:
+        """The task is over: no attempt points to it any more."""
         for key in self.carried.pop(ref, []):
             self.task_of.pop(key, None)
         self.first_seen.pop(ref, None)
@@ -681,8 +685,12 @@ class Driver:
             ref = self.task_of.get(key)
             if ref is None or key not in self.running.get(ref, []) or now - since <= CANCEL_GRACE_S:
                 continue
-            self.aborting[key] = (verdict, now if how == "attempt" else math.inf, "task" if how == "attempt" else "forced")
-            ray.cancel(ref, force=how != "attempt")
+            if how == "attempt":           # the machine did not stop it: the task goes, with its other seeds
+                self.aborting[key] = (verdict, now, "task")
+                ray.cancel(ref, force=False)
+            else:
+                self.aborting[key] = (verdict, math.inf, "forced")
+                ray.cancel(ref, force=True)
 
     def finish_aborted(self, seed: int, k: int, result: AttemptResult, pumped: bool = False) -> None:
         verdict = self.aborting.pop((seed, k))[0]

@@ -7,9 +7,12 @@ its first seed keeps that seed's result and only the unfinished seeds run again,
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,7 +160,7 @@ def test_a_cancelled_seed_stops_alone_and_the_pod_goes_on(tmp_path, backend):
     assert b.session.fake.requests_seen.count("createPod") == 1
 
 
-def write_spec(tmp: Path, seeds: list[int], per_pod: int, env: dict) -> Path:
+def write_spec(tmp: Path, seeds: list[int], per_pod: int, env: dict, limits: str = "", extra: str = "") -> Path:
     spec = tmp / "job.toml"
     env_toml = "\n".join(f"{k} = {json.dumps(str(v))}" for k, v in env.items())
     spec.write_text(f"""
@@ -173,20 +176,27 @@ gpus_per_seed = 0
 attempt_timeout_s = 120
 retries = 0
 infra_retries = 2
+{limits}
 [data]
 variant = "tiny"
 paths = {{ TOKENIZER_PATH = "{TINY / 'tokenizer.model'}" }}
 [runpod]
 cpu = "cpu3c"
 seeds_per_pod = {per_pod}
+{extra}
 """)
     return spec
 
 
-def rehearse(tmp: Path, spec: Path, name: str, faults: str = "") -> tuple[subprocess.CompletedProcess, Path]:
+def cli_env() -> dict:
     env = dict(os.environ, RUNPOD_API_KEY=SECRET, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT),
                RAY_ADDRESS="local", COLUMNS="200")
     env.pop("RUNPOD_API_BASE_URL", None)
+    return env
+
+
+def rehearse(tmp: Path, spec: Path, name: str, faults: str = "") -> tuple[subprocess.CompletedProcess, Path]:
+    env = cli_env()
     args = [sys.executable, "-m", "runner.cli", "run", str(spec), "--rehearse", "--runs-dir", str(tmp / "runs"),
             "--name", name, "--no-progress"] + (["--rehearse-faults", faults] if faults else [])
     run = tmp / "runs" / name
@@ -252,3 +262,91 @@ def test_rehearsal_two_seeds_per_pod_three_seeds_make_pods_of_two_and_one(tmp_pa
     alone = next(a for a in atts if a["seed"] == 3)
     assert alone["shared_pod"] is None and alone["cost_source"] == "billed"          # a pod of one: as today
     assert all(a["shared_pod"]["position"] == a["seed"] for a in atts if a["seed"] != 3)
+
+
+def record_folder(tmp: Path) -> Path:
+    """A baseline record of three seeds in the fake payload's log format (train loss 4.0 - 0.1 * step over
+    2 s of training), for the adaptive test and the abort's curve."""
+    d = tmp / "record"
+    d.mkdir()
+    for seed, bpb in {1: 1.1000, 2: 1.1004, 3: 1.0997}.items():
+        lines = [f"seed:{seed}", "val_bytes_per_token:2.43593"]
+        lines += [f"step:{i}/20 train_loss:{4.0 - 0.1 * i:.4f} train_time:{100 * i}ms step_avg:1ms" for i in range(1, 21)]
+        lines.append(f"legal_ttt_exact val_loss:{bpb * math.log(2) * 2.43593:.8f} val_bpb:{bpb:.8f} eval_time:1234ms")
+        (d / f"train_seed{seed}.log").write_text("\n".join(lines) + "\n")
+    return d
+
+
+@pytest.mark.slow
+def test_rehearsal_adaptive_waves_and_an_early_abort_on_a_shared_pod(tmp_path):
+    """K = 3 with waves of 2 then 1: a pod per wave (2 seeds, then 1: seeds of different waves never share
+    a pod). Seed 1, first on its pod, runs 1 nat above the record's curve: aborted alone, the pod goes on
+    with seed 2. `pgolf status` and the report show the shared pod and its split cost."""
+    rec = record_folder(tmp_path)
+    spec = write_spec(tmp_path, [1, 2], 3, {"FAKE_SECONDS": 1, "FAKE_STEPS": 10, "FAKE_SECONDS_1": 30,
+                                           "FAKE_STEPS_1": 300, "FAKE_LOSS_1": 1.0},
+                      limits="train_seconds = 2",
+                      extra=f'[baseline]\nref = "{rec}"\npolicy = "rule"\n'
+                            "[adaptive]\nmin = 2\nmax = 3\nwave = 1\nfutility = 0\nspending = \"none\"\n"
+                            "[abort]\nat = [0.25]\nmargin = 0.5\n")
+    out, run = rehearse(tmp_path, spec, "waves")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    atts = {a["seed"]: a for a in ledger_attempts(run)}
+    assert sorted(atts) == [1, 2, 3] and all(a["attempt"] == 1 for a in atts.values())    # nothing retried
+    states = {s: e["state"] for s, e in json.loads((run / "ledger.json").read_text())["seeds"].items()}
+    assert states == {"1": "aborted", "2": "succeeded", "3": "succeeded"}
+    assert atts[1]["pod_id"] == atts[2]["pod_id"] != atts[3]["pod_id"]
+    assert atts[1]["shared_pod"]["attempts"] == [[1, 1], [2, 1]] and atts[3]["shared_pod"] is None
+    assert atts[1]["abort"]["fraction"] == 0.25 and atts[1]["exit_code"] == 137
+    assert "cancelled by the driver" in (run / "seeds/1/attempt-1/train.log").read_text()
+    assert "step:10/10" in (run / "seeds/2/attempt-1/train.log").read_text()
+    assert all(a["pod_terminated"] is True for a in atts.values()) and FakeRunPod(run / "rehearsal").alive_pods() == []
+    assert "the pod goes on with its next seed" in out.stdout
+    pod = atts[1]["pod_id"]
+    status = subprocess.run([sys.executable, "-m", "runner.cli", "status", str(run)], cwd=tmp_path, env=cli_env(),
+                            capture_output=True, text=True, timeout=60).stdout
+    assert f"{pod} [1/2]" in status and f"{pod} [2/2]" in status
+    assert f"pod {pod} shared by 2 seeds one after another: cost fake" in status
+    assert "1 pod(s) shared by several seeds" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_rehearsal_driver_killed_mid_pod_then_resume_reruns_only_the_unfinished(tmp_path):
+    """The driver dies (kill -9) while its pod runs the second of three seeds: `pgolf resume` keeps seed 1's
+    result, runs seeds 2 and 3 again together on one fresh pod, and stops the dead driver's pod."""
+    spec = write_spec(tmp_path, [1, 2, 3], 3, {"FAKE_SECONDS": 0.5, "FAKE_SECONDS_2_A1": 60})
+    run = tmp_path / "runs" / "crash"
+    drv = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(spec), "--rehearse", "--runs-dir",
+                            str(tmp_path / "runs"), "--name", "crash", "--no-progress"], cwd=tmp_path, env=cli_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        log2 = run / "seeds" / "2" / "attempt-1" / "train.log"
+        while not ((run / "ledger.json").exists() and log2.exists() and "seed:2" in log2.read_text()
+                   and json.loads((run / "ledger.json").read_text())["seeds"]["1"]["state"] == "succeeded"):
+            assert drv.poll() is None and time.time() < deadline, "seed 2 never began on the shared pod"
+            time.sleep(0.3)
+        old = {a["pod_id"] for a in ledger_attempts(run)}
+        os.killpg(drv.pid, signal.SIGKILL)            # the driver, its Ray and its fake: the pod goes on billing
+        drv.wait(timeout=30)
+        time.sleep(2)
+        assert FakeRunPod(run / "rehearsal").alive_pods() == list(old)
+        out = subprocess.run([sys.executable, "-m", "runner.cli", "resume", str(run), "--no-progress"], cwd=tmp_path,
+                             env=cli_env(), capture_output=True, text=True, timeout=400)
+    finally:
+        try:
+            os.killpg(drv.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if (run / "rehearsal").exists():
+            FakeRunPod(run / "rehearsal").terminate_all()
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    atts = ledger_attempts(run)
+    assert sorted((a["seed"], a["attempt"]) for a in atts) == [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2)]
+    assert [a["error"] for a in atts if a["seed"] == 1] == [None]                  # kept, not run again
+    assert (run / "seeds/1/attempt-1/artifacts/final_model.int6.ptz").is_file()
+    again = [a for a in atts if a["attempt"] == 2]
+    assert all(a["error"] is None and a["pod_terminated"] is True for a in again)
+    assert len({a["pod_id"] for a in again}) == 1 and not {a["pod_id"] for a in again} & old
+    assert all(a["shared_pod"]["attempts"] == [[2, 2], [3, 2]] for a in again)      # regrouped
+    assert FakeRunPod(run / "rehearsal").alive_pods() == []                         # the dead driver's pod too

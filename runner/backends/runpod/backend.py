@@ -138,13 +138,15 @@ class RunPodBackend:
     def estimate(self, n_seeds: int) -> str:
         """The cost line; PgolfError (numbers in the message) when the balance is under twice the batch
         estimate: seeds x (train + eval + setup) x the pod's price, or with K seeds per pod one set-up per
-        pod (results.power.cost, as `pgolf plan` prices it). Without a balance (GraphQL retired) the line
-        says so and the estimate is all there is to go by."""
-        from results.power import cost
+        pod, the pods made as the driver makes them (each launch, an adaptive batch's wave, split into
+        ⌈wave/K⌉ pods: runner.plan.launches, priced as `pgolf plan` prices it). Without a balance (GraphQL
+        retired) the line says so and the estimate is all there is to go by."""
+        from runner.plan import launches
         s, limits = self.settings, self.spec.limits
         seed_h, setup_h = (limits.train_seconds + limits.eval_seconds) / 3600, s.setup_s / 3600
         price = self.price()
-        estimate = cost(n_seeds, seed_h, price, s.seeds_per_pod, setup_h)[0]
+        pods = sum(math.ceil(w / s.seeds_per_pod) for w in launches(self.spec, n_seeds))
+        estimate = price * (pods * setup_h + n_seeds * seed_h)
         with self.session.open().client() as c:
             try:
                 balance = c.balance()
@@ -154,7 +156,6 @@ class RunPodBackend:
         if s.seeds_per_pod == 1:
             msg = f"RunPod: {n_seeds} seed(s) x {seed_h + setup_h:.2f} h x {m(price, '/h')} = {m(estimate)} estimated"
         else:
-            pods = math.ceil(n_seeds / s.seeds_per_pod)
             msg = (f"RunPod: {n_seeds} seed(s), up to {s.seeds_per_pod} per pod: {pods} pod(s) x {setup_h:.2f} h "
                    f"set-up + {n_seeds} x {seed_h:.2f} h, x {m(price, '/h')} = {m(estimate)} estimated")
         if balance is None:
