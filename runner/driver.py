@@ -325,7 +325,7 @@ class Driver:
         self.job_env, self.scrub, self.progress, self.script_path = job_env, scrub, progress, script_path
         self.limits = spec.limits
         self.timeout_s = spec.limits.timeout()
-        self.per_task = max(1, int(backend.attempts_per_task()))
+        self.per_task = 1                                     # attempts one task carries (setup: the backend's)
         self.running: dict[Any, list[tuple[int, int]]] = {}   # ref -> its attempts not ended yet, in run order
         self.carried: dict[Any, list[tuple[int, int]]] = {}   # ref -> every attempt it carries
         self.task_of: dict[tuple[int, int], Any] = {}         # (seed, attempt) -> the task carrying it
@@ -711,7 +711,8 @@ class Driver:
 
     # --- the loop -----------------------------------------------------------------------------
     def setup(self) -> None:
-        """Once per batch: the event channel on the driver's node, the script in Ray's object store."""
+        """Once per batch: the event channel on the driver's node, the script in Ray's object store, what
+        the backend's tasks need (Ray options, how many attempts one task carries)."""
         if self.channel is not None:
             return
         self.driver_node = ray.get_runtime_context().get_node_id()
@@ -721,6 +722,7 @@ class Driver:
         self.script_ref = ray.put(self.script_path.read_bytes())
         self.options = dict(self.backend.ray_options())
         self.options.setdefault("max_retries", 0)
+        self.per_task = max(1, int(self.backend.attempts_per_task()))
         self.ev_ref = self.channel.drain.remote(EVENT_WAIT_S)   # one drain outstanding, across waves
 
     def run(self, seeds: list[int]) -> None:
