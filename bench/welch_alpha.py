@@ -3,8 +3,8 @@
 Records carry three seeds; candidates often run more. Welch's t-test is an approximation, and with
 unequal seed counts its real false-positive rate drifts from the level it is run at. This draws batches
 in which candidate and baseline seeds share the same mean and spread (no true improvement, no margin),
-runs the one-sided test exactly as `results.stats` does (scipy's `ttest_ind(equal_var=False,
-alternative="less")`), and counts the passes at the two policy levels (rule: p < 0.01; progression:
+runs the one-sided test exactly as `results.stats` does (`results.stats.welch_null_pvalues`: scipy's
+`ttest_ind(equal_var=False, alternative="less")`), and counts the passes at the two policy levels (rule: p < 0.01; progression:
 p < 0.25). The README's Statistics section quotes this table.
 
     .venv/bin/python bench/welch_alpha.py                   # 400,000 batches per row (~10 s)
@@ -17,22 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from results.stats import welch_null_pvalues  # noqa: E402
+
 LEVELS = (0.01, 0.25)
 
 
-def false_positive_rates(candidate_seeds: int, baseline_seeds: int, draws: int, rng) -> dict[str, float]:
+def false_positive_rates(candidate_seeds: int, baseline_seeds: int, draws: int, seed: int) -> dict[str, float]:
     """Share of null batches (equal means, equal spreads) that Welch passes at each level."""
-    candidate = rng.normal(0.0, 1.0, (draws, candidate_seeds))
-    baseline = rng.normal(0.0, 1.0, (draws, baseline_seeds))
-    p = stats.ttest_ind(candidate, baseline, axis=1, equal_var=False, alternative="less").pvalue
+    p = welch_null_pvalues(candidate_seeds, baseline_seeds, draws, seed)
     return {str(level): float(np.mean(p < level)) for level in LEVELS}
 
 
@@ -44,9 +45,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "welch_alpha.json")
     args = ap.parse_args()
-    rng = np.random.default_rng(args.seed)
-
-    rows = [{"candidate_seeds": n, "rates": false_positive_rates(n, args.baseline_seeds, args.draws, rng)}
+    rows = [{"candidate_seeds": n, "rates": false_positive_rates(n, args.baseline_seeds, args.draws, args.seed + n)}
             for n in args.candidate_seeds]
     table = Table(title=f"Welch one-sided, no true difference, baseline of {args.baseline_seeds} seeds "
                         f"({args.draws:,} batches per row)")
