@@ -131,8 +131,9 @@ def main() -> int:
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule
             versions["fla"] = fla.__version__
 
-            def fla_op(q, k, v, g, beta, scale):
+            def fla_chunked(q, k, v, g, beta, scale):
                 return chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, use_qk_l2norm_in_kernel=True)[0]
+            fla_op = fla_chunked
         except Exception as e:  # noqa: BLE001  (report, then check ours only)
             versions["fla"] = f"unavailable: {type(e).__name__}: {e}"
     print("versions: " + " ".join(f"{k}={v}" for k, v in versions.items()), flush=True)

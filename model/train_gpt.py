@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import glob
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -1211,7 +1212,7 @@ def main() -> None:
         if msg:
             print(f"WARNING (FLA_TRITON_CHECK=0): {msg}", file=sys.stderr)
         try:
-            import fla.ops.gated_delta_rule  # noqa: F401  (fail before any work, with a clear message)
+            importlib.import_module("fla.ops.gated_delta_rule")  # fail before any work, with a clear message
         except ImportError as e:
             sys.exit(f"CUDA run needs flash-linear-attention: pip install flash-linear-attention==0.6.0 ({e})")
     if distributed:

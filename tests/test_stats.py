@@ -174,3 +174,19 @@ def test_named_tokenizer_supplies_bytes_per_token_for_bpb_only_values():
     cand = sample_from_values(LONGCTX, tokenizer="sp1024")
     sig = significance(cand, 1.2243657, "rule")
     assert sig["margin"] == pytest.approx(0.005 / (math.log(2) * 2.43593))
+
+
+def test_welch_with_more_candidate_seeds_says_it_passes_more_often_than_alpha():
+    # 8 candidate seeds against a record's 3: the simulated false-positive rate (~1.4%) exceeds α = 0.01,
+    # and the result says so; 3 against 3 is conservative (~0.6%) and carries no such note.
+    base = [1.0200, 1.0210, 1.0190]
+    eight = significance([1.0100 + 0.0003 * i for i in range(8)], base, "rule", margin_bpb=0.005)
+    note = [n for n in eight["notes"] if n.startswith("Welch with 8 vs 3 seeds")]
+    assert len(note) == 1
+    rate = float(note[0].split(" of the time")[0].rsplit(" ", 1)[1].rstrip("%")) / 100
+    assert 0.012 < rate < 0.016
+    three = significance([1.0100, 1.0103, 1.0106], base, "rule", margin_bpb=0.005)
+    assert not any(n.startswith("Welch with") for n in three["notes"])
+    # at the progression level (α = 0.25) Welch stays at or under its level: no note either
+    prog = significance([1.0100 + 0.0003 * i for i in range(8)], base, "progression")
+    assert not any(n.startswith("Welch with") for n in prog["notes"])
