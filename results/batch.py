@@ -136,7 +136,7 @@ def batch_cost(runset: RunSet) -> dict | None:
         seeds = json.loads((Path(runset.dir) / "ledger.json").read_text()).get("seeds") or {}
     except (OSError, ValueError, AttributeError):
         return None
-    per_seed, n, sources = {}, 0, {"billed": 0, "estimate": 0}
+    per_seed, n, sources, shared = {}, 0, {"billed": 0, "estimate": 0}, {}
     for seed, entry in seeds.items():
         atts = [a for a in (entry or {}).get("attempts") or [] if isinstance(a, dict)
                 and isinstance(a.get("cost_usd"), (int, float)) and math.isfinite(a["cost_usd"])]
@@ -145,21 +145,28 @@ def batch_cost(runset: RunSet) -> dict | None:
             n += len(atts)
             for a in atts:
                 sources["billed" if a.get("cost_source") == "billed" else "estimate"] += 1
+                if isinstance(a.get("shared_pod"), dict) and a.get("pod_id"):
+                    shared[a["pod_id"]] = a["shared_pod"].get("pod_cost_usd")
     if not per_seed:
         return None
     rehearsal = bool((read_batch(runset) or {}).get("rehearsal"))
     return {"total_usd": round(sum(per_seed.values()), 4), "attempts": n, "per_seed_usd": per_seed,
-            "billed_attempts": sources["billed"], "estimated_attempts": sources["estimate"], "rehearsal": rehearsal}
+            "billed_attempts": sources["billed"], "estimated_attempts": sources["estimate"], "rehearsal": rehearsal,
+            "shared_pods": shared}
 
 
 def cost_sentence(cost: dict) -> str:
-    """One line for report.md and the summary: money (billed or estimated), or a rehearsal's fake figure."""
+    """One line for report.md and the summary: money (billed or estimated), or a rehearsal's fake figure;
+    pods that ran several seeds ([runpod] seeds_per_pod) are said, since their seeds' costs are shares."""
+    pods = len(cost.get("shared_pods") or {})
+    split = (f"; {pods} pod(s) shared by several seeds, each such pod's cost split across its seeds (each its "
+             f"own run time plus an equal share of the set-up)") if pods else ""
     if cost.get("rehearsal"):
         return (f"rehearsal on the fake RunPod: {cost['attempts']} pod attempt(s), no money spent "
-                f"(fake cost {cost['total_usd']:.4f})")
+                f"(fake cost {cost['total_usd']:.4f}){split}")
     how = (f"{cost.get('billed_attempts', 0)} billed by RunPod, {cost.get('estimated_attempts', 0)} estimated "
            f"(price x pod lifetime)")
-    return f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s): {how}"
+    return f"${cost['total_usd']:.2f} for {cost['attempts']} pod attempt(s): {how}{split}"
 
 
 def _ledger(runset: RunSet) -> dict:

@@ -9,7 +9,9 @@ backend's normal cancel path (the one Ctrl-C uses; no process or pod is left) an
 its own state, not a failure, never retried, never counted in the statistics.
 
 What the abort saved is estimated, not measured: the unused part of the attempt's expected time (train +
-eval budget, plus the pod's set-up on RunPod) times the pod's price when it is known.
+eval budget, plus the pod's set-up on RunPod) times the pod's price when it is known. On a pod shared by
+several seeds ([runpod] seeds_per_pod) an abort stops that seed only and the pod goes on: the set-up is not
+saved, and a later seed's time counts from its own start on the pod.
 """
 from __future__ import annotations
 
@@ -99,8 +101,8 @@ class AbortPolicy:
     price what an abort saved (`expected_s`: the attempt's expected duration; `usd_per_hour`: the pod's
     price when the spec states it, else learned from the attempt's recorded cost)."""
 
-    def __init__(self, watch: AbortWatch, expected_s: float, usd_per_hour: float | None):
-        self.watch, self.expected_s, self.usd_per_hour = watch, expected_s, usd_per_hour
+    def __init__(self, watch: AbortWatch, expected_s: float, usd_per_hour: float | None, setup_s: float = 0.0):
+        self.watch, self.expected_s, self.usd_per_hour, self.setup_s = watch, expected_s, usd_per_hour, setup_s
 
     @classmethod
     def from_spec(cls, spec) -> "AbortPolicy | None":
@@ -110,19 +112,25 @@ class AbortPolicy:
         from results.curves import require_record_curve
         curve = require_record_curve(spec.abort.curve or spec.baseline.ref, "[abort]")
         expected = spec.limits.train_seconds + spec.limits.eval_seconds
-        price = None
+        price, setup = None, 0.0
         if spec.backend == "runpod":
-            expected += spec.runpod.setup_s
+            setup = spec.runpod.setup_s
+            expected += setup
             price = spec.runpod.price_per_hour
-        return cls(AbortWatch(curve, spec.abort.at, spec.abort.margin, spec.budget_seconds()), expected, price)
+        return cls(AbortWatch(curve, spec.abort.at, spec.abort.margin, spec.budget_seconds()), expected, price,
+                   setup)
 
     def savings(self, verdict: Verdict, attempt: dict) -> dict:
         started, ended = _epoch(attempt.get("started")), _epoch(attempt.get("ended"))
-        price = self.usd_per_hour
+        shared = attempt.get("shared_pod") or {}
+        expected = self.expected_s
+        if shared.get("position", 1) > 1:     # started on a pod set up for an earlier seed: no set-up of its own
+            expected -= self.setup_s
+        price = self.usd_per_hour or shared.get("usd_per_hour")
         cost = attempt.get("cost_usd")
         if price is None and cost and started and ended and ended > started:
             price = cost / ((ended - started) / 3600.0)       # the pod's own price, from what it cost
-        return savings(verdict, started, self.expected_s, price)
+        return savings(verdict, started, expected, price)
 
 
 def _epoch(iso: str | None) -> float | None:

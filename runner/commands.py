@@ -105,7 +105,7 @@ def cmd_status(args) -> int:
     c.print(_driver_line(run_dir, ledger, driver), markup=False, highlight=False)
     c.print(status_table(ledger, rehearsal, driver_alive=driver["alive"]))
     from runner.progress import ledger_notes
-    for line in ledger_notes(ledger):
+    for line in ledger_notes(ledger, rehearsal):
         c.print(line, markup=False, highlight=False)
     return 0
 

@@ -7,6 +7,15 @@ so a pod id is on disk before the pod is used. The driver loop alternates `ray.w
 with draining the channel. A task that runs on another node than the driver works in a node-local
 scratch folder and returns its artifacts' bytes, which the driver writes into the attempt folder.
 
+Several attempts per task. A backend that can share a machine between seeds (`attempts_per_task() > 1`:
+RunPod's `seeds_per_pod`) gets the seeds launched together split into groups, as evenly as
+results.power.cost prices them, and one task per group (`group_task`) runs them one after another after
+one set-up. Each attempt keeps its own train.log, artifacts, result.json and ledger entry, and its end
+comes through the channel as it happens (`ended`, acknowledged once on disk), so a machine lost later never
+takes a finished seed with it; only the attempts of the group that had not ended run again, regrouped.
+An early abort of one attempt on a shared machine stops that attempt only (`EventChannel.cancel`, which
+the backend polls); the machine goes on with the next seed.
+
 Failure policy (docs/ARCHITECTURE.md): a Ray system error (node died, worker crashed) or InfraFailure is
 an infrastructure failure, retried up to `infra_retries` times; a non-zero exit or timeout is retried up to
 `retries`, except a configuration or data error raised before training started (runner/failures.py),
@@ -45,6 +54,7 @@ EVENT_WAIT_S = 1.0           # a drain call waits this long for an event before 
 LINE_FLUSH_S = 0.2           # tasks push buffered log lines at least this often
 OVERDUE_GRACE_S = float(os.environ.get("PGOLF_OVERDUE_GRACE_S", 300))   # backstop past an attempt's deadline
 CANCEL_GRACE_S = 15.0        # Ctrl-C: time for tasks to kill their jobs before force-cancel
+CANCEL_POLL_S = 1.0          # a task asks the driver at most this often whether an attempt is cancelled
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,6 +88,7 @@ class EventChannel:
         self.next_id = 0
         self.wake = asyncio.Event()
         self.kicked = False
+        self.cancels: set[tuple[int, int]] = set()
 
     def _push(self, ev: tuple) -> None:
         self.events.append(ev)
@@ -91,13 +102,27 @@ class EventChannel:
 
     async def meta(self, seed: int, attempt: int, fields: dict[str, Any]) -> str | None:
         """Returns once the driver answered: None (on disk) or why the disk refused it."""
+        return await self._acked("meta", seed, attempt, fields)
+
+    async def ended(self, seed: int, attempt: int, payload: dict[str, Any]) -> str | None:
+        """An attempt of a group ended ({"result", "files"}); returns once the driver recorded its end."""
+        return await self._acked("ended", seed, attempt, payload)
+
+    async def _acked(self, kind: str, seed: int, attempt: int, payload: Any) -> str | None:
         mid = self.next_id
         self.next_id += 1
         self.waiters[mid] = asyncio.Event()
-        self._push(("meta", seed, attempt, fields, mid))
+        self._push((kind, seed, attempt, payload, mid))
         await self.waiters[mid].wait()
         del self.waiters[mid]
         return self.refused.pop(mid, None)
+
+    async def cancel(self, seed: int, attempt: int) -> None:
+        """The driver wants this attempt stopped, its task going on with the others it carries."""
+        self.cancels.add((seed, attempt))
+
+    async def cancelled(self, seed: int, attempt: int) -> bool:
+        return (seed, attempt) in self.cancels
 
     async def drain(self, timeout: float = 0.0) -> list[tuple]:
         """Pending events; with `timeout`, first wait up to that long for one (or for `kick`)."""
@@ -133,6 +158,7 @@ class TaskEvents:
         self.buf: list[str] = []
         self.lock = threading.Lock()
         self.last_ref = None
+        self.cancel_asked, self.cancel_seen = -math.inf, False
         self.closed = threading.Event()
         self.flusher = threading.Thread(target=self._flush_loop, daemon=True)
         self.flusher.start()
@@ -159,6 +185,22 @@ class TaskEvents:
     def process(self, host: str, pid: int) -> None:
         self.channel.process.remote(self.seed, self.attempt, host, pid)
 
+    def cancel_requested(self) -> bool:
+        now = time.monotonic()
+        if not self.cancel_seen and now - self.cancel_asked >= CANCEL_POLL_S:
+            self.cancel_asked = now
+            self.cancel_seen = bool(ray.get(self.channel.cancelled.remote(self.seed, self.attempt)))
+        return self.cancel_seen
+
+    def end(self, result: AttemptResult, files: dict[str, bytes]) -> None:
+        """A group's attempt ended: every line first, then its result; returns once the driver recorded
+        it (NotRecorded when its disk refused)."""
+        self.flush()
+        refused = ray.get(self.channel.ended.remote(self.seed, self.attempt, {"result": result, "files": files}))
+        if refused:
+            raise NotRecorded(f"the driver could not record the end of seed {self.seed} attempt "
+                              f"{self.attempt}: {refused}")
+
     def _flush_loop(self) -> None:
         while not self.closed.wait(LINE_FLUSH_S):
             self.flush()
@@ -170,38 +212,90 @@ class TaskEvents:
             ray.get(self.last_ref)
 
 
-@ray.remote(max_retries=0)
-def attempt_task(backend, attempt: AttemptSpec, script_blob: bytes, driver_node: str, channel) -> dict:
-    """One seed attempt. On a node other than the driver's it works in scratch and ships artifacts back."""
-    import shutil
+def _task_setup(attempts: list[AttemptSpec], script_blob: bytes, driver_node: str) -> tuple[list[AttemptSpec], Path | None]:
+    """Inside a task: a SIGINT handler for ray.cancel, and on a node other than the driver's a scratch
+    folder holding the script and the attempts' folders (their artifacts are shipped back)."""
     try:   # ray.cancel raises KeyboardInterrupt through SIGINT's handler: make sure there is one
         signal.signal(signal.SIGINT, signal.default_int_handler)    # (nohup / `cmd &` ignore SIGINT)
     except ValueError:
         pass   # not the main thread
-    remote = ray.get_runtime_context().get_node_id() != driver_node
     scratch = None
-    if remote:
-        scratch = Path(tempfile.mkdtemp(prefix=f"pgolf-s{attempt.seed}-a{attempt.attempt}-"))
-        script = scratch / Path(attempt.script_path).name
+    if ray.get_runtime_context().get_node_id() != driver_node:
+        first = attempts[0]
+        scratch = Path(tempfile.mkdtemp(prefix=f"pgolf-s{first.seed}-a{first.attempt}-"))
+        script = scratch / Path(first.script_path).name
         script.write_bytes(script_blob)
-        attempt = dataclasses.replace(attempt, attempt_dir=str(scratch / "attempt"), script_path=str(script))
-    Path(attempt.attempt_dir).mkdir(parents=True, exist_ok=True)
+        folders = ["attempt"] if len(attempts) == 1 else [f"s{a.seed}-a{a.attempt}" for a in attempts]
+        attempts = [dataclasses.replace(a, attempt_dir=str(scratch / f), script_path=str(script))
+                    for a, f in zip(attempts, folders)]
+    for a in attempts:
+        Path(a.attempt_dir).mkdir(parents=True, exist_ok=True)
+    return attempts, scratch
+
+
+def _shipped(attempt: AttemptSpec, result: AttemptResult, scratch: Path | None) -> dict[str, bytes]:
+    """The artifacts' bytes when the attempt ran in scratch on another node (nothing otherwise)."""
+    files: dict[str, bytes] = {}
+    if scratch is not None:
+        for rel in result.artifacts:
+            p = Path(attempt.attempt_dir) / rel
+            if p.is_file():
+                files[rel] = p.read_bytes()
+    return files
+
+
+@ray.remote(max_retries=0)
+def attempt_task(backend, attempt: AttemptSpec, script_blob: bytes, driver_node: str, channel) -> dict:
+    """One seed attempt. On a node other than the driver's it works in scratch and ships artifacts back."""
+    import shutil
+    (attempt,), scratch = _task_setup([attempt], script_blob, driver_node)
     events = TaskEvents(channel, attempt.seed, attempt.attempt)
     try:
         result = backend.run_attempt(attempt, events)
     finally:
         events.close()
-    files: dict[str, bytes] = {}
     try:
-        if remote:
-            for rel in result.artifacts:
-                p = Path(attempt.attempt_dir) / rel
-                if p.is_file():
-                    files[rel] = p.read_bytes()
+        files = _shipped(attempt, result, scratch)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return {"result": result, "files": files}
+
+
+@ray.remote(max_retries=0)
+def group_task(backend, attempts: list[AttemptSpec], script_blob: bytes, driver_node: str, channel) -> None:
+    """Several seed attempts on one machine (`Backend.run_group`): each one's end reaches the driver, and
+    its ledger, as it happens; an exception ends the rest (the driver finishes them from it)."""
+    import shutil
+    attempts, scratch = _task_setup(attempts, script_blob, driver_node)
+    events = [TaskEvents(channel, a.seed, a.attempt) for a in attempts]
+    runs = backend.run_group(attempts, events)
+    try:
+        for i, result in runs:
+            events[i].end(result, _shipped(attempts[i], result, scratch))
+    finally:
+        try:
+            runs.close()            # a generator left early still runs its clean-up (the machine goes)
+        finally:
+            for ev in events:
+                ev.close()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+
+def groups(seeds: list[int], per_task: int) -> list[list[int]]:
+    """The seeds split into ⌈n / per_task⌉ groups as even as can be (5 by 3: 3 + 2, 4 by 3: 2 + 2), in
+    order: the split results.power.cost prices (every group pays one set-up; the largest sets the wall-clock)."""
+    if not seeds:
+        return []
+    n = math.ceil(len(seeds) / per_task)
+    size, extra = divmod(len(seeds), n)
+    out, i = [], 0
+    for g in range(n):
+        j = i + size + (1 if g < extra else 0)
+        out.append(seeds[i:j])
+        i = j
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,18 +325,24 @@ class Driver:
         self.job_env, self.scrub, self.progress, self.script_path = job_env, scrub, progress, script_path
         self.limits = spec.limits
         self.timeout_s = spec.limits.timeout()
-        self.running: dict[Any, tuple[int, int]] = {}       # ref -> (seed, attempt)
+        self.per_task = 1                                     # attempts one task carries (setup: the backend's)
+        self.running: dict[Any, list[tuple[int, int]]] = {}   # ref -> its attempts not ended yet, in run order
+        self.carried: dict[Any, list[tuple[int, int]]] = {}   # ref -> every attempt it carries
+        self.task_of: dict[tuple[int, int], Any] = {}         # (seed, attempt) -> the task carrying it
         self.logs: dict[tuple[int, int], storage.AttemptLog] = {}   # (seed, attempt) -> its train.log
         self.watches: dict[tuple[int, int], LogWatch] = {}  # (seed, attempt) -> what its log says so far
         self.procs: dict[tuple[int, int], tuple[str, int]] = {}
         self.exit_failures: dict[int, int] = {}
         self.infra_failures: dict[int, int] = {}
-        self.first_seen: dict[tuple[int, int], float] = {}   # first event of an attempt (it left the queue)
+        self.first_seen: dict[Any, float] = {}     # ref -> first event of any of its attempts (it left the queue)
+        self.began: set[tuple[int, int]] = set()   # attempts whose job started (meta `started`)
         self.overdue: set[tuple[int, int]] = set()
+        self.ended_early: dict[tuple[int, int], tuple[list[str], str]] = {}   # a group's ended attempts: artifacts, state
+        self.relaunch: list[int] = []              # seeds back to pending, launched (regrouped) by the loop
         self.storage_error: OSError | None = None   # the first write the run directory refused
         self.host = socket.gethostname()
         self.abort = abort                                   # runner.abort.AbortPolicy or None
-        self.aborting: dict[tuple[int, int], tuple[Any, float]] = {}   # (seed, attempt) -> (Verdict, cancel time)
+        self.aborting: dict[tuple[int, int], tuple[Any, float, str]] = {}   # key -> (Verdict, when, how cancelled)
         self.channel = None
 
     def attempt_dir(self, seed: int, attempt: int) -> Path:
@@ -256,8 +356,8 @@ class Driver:
         self.storage_error = storage.named(e, self.run_dir)
         self.progress.say(f"pgolf: cannot write {self.storage_error.filename} ({self.storage_error.strerror}): "
                           f"no new attempts; the running ones go on")
-        for ref, key in list(self.running.items()):
-            if key not in self.first_seen:       # still queued by Ray: it never starts
+        for ref in list(self.running):
+            if ref not in self.first_seen:       # still queued by Ray: it never starts
                 try:
                     ray.cancel(ref, force=False)
                 except Exception:  # noqa: BLE001 - it may have ended meanwhile
@@ -281,11 +381,41 @@ class Driver:
                 log.flush()
 
     # --- launching -----------------------------------------------------------------------------
-    def launch(self, seed: int) -> None:
+    def launch_all(self, seeds: list[int]) -> None:
+        """The seeds' next attempts, `attempts_per_task` at most to a task (one machine), split evenly."""
+        for group in groups(seeds, self.per_task):
+            self.launch(group)
+
+    def launch(self, seeds: list[int]) -> None:
+        """One task carrying the next attempt of each seed (one seed: `attempt_task`; several: `group_task`)."""
         if self.storage_error is None and storage.full(self.run_dir):
             self.storage_failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run_dir)))
         if self.storage_error is not None:
             return
+        specs: list[AttemptSpec] = []
+        for seed in seeds:
+            spec = self.start_attempt(seed)
+            if spec is None:                 # the disk refused: the group's attempts already started end here
+                for a in specs:
+                    self.close_log(a.seed, a.attempt)
+                    self.record(self.ledger.end_attempt, a.seed, a.attempt, "pending", error=INTERRUPTED)
+                return
+            specs.append(spec)
+        if len(specs) == 1:
+            ref = attempt_task.options(**self.options).remote(self.backend, specs[0], self.script_ref,
+                                                              self.driver_node, self.channel)
+        else:
+            ref = group_task.options(**self.options).remote(self.backend, specs, self.script_ref,
+                                                            self.driver_node, self.channel)
+        keys = [(a.seed, a.attempt) for a in specs]
+        self.running[ref], self.carried[ref] = list(keys), keys
+        for key in keys:
+            self.task_of[key] = ref
+            self.progress.attempt_started(*key)
+
+    def start_attempt(self, seed: int) -> AttemptSpec | None:
+        """The attempt's folder, its train.log and its ledger entry (on disk before it runs); None when the
+        disk refused one of them."""
         k = self.ledger.next_attempt_number(seed)
         adir = self.attempt_dir(seed, k)
         try:
@@ -294,21 +424,17 @@ class Driver:
                 log = storage.AttemptLog(adir / "train.log")
         except OSError as e:
             self.storage_failed(e)
-            return
+            return None
         try:
             self.ledger.start_attempt(seed, self.backend.name)   # on disk before it runs, or not at all
         except OSError as e:
             log.close()
             self.storage_failed(e)
-            return
+            return None
         self.logs[(seed, k)] = log
         self.watches[(seed, k)] = LogWatch()
-        spec = AttemptSpec(run_dir=str(self.run_dir), seed=seed, attempt=k, attempt_dir=str(adir),
+        return AttemptSpec(run_dir=str(self.run_dir), seed=seed, attempt=k, attempt_dir=str(adir),
                            script_path=str(self.script_path), env=dict(self.job_env), timeout_s=self.timeout_s)
-        ref = attempt_task.options(**self.options).remote(self.backend, spec, self.script_ref, self.driver_node,
-                                                          self.channel)
-        self.running[ref] = (seed, k)
-        self.progress.attempt_started(seed, k)
 
     # --- events ---------------------------------------------------------------------------------
     def pump_events(self, events: list[tuple] | None = None) -> None:
@@ -320,7 +446,9 @@ class Driver:
         acks, refused = [], []
         for ev in events:
             kind, seed, k = ev[0], ev[1], ev[2]
-            self.first_seen.setdefault((seed, k), time.monotonic())   # the attempt really runs
+            ref = self.task_of.get((seed, k))
+            if ref is not None:
+                self.first_seen.setdefault(ref, time.monotonic())   # the task really runs
             if kind == "lines":
                 clean = [self.scrub(t) for t in ev[3]]
                 log = self.logs.get((seed, k))
@@ -332,7 +460,8 @@ class Driver:
                 for t in clean:
                     if watch is not None:
                         watch.feed(t)
-                    self.progress.line(seed, t)
+                    if log is not None:            # lines after an attempt's end are not its seed's any more
+                        self.progress.line(seed, t)
                     if self.abort is not None and (seed, k) not in self.aborting:
                         self.check_abort(seed, k, t)
             elif kind == "meta":
@@ -341,8 +470,15 @@ class Driver:
                     acks.append(ev[4])
                 else:
                     refused.append(ev[4])
+                if "started" in fields:
+                    self.began.add((seed, k))
                 if "node" in fields:
                     self.progress.node(seed, fields["node"])
+                if (seed, k) in self.ended_early:  # a fact that came after its end (a shared pod's cost)
+                    artifacts, state = self.ended_early[(seed, k)]
+                    self.write_result(seed, k, artifacts, state)
+            elif kind == "ended":
+                (acks if self.ended(seed, k, ev[3]) else refused).append(ev[4])
             elif kind == "process":
                 self.procs[(seed, k)] = (ev[3], ev[4])
         if acks:
@@ -353,8 +489,11 @@ class Driver:
 
     # --- finishing an attempt --------------------------------------------------------------------
     def finish(self, ref) -> None:
-        seed, k = self.running.pop(ref)
-        adir = self.attempt_dir(seed, k)
+        """A task ended: its attempt's result, or (a group) the attempts it had not ended yet."""
+        if len(self.carried[ref]) > 1:
+            return self.finish_group(ref)
+        seed, k = self.running.pop(ref)[0]
+        self.forget_task(ref)
         kept = True      # the attempt's log and artifacts are whole on disk
         try:
             out = ray.get(ref)
@@ -364,6 +503,63 @@ class Driver:
         except Exception as e:   # ray errors of the attempt
             result = AttemptResult(exit_code=None)
             infra, error = classify(e)
+        self.end_attempt(seed, k, result, infra, error, kept)
+
+    def finish_group(self, ref) -> None:
+        """A group's task ended. Its attempts that had ended are recorded already; the others end with the
+        task's error: the one that was running (or, when none had begun, the first) as a single attempt
+        would, the ones after it as infrastructure failures (they never ran; the machine is gone)."""
+        try:
+            ray.get(ref)
+            exc = None
+        except Exception as e:  # noqa: BLE001 - ray errors of the task
+            exc = e
+        self.pump_events()                 # the ends it reported, its last meta (cost, pod_terminated)
+        left = self.running.pop(ref)
+        carried = self.carried[ref]
+        if left:
+            infra, error = classify(exc) if exc is not None else \
+                (False, "runner error: the task ended without this attempt's result")
+            # whose the error is: the attempt that was running; when none had begun, the set-up failed,
+            # and the set-up is the first attempt's (as on a machine of its own)
+            culprit = next((key for key in left if key in self.began), None)
+            if culprit is None and not any(key in self.began for key in carried):
+                culprit = left[0]
+            for key in left:
+                if infra or key == culprit:
+                    self.end_attempt(*key, AttemptResult(exit_code=None), infra, error, True, pumped=True)
+                else:
+                    self.overdue.discard(key)
+                    self.end_attempt(*key, AttemptResult(exit_code=None), True,
+                                     f"not run: the task carrying it ended first ({error})", True, pumped=True)
+        for key in carried:
+            self.ended_early.pop(key, None)
+        self.forget_task(ref)
+
+    def forget_task(self, ref) -> None:
+        """The task is over: no attempt points to it any more."""
+        for key in self.carried.pop(ref, []):
+            self.task_of.pop(key, None)
+        self.first_seen.pop(ref, None)
+
+    def ended(self, seed: int, k: int, payload: dict) -> bool:
+        """A group's attempt ended (a channel event): record it now, while its task goes on. True once its
+        end is on disk (the task is told the disk refused otherwise)."""
+        ref = self.task_of.get((seed, k))
+        if ref is None or (seed, k) not in self.running.get(ref, []):
+            return True                    # closed already (Ctrl-C)
+        self.running[ref].remove((seed, k))
+        result: AttemptResult = payload["result"]
+        kept = self.write_files(seed, k, payload.get("files") or {})
+        self.end_attempt(seed, k, result, result.infra_failure, result.error, kept, pumped=True)
+        self.ended_early[(seed, k)] = (result.artifacts, self.ledger.state(seed))
+        att = self.ledger.attempt(seed, k)
+        return not self.ledger.unsaved and att is not None and att.get("ended") is not None
+
+    def end_attempt(self, seed: int, k: int, result: AttemptResult, infra: bool, error: str | None, kept: bool,
+                    pumped: bool = False) -> None:
+        """Record how an attempt ended and what happens to its seed (`pumped`: its events are in already)."""
+        adir = self.attempt_dir(seed, k)
         timed_out = result.timed_out or result.exit_code == 124
         if (seed, k) in self.overdue:
             infra, timed_out = False, True
@@ -371,9 +567,10 @@ class Driver:
         if self.procs.get((seed, k), ("", 0))[0] == self.host or (seed, k) in self.overdue:
             kill_marked(attempt_marker(str(self.run_dir), seed, k))   # nothing of it survives on this host
         if (seed, k) in self.aborting:
-            self.finish_aborted(seed, k, result)
+            self.finish_aborted(seed, k, result, pumped)
             return
-        self.pump_events()
+        if not pumped:
+            self.pump_events()
         kept = self.close_log(seed, k) and kept
         watch = self.watches.pop((seed, k), None) or LogWatch()
         self.scrub_artifacts(adir)
@@ -399,8 +596,10 @@ class Driver:
                   if getattr(result, k2) is not None}
         self.record(self.ledger.end_attempt, seed, k, state, exit_code=result.exit_code,
                     error=self.scrub(error) if error else None, **fields)
-        self.write_result(seed, k, result)
-        self.progress.attempt_ended(seed, k, state, self.ledger.last_attempt(seed)["error"])
+        self.write_result(seed, k, result.artifacts)
+        self.progress.attempt_ended(seed, k, state, self.ledger.attempt(seed, k)["error"])
+        if state == "pending":
+            self.relaunch.append(seed)
 
     def job_failure(self, seed: int, result: AttemptResult, error: str | None, timed_out: bool,
                     watch: LogWatch) -> tuple[str, str]:
@@ -442,9 +641,10 @@ class Driver:
         except OSError as e:
             self.storage_failed(storage.named(e, adir / "artifacts"))
 
-    def write_result(self, seed: int, k: int, result: AttemptResult) -> None:
-        att = dict(self.ledger.last_attempt(seed))
-        att.update(seed=seed, state=self.ledger.state(seed), artifacts=result.artifacts)
+    def write_result(self, seed: int, k: int, artifacts: list[str], state: str | None = None) -> None:
+        """result.json: the attempt's ledger entry, the seed's state after it (`state`, else now), artifacts."""
+        att = dict(self.ledger.attempt(seed, k) or {})
+        att.update(seed=seed, state=state or self.ledger.state(seed), artifacts=artifacts)
         path = self.attempt_dir(seed, k) / "result.json"
         try:
             with storage.writing(path):
@@ -460,28 +660,42 @@ class Driver:
     # --- early abort (runner/abort.py) -----------------------------------------------------------
     def check_abort(self, seed: int, k: int, text: str) -> None:
         """A line of a running attempt: cancel the attempt when the abort policy says so (the same cancel
-        as Ctrl-C: the task's backend kills the job or terminates the pod on its way out)."""
+        as Ctrl-C: the task's backend kills the job or terminates the pod on its way out). On a machine
+        shared with other attempts still to run, only this attempt is cancelled; the machine goes on."""
         verdict = self.abort.watch.line(seed, k, text)
         if verdict is None:
             return
-        ref = next((r for r, key in self.running.items() if key == (seed, k)), None)
-        if ref is None:
+        ref = self.task_of.get((seed, k))
+        if ref is None or (seed, k) not in self.running.get(ref, []):
             return
-        self.aborting[(seed, k)] = (verdict, time.monotonic())
-        self.progress.say(f"[seed {seed}] {verdict.reason()}; cancelling attempt {k}")
-        ray.cancel(ref, force=False)
+        shared = len(self.running[ref]) > 1
+        self.aborting[(seed, k)] = (verdict, time.monotonic(), "attempt" if shared else "task")
+        self.progress.say(f"[seed {seed}] {verdict.reason()}; cancelling attempt {k}"
+                          + (" (the pod goes on with its next seed)" if shared else ""))
+        if shared:
+            self.channel.cancel.remote(seed, k)
+        else:
+            ray.cancel(ref, force=False)
 
     def force_aborted(self) -> None:
-        """An aborted attempt whose task did not stop within CANCEL_GRACE_S is force-cancelled."""
+        """An aborted attempt that did not stop within CANCEL_GRACE_S: its task is cancelled (an attempt
+        cancelled alone on a shared machine first), then force-cancelled."""
         now = time.monotonic()
-        for ref, key in self.running.items():
-            if key in self.aborting and now - self.aborting[key][1] > CANCEL_GRACE_S:
-                self.aborting[key] = (self.aborting[key][0], math.inf)
+        for key, (verdict, since, how) in list(self.aborting.items()):
+            ref = self.task_of.get(key)
+            if ref is None or key not in self.running.get(ref, []) or now - since <= CANCEL_GRACE_S:
+                continue
+            if how == "attempt":           # the machine did not stop it: the task goes, with its other seeds
+                self.aborting[key] = (verdict, now, "task")
+                ray.cancel(ref, force=False)
+            else:
+                self.aborting[key] = (verdict, math.inf, "forced")
                 ray.cancel(ref, force=True)
 
-    def finish_aborted(self, seed: int, k: int, result: AttemptResult) -> None:
-        verdict = self.aborting[(seed, k)][0]
-        self.pump_events()                 # a RunPod task's last meta (cost, pod_terminated) comes first
+    def finish_aborted(self, seed: int, k: int, result: AttemptResult, pumped: bool = False) -> None:
+        verdict = self.aborting.pop((seed, k))[0]
+        if not pumped:
+            self.pump_events()             # a RunPod task's last meta (cost, pod_terminated) comes first
         self.close_log(seed, k)
         self.watches.pop((seed, k), None)
         self.scrub_artifacts(self.attempt_dir(seed, k))
@@ -489,15 +703,16 @@ class Driver:
                   if getattr(result, k2) is not None}
         self.record(self.ledger.end_attempt, seed, k, "aborted", exit_code=result.exit_code,
                     error=verdict.reason(), **fields)
-        att = self.ledger.last_attempt(seed)
+        att = self.ledger.attempt(seed, k)
         self.record(self.ledger.update_attempt, seed, k, abort={**verdict.to_dict(), **self.abort.savings(verdict, att)})
         self.abort.watch.forget(seed, k)
-        self.write_result(seed, k, result)
-        self.progress.attempt_ended(seed, k, "aborted", verdict.reason(), self.ledger.last_attempt(seed)["abort"])
+        self.write_result(seed, k, result.artifacts)
+        self.progress.attempt_ended(seed, k, "aborted", verdict.reason(), self.ledger.attempt(seed, k)["abort"])
 
     # --- the loop -----------------------------------------------------------------------------
     def setup(self) -> None:
-        """Once per batch: the event channel on the driver's node, the script in Ray's object store."""
+        """Once per batch: the event channel on the driver's node, the script in Ray's object store, what
+        the backend's tasks need (Ray options, how many attempts one task carries)."""
         if self.channel is not None:
             return
         self.driver_node = ray.get_runtime_context().get_node_id()
@@ -507,15 +722,14 @@ class Driver:
         self.script_ref = ray.put(self.script_path.read_bytes())
         self.options = dict(self.backend.ray_options())
         self.options.setdefault("max_retries", 0)
+        self.per_task = max(1, int(self.backend.attempts_per_task()))
         self.ev_ref = self.channel.drain.remote(EVENT_WAIT_S)   # one drain outstanding, across waves
 
     def run(self, seeds: list[int]) -> None:
         """Run every given seed that is not done yet until it succeeds, fails for good or is aborted
         (called once per batch, or once per wave of an adaptive batch)."""
         self.setup()
-        queue = [s for s in seeds if self.ledger.state(s) not in DONE_STATES]
-        for s in queue:
-            self.launch(s)   # Ray queues what the cluster cannot hold yet
+        self.launch_all([s for s in seeds if self.ledger.state(s) not in DONE_STATES])   # Ray queues the rest
         while self.running:
             ready, _ = ray.wait(list(self.running) + [self.ev_ref], num_returns=1, timeout=POLL_S)
             if self.ev_ref in ready:          # events wake the loop at once (a meta waits for its ack)
@@ -527,24 +741,26 @@ class Driver:
                 self.force_aborted()
             self.retry_writes()
             for ref in ready:
-                seed, _k = self.running[ref]
                 self.finish(ref)
-                if self.ledger.state(seed) == "pending":
-                    self.launch(seed)        # not once the disk refused a write
+            again, self.relaunch = self.relaunch, []
+            self.launch_all([s for s in again if self.ledger.state(s) == "pending"])   # not once the disk refused
         self.retry_writes()
 
     def cancel_overdue(self) -> None:
         """Backstop for a backend that misses its own deadline (a hung API call, a lost node that Ray
-        has not noticed): force-cancel attempts that run far past it."""
+        has not noticed): force-cancel tasks that run far past it (a group: past all its attempts')."""
         now = time.monotonic()
-        for ref, key in self.running.items():
-            t = self.first_seen.get(key)
-            if t is not None and key not in self.overdue and now - t > self.timeout_s + OVERDUE_GRACE_S:
-                self.overdue.add(key)
-                ray.cancel(ref, force=True)
+        for ref, left in self.running.items():
+            t = self.first_seen.get(ref)
+            limit = len(self.carried[ref]) * self.timeout_s + OVERDUE_GRACE_S
+            if t is None or not left or any(key in self.overdue for key in left) or now - t <= limit:
+                continue
+            self.overdue.add(next((key for key in left if key in self.began), left[0]))
+            ray.cancel(ref, force=True)
 
     def interrupt(self) -> None:
-        """Ctrl-C: cancel every attempt, kill their processes, close the ledger consistently."""
+        """Ctrl-C: cancel every attempt, kill their processes, close the ledger consistently (the attempts
+        of a group that ended before are kept as they ended)."""
         refs = list(self.running)
         for ref in refs:
             try:
@@ -565,15 +781,17 @@ class Driver:
             except Exception:
                 pass
         self.backend.kill_local([pid for host, pid in self.procs.values() if host == self.host])
-        for seed, k in self.running.values():
-            kill_marked(attempt_marker(str(self.run_dir), seed, k))   # daemons the job left, on this host
+        for left in self.running.values():
+            for seed, k in left:
+                kill_marked(attempt_marker(str(self.run_dir), seed, k))   # daemons the job left, on this host
         try:
             self.pump_events()
         except Exception:
             pass
         for ref in refs:
-            seed, k = self.running.pop(ref)
-            self.close_log(seed, k)
-            self.record(self.ledger.end_attempt, seed, k, "pending", error=INTERRUPTED)
-            self.write_result(seed, k, AttemptResult(exit_code=None, error=INTERRUPTED))
+            for seed, k in self.running.pop(ref):
+                self.close_log(seed, k)
+                self.record(self.ledger.end_attempt, seed, k, "pending", error=INTERRUPTED)
+                self.write_result(seed, k, [])
+            self.forget_task(ref)
         self.record(self.ledger.close_dangling, INTERRUPTED)   # an attempt started in the instant of the Ctrl-C

@@ -28,7 +28,7 @@ BATCH = "batch.json"
 STATES = ("pending", "running", "succeeded", "failed", "aborted")
 DONE_STATES = ("succeeded", "aborted")   # never run again (an aborted seed is not retried, issue 12)
 ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exit_code", "error",
-                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort")
+                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort", "shared_pod")
 INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
 INTERRUPTED = "interrupted"
 
@@ -79,6 +79,10 @@ class Ledger:
     def last_attempt(self, seed: int) -> dict[str, Any] | None:
         a = self.attempts(seed)
         return a[-1] if a else None
+
+    def attempt(self, seed: int, attempt: int) -> dict[str, Any] | None:
+        """Attempt number `attempt` of the seed (not necessarily its last one)."""
+        return next((a for a in self.attempts(seed) if a["attempt"] == attempt), None)
 
     def next_attempt_number(self, seed: int) -> int:
         return max((a["attempt"] for a in self.attempts(seed)), default=0) + 1

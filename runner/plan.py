@@ -9,7 +9,9 @@ and how likely the success boundary is crossed there.
 Cost model (stated in the output). One seed occupies its machine for the spec's training + evaluation
 budgets ([limits] train_seconds + eval_seconds); on RunPod each pod also pays its set-up once
 ([runpod] setup_s: pod start, data, compile caches), so K seeds per pod pay ⌈n/K⌉ set-ups instead of n,
-and take K times as long. The price is the spec's [runpod] price_per_hour, else a documented default:
+and take K times as long. K is the spec's [runpod] seeds_per_pod unless --seeds-per-pod says otherwise. Only
+seeds launched together share a pod (runner/driver.py groups each launch): an adaptive batch's waves are
+priced one after another, each on pods of its own (`launches`). The price is the spec's [runpod] price_per_hour, else a documented default:
 RunPod's list price for the H100 SXM on SECURE cloud at the time of writing, $2.69 per GPU-hour (8 GPUs:
 $21.52/h); the output says which. On the Ray backend there is no price: hours only (node-hours, and the
 wall-clock when every seed runs at once).
@@ -56,22 +58,49 @@ def costing(spec, seeds_per_pod: int) -> dict[str, Any]:
             "hours_meaning": "node-hours (train + eval budget per seed); wall_hours: every seed at once"}
 
 
-def seed_cost(c: dict, n: int, seeds_per_pod: int | None = None) -> dict[str, float | None]:
-    """{cost_usd, hours, wall_hours} of n seeds under costing `c` (K seeds per pod: `seeds_per_pod`)."""
+def launches(spec, n: int) -> list[int]:
+    """How the batch's last `n` seeds are launched: their counts per launch, in order. An adaptive batch
+    launches wave by wave (looks 3, 5, 8: waves of 3, 2, 3), the first wave cut to what is left of it (a
+    resumed batch's unfinished seeds), and a wave starts once the one before has ended; any other batch
+    launches all its seeds at once."""
+    if spec is None or spec.adaptive is None:
+        return [n] if n > 0 else []
+    looks = spec.adaptive.looks()
+    waves = [b - a for a, b in zip((0,) + looks, looks)]
+    out: list[int] = []
+    for size in reversed(waves):
+        if n <= 0:
+            break
+        out.insert(0, min(size, n))
+        n -= size
+    return out
+
+
+def seed_cost(c: dict, n: int, seeds_per_pod: int | None = None, waves: list[int] | None = None
+              ) -> dict[str, float | None]:
+    """{cost_usd, hours, wall_hours} of n seeds under costing `c` (K seeds per pod: `seeds_per_pod`),
+    launched all at once or in `waves` (counts adding up to n, one wave after another: seeds of different
+    waves never share a pod, and the wall-clock adds up)."""
     from results.power import cost
     k = c["seeds_per_pod"] if seeds_per_pod is None else seeds_per_pod
-    hours, wall = cost(n, c["hours_per_seed"], 1.0, k, c["setup_hours"])    # at $1/h the dollars are hours
+    hours = wall = 0.0
+    for size in waves or [n]:
+        h, w = cost(size, c["hours_per_seed"], 1.0, k, c["setup_hours"])    # at $1/h the dollars are hours
+        hours, wall = hours + h, wall + w
     usd = None if c["usd_per_hour"] is None else hours * c["usd_per_hour"]
     return {"cost_usd": None if usd is None else round(usd, 2), "hours": round(hours, 3),
             "wall_hours": round(wall, 3)}
 
 
 def plan_batch(baseline, improvement: float, std: float | None = None, policy: str | None = None,
-               max_seeds: int = 8, spec=None, seeds_per_pod: int = 1) -> dict[str, Any]:
+               max_seeds: int = 8, spec=None, seeds_per_pod: int | None = None) -> dict[str, Any]:
     """The `pgolf plan --json` dict: results.power.plan's keys, then cost_usd / hours for the seeds that
     reach 80% power (null when none within max_seeds or no spec), and a "cost" object per seed count; with
-    an [adaptive] spec an "adaptive" object per look."""
+    an [adaptive] spec an "adaptive" object per look. `seeds_per_pod` None: the spec's own [runpod]
+    seeds_per_pod, so that the cost shown is what the backend will run."""
     from results.power import plan
+    if seeds_per_pod is None:
+        seeds_per_pod = spec.runpod.seeds_per_pod if spec is not None else 1
     if isinstance(seeds_per_pod, bool) or not isinstance(seeds_per_pod, int) or seeds_per_pod < 1:
         raise PgolfError(f"--seeds-per-pod {seeds_per_pod!r}: must be a whole number >= 1")
     if baseline is None:
@@ -112,13 +141,14 @@ def adaptive_plan(spec, baseline, improvement: float, std: float | None, policy:
     rng = np.random.default_rng(12)
     values = rng.normal(s.mean, s.std, size=(SIMULATION_DRAWS, design.max_seeds))
     alive = np.ones(SIMULATION_DRAWS, dtype=bool)
+    waves = launches(spec, design.max_seeds)            # one per look: the seeds it adds
     looks = []
     for row in table:
         n = row["n"]
         crossed = alive & (s.p_values(values[:, :n]) < row["p"]) if row["p"] > 0 else np.zeros_like(alive)
         stop_here = crossed if n < design.max_seeds else alive.copy()
         looks.append({**row, "p_first_cross": float(crossed.mean()), "p_stop_here": float(stop_here.mean()),
-                      **seed_cost(c, n)})
+                      **seed_cost(c, n, waves=waves[:len(looks) + 1])})        # the waves up to this look
         alive &= ~crossed
     expected_n = sum(l["n"] * l["p_stop_here"] for l in looks)
     exp = {k: sum(l[k] * l["p_stop_here"] for l in looks) if looks[0][k] is not None else None

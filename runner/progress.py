@@ -266,8 +266,9 @@ class BatchProgress:
         Console(file=sys.stdout).print(self.final_table(ledger))
 
 
-def ledger_notes(ledger) -> list[str]:
-    """`pgolf status` below the table: an adaptive batch's waves and outcome, and what early aborts saved."""
+def ledger_notes(ledger, rehearsal: bool = False) -> list[str]:
+    """`pgolf status` below the table: an adaptive batch's waves and outcome, the pods shared by several
+    seeds and how their cost was split, and what early aborts saved."""
     out = []
     st = ledger.data.get("adaptive")
     if st:
@@ -279,10 +280,21 @@ def ledger_notes(ledger) -> list[str]:
         o = st.get("outcome")
         out.append(f"  outcome: {o['action']} after wave {o['wave']}, {o['seeds_run']} of up to {o['max_seeds']} "
                    f"seeds run; {o['p_report']}" if o else "  outcome: not stopped yet (`pgolf resume` goes on)")
+    pods: dict[str, list[tuple[int, dict]]] = {}
+    for s, a in ledger.all_attempts():
+        if a.get("pod_id") and isinstance(a.get("shared_pod"), dict):
+            pods.setdefault(a["pod_id"], []).append((s, a))
+    for pod, atts in pods.items():
+        total = atts[0][1]["shared_pod"].get("pod_cost_usd")
+        shares = ", ".join(f"seed {s} " + _usd(a.get("cost_usd"), rehearsal) for s, a in atts)
+        out.append(f"pod {pod} shared by {len(atts)} seeds one after another: cost "
+                   + (f"{_usd(total, rehearsal)} split as {shares} (each its own run time plus an equal share "
+                      f"of the set-up)" if total is not None else "not known yet (the pod is not gone)"))
     for s, a in ledger.all_attempts():
         ab = a.get("abort")
         if ab:
-            saved = f"${ab['saved_usd']:.2f}" if ab.get("saved_usd") is not None else f"{ab.get('saved_hours', 0):.2f} h"
+            saved = _usd(ab["saved_usd"], rehearsal) if ab.get("saved_usd") is not None else \
+                f"{ab.get('saved_hours', 0):.2f} h"
             out.append(f"seed {s} attempt {a['attempt']} aborted at {ab['train_time_s']:.0f} s of training: loss "
                        f"{ab['loss']:.4f} vs the record's {ab['record_loss']:.4f} (margin {ab['margin']:g}); "
                        f"saved about {saved}")
@@ -301,7 +313,8 @@ def status_table(ledger, rehearsal: bool = False, driver_alive: bool = True) -> 
     it ran, its exit, where (node or pod id), for pods what they cost (billed by RunPod or estimated; a
     rehearsal's cost is fake) and whether the pod was verified gone; the attempts' errors in full below.
     With no live driver (runner/lock.py), a seed the ledger still calls running shows as `running (driver
-    dead)`. Fits 80 columns."""
+    dead)`. An attempt on a pod shared by several seeds shows its place there (`[2/3]`: the second of
+    three) and its share of the pod's cost; `ledger_notes` says who shared each pod. Fits 80 columns."""
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
     for col in ("seed", "state", "att", "time", "exit"):
         t.add_column(col, no_wrap=True)
@@ -316,7 +329,7 @@ def status_table(ledger, rehearsal: bool = False, driver_alive: bool = True) -> 
             t.add_row(str(s) if i == 0 else "", state if i == 0 else "", str(a.get("attempt") or "-"),
                       f"{_clock(a.get('started'))}-{_clock(a.get('ended'))}" if a else "-",
                       "-" if a.get("exit_code") is None else str(a["exit_code"]),
-                      a.get("pod_id") or _short_node(a.get("node")), _cost(a, rehearsal), _terminated(a))
+                      _where(a), _cost(a, rehearsal), _terminated(a))
             if a.get("error"):
                 errors.append(Text(f"seed {s} attempt {a.get('attempt')}: {a['error']}"))
     return Group(t, *errors)
@@ -327,12 +340,25 @@ def _clock(iso: str | None) -> str:
     return iso[11:16] if iso and len(iso) >= 16 else "…"
 
 
-def _cost(a: dict, rehearsal: bool) -> str:
-    usd = a.get("cost_usd")
+def _where(a: dict) -> str:
+    """The attempt's pod (with its place on a shared pod) or node."""
+    if not a.get("pod_id"):
+        return _short_node(a.get("node"))
+    shared = a.get("shared_pod")
+    place = f" [{shared.get('position')}/{len(shared.get('attempts') or [])}]" if isinstance(shared, dict) else ""
+    return a["pod_id"] + place
+
+
+def _usd(usd: float | None, rehearsal: bool) -> str:
     if usd is None:
         return "-"
-    kind = "billed" if a.get("cost_source") == "billed" else "est."
-    return f"fake {usd:.2f} {kind}" if rehearsal else f"${usd:.2f} {kind}"
+    return f"fake {usd:.2f}" if rehearsal else f"${usd:.2f}"
+
+
+def _cost(a: dict, rehearsal: bool) -> str:
+    if a.get("cost_usd") is None:
+        return "-"
+    return f"{_usd(a['cost_usd'], rehearsal)} {'billed' if a.get('cost_source') == 'billed' else 'est.'}"
 
 
 def _terminated(a: dict) -> str:

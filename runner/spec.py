@@ -120,6 +120,7 @@ class RunPodSettings(_Section):
     volume_path: str = "/workspace"                # where the network volume is mounted in the pod
     price_per_hour: float | None = Field(None, ge=0)   # $ per pod-hour for the estimate; None: RunPod's list price
     setup_s: float = Field(900, ge=0)              # pod start + data + compile: for the estimate and the backstop
+    seeds_per_pod: int = Field(1, ge=1)            # seeds one after another on one pod, after one set-up
     setup_command: str = ""                        # shell command on the pod before the data (pip install ...)
     data_repo: str = ""                            # Hugging Face dataset repo of the variant ("": the known one)
     data_remote_root: str = ""                     # export folder inside it ("": the known ones are tried)

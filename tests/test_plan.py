@@ -98,3 +98,25 @@ def test_bad_input_is_one_line(tmp_path, capsys):
                  "--seeds-per-pod", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--seeds-per-pod" in err
+
+
+def test_the_specs_seeds_per_pod_is_what_plan_prices(tmp_path, capsys):
+    """No --seeds-per-pod: the spec's [runpod] seeds_per_pod, as the backend will run it (4 seeds by 3: two
+    pods of 2); an adaptive batch's waves never share a pod (the driver groups each wave on its own)."""
+    body = ('backend = "runpod"\n[baseline]\nref = 1.0614\npolicy = "rule"\n'
+            '[limits]\ntrain_seconds = 600\neval_seconds = 600\n'
+            '[runpod]\nprice_per_hour = 10.0\nsetup_s = 900\nseeds_per_pod = 3\n')
+    job = spec(tmp_path, body)
+    c = run_json(capsys, "--std", 0.0007, "--improvement", 0.0035, "--spec", job, "--max-seeds", 4)["cost"]
+    assert c["seeds_per_pod"] == 3 and "one_per_pod" in c
+    assert c["by_n"]["3"]["cost_usd"] == pytest.approx((900 + 3 * 1200) / 3600 * 10, abs=0.01)
+    assert c["by_n"]["4"]["cost_usd"] == pytest.approx((2 * 900 + 4 * 1200) / 3600 * 10, abs=0.01)
+    one = run_json(capsys, "--std", 0.0007, "--improvement", 0.0035, "--spec", job, "--max-seeds", 4,
+                   "--seeds-per-pod", 1)["cost"]
+    assert one["seeds_per_pod"] == 1 and "one_per_pod" not in one and one["by_n"]["4"] == c["one_per_pod"]["4"]
+
+    job.write_text(job.read_text() + "[adaptive]\nmin = 2\nmax = 6\n")   # 3 waves of 2: 3 pods, not 2 of 3
+    looks = run_json(capsys, "--std", 0.0007, "--improvement", 0.0035, "--spec", job)["adaptive"]["looks"]
+    wave = (900 + 2 * 1200) / 3600
+    assert [(l["n"], l["cost_usd"], l["wall_hours"]) for l in looks] == [
+        (n, pytest.approx(n / 2 * wave * 10, abs=0.01), pytest.approx(n / 2 * wave, abs=1e-3)) for n in (2, 4, 6)]

@@ -11,13 +11,18 @@ must reach the ledger before anything else happens (`meta`: the node, a pod id; 
 ledger holding them is on disk), and job processes it started on this host (`process`), so the driver can
 still kill them if the task itself is force-cancelled.
 
+One task may carry several attempts (of different seeds) when the backend says so (`attempts_per_task`,
+RunPod's `seeds_per_pod`): `run_group` runs them one after another on one machine after a single set-up,
+with one `Events` per attempt, and yields each attempt's result as it ends, so that a machine lost later
+never takes the results it already produced with it.
+
 Standard library only: the backends' contract must be importable without Ray, torch or pandas.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Iterator, Literal, Protocol
 
 ClusterAction = Literal["up", "status", "down"]
 
@@ -73,6 +78,12 @@ class Events(Protocol):
     def process(self, host: str, pid: int) -> None:
         """A job process this attempt started on `host` (handed back to `Backend.kill_local` after Ctrl-C)."""
 
+    def cancel_requested(self) -> bool:
+        """The driver wants this attempt stopped while its task goes on with the other attempts it carries
+        (an early abort of one seed on a machine shared by several; `run_group` asks it for the attempt it
+        is running). A task carrying one attempt is cancelled as a whole instead, so `run_attempt` need not
+        ask."""
+
 
 class Backend(Protocol):
     name: str        # recorded in every ledger attempt: "ray" | "runpod"
@@ -96,6 +107,18 @@ class Backend(Protocol):
 
     def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
         """Run one seed attempt to the end (inside a Ray task); raise InfraFailure when the machine failed."""
+
+    def attempts_per_task(self) -> int:
+        """How many attempts (of different seeds) one task may carry, run one after another on one machine
+        after a single set-up; 1 for a backend that gives every attempt a machine of its own."""
+
+    def run_group(self, attempts: list[AttemptSpec], events: list[Events]) -> Iterator[tuple[int, AttemptResult]]:
+        """Only when attempts_per_task() > 1, for 2..attempts_per_task() attempts (inside one Ray task): run
+        them one after another on one machine after one set-up, each with its own `events`, and yield
+        (index, result) as each one ends, its artifacts in its own attempt_dir. The machine id reaches every
+        attempt's ledger entry (`meta`) before the machine is used. An exception ends the attempts not yet
+        yielded (InfraFailure: the machine failed, they run again elsewhere); the ones yielded keep their
+        results. Nothing may be left running on any path out, also when the caller closes the generator."""
 
     def kill_local(self, pids: list[int]) -> None:
         """After Ctrl-C: stop job processes (reported through Events.process on the driver's host) that

@@ -90,6 +90,10 @@ class RayNodeBackend:
     def stop(self) -> None:
         pass
 
+    def attempts_per_task(self) -> int:
+        """One attempt per task: a Ray node's set-up is the node itself, nothing to share."""
+        return 1
+
     def kill_local(self, pids: list[int]) -> None:
         for pid in pids:
             JobProcesses(pid).kill(grace_s=5.0)

@@ -9,6 +9,14 @@ after a drop with no line lost or doubled) -> artifacts downloaded from the pod'
 verify gone, in a `finally` that no exception skips -> what the pod cost, from RunPod's billing records
 (the price x lifetime estimate kept beside it, and used when no record comes).
 
+Several seeds per pod (`[runpod] seeds_per_pod = K`, `run_group`): one pod, set up once, runs the attempts
+of up to K seeds one after another (the bootstrap keeps its work folder, data and compile caches between
+them). Every attempt's ledger entry gets the pod id before the pod is used; the pod's log is routed to the
+seed it is running (the bootstrap's `run I/N` lines); each attempt is yielded to the driver as soon as its
+artifacts are down, so a pod lost later keeps what it finished. The pod is terminated and verified gone
+once, after its last seed or on any way out, and its cost is split across its attempts (`split_cost`),
+each marked `shared_pod`.
+
 Before the batch: what RunPod has in stock and at what price (one line), `max_pods` from the account's spend
 limit at that price when the spec does not set it, and the cost estimate against the balance. With
 rehearse=True the session runs the fake RunPod (fake.py) with its state in the run directory.
@@ -16,21 +24,22 @@ rehearse=True the session runs the fake RunPod (fake.py) with its state in the r
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
 from results.errors import PgolfError
 from results.files import atomic_write
 from results.secrets import is_secret_name
-from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Events, InfraFailure
+from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Events, InfraFailure, NotRecorded
 from runner.backends.runpod import api, shipping
-from runner.backends.runpod.bootstrap import DONE_PREFIX
+from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
                                               billed_cost, check_alive, create, max_pods_for, offer, pod_name,
                                               reap_leftovers, terminate_verified, wait_running)
@@ -128,19 +137,27 @@ class RunPodBackend:
 
     def estimate(self, n_seeds: int) -> str:
         """The cost line; PgolfError (numbers in the message) when the balance is under twice the batch
-        estimate: seeds x (train + eval + setup) x the pod's price. Without a balance (GraphQL retired) the
-        line says so and the estimate is all there is to go by."""
+        estimate: seeds x (train + eval + setup) x the pod's price, or with K seeds per pod one set-up per
+        pod, the pods made as the driver makes them (each launch, an adaptive batch's wave, split into
+        ⌈wave/K⌉ pods: runner.plan.launches, priced as `pgolf plan` prices it). Without a balance (GraphQL
+        retired) the line says so and the estimate is all there is to go by."""
+        from runner.plan import launches
         s, limits = self.settings, self.spec.limits
-        hours = (limits.train_seconds + limits.eval_seconds + s.setup_s) / 3600
+        seed_h, setup_h = (limits.train_seconds + limits.eval_seconds) / 3600, s.setup_s / 3600
         price = self.price()
-        estimate = n_seeds * hours * price
+        pods = sum(math.ceil(w / s.seeds_per_pod) for w in launches(self.spec, n_seeds))
+        estimate = price * (pods * setup_h + n_seeds * seed_h)
         with self.session.open().client() as c:
             try:
                 balance = c.balance()
             except api.ApiError as e:
                 raise PgolfError(str(e)) from None
         m = self._money
-        msg = f"RunPod: {n_seeds} seed(s) x {hours:.2f} h x {m(price, '/h')} = {m(estimate)} estimated"
+        if s.seeds_per_pod == 1:
+            msg = f"RunPod: {n_seeds} seed(s) x {seed_h + setup_h:.2f} h x {m(price, '/h')} = {m(estimate)} estimated"
+        else:
+            msg = (f"RunPod: {n_seeds} seed(s), up to {s.seeds_per_pod} per pod: {pods} pod(s) x {setup_h:.2f} h "
+                   f"set-up + {n_seeds} x {seed_h:.2f} h, x {m(price, '/h')} = {m(estimate)} estimated")
         if balance is None:
             return msg + "; balance unknown (RunPod's GraphQL API is gone): no balance check, the estimate only"
         msg += f"; balance {m(balance)}"
@@ -156,6 +173,10 @@ class RunPodBackend:
 
     def kill_local(self, pids: list[int]) -> None:
         """Nothing runs locally: each task terminates its pod on its way out, `pgolf cluster gc` the rest."""
+
+    def attempts_per_task(self) -> int:
+        """[runpod] seeds_per_pod: the seeds one pod runs one after another after a single set-up."""
+        return self.settings.seeds_per_pod
 
     def cluster(self, action: ClusterAction, runs_dir: Path, yes: bool) -> int:
         from runner.backends.runpod import cluster
@@ -182,23 +203,27 @@ class RunPodBackend:
             finally:
                 client.close()
 
-    def create_request(self, name: str, attempt: AttemptSpec, token: str) -> api.CreatePod:
+    def create_request(self, name: str, attempt: AttemptSpec | list[AttemptSpec], token: str) -> api.CreatePod:
+        """The pod for one attempt, or for a group run one after another (`run_group`)."""
         s = self.settings
+        attempts = attempt if isinstance(attempt, list) else [attempt]
         mounts = (api.Mounts(network=[api.NetworkMount(volume_id=s.network_volume, path=s.volume_path)])
                   if s.network_volume else None)
         ports = [f"{SYMMETRIC_PORT}/tcp"] + ([] if self.rehearse else [f"{PROXY_PORT}/http"])
         return api.CreatePod(name=name, image=s.image, args=shipping.START_COMMAND,
-                             env=shipping.pod_env(attempt.script_path, self.job(attempt), token), ports=ports,
+                             env=shipping.pod_env(attempts[0].script_path, self.job(*attempts), token), ports=ports,
                              disk=s.container_disk_gb, cloud=s.cloud_type, data_center_ids=s.data_centers or None,
                              mounts=mounts, **self.shape.compute())
 
-    def job(self, attempt: AttemptSpec) -> dict:
-        """What the bootstrap does on the pod (JSON in the pod's environment)."""
+    def job(self, attempt: AttemptSpec, *more: AttemptSpec) -> dict:
+        """What the bootstrap does on the pod (JSON in the pod's environment); with `more` attempts, one run
+        per attempt, one after another (`runs`), the backstop counting every run's deadline."""
         s, data = self.settings, self.spec.data
-        return {"launcher": self.spec.launcher, "env": job_env(self.spec, attempt),
+        group = (attempt, *more)
+        out = {"launcher": self.spec.launcher, "env": job_env(self.spec, attempt),
                 "nproc_per_node": self.spec.nproc_per_node, "gpu_type": None if s.cpu else s.gpu_type,
                 "gpu_count": 0 if s.cpu else s.gpu_count, "deadline_s": attempt.timeout_s,
-                "backstop_s": s.setup_s + attempt.timeout_s + s.backstop_grace_s,
+                "backstop_s": s.setup_s + sum(a.timeout_s for a in group) + s.backstop_grace_s,
                 "collect_grace_s": REHEARSAL_COLLECT_GRACE_S if self.rehearse else s.collect_grace_s,
                 "setup_command": s.setup_command, "min_triton": s.min_triton, "rehearse": self.rehearse,
                 "script_name": "train_gpt.py", "tcp_port": SYMMETRIC_PORT,
@@ -207,6 +232,10 @@ class RunPodBackend:
                 "data": {"variant": data.variant if data.variant in OFFICIAL_VARIANTS else None,
                          "repo": s.data_repo, "remote_root": s.data_remote_root,
                          "train_shards": s.train_shards, "command": data.prepare}}
+        if more:
+            del out["env"], out["deadline_s"]
+            out["runs"] = [{"env": job_env(self.spec, a), "deadline_s": a.timeout_s} for a in group]
+        return out
 
     def _drive(self, client: api.RunPodClient, pod: api.Pod, attempt: AttemptSpec, token: str,
                events: Events) -> AttemptResult:
@@ -253,8 +282,10 @@ class RunPodBackend:
                 time.sleep(self.timing.poll_s)
 
     @staticmethod
-    def _download(http: httpx.Client, base: str, artifacts: list[dict], attempt_dir: str) -> list[str]:
-        """Every artifact of the run into attempt_dir/artifacts/, each written atomically."""
+    def _download(http: httpx.Client, base: str, artifacts: list[dict], attempt_dir: str,
+                  run: int | None = None) -> list[str]:
+        """Every artifact of the run (of a shared pod: of its run `run`) into attempt_dir/artifacts/, each
+        written atomically."""
         got = []
         root = Path(attempt_dir) / "artifacts"
         for a in artifacts:
@@ -262,7 +293,8 @@ class RunPodBackend:
             if rel.startswith(("/", "..")) or "/../" in rel:
                 continue
             dest = Path(attempt_dir) / rel if rel.startswith("artifacts/") else root / rel
-            r = http.get(f"{base}/artifact", params={"path": rel}, timeout=600)
+            params = {"path": rel} if run is None else {"path": rel, "run": run}
+            r = http.get(f"{base}/artifact", params=params, timeout=600)
             r.raise_for_status()
             atomic_write(dest, r.content)
             got.append(str(dest.relative_to(attempt_dir)))
@@ -295,23 +327,203 @@ class RunPodBackend:
                 result.pod_terminated, result.cost_usd = gone, cost
                 result.cost_source, result.cost_estimate_usd = source, estimate
 
+    # ---- several attempts on one pod, inside one Ray task
+    def run_group(self, attempts: list[AttemptSpec], events: list[Events]) -> Iterator[tuple[int, AttemptResult]]:
+        """The attempts one after another on one pod after one set-up; (index, result) as each ends."""
+        first = attempts[0]
+        group = _Group(attempts, events)
+        client = self.session.client(first.env, notify=lambda m: group.line(f"pgolf-runpod: {m}"))
+        name = pod_name(first.run_dir, first.seed, first.attempt)
+        token = secrets.token_hex(16)
+        pod: api.Pod | None = None
+        try:
+            events[0].meta(started=now_iso())   # the set-up is the first attempt's (the others start later)
+            reap_leftovers(client, first.run_dir, events[0].line)
+            pod = create(client, self.create_request(name, attempts, token), self.timing, events[0].line)
+            group.usd_per_hour = pod.cost
+            for i, ev in enumerate(events):     # durable in every attempt's entry before the pod is used
+                ev.meta(pod_id=pod.id, shared_pod=group.shared(i), **({"node": f"runpod:{pod.id}"} if i == 0 else {}))
+            events[0].line(f"pgolf-runpod: pod {pod.id} ({name}) created: {self.shape}, "
+                           f"{self._money(pod.cost, '/h')}; it runs {group.names()} one after another")
+            for i, ev in enumerate(events[1:], 1):
+                ev.line(f"pgolf-runpod: queued on pod {pod.id}, after {group.names(upto=i)}")
+            yield from self._drive_group(client, pod, token, group)
+        finally:
+            try:
+                self._finish_group(client, pod, name, group)
+            finally:
+                client.close()
+
+    def _drive_group(self, client: api.RunPodClient, pod: api.Pod, token: str,
+                     group: "_Group") -> Iterator[tuple[int, AttemptResult]]:
+        """Wait for the pod, send its data, then follow its runs: each one's start reaches its ledger entry,
+        each one's end is yielded once its log and artifacts are here; a cancel asked for the running one
+        is passed to the pod."""
+        t, s = self.timing, self.settings
+        attempts, events = group.attempts, group.events
+        pod, base = wait_running(client, pod.id, s.start_timeout_s, t)
+        events[0].line(f"pgolf-runpod: pod {pod.id} running; its server at {base}")
+        log = _LogFollower(self.session, attempts[0].env, pod, group, runs=len(attempts))
+        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            try:
+                self._status(http, base, client, pod.id, time.time())      # the bootstrap is up
+                shipping.upload(http, base, self.manifest(), events[0].line)
+                give_up = time.time() + s.setup_s + attempts[0].timeout_s + s.backstop_grace_s
+                last_ok, polls, nxt = time.time(), 0, 0
+                while nxt < len(attempts):
+                    polls += 1
+                    log.check()
+                    status = self._status(http, base, client, pod.id, last_ok)
+                    last_ok = time.time()
+                    for i in group.seen(status.get("runs") or []):       # runs that began since the last look
+                        if i > 0:
+                            events[i].meta(started=now_iso(), node=f"runpod:{pod.id}")
+                            give_up = time.time() + attempts[i].timeout_s + s.backstop_grace_s
+                    now = group.running()
+                    if now is not None and now not in group.cancelled and events[now].cancel_requested():
+                        group.cancelled.add(now)
+                        http.post(f"{base}/cancel", params={"run": now})
+                    while nxt < len(attempts) and group.state(nxt) == "done":
+                        yield nxt, self._collect(http, base, client, pod, group, nxt, log)
+                        nxt += 1
+                    if nxt == len(attempts):
+                        break
+                    if polls % POD_CHECK_EVERY == 0:
+                        check_alive(client, pod.id)
+                    if time.time() > give_up:
+                        a = attempts[nxt]
+                        yield nxt, AttemptResult(exit_code=124, error=f"attempt passed its deadline on pod {pod.id}",
+                                                 node=f"runpod:{pod.id}", pod_id=pod.id)
+                        raise InfraFailure(f"pod {pod.id} stopped with seed {a.seed} past its deadline; "
+                                           f"the seeds after it did not run")
+                    time.sleep(t.poll_s)
+            finally:
+                log.stop()
+
+    def _collect(self, http: httpx.Client, base: str, client: api.RunPodClient, pod: api.Pod, group: "_Group",
+                 i: int, log: "_LogFollower") -> AttemptResult:
+        """Run i ended on the pod: its log to its DONE line, its artifacts down (a pod gone meanwhile is an
+        InfraFailure), then the pod is told they are collected."""
+        log.wait_done(i + 1, LOG_DRAIN_S[self.rehearse])
+        info = group.runs[i]
+        try:
+            got = self._download(http, base, info.get("artifacts") or [], group.attempts[i].attempt_dir, run=i)
+        except httpx.HTTPError:
+            check_alive(client, pod.id)
+            raise
+        try:
+            http.post(f"{base}/collected", params={"run": i})
+        except httpx.HTTPError:
+            pass                       # only said in the pod's log
+        return AttemptResult(exit_code=info.get("exit_code"), error=info.get("error"), node=f"runpod:{pod.id}",
+                             pod_id=pod.id, artifacts=got)
+
+    def _finish_group(self, client: api.RunPodClient, pod: api.Pod | None, name: str, group: "_Group") -> None:
+        """Terminate the pod and verify it gone, once for the group; its cost (billed, else estimated)
+        split across its attempts (`split_cost`), each told through its own events."""
+        try:
+            ids = [pod.id] if pod else [p.id for p in client.find_pods(name)]
+        except Exception:  # noqa: BLE001 - the API is down; gc will find it by name
+            ids = []
+        left = terminate_verified(client, ids, self.timing)
+        if pod is None:
+            return
+        gone = pod.id not in left
+        lifetime = time.time() - (_epoch(pod.created_at) or time.time())
+        estimate = (pod.cost or self.price()) * lifetime / 3600
+        billed = billed_cost(client, pod.id, pod.created_at, self.timing) if gone and pod.created_at else None
+        cost, source = (billed, "billed") if billed is not None else (estimate, "estimate")
+        shares = split_cost([r.get("seconds") or 0.0 for r in group.runs], lifetime)
+        group.line(f"pgolf-runpod: pod {pod.id} " + ("terminated (verified gone)" if gone else
+                   "NOT verified terminated: run `pgolf cluster gc`") +
+                   f", cost {self._money(cost)} ({source}; estimate {self._money(estimate)}) shared by "
+                   f"{len(shares)} attempts" + (" [rehearsal: no money]" if self.rehearse else ""))
+        for i, ev in enumerate(group.events):
+            try:
+                ev.meta(pod_terminated=gone, cost_usd=round(cost * shares[i], 6), cost_source=source,
+                        cost_estimate_usd=round(estimate * shares[i], 6),
+                        shared_pod=group.shared(i, round(cost, 6), round(shares[i], 4)))
+            except NotRecorded:
+                pass                   # the driver's disk refused: it knows, and stops what it can
+
+
     def _money(self, usd: float, per: str = "") -> str:
         """Dollars, or a rehearsal's fake figure (never shown as money)."""
         return f"{usd:.4f}{per} fake" if self.rehearse else f"${usd:.2f}{per}"
 
 
+def split_cost(run_seconds: list[float], lifetime_s: float) -> list[float]:
+    """Each attempt's fraction of a shared pod's cost: the time its own run took on the pod, plus an equal
+    share of the rest of the pod's life (set-up, waits, termination), which every attempt needed alike.
+    An attempt the pod never ran pays its share of the set-up only; the fractions add up to 1."""
+    own = [max(0.0, float(x)) for x in run_seconds]
+    total = max(float(lifetime_s), sum(own))
+    if total <= 0:
+        return [1.0 / len(own)] * len(own)
+    rest = (total - sum(own)) / len(own)
+    return [(x + rest) / total for x in own]
+
+
+class _Group:
+    """A pod's attempts on the driver's side: their events, what the pod said of their runs, and the
+    seed its log is on now (the bootstrap's `run I/N` line moves it; pgolf's own lines follow it)."""
+
+    def __init__(self, attempts: list[AttemptSpec], events: list[Events]):
+        self.attempts, self.events = attempts, events
+        self.runs: list[dict] = [{} for _ in attempts]     # the pod's last /status of each run
+        self.current = 0
+        self.cancelled: set[int] = set()
+        self.usd_per_hour: float | None = None
+
+    def names(self, upto: int | None = None) -> str:
+        return ", ".join(f"seed {a.seed}" for a in self.attempts[:upto])
+
+    def shared(self, i: int, pod_cost: float | None = None, share: float | None = None) -> dict:
+        """The attempt's `shared_pod` ledger entry: who shared the pod, its place, the pod's price and, once
+        the pod is gone, its whole cost and this attempt's share of it."""
+        return {"attempts": [[a.seed, a.attempt] for a in self.attempts], "position": i + 1,
+                "usd_per_hour": self.usd_per_hour, "pod_cost_usd": pod_cost, "share": share}
+
+    def seen(self, runs: list[dict]) -> list[int]:
+        """Take the pod's /status of the runs; the indices of runs that began since the last look."""
+        began = [i for i, r in enumerate(runs[:len(self.runs)])
+                 if r.get("state") in ("running", "done") and self.runs[i].get("state") in (None, "waiting")]
+        for i, r in enumerate(runs[:len(self.runs)]):
+            self.runs[i] = r
+        return began
+
+    def state(self, i: int) -> str | None:
+        return self.runs[i].get("state")
+
+    def running(self) -> int | None:
+        return next((i for i, r in enumerate(self.runs) if r.get("state") == "running"), None)
+
+    def line(self, text: str) -> None:
+        """A line of the pod's log (or pgolf's own) to the attempt the pod is on now."""
+        if text.startswith(RUN_PREFIX):
+            try:
+                self.current = min(len(self.events), int(text[len(RUN_PREFIX):].split("/")[0])) - 1
+            except ValueError:
+                pass
+        self.events[self.current].line(text)
+
+
 class _LogFollower:
     """The pod's log, from RunPod's SSE stream into events.line, in a thread of its own (its own client):
-    every line once, across reconnects, until the bootstrap's DONE line or stop(). A failure of the API is
-    said in the log (the status poll goes on); a failure of the driver's side (events.line) is kept in
-    `failure` and raised in the attempt's own thread by `check()`, so the pod is terminated as usual."""
+    every line once, across reconnects, until the bootstrap's last DONE line (one per run: `runs` of them)
+    or stop(). A failure of the API is said in the log (the status poll goes on); a failure of the driver's
+    side (events.line) is kept in `failure` and raised in the attempt's own thread by `check()`, so the pod
+    is terminated as usual. `events` may be a `_Group`, which routes each line to its run's attempt."""
 
-    def __init__(self, session: Session, env: dict[str, str], pod: api.Pod, events: Events):
-        self.pod, self.events = pod, events
+    def __init__(self, session: Session, env: dict[str, str], pod: api.Pod, events: "Events | _Group",
+                 runs: int = 1):
+        self.pod, self.events, self.runs = pod, events, runs
         self.client = session.client(env, notify=lambda m: self._say(f"pgolf-runpod: {m}"))
         self.cursor = api.LogCursor()
         self.failure: BaseException | None = None
         self.done, self.stopped = threading.Event(), threading.Event()
+        self.dones = 0                                  # DONE lines seen: runs whose log is complete
+        self.progress = threading.Condition()
         self.thread = threading.Thread(target=self._run, name=f"log-{pod.id}", daemon=True)
         self.thread.start()
 
@@ -328,12 +540,18 @@ class _LogFollower:
         try:
             for entry in self.client.stream_logs(self.pod.id, cursor=self.cursor, since=self.pod.created_at):
                 self._say(entry.line)
-                if self.stopped.is_set() or entry.line.startswith(DONE_PREFIX):
+                if entry.line.startswith(DONE_PREFIX):
+                    with self.progress:
+                        self.dones += 1
+                        self.progress.notify_all()
+                if self.stopped.is_set() or self.dones >= self.runs:
                     return
         except Exception as e:  # noqa: BLE001 - the log is not the result: say it, the status poll goes on
             self._say(f"pgolf-runpod: the pod log stopped: {e}")
         finally:
             self.done.set()
+            with self.progress:
+                self.progress.notify_all()
             self.client.close()
 
     def check(self) -> None:
@@ -344,6 +562,13 @@ class _LogFollower:
         """Wait (bounded) for the last lines: the DONE line comes after everything the job printed."""
         if not self.done.wait(timeout):
             self._say(f"pgolf-runpod: the pod log did not reach its end within {timeout:.0f} s")
+        self.check()
+
+    def wait_done(self, n: int, timeout: float) -> None:
+        """Wait (bounded) until the log has passed its n-th DONE line: run n's lines are all in."""
+        with self.progress:
+            if not self.progress.wait_for(lambda: self.dones >= n or self.done.is_set(), timeout):
+                self._say(f"pgolf-runpod: the pod log did not reach the end of run {n} within {timeout:.0f} s")
         self.check()
 
     def stop(self) -> None:

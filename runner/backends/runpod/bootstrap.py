@@ -9,15 +9,25 @@ Its log is the container's stdout: RunPod keeps it and serves it as the pod log 
 resumable), so every line of the bootstrap and of the job reaches the driver through RunPod and nothing
 here keeps a copy. The job's end is the line `pgolf-pod: done exit_code=N ...` (DONE_PREFIX).
 
+Several seeds per pod (`[runpod] seeds_per_pod`): the job then lists `runs`, one per seed attempt, and the
+pod does its set-up once (uploads, set-up command, data, checks) and runs them one after another, each in
+a folder of its own (runs/<i>/, where the set-up folder's entries, such as the data a prepare command
+made, appear as links), with the compile caches (TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR) in one folder
+every run shares. Each run's log starts with `pgolf-pod: run I/N: seed S attempt A` (RUN_PREFIX) and ends
+with its own DONE line. A job without `runs` is one run in the set-up folder itself (run/).
+
 It serves, behind a bearer token (PGOLF_POD_TOKEN), on the symmetrical TCP port RunPod assigned
 (RUNPOD_TCP_PORT_<job tcp_port>, reached by the driver at the public ip:port of `runtime.ports`) and, when
 the job names one, on an HTTP port behind RunPod's proxy (the fallback):
   GET /status             {"phase": upload|setup|data|checks|running|done, "exit_code", "error", "artifacts",
-                           "uploads_missing"}
-  GET /artifact?path=REL  one file of the run directory
+                           "uploads_missing", "runs": [{"state": waiting|running|done, "exit_code", "error",
+                           "seconds", "artifacts"}]}   (the top-level exit_code/error: the last run that ended)
+  GET /artifact?path=REL[&run=I]   one file of run I's folder (default: the first run)
   PUT /upload?path=REL    one of the job's local data files (header X-Sha256: its hash); stored atomically,
                           refused unless its size and hash match the job's manifest
-and never outlives its welcome: past the backstop deadline (or long after the job ended with nobody
+  POST /cancel?run=I      stop run I (an early abort of one seed); the pod goes on with the next run
+  POST /collected?run=I   the driver has run I's results (said in the log)
+and never outlives its welcome: past the backstop deadline (or long after its last run ended with nobody
 collecting) it terminates its own pod (DELETE /v2/pods/{RUNPOD_POD_ID} with the pod-scoped RUNPOD_API_KEY).
 
 Paths: PGOLF_POD_ROOT stands for the pod's "/" (the rehearsal's pods are folders; unset on RunPod), so a
@@ -43,6 +53,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DONE_PREFIX = "pgolf-pod: done exit_code="
+RUN_PREFIX = "pgolf-pod: run "         # "pgolf-pod: run 2/3: seed 1337 attempt 1": a shared pod's next run
+CANCELLED = 137                        # exit code of a run the driver cancelled (128 + SIGKILL)
 UPLOAD_WAIT_S = 1800.0                 # the driver has this long to deliver the local data
 HF_BASE = "https://huggingface.co"     # HF_ENDPOINT overrides it, as for huggingface_hub (mirrors, tests)
 DEFAULT_HF_REPO = "willdepueoai/parameter-golf"          # the official download's default
@@ -59,8 +71,26 @@ def read_chunks(env: dict, prefix: str) -> bytes:
     return gzip.decompress(base64.b64decode("".join(env[k] for k in keys)))
 
 
+class Run:
+    """One seed attempt's job on this pod, in its own folder."""
+
+    def __init__(self, index: int, spec: dict, folder: str):
+        self.index, self.folder = index, folder
+        self.env = {k: str(v) for k, v in (spec.get("env") or {}).items()}
+        self.deadline_s = float(spec.get("deadline_s") or 3600)
+        self.label = f"seed {self.env.get('SEED', '?')} attempt {self.env.get('PGOLF_ATTEMPT', '?')}"
+        self.state = "waiting"                 # waiting | running | done
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.cancel = False
+        self.child: subprocess.Popen | None = None
+
+
 class Pod:
-    """State of this pod's one job, shared by the worker thread and the HTTP handler."""
+    """State of this pod's runs (one, or several one after another), shared by the worker thread and the
+    HTTP handler."""
 
     def __init__(self, env: dict):
         self.env = env
@@ -68,11 +98,16 @@ class Pod:
         self.script = read_chunks(env, "PGOLF_SCRIPT_")
         self.token = env.get("PGOLF_POD_TOKEN", "")
         self.work = os.path.abspath(env.get("PGOLF_WORKDIR") or os.path.join(env.get("HOME") or "/root", "pgolf"))
-        self.run_dir = os.path.join(self.work, "run")
+        self.run_dir = os.path.join(self.work, "run")          # the set-up's folder (and a lone run's)
         self.upload_dir = os.path.join(self.work, "uploads")
         volume = self.job.get("volume_path")
         self.data_dir = pod_path(env, volume, "pgolf-data") if volume else os.path.join(self.work, "data")
         os.makedirs(self.run_dir, exist_ok=True)
+        specs = self.job.get("runs") or [{"env": self.job.get("env"), "deadline_s": self.job.get("deadline_s")}]
+        self.shared = len(specs) > 1
+        self.runs = [Run(i, spec, os.path.join(self.work, "runs", str(i)) if self.shared else self.run_dir)
+                     for i, spec in enumerate(specs)]
+        self.derived: dict[str, str] = {}      # what the set-up found for every run (uploaded paths, data paths)
         self.uploads = {u["path"]: u for u in (self.job.get("uploads") or {}).get("files", [])}
         self.received: set[str] = set()
         self.lock = threading.Lock()
@@ -80,9 +115,13 @@ class Pod:
         self.exit_code: int | None = None
         self.error: str | None = None
         self.started = time.time()
-        self.ended: float | None = None
-        self.child: subprocess.Popen | None = None
+        self.ended: float | None = None        # when the last run ended
         self.script_name = self.job.get("script_name") or "train_gpt.py"
+
+    @property
+    def child(self) -> subprocess.Popen | None:
+        """The job process running now, if any."""
+        return next((r.child for r in self.runs if r.state == "running" and r.child), None)
 
     # ---- logging: the container's stdout, shared with the job (flushed before any child writes to it)
     def log(self, msg: str) -> None:
@@ -94,27 +133,63 @@ class Pod:
         self.phase = phase
         self.log(f"phase {phase}")
 
-    def finish(self, code: int, error: str | None = None) -> None:
-        self.exit_code, self.error, self.ended = code, error, time.time()
-        self.phase = "done"
+    def begin(self, run: Run) -> None:
+        """A run starts; a shared pod says which one first (its log goes to that seed from here on)."""
+        if self.shared:
+            self.log(f"{RUN_PREFIX[len('pgolf-pod: '):]}{run.index + 1}/{len(self.runs)}: {run.label}")
+        run.state, run.started = "running", time.time()
+
+    def end(self, run: Run, code: int, error: str | None = None) -> None:
+        run.exit_code, run.error, run.ended = code, error, time.time()
+        run.state = "done"
+        self.exit_code, self.error = code, error
+        if all(r.state == "done" for r in self.runs):
+            self.ended, self.phase = run.ended, "done"
         self.log(DONE_PREFIX[len("pgolf-pod: "):] + str(code) + (f" error={error}" if error else ""))
 
-    def artifacts(self) -> list[dict]:
+    def finish(self, code: int, error: str | None = None) -> None:
+        """The set-up failed (or the bootstrap did): every run that has not ended ends with it."""
+        for run in self.runs:
+            if run.state == "waiting":
+                self.begin(run)
+            if run.state == "running":
+                self.end(run, code, error)
+
+    def artifacts(self, run: Run) -> list[dict]:
         out = []
-        for root, _dirs, files in os.walk(self.run_dir):
+        for root, _dirs, files in os.walk(run.folder):
             for name in files:
                 path = os.path.join(root, name)
-                rel = os.path.relpath(path, self.run_dir)
+                rel = os.path.relpath(path, run.folder)
                 if rel == self.script_name or os.path.islink(path):
                     continue
                 out.append({"path": rel, "size": os.path.getsize(path)})
         return sorted(out, key=lambda a: a["path"])
 
     def status(self) -> dict:
+        runs = [{"state": r.state, "exit_code": r.exit_code, "error": r.error,
+                 "seconds": round(((r.ended or time.time()) - r.started) if r.started else 0.0, 3),
+                 "artifacts": self.artifacts(r) if r.state == "done" else []} for r in self.runs]
         return {"phase": self.phase, "exit_code": self.exit_code, "error": self.error,
                 "uptime_s": round(time.time() - self.started, 1),
                 "uploads_missing": sorted(set(self.uploads) - self.received),
-                "artifacts": self.artifacts() if self.phase == "done" else []}
+                "artifacts": runs[0]["artifacts"] if not self.shared and self.phase == "done" else [],
+                "runs": runs}
+
+    def run_at(self, index: str | None) -> Run | None:
+        try:
+            return self.runs[int(index or 0)]
+        except (ValueError, IndexError):
+            return None
+
+    def cancel(self, run: Run) -> None:
+        """Stop one run (the driver aborts that seed early); the pod goes on with the next."""
+        with self.lock:                     # torchrun() starts its child under the same lock
+            run.cancel = True
+            child = run.child if run.state == "running" else None
+        if child is not None:
+            self.log(f"the driver cancels {run.label}")
+            kill_group(child.pid)
 
     # ---- local data, pushed by the driver before the job starts
     def receive(self, rel: str, size: int, digest: str, body) -> str | None:
@@ -157,11 +232,11 @@ class Pod:
                 return False
             time.sleep(0.2)
         for key, rel in ((self.job.get("uploads") or {}).get("env") or {}).items():
-            env[key] = os.path.join(self.upload_dir, rel)
+            self.derived[key] = env[key] = os.path.join(self.upload_dir, rel)
         self.log(f"local data received ({len(self.uploads)} file(s), sha256 checked)")
         return True
 
-    # ---- the job, start to end
+    # ---- the set-up once, then every run
     def run(self) -> None:
         marker = os.path.join(self.work, "started")
         if os.path.exists(marker):          # the container restarted: never train twice on one pod
@@ -170,13 +245,13 @@ class Pod:
         open(marker, "w").close()
         try:
             env = dict(os.environ)
-            env.update(self.job.get("env") or {})
+            env.update(self.runs[0].env)     # the set-up sees the job's environment, as a lone run does
             for k in ("PGOLF_POD_TOKEN", "RUNPOD_API_KEY"):
                 env.pop(k, None)
             for k in [k for k in env if k.startswith(("PGOLF_BOOT_", "PGOLF_SCRIPT_", "PGOLF_JOB_"))]:
                 del env[k]
-            env["ARTIFACT_DIR"] = os.path.join(self.run_dir, "artifacts")
-            os.makedirs(env["ARTIFACT_DIR"], exist_ok=True)
+            for key, sub in (("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+                env.setdefault(key, os.path.join(self.work, "cache", sub))   # warm for the pod's next run
             with open(os.path.join(self.run_dir, self.script_name), "wb") as f:
                 f.write(self.script)
             if not self.wait_for_uploads(env):
@@ -192,11 +267,36 @@ class Pod:
             problem = self.check_machine(env)
             if problem:
                 return self.finish(97, f"pod check failed: {problem}")
-            self.set_phase("running")
-            code = self.torchrun(env)
-            self.finish(code, None if code == 0 else ("deadline" if code == 124 else f"torchrun exit {code}"))
+            for run in self.runs:
+                self.run_one(run, env)
         except Exception as e:  # noqa: BLE001 - anything unexpected still ends the job visibly
             self.finish(99, f"bootstrap error: {type(e).__name__}: {e}")
+
+    def run_one(self, run: Run, setup_env: dict) -> None:
+        self.begin(run)
+        if run.cancel:
+            return self.end(run, CANCELLED, "cancelled by the driver before it ran")
+        env = {**setup_env, **run.env, **self.derived, "ARTIFACT_DIR": os.path.join(run.folder, "artifacts")}
+        os.makedirs(env["ARTIFACT_DIR"], exist_ok=True)
+        if self.shared:
+            self.link_setup(run)
+        self.set_phase("running")
+        code = self.torchrun(run, env)
+        if run.cancel and code != 0:
+            code, error = CANCELLED, "cancelled by the driver"
+        else:
+            error = None if code == 0 else ("deadline" if code == 124 else f"torchrun exit {code}")
+        self.end(run, code, error)
+
+    def link_setup(self, run: Run) -> None:
+        """A shared pod's run works in its own folder; what the set-up made in its folder (the data of a
+        prepare command at its relative path, the script) appears there as links."""
+        for name in os.listdir(self.run_dir):
+            dest = os.path.join(run.folder, name)
+            if name != self.script_name and not os.path.lexists(dest):
+                os.symlink(os.path.join(self.run_dir, name), dest)
+        with open(os.path.join(run.folder, self.script_name), "wb") as f:    # the script: a file of its own
+            f.write(self.script)
 
     def shell(self, command: str, env: dict, cwd: str | None = None) -> int:
         self.log(f"$ {command}")
@@ -212,10 +312,12 @@ class Pod:
             return True
         if data.get("variant"):
             try:
-                env.update(download_official(data, self.data_dir, env.get("HF_TOKEN"), self.log))
+                found = download_official(data, self.data_dir, env.get("HF_TOKEN"), self.log)
             except Exception as e:  # noqa: BLE001
                 self.finish(95, f"dataset download failed: {type(e).__name__}: {e}")
                 return False
+            env.update(found)
+            self.derived.update(found)
         return True
 
     def check_machine(self, env: dict) -> str | None:
@@ -254,22 +356,25 @@ class Pod:
                         f"Triton >= {min_triton}")
         return None
 
-    def torchrun(self, env: dict) -> int:
+    def torchrun(self, run: Run, env: dict) -> int:
         nproc = int(self.job.get("nproc_per_node") or 1)
         cmd = ["python3", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                self.script_name]
         if self.job.get("launcher") == "python":
             cmd = ["python3", "-u", self.script_name]
-        deadline = float(self.job.get("deadline_s") or 3600)
+        deadline = run.deadline_s
         self.log(f"$ {' '.join(cmd)}  (hard deadline {deadline:.0f} s)")
-        self.child = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        with self.lock:                     # a cancel comes from the HTTP thread: never a half-made child
+            if run.cancel:
+                return CANCELLED
+            run.child = subprocess.Popen(cmd, cwd=run.folder, env=env, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            return self.child.wait(timeout=deadline)
+            return run.child.wait(timeout=deadline)
         except subprocess.TimeoutExpired:
             self.log(f"hard deadline {deadline:.0f} s passed: killing torchrun")
-            kill_group(self.child.pid)
-            self.child.wait()
+            kill_group(run.child.pid)
+            run.child.wait()
             return 124
 
     # ---- the backstop: never bill past the deadline
@@ -432,8 +537,10 @@ def make_handler(pod: Pod):
                 return self.send(200, json.dumps(pod.status()).encode())
             if url.path == "/artifact":
                 rel = (q.get("path") or [""])[0]
-                path = os.path.realpath(os.path.join(pod.run_dir, rel))
-                if not path.startswith(os.path.realpath(pod.run_dir) + os.sep) or not os.path.isfile(path):
+                run = pod.run_at((q.get("run") or ["0"])[0])
+                folder = os.path.realpath(run.folder) if run else ""
+                path = os.path.realpath(os.path.join(folder, rel))
+                if not run or not path.startswith(folder + os.sep) or not os.path.isfile(path):
                     return self.send(404, b'{"error": "no such artifact"}')
                 with open(path, "rb") as f:
                     self.send_response(200)
@@ -443,6 +550,21 @@ def make_handler(pod: Pod):
                     shutil.copyfileobj(f, self.wfile, 1 << 20)
                 return
             return self.send(404, b'{"error": "not found"}')
+
+        def do_POST(self):
+            if not self.allowed():
+                return
+            url = urllib.parse.urlparse(self.path)
+            run = pod.run_at((urllib.parse.parse_qs(url.query).get("run") or [""])[0])
+            if url.path not in ("/cancel", "/collected"):
+                return self.send(404, b'{"error": "not found"}')
+            if run is None:
+                return self.send(404, b'{"error": "no such run"}')
+            if url.path == "/cancel":
+                pod.cancel(run)
+            else:
+                pod.log(f"results of {run.label} collected by the driver")
+            return self.send(200, json.dumps({"state": run.state}).encode())
 
         def do_PUT(self):
             if not self.allowed():

@@ -36,6 +36,8 @@ Faults (`--rehearse-faults`, KEY=N, comma-separated):
   slow_start=K    the first K pods take SLOW_START_S to provision
   stuck=K         the first K pods stay PROVISIONING for good (billed all the same, as users report)
   preempt=K       the first K pods are lost once their log shows the job running
+  preempt_mid=K   K pods that run several seeds are lost once the driver collected their first seed's
+                  results (their second seed is running then): only the seeds not finished run again
   sse_drop=K      K log streams drop mid-stream (each after sending SSE_DROP_AFTER events)
   balance=X       the account balance in dollars (GraphQL clientBalance; a create needs one hour of credit)
   spend_limit=X   the account's spend limit in $/h (default 80, RunPod's default)
@@ -91,13 +93,14 @@ PROVISION_S = 0.2
 STARTING_S = 0.2
 SLOW_START_S = 2.0
 PREEMPT_MARKER = "phase running"
+PREEMPT_MID_MARKER = "collected by the driver"     # a shared pod's bootstrap says so after each seed
 PREEMPT_AFTER_S = 0.5
 RETRY_AFTER_S = 2
 RATE_QUOTA_PER_MIN = 6000
 SSE_DROP_AFTER = 3
 SSE_POLL_S = 0.05
 SSE_KEEPALIVE_S = 10.0
-FAULT_KEYS = {"capacity", "5xx", "429", "lost_create", "slow_start", "stuck", "preempt", "sse_drop",
+FAULT_KEYS = {"capacity", "5xx", "429", "lost_create", "slow_start", "stuck", "preempt", "preempt_mid", "sse_drop",
               "balance", "spend_limit", "graphql_gone"}
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
@@ -586,20 +589,28 @@ class FakeRunPod:
             pod.update(pid=proc.pid, proc_start=container.proc_start(proc.pid), started=time.time(), stopped=False)
         threading.Thread(target=proc.wait, daemon=True).start()      # reap the init when it ends
         if pod.get("preempt"):
-            threading.Thread(target=self._preempt_when_running, args=(pod_id,), daemon=True).start()
+            threading.Thread(target=self._lose_when, args=(pod_id, PREEMPT_MARKER, None), daemon=True).start()
+        elif self.used["preempt_mid"] < self.faults.get("preempt_mid", 0):
+            threading.Thread(target=self._lose_when, args=(pod_id, PREEMPT_MID_MARKER, "preempt_mid"),
+                             daemon=True).start()
 
-    def _preempt_when_running(self, pod_id: str) -> None:
-        """Lose the pod mid-run: once its log shows the job running, kill it and drop it from the API."""
+    def _lose_when(self, pod_id: str, marker: str, fault: str | None) -> None:
+        """Lose the pod mid-run: once its log shows `marker` (and, with `fault`, one of those faults is
+        left then), kill it and drop it from the API."""
         log = self.root / "pods" / pod_id / "container.log"
         while True:
             pod = self.state.read()["pods"].get(pod_id)
             if pod is None or pod.get("terminated") or self._status(pod) == "EXITED":
                 return
-            if log.exists() and PREEMPT_MARKER in log.read_text(errors="replace"):
+            if log.exists() and marker in log.read_text(errors="replace"):
                 break
             time.sleep(0.05)
+        if fault is not None:
+            with self.lock:
+                if not self._take(fault):
+                    return
         time.sleep(PREEMPT_AFTER_S)
-        self.events.append(f"preempt {pod_id}")
+        self.events.append(f"{fault or 'preempt'} {pod_id}")
         self._terminate(pod_id, wait=True)
 
     def _terminate(self, pod_id: str, wait: bool = False) -> bool:

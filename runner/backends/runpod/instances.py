@@ -303,14 +303,16 @@ def list_ours(client: api.RunPodClient, prefix: str = NAME_PREFIX) -> list[api.P
 def reap_leftovers(client: api.RunPodClient, run_dir: str | Path, say: Say) -> None:
     """Pods of this batch's ended attempts that may still bill (a dead driver's, closed by `pgolf resume`,
     or one whose termination was not verified): terminate them now rather than wait for their backstop.
-    Never fails the attempt; `pgolf cluster gc` verifies and records them."""
+    A pod an open attempt still uses is kept: a pod shared by several seeds outlives the end of its first
+    ones. Never fails the attempt; `pgolf cluster gc` verifies and records them."""
     try:
         ledger = Ledger.load(run_dir)
     except PgolfError:
         return
+    in_use = {a.get("pod_id") for _s, a in ledger.all_attempts() if a.get("ended") is None}
     for seed, att in ledger.all_attempts():
         pid = att.get("pod_id")
-        if not pid or att.get("ended") is None or att.get("pod_terminated") is True:
+        if not pid or pid in in_use or att.get("ended") is None or att.get("pod_terminated") is True:
             continue
         try:
             if client.get_pod(pid) is not None:
