@@ -304,18 +304,12 @@ class RunPodBackend:
                 result: AttemptResult | None) -> None:
         """Terminate and verify gone; record the cost (billed when RunPod's records have it). Runs on every
         path out of run_attempt (a pod whose create answer was lost is found by its name)."""
-        try:
-            ids = [pod.id] if pod else [p.id for p in client.find_pods(name)]
-        except Exception:  # noqa: BLE001 - the API is down; gc will find it by name
-            ids = []
-        left = terminate_verified(client, ids, self.timing)
-        if pod is None:
+        end = self._end_pod(client, pod, name)
+        if end is None:
             return
-        gone = pod.id not in left
-        created = _epoch(pod.created_at) or time.time()
-        estimate = round((pod.cost or self.price()) * (time.time() - created) / 3600, 4)
-        billed = billed_cost(client, pod.id, pod.created_at, self.timing) if gone and pod.created_at else None
-        cost, source = (billed, "billed") if billed is not None else (estimate, "estimate")
+        gone, cost, source, estimate, _ = end
+        estimate = round(estimate, 4)
+        cost = estimate if source == "estimate" else cost
         try:
             events.line(f"pgolf-runpod: pod {pod.id} " + ("terminated (verified gone)" if gone else
                         "NOT verified terminated: run `pgolf cluster gc`") +
@@ -421,18 +415,10 @@ class RunPodBackend:
     def _finish_group(self, client: api.RunPodClient, pod: api.Pod | None, name: str, group: "_Group") -> None:
         """Terminate the pod and verify it gone, once for the group; its cost (billed, else estimated)
         split across its attempts (`split_cost`), each told through its own events."""
-        try:
-            ids = [pod.id] if pod else [p.id for p in client.find_pods(name)]
-        except Exception:  # noqa: BLE001 - the API is down; gc will find it by name
-            ids = []
-        left = terminate_verified(client, ids, self.timing)
-        if pod is None:
+        end = self._end_pod(client, pod, name)
+        if end is None:
             return
-        gone = pod.id not in left
-        lifetime = time.time() - (_epoch(pod.created_at) or time.time())
-        estimate = (pod.cost or self.price()) * lifetime / 3600
-        billed = billed_cost(client, pod.id, pod.created_at, self.timing) if gone and pod.created_at else None
-        cost, source = (billed, "billed") if billed is not None else (estimate, "estimate")
+        gone, cost, source, estimate, lifetime = end
         shares = split_cost([r.get("seconds") or 0.0 for r in group.runs], lifetime)
         group.line(f"pgolf-runpod: pod {pod.id} " + ("terminated (verified gone)" if gone else
                    "NOT verified terminated: run `pgolf cluster gc`") +
@@ -446,6 +432,26 @@ class RunPodBackend:
             except NotRecorded:
                 pass                   # the driver's disk refused: it knows, and stops what it can
 
+
+    def _end_pod(self, client: api.RunPodClient, pod: api.Pod | None,
+                 name: str) -> tuple[bool, float, str, float, float] | None:
+        """Terminate the pod (found by its name when the create answer was lost) and verify it gone; then
+        (gone, cost, cost source, estimate, lifetime s) with the billed cost when RunPod's records have it.
+        None when there was no pod of ours to price."""
+        try:
+            ids = [pod.id] if pod else [p.id for p in client.find_pods(name)]
+        except Exception:  # noqa: BLE001 - the API is down; gc will find it by name
+            ids = []
+        left = terminate_verified(client, ids, self.timing)
+        if pod is None:
+            return None
+        gone = pod.id not in left
+        lifetime = time.time() - (_epoch(pod.created_at) or time.time())
+        estimate = (pod.cost or self.price()) * lifetime / 3600
+        billed = billed_cost(client, pod.id, pod.created_at, self.timing) if gone and pod.created_at else None
+        if billed is not None:
+            return gone, billed, "billed", estimate, lifetime
+        return gone, estimate, "estimate", estimate, lifetime
 
     def _money(self, usd: float, per: str = "") -> str:
         """Dollars, or a rehearsal's fake figure (never shown as money)."""
