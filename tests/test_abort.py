@@ -3,8 +3,6 @@ log line says (runner/phases.py), the abort watch (runner/abort.py), the plain p
 [adaptive] / [abort] sections. The batches themselves run in tests/test_adaptive.py."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,16 +13,7 @@ from runner.abort import AbortWatch, savings
 from runner.phases import advance, read_line
 from runner.progress import BatchProgress
 from runner.spec import load_spec
-
-
-def _records() -> Path:
-    for up in Path(__file__).resolve().parents:
-        if (up / "shared" / "records").is_dir():
-            return up / "shared" / "records"
-    return Path(__file__).resolve().parents[2] / "shared" / "records"
-
-
-FOLDER = _records() / "track_10min_16mb" / "2026-04-29_SmearGateBOSFix_3Seed_1.06141"
+from corpus import CURRENT_RECORD
 
 
 def run(points, bpt=None) -> Run:
@@ -42,12 +31,12 @@ def test_mean_curve_interpolates_in_time_within_the_common_span():
     assert c.scaled_to(2.0005)[1] is None                                     # the same tokenizer
 
 
-@pytest.mark.skipif(not FOLDER.is_dir(), reason="../shared/records not present")
+@pytest.mark.skipif(not CURRENT_RECORD.is_dir(), reason="../shared/records not present")
 def test_record_curve_of_the_current_record():
-    c = record_curve(FOLDER)                    # `N/M train_loss: X train_time: Ym` lines, three seeds
+    c = record_curve(CURRENT_RECORD)                    # `N/M train_loss: X train_time: Ym` lines, three seeds
     assert c.seeds == 3 and c.end_s == pytest.approx(534) and c.bytes_per_token == pytest.approx(3.1572, abs=1e-4)
     assert 2.5 < c.at(300) < 2.6
-    assert record_curve(1.0614) is None and record_curve(FOLDER / "submission.json") is None
+    assert record_curve(1.0614) is None and record_curve(CURRENT_RECORD / "submission.json") is None
 
 
 def test_phases_of_the_reference_payload_and_the_record_format():

@@ -10,19 +10,9 @@ import pytest
 
 from results.power import plan
 from runner.cli import main
+from corpus import CURRENT_RECORD, needs_current_record
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _records() -> Path:
-    for up in Path(__file__).resolve().parents:
-        if (up / "shared" / "records").is_dir():
-            return up / "shared" / "records"
-    return ROOT.parent / "shared" / "records"
-
-
-FOLDER = _records() / "track_10min_16mb" / "2026-04-29_SmearGateBOSFix_3Seed_1.06141"
-needs_folder = pytest.mark.skipif(not FOLDER.is_dir(), reason="../shared/records not present")
 
 
 def spec(tmp_path: Path, body: str) -> Path:
@@ -37,12 +27,12 @@ def run_json(capsys, *args) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@needs_folder
+@needs_current_record
 def test_json_is_the_power_plan_plus_cost_on_runpod(tmp_path, capsys):
     job = spec(tmp_path, 'backend = "runpod"\n[limits]\ntrain_seconds = 600\neval_seconds = 600\n'
                          '[runpod]\nsetup_s = 900\n')
-    out = run_json(capsys, "--baseline", FOLDER, "--improvement", 0.005, "--policy", "rule", "--spec", job)
-    want = plan(str(FOLDER), 0.005, None, "rule", 8)
+    out = run_json(capsys, "--baseline", CURRENT_RECORD, "--improvement", 0.005, "--policy", "rule", "--spec", job)
+    want = plan(str(CURRENT_RECORD), 0.005, None, "rule", 8)
     assert out["power"] == pytest.approx(want["power"]) and out["seeds_for_power"] == want["seeds_for_power"]
     assert set(out["power"]) == {str(n) for n in range(1, 9)} and set(out["seeds_for_power"]) == {"0.8", "0.95"}
     n80 = out["seeds_for_power"]["0.8"]
@@ -53,7 +43,7 @@ def test_json_is_the_power_plan_plus_cost_on_runpod(tmp_path, capsys):
     assert out["hours"] == pytest.approx(n80 * 2100 / 3600, abs=1e-3)
     assert out["cost"]["by_n"]["3"]["cost_usd"] == pytest.approx(37.66, abs=0.01)   # the README's figure
 
-    three = run_json(capsys, "--baseline", FOLDER, "--improvement", 0.005, "--policy", "rule", "--spec", job,
+    three = run_json(capsys, "--baseline", CURRENT_RECORD, "--improvement", 0.005, "--policy", "rule", "--spec", job,
                      "--seeds-per-pod", 3)
     k3, k1 = three["cost"]["by_n"]["3"], three["cost"]["one_per_pod"]["3"]
     assert k1 == out["cost"]["by_n"]["3"]

@@ -1,7 +1,5 @@
 """Power of a claim (results.power): the computed power agrees with an independent Monte-Carlo of the very
 test significance runs, for both policies, a record-folder baseline and a number baseline."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -9,19 +7,8 @@ from scipy import stats as sps
 from results.errors import PgolfError
 from results.power import cost, plan, setting
 from results.stats import LN2, Sample, baseline_sample, significance
+from corpus import CURRENT_RECORD, needs_current_record
 
-
-def _records() -> Path:
-    """../shared/records seen from the main checkout, or from a worktree one level deeper."""
-    here = Path(__file__).resolve()
-    for up in here.parents:
-        if (up / "shared" / "records").is_dir():
-            return up / "shared" / "records"
-    return here.parents[2] / "shared" / "records"
-
-
-FOLDER = _records() / "track_10min_16mb" / "2026-04-29_SmearGateBOSFix_3Seed_1.06141"
-needs_folder = pytest.mark.skipif(not FOLDER.is_dir(), reason="../shared/records not present")
 NUMBER, NUMBER_STD, SP8192_BPT = 1.0614, 0.0007, 3.72663
 
 
@@ -49,9 +36,9 @@ def _significance_power(baseline: Sample, improvement: float, std: float, policy
 ])
 def test_power_matches_monte_carlo_of_significance(baseline, std, policy, improvement, n80):
     if baseline == "folder":
-        if not FOLDER.is_dir():
+        if not CURRENT_RECORD.is_dir():
             pytest.skip("../shared/records not present")
-        base = baseline_sample(FOLDER)
+        base = baseline_sample(CURRENT_RECORD)
         assert len(base.bpb) == 3 and base.loss is not None         # Welch against 3 fixed seeds, in nats
         tokenizer, bpt, std_mc, test, metric = base.tokenizer, base.bytes_per_token, None, "welch", "val_loss"
     else:
@@ -82,9 +69,9 @@ def _vectorised_power(s, n: int, draws: int, seed: int) -> float:
 @pytest.mark.parametrize("policy", ["rule", "progression"])
 def test_power_is_exact_at_every_n(baseline, std, policy):
     if baseline == "folder":
-        if not FOLDER.is_dir():
+        if not CURRENT_RECORD.is_dir():
             pytest.skip("../shared/records not present")
-        baseline = FOLDER
+        baseline = CURRENT_RECORD
     improvement = 0.004 if policy == "rule" else 0.0004
     out = plan(baseline, improvement, std, policy, max_seeds=8)
     s = setting(baseline, improvement, std, policy)
@@ -124,16 +111,16 @@ def test_rule_margin_converted_with_bytes_per_token_for_a_number_baseline():
     assert sp1024["power"]["4"] < out["power"]["4"]   # a larger margin in bpb: less power
 
 
-@needs_folder
+@needs_current_record
 def test_fixed_baseline_caps_power_and_says_so():
     # Against 3 fixed record seeds at α = 0.01, an improvement below margin + |t_0.01(2)|·s_b/√3 cannot
     # reach 95% however many seeds run.
-    out = plan(FOLDER, 0.0045, policy="rule", max_seeds=12)
+    out = plan(CURRENT_RECORD, 0.0045, policy="rule", max_seeds=12)
     assert out["seeds_for_power"]["0.95"] is None
     assert out["limit_improvement_bpb"] > 0.0045
     assert max(out["power"].values()) < 0.9
     assert any("cannot rescue" in n for n in out["notes"])
-    other_tokenizer = plan(FOLDER, 0.0045, policy="rule", max_seeds=3, tokenizer="sp8192")
+    other_tokenizer = plan(CURRENT_RECORD, 0.0045, policy="rule", max_seeds=3, tokenizer="sp8192")
     assert other_tokenizer["metric"] == "val_bpb"       # different tokenizer: bpb, margin converted
     assert other_tokenizer["margin_bpb"] == pytest.approx(0.005 / (LN2 * SP8192_BPT))
 

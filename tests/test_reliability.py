@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from support import first_to_exit
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "payloads" / "fake_train.py"
 SECRET = "sk-rel-SECRETVALUE123"
@@ -72,16 +74,6 @@ def wait_for(cond, timeout=120, what="condition"):
             pass
         assert time.time() < t_end, f"timed out waiting for {what}"
         time.sleep(0.2)
-
-
-def first_to_exit(*procs: subprocess.Popen, timeout=60) -> subprocess.Popen:
-    t_end = time.time() + timeout
-    while time.time() < t_end:
-        for p in procs:
-            if p.poll() is not None:
-                return p
-        time.sleep(0.1)
-    raise AssertionError("neither process ended")
 
 
 def alive_pids(pid_dir: Path) -> list[int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from runner.backends.runpod.fake import FakeRunPod
+from support import alive_pods, first_to_exit, pods_created
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,24 +77,6 @@ def finish(p: subprocess.Popen, timeout=300) -> tuple[int, str]:
     return p.returncode, out + err
 
 
-def first_to_exit(*procs, timeout=60) -> subprocess.Popen:
-    t_end = time.time() + timeout
-    while time.time() < t_end:
-        for p in procs:
-            if p.poll() is not None:
-                return p
-        time.sleep(0.1)
-    raise AssertionError("neither process ended")
-
-
-def pods_created(run: Path) -> int:
-    return json.loads((run / "rehearsal" / "state.json").read_text())["n_pods"]
-
-
-def alive(run: Path) -> list[str]:
-    return FakeRunPod(run / "rehearsal").alive_pods() if (run / "rehearsal").exists() else []
-
-
 def attempts(run: Path) -> list[dict]:
     return json.loads((run / "ledger.json").read_text())["seeds"]["1"]["attempts"]
 
@@ -108,7 +91,7 @@ def wait_for_pod(run: Path) -> str:
     while True:
         try:
             pod = attempts(run)[-1]["pod_id"]
-            if pod and pod in alive(run):
+            if pod and pod in alive_pods(run):
                 return pod
         except (OSError, ValueError, IndexError, KeyError):
             pass
@@ -134,7 +117,7 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     assert rc == 2 and "batch in use by `pgolf run`" in out, out
     rc, out = finish(pgolf(env, "cluster", "gc", "--rehearse", "--yes", "--runs-dir", runs))
     assert rc == 0 and "in use by `pgolf run`" in out and "its pods are kept" in out, out
-    assert alive(runs / "rl-same") == [pod]
+    assert alive_pods(runs / "rl-same") == [pod]
     release.touch()
     rc, out = finish(winner)
     assert rc == 0, out
@@ -163,7 +146,7 @@ def test_rehearsal_one_driver_per_batch_no_extra_pod(tmp_path, env):
     assert rc == 0, out
     a1, a2 = attempts(runs / "k")
     assert a1["pod_id"] == orphan and a1["error"].startswith("interrupted") and a2["exit_code"] == 0
-    assert a2["pod_terminated"] is True and alive(runs / "k") == [] and alive(runs / "rl-same") == []
+    assert a2["pod_terminated"] is True and alive_pods(runs / "k") == [] and alive_pods(runs / "rl-same") == []
     assert pods_created(runs / "rl-same") == 1 and pods_created(runs / "k") == 2   # the killed driver's + the resume's
     left = daemons(tmp_path)                # one per attempt; every pod took its daemon with it
     assert len(left) == 3 and not [d for d in left if Path(f"/proc/{d}").exists()

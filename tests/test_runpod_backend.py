@@ -16,12 +16,8 @@ from runner.backends.runpod.backend import RunPodBackend, job_env
 from runner.backends.runpod.bootstrap import DONE_PREFIX
 from runner.backends.runpod.instances import Stuck
 from runner.spec import JobSpec, validate_spec
+from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents
 
-ROOT = Path(__file__).resolve().parents[1]
-PAYLOAD = ROOT / "tests" / "payloads" / "fake_train.py"
-TINY = ROOT / "model" / "data" / "tiny"
-SECRET = "sk-test-SECRETVALUE"
-HF_SECRET = "hf_test_SECRETTOKEN"
 
 
 def job_spec(runpod: dict | None = None, **over) -> JobSpec:
@@ -30,32 +26,6 @@ def job_spec(runpod: dict | None = None, **over) -> JobSpec:
                           "data": {"variant": "tiny", "paths": {"TOKENIZER_PATH": str(TINY / "tokenizer.model")}},
                           "env": {"FAKE_SECONDS": "0.5", "FAKE_PRINT": "TOKENIZER_PATH"},
                           "runpod": {"cpu": "cpu3c", **(runpod or {})}, **over}, "test spec")
-
-
-class Events:
-    """The driver's side of the interface, in memory: lines and meta as they arrive."""
-
-    def __init__(self, fail_on: str | None = None):
-        self.lines: list[str] = []
-        self.metas: list[dict] = []
-        self.fail_on = fail_on
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-        if self.fail_on and self.fail_on in text:
-            raise RuntimeError("driver side blew up")
-
-    def meta(self, **fields) -> None:
-        self.metas.append(fields)
-
-    def process(self, host: str, pid: int) -> None:
-        raise AssertionError("a RunPod attempt starts no local job process")
-
-    def merged(self) -> dict:
-        out: dict = {}
-        for m in self.metas:
-            out.update(m)
-        return out
 
 
 @pytest.fixture
@@ -89,7 +59,7 @@ def attempt(tmp: Path, seed: int = 42, k: int = 1, **env) -> AttemptSpec:
                        env=job, timeout_s=60)
 
 
-def job_lines(ev: Events) -> list[str]:
+def job_lines(ev: MemoryEvents) -> list[str]:
     return [line for line in ev.lines if not line.startswith("pgolf-runpod: ")]
 
 
@@ -103,7 +73,7 @@ def test_happy_path_data_up_log_over_sse_artifacts_down_pod_gone_cost_billed(tmp
     assert notes[0].startswith("rehearsal: a fake RunPod") and "$" not in " ".join(notes[1:3])
     assert "RunPod stock for cpu3c x 4 vCPU (SECURE): HIGH" in notes[1] and "0.1200 fake/h" in notes[1]
     assert "local data: 1 file(s)" in notes[2]
-    ev = Events()
+    ev = MemoryEvents()
     r = b.run_attempt(attempt(tmp_path), ev)
     assert r.exit_code == 0 and r.error is None and r.pod_terminated is True
     assert "started" in ev.metas[0] and ev.metas[1]["pod_id"] == r.pod_id    # the pod id, before the pod is used
@@ -123,7 +93,7 @@ def test_happy_path_data_up_log_over_sse_artifacts_down_pod_gone_cost_billed(tmp
 
 def test_capacity_and_a_429_storm_are_waited_out(tmp_path, rehearsal):
     b = rehearsal("capacity=2,429=6")
-    ev = Events()
+    ev = MemoryEvents()
     r = b.run_attempt(attempt(tmp_path), ev)
     assert r.exit_code == 0 and r.pod_terminated is True
     assert sum("no capacity" in line for line in ev.lines) == 2
@@ -133,20 +103,20 @@ def test_capacity_and_a_429_storm_are_waited_out(tmp_path, rehearsal):
 
 def test_stuck_pod_is_terminated_and_the_next_attempt_gets_a_fresh_one(tmp_path, rehearsal):
     b = rehearsal("stuck=1")
-    ev = Events()
+    ev = MemoryEvents()
     with pytest.raises(Stuck, match=r"still PROVISIONING after 5 s \(\[runpod\] start_timeout_s\)"):
         b.run_attempt(attempt(tmp_path), ev)
     stuck = ev.merged()
     assert stuck["pod_terminated"] is True and stuck["cost_usd"] > 0      # billed though it never booted
     assert_pods_gone(b)
-    ev2 = Events()
+    ev2 = MemoryEvents()
     r = b.run_attempt(attempt(tmp_path, k=2), ev2)
     assert r.exit_code == 0 and r.pod_id != stuck["pod_id"]
 
 
 def test_pod_lost_mid_run_is_infrastructure_and_still_verified_gone(tmp_path, rehearsal):
     b = rehearsal("preempt=1")
-    ev = Events()
+    ev = MemoryEvents()
     with pytest.raises(InfraFailure, match="lost|stopped answering"):
         b.run_attempt(attempt(tmp_path, FAKE_SECONDS="30"), ev)
     assert ev.merged()["pod_terminated"] is True
@@ -155,7 +125,7 @@ def test_pod_lost_mid_run_is_infrastructure_and_still_verified_gone(tmp_path, re
 
 def test_an_exception_in_the_task_still_terminates_the_pod(tmp_path, rehearsal):
     b = rehearsal()
-    ev = Events(fail_on="step:2/")
+    ev = MemoryEvents(fail_on="step:2/")
     with pytest.raises(RuntimeError, match="driver side blew up"):
         b.run_attempt(attempt(tmp_path), ev)
     assert ev.merged()["pod_terminated"] is True
@@ -164,7 +134,7 @@ def test_an_exception_in_the_task_still_terminates_the_pod(tmp_path, rehearsal):
 
 def test_nonzero_exit_is_the_jobs_and_the_pod_still_goes(tmp_path, rehearsal):
     b = rehearsal()
-    r = b.run_attempt(attempt(tmp_path, FAKE_FAIL="1"), Events())
+    r = b.run_attempt(attempt(tmp_path, FAKE_FAIL="1"), MemoryEvents())
     assert r.exit_code == 3 and r.error == "torchrun exit 3" and r.pod_terminated is True
     assert_pods_gone(b)
 
@@ -204,7 +174,7 @@ def test_network_volume_is_mounted_and_places_the_pod(tmp_path, rehearsal):
     req = v.create_request("pgolf-b-s42-a1", attempt(tmp_path), "tok")
     assert req.mounts.network[0].volume_id == vol.id and req.mounts.network[0].path == "/workspace"
     assert v.job(attempt(tmp_path))["volume_path"] == "/workspace"
-    r = v.run_attempt(attempt(tmp_path), Events())
+    r = v.run_attempt(attempt(tmp_path), MemoryEvents())
     assert r.exit_code == 0
 
 
@@ -228,7 +198,7 @@ def test_what_is_shipped_to_the_pod_and_what_is_kept(tmp_path, rehearsal):
     assert b.create_request("n", a, "tok").ports == ["70000/tcp"]
     real = RunPodBackend(job_spec(), rehearse=False)
     assert real.create_request("n", a, "tok").ports == ["70000/tcp", "8000/http"]
-    b.run_attempt(a, Events())
+    b.run_attempt(a, MemoryEvents())
     state = (tmp_path / "runs" / "b" / "rehearsal" / "state.json").read_text()
     assert SECRET not in state and HF_SECRET not in state and "tok" not in json.loads(state)["pods"]
 

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from runner.backends.runpod.fake import FakeRunPod
+from support import HF_SECRET, SECRET, alive_pods
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 PGOLF = [sys.executable, "-m", "runner.cli"]
-SECRET = "sk-test-SECRETVALUE"
-HF_SECRET = "hf_test_SECRETTOKEN"
 
 
 def write_spec(tmp: Path, seeds: list[int], seconds: float) -> Path:
@@ -58,10 +57,6 @@ def env(tmp_path):
         FakeRunPod(state).terminate_all()      # never leave a stray process behind, whatever failed
 
 
-def alive(run: Path) -> list[str]:
-    return FakeRunPod(run / "rehearsal").alive_pods()
-
-
 def attempts(run_dir: Path) -> list[dict]:
     led = json.loads((run_dir / "ledger.json").read_text())
     return [dict(a, seed=s) for s, e in led["seeds"].items() for a in e["attempts"]]
@@ -86,7 +81,7 @@ def wait_for_pods(run: Path, n: int) -> None:
     """Until the batch has `n` pods, each in the ledger and running."""
     deadline = time.time() + 180
     while not ((run / "ledger.json").exists() and len([a for a in attempts(run) if a["pod_id"]]) == n
-               and (run / "rehearsal").exists() and len(alive(run)) == n):
+               and (run / "rehearsal").exists() and len(alive_pods(run)) == n):
         assert time.time() < deadline, "the pods never started"
         time.sleep(0.3)
 
@@ -113,7 +108,7 @@ def test_rehearsal_three_seeds_with_faults_every_pod_terminated_and_marked(tmp_p
     assert len({a["pod_id"] for a in atts}) == 4
     assert all(a["pod_terminated"] is True and a["cost_usd"] > 0 and a["cost_source"] == "billed"
                and a["backend"] == "runpod" for a in atts)
-    assert alive(run) == []
+    assert alive_pods(run) == []
     ok = [a for a in atts if not a["error"]]
     for a in ok:
         log = (run / "seeds" / a["seed"] / f"attempt-{a['attempt']}" / "train.log").read_text()
@@ -147,17 +142,17 @@ def test_driver_killed_then_resume_then_gc_leaves_no_pod(tmp_path, env):
         except ProcessLookupError:
             pass
     time.sleep(2)                                     # let the dead session's Ray processes go
-    assert set(alive(run)) == old                     # orphans, as on RunPod
+    assert set(alive_pods(run)) == old                     # orphans, as on RunPod
 
     # the orphans are owned by open attempts: gc keeps them until the batch is resumed
     out = pgolf(tmp_path, env, "cluster", "gc", "--rehearse", "--yes", "--runs-dir", runs, timeout=120)
-    assert out.returncode == 0 and "kept" in out.stdout and set(alive(run)) == old, out.stdout + out.stderr
+    assert out.returncode == 0 and "kept" in out.stdout and set(alive_pods(run)) == old, out.stdout + out.stderr
 
     out = pgolf(tmp_path, env, "resume", run, "--no-progress")      # a rehearsal stays one without the flag
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     new = [a for a in attempts(run) if a["pod_id"] not in old]
     assert len(new) == 2 and all(a["pod_terminated"] is True and a["exit_code"] == 0 for a in new)
-    assert alive(run) == []                           # resume stopped the dead driver's pods itself
+    assert alive_pods(run) == []                           # resume stopped the dead driver's pods itself
     resumed_logs = "".join((run / "seeds" / s / "attempt-2" / "train.log").read_text() for s in ("1", "2"))
     assert resumed_logs.count("left by seed") >= 2   # each orphan stopped at least once
     assert not any(a["pod_terminated"] for a in attempts(run) if a["pod_id"] in old)
@@ -165,7 +160,7 @@ def test_driver_killed_then_resume_then_gc_leaves_no_pod(tmp_path, env):
     out = pgolf(tmp_path, env, "cluster", "gc", "--rehearse", "--yes", "--runs-dir", runs, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "recorded pod_terminated for 2 pod(s)" in out.stdout
-    assert alive(run) == []
+    assert alive_pods(run) == []
     assert all(a["pod_terminated"] is True for a in attempts(run))  # gc recorded what it stopped
     out = pgolf(tmp_path, env, "cluster", "gc", "--rehearse", "--yes", "--runs-dir", runs, timeout=120)
     assert "no orphaned pgolf pods" in out.stdout
@@ -184,7 +179,7 @@ def test_ctrl_c_terminates_every_pod_before_exiting(tmp_path, env):
         if drv.poll() is None:
             os.killpg(drv.pid, signal.SIGKILL)
     assert drv.returncode == 130, out[-2000:]
-    assert alive(run) == []
+    assert alive_pods(run) == []
     atts = attempts(run)
     assert len(atts) == 2 and all(a["pod_terminated"] is True and a["error"] == "interrupted" for a in atts), \
         [(a["pod_terminated"], a["error"]) for a in atts]
@@ -209,5 +204,5 @@ def test_smoke_job_rehearsed_on_runpod_with_a_lost_pod(tmp_path, env):
     assert len(atts) == 4 and len({a["pod_id"] for a in atts}) == 4
     assert [a["error"].startswith("infrastructure: ") for a in atts if a["error"]] == [True]
     assert all(a["pod_terminated"] is True for a in atts)
-    assert alive(tmp_path / "runs" / "smoke") == []
+    assert alive_pods(tmp_path / "runs" / "smoke") == []
     assert "audit: pass" in out.stdout

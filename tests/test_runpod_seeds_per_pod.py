@@ -23,38 +23,8 @@ from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX
 from runner.backends.runpod.fake import FakeRunPod
 from runner.driver import groups
 from runner.spec import validate_spec
+from support import PAYLOAD, ROOT, SECRET, TINY, MemoryEvents
 
-ROOT = Path(__file__).resolve().parents[1]
-PAYLOAD = ROOT / "tests" / "payloads" / "fake_train.py"
-TINY = ROOT / "model" / "data" / "tiny"
-SECRET = "sk-test-SECRETVALUE"
-
-
-class Events:
-    """One attempt's driver side, in memory; `cancel_at` (a line) makes the driver ask for a cancel."""
-
-    def __init__(self, cancel_at: str | None = None):
-        self.lines: list[str] = []
-        self.metas: list[dict] = []
-        self.cancel_at = cancel_at
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def meta(self, **fields) -> None:
-        self.metas.append(fields)
-
-    def process(self, host: str, pid: int) -> None:
-        raise AssertionError("a RunPod attempt starts no local job process")
-
-    def cancel_requested(self) -> bool:
-        return self.cancel_at is not None and any(self.cancel_at in line for line in self.lines)
-
-    def merged(self) -> dict:
-        out: dict = {}
-        for m in self.metas:
-            out.update(m)
-        return out
 
 
 @pytest.fixture
@@ -106,7 +76,7 @@ def test_groups_split_as_evenly_as_the_cost_model_prices_them():
 def test_one_set_up_three_runs_each_its_own_log_artifacts_and_share(tmp_path, backend):
     b = backend()
     group = attempts(tmp_path, [1, 2, 3])
-    evs = [Events() for _ in group]
+    evs = [MemoryEvents() for _ in group]
     out = list(b.run_group(group, evs))
     assert [i for i, _r in out] == [0, 1, 2] and all(r.exit_code == 0 and r.error is None for _i, r in out)
     fake = b.session.fake
@@ -137,7 +107,7 @@ def test_one_set_up_three_runs_each_its_own_log_artifacts_and_share(tmp_path, ba
 def test_a_pod_lost_after_its_first_seed_keeps_it_and_ends_the_rest(tmp_path, backend):
     b = backend("preempt_mid=1")
     group = attempts(tmp_path, [1, 2, 3], FAKE_SECONDS_1="0.3", FAKE_SECONDS="20")
-    evs = [Events() for _ in group]
+    evs = [MemoryEvents() for _ in group]
     got = []
     with pytest.raises(InfraFailure, match="lost|stopped answering"):
         for i, r in b.run_group(group, evs):
@@ -153,7 +123,7 @@ def test_a_pod_lost_after_its_first_seed_keeps_it_and_ends_the_rest(tmp_path, ba
 def test_a_cancelled_seed_stops_alone_and_the_pod_goes_on(tmp_path, backend):
     b = backend()
     group = attempts(tmp_path, [1, 2], FAKE_SECONDS_1="30", FAKE_STEPS_1="100")
-    evs = [Events(cancel_at="step:3/"), Events()]
+    evs = [MemoryEvents(cancel_at="step:3/"), MemoryEvents()]
     out = dict(b.run_group(group, evs))
     assert out[0].exit_code == 137 and out[0].error == "cancelled by the driver"
     assert out[1].exit_code == 0 and out[0].pod_id == out[1].pod_id

@@ -3,7 +3,6 @@ simulation, the false-positive rate of the whole procedure under the null, non-b
 decisions a runner will act on."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +12,9 @@ from results.errors import PgolfError
 from results.sequential import (NULL_DRAWS, Design, boundary_table, decide, information, spent,
                                 z_boundaries)
 from results.stats import LN2, POLICIES, sample_from_values, significance
+from corpus import CURRENT_RECORD, needs_current_record
 
 
-def _records() -> Path:
-    here = Path(__file__).resolve()
-    for up in here.parents:
-        if (up / "shared" / "records").is_dir():
-            return up / "shared" / "records"
-    return here.parents[2] / "shared" / "records"
-
-
-FOLDER = _records() / "track_10min_16mb" / "2026-04-29_SmearGateBOSFix_3Seed_1.06141"
-needs_folder = pytest.mark.skipif(not FOLDER.is_dir(), reason="../shared/records not present")
 NUMBER = 1.0614
 RECORD_BPB = [1.06220261, 1.06086831, 1.06128183]      # the SmearGateBOSFix record's three seeds
 SP8192_BPT = 3.72663
@@ -154,10 +144,10 @@ def test_futility_never_raises_the_false_positive_rate():
 
 # ---------------------------------------------------------------- decisions
 
-@needs_folder
+@needs_current_record
 def test_bad_candidate_stops_for_futility_after_the_first_wave():
     design = Design.waves(3, 8, policy="rule")
-    d = decide(_candidate([1.0625, 1.0619, 1.0631]), FOLDER, design)   # worse than the record
+    d = decide(_candidate([1.0625, 1.0619, 1.0631]), CURRENT_RECORD, design)   # worse than the record
     assert d.action == "stop_futility" and d.look == 1 and d.n == 3
     assert d.conditional_power < 0.10 and d.p_adjusted is None
     assert d.estimate["mean"] == pytest.approx(np.mean([1.0625, 1.0619, 1.0631]))   # bpb: other tokenizer
@@ -209,9 +199,9 @@ def test_runner_may_end_a_batch_early_and_looks_may_come_out_short():
     assert d.final and d.action in ("stop_max", "stop_success") and d.boundary["alpha_spent"] == 0.25
 
 
-@needs_folder
+@needs_current_record
 def test_boundary_table_states_the_design_up_front():
-    table = boundary_table(Design.waves(3, 8, policy="rule"), FOLDER)
+    table = boundary_table(Design.waves(3, 8, policy="rule"), CURRENT_RECORD)
     assert [row["n"] for row in table] == [3, 6, 8]
     assert table[0]["information"] == pytest.approx(0.6875) and table[-1]["alpha_spent"] == 0.01
     assert all(0 < row["p"] <= 0.01 for row in table)
