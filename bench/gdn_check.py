@@ -14,8 +14,6 @@ Exit 1 when an error is over its tolerance.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
 import os
 import platform
@@ -26,19 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import ROOT, load_payload, write_result  # noqa: E402  (bench/ is the script's folder)
 GRADS = ("q", "k", "v", "g", "beta")
 # Tolerances on relative L2 error against the float64 reference: bf16 rounding alone gives ~5e-3, fla may
 # use TF32 inside; the fla #640 miscompile gives O(1) errors on dg/dbeta, far above these.
 TOL = {"bf16": 5e-2, "fp32": 1e-2, "fp64": 1e-9}
-
-
-def load_train_gpt():
-    """The payload as a module, from its file (it is one self-contained script)."""
-    spec = importlib.util.spec_from_file_location("train_gpt", ROOT / "model" / "train_gpt.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def make_inputs(B, T, H, K, device, seed=0):
@@ -98,7 +88,7 @@ def time_fwd_bwd(fn, inp, dtype, g_dtype, iters):
 
 
 def main() -> int:
-    tg = load_train_gpt()
+    tg = load_payload()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     B = int(os.environ.get("GDN_B", 4 if cuda else 1))
@@ -191,10 +181,7 @@ def main() -> int:
               "config": {"B": B, "H": H, "K": K, "V": K, "T": Ts, "dtypes": dtypes,
                          "reference": "ours_chunk float64", "use_qk_l2norm_in_kernel": True},
               "tolerances": TOL, "rows": rows, "all_ok": ok}
-    tmp = out_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out_path)
-    print(f"wrote {out_path}")
+    write_result(out_path, result)
     return 0 if ok else 1
 
 

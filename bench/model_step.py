@@ -21,8 +21,6 @@ VOCAB_SIZE=1024 BIGRAM_VOCAB_SIZE=512 BIGRAM_DIM=32 python bench/model_step.py
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -33,18 +31,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import ROOT, load_payload, write_result  # noqa: E402  (bench/ is the script's folder)
 PUBLISHED_MS = {"step": 304.0, "fwd_bwd": 196.0, "opt_ema": 108.0, "tokens_per_s": 324_000}
 TARGET_MS, GOAL_MS = 200.0, 150.0
 PEAKS = {"spec_989": 989e12, "measured_800": 800e12}
 GDN_CHUNK = 64
-
-
-def load_train_gpt():
-    spec = importlib.util.spec_from_file_location("train_gpt", ROOT / "model" / "train_gpt.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def flops_per_token(tg, model, args) -> dict:
@@ -60,7 +51,7 @@ def flops_per_token(tg, model, args) -> dict:
 
 
 def main() -> int:
-    tg = load_train_gpt()
+    tg = load_payload()
     args = tg.Hyperparameters()
     seqs = int(os.environ.get("BENCH_SEQS", 96))
     accum = int(os.environ.get("BENCH_ACCUM", 1))
@@ -211,11 +202,7 @@ def main() -> int:
         "published": PUBLISHED_MS, "target_ms": TARGET_MS, "goal_ms": GOAL_MS,
         "speedup_vs_published": PUBLISHED_MS["step"] / ms, "verdict": verdict,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out_path)
-    print(f"wrote {out_path}")
+    write_result(out_path, result)
     return 0
 
 

@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from benchlib import ROOT, RESULTS, write_result  # noqa: E402  (bench/ is the script's folder)
 
 _STEP = re.compile(r"^step:(\d+)/\d+ train_loss:\S+ train_time:(\d+)ms")
 _MS = r"([\d.]+)ms"
@@ -150,7 +149,7 @@ def cmd_run(a) -> int:
            "wall_s": wall, "card": gpu_name(), "env": {k: env[k] for k in sorted(env) if k.isupper() and (
                k in {e.partition("=")[0] for e in a.env} or k in ("MAX_WALLCLOCK_SECONDS", "TRAIN_BATCH_TOKENS"))},
            **analyze_log(text)}
-    (RESULTS / f"multi_gpu_{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_result(RESULTS / f"multi_gpu_{name}.json", res)
     print_table([row(name, res, res["card"])])
     return rc
 

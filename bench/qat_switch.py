@@ -7,8 +7,6 @@ JSON: bench/results/qat_switch.json (`QAT_OUT`).
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -17,16 +15,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from benchlib import ROOT, load_payload, write_result  # noqa: E402  (bench/ is the script's folder)
 from serialize import trained_like  # noqa: E402
-
-
-def load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def time_switch(tg, sd, args, budget: int, device) -> dict:
@@ -52,7 +42,7 @@ def main() -> int:
     versions = {"current": ROOT / "model" / "train_gpt.py"}
     if os.environ.get("QAT_PREV"):
         versions["previous"] = Path(os.environ["QAT_PREV"])
-    mods = {k: load(p, f"train_gpt_{k}") for k, p in versions.items()}
+    mods = {k: load_payload(p, f"train_gpt_{k}") for k, p in versions.items()}
     tg = mods["current"]
     args = tg.Hyperparameters({})
     torch.manual_seed(0)
@@ -68,9 +58,8 @@ def main() -> int:
         print(f"  {k:<9} {r['median_ms']:8.1f} ms (min {r['min_ms']:.1f})  {r['predictions']:2d} predictions  "
               f"step_mult {r['step_mult']:.5f}")
     out = Path(os.environ.get("QAT_OUT", ROOT / "bench" / "results" / "qat_switch.json"))
-    out.write_text(json.dumps({"bench": "qat_switch", "device": str(device), "torch": torch.__version__,
-                               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                               **res}, indent=2) + "\n")
+    write_result(out, {"bench": "qat_switch", "device": str(device), "torch": torch.__version__,
+                       "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, **res})
     return 0
 
 

@@ -16,9 +16,7 @@ Env: SER_DEVICE, SER_COMPARE_WHOLE (0), SER_THREADS (all cores), SER_OUT.
 """
 from __future__ import annotations
 
-import importlib.util
 import io
-import json
 import os
 import platform
 import sys
@@ -28,15 +26,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import ROOT, load_payload, write_result  # noqa: E402  (bench/ is the script's folder)
 CAP = 16_000_000
-
-
-def load_train_gpt():
-    spec = importlib.util.spec_from_file_location("train_gpt", ROOT / "model" / "train_gpt.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def trained_like(model, seed: int = 1) -> None:
@@ -54,7 +45,7 @@ def trained_like(model, seed: int = 1) -> None:
 
 
 def main() -> int:
-    tg = load_train_gpt()
+    tg = load_payload()
     if os.environ.get("SER_THREADS"):
         n = int(os.environ["SER_THREADS"])
         tg.cpu_threads = lambda: n
@@ -125,10 +116,7 @@ def main() -> int:
               "load_s": load_s, "roundtrip_exact": roundtrip_ok, "whole_blob": whole, "ok": ok,
               **{k: v for k, v in info.items()}}
     out = Path(os.environ.get("SER_OUT", ROOT / "bench" / "results" / "serialize.json"))
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_result(out, result)
     return 0 if ok else 1
 
 
