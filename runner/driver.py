@@ -157,7 +157,7 @@ class TaskEvents:
         self.channel, self.seed, self.attempt = channel, seed, attempt
         self.buf: list[str] = []
         self.lock = threading.Lock()
-        self.last_ref = None
+        self.sent: list = []           # line batches the channel may not have taken in yet
         self.cancel_asked, self.cancel_seen = -math.inf, False
         self.closed = threading.Event()
         self.flusher = threading.Thread(target=self._flush_loop, daemon=True)
@@ -174,7 +174,18 @@ class TaskEvents:
         with self.lock:
             buf, self.buf = self.buf, []
             if buf:
-                self.last_ref = self.channel.lines.remote(self.seed, self.attempt, buf)
+                self.sent.append(self.channel.lines.remote(self.seed, self.attempt, buf))
+            if len(self.sent) > 64:    # long runs: forget the batches the channel has taken in
+                _, self.sent = ray.wait(self.sent, num_returns=len(self.sent), timeout=0)
+
+    def delivered(self) -> None:
+        """Every line so far is in the channel, ahead of anything sent after this returns. Ray runs an
+        async actor's calls in no guaranteed order, so an attempt's end sent right after its last lines
+        could overtake them, and the driver, which closes the log at the end, would drop them."""
+        self.flush()
+        with self.lock:
+            sent, self.sent = self.sent, []
+        ray.get(sent)
 
     def meta(self, **fields: Any) -> None:
         self.flush()
@@ -195,7 +206,7 @@ class TaskEvents:
     def end(self, result: AttemptResult, files: dict[str, bytes]) -> None:
         """A group's attempt ended: every line first, then its result; returns once the driver recorded
         it (NotRecorded when its disk refused)."""
-        self.flush()
+        self.delivered()
         refused = ray.get(self.channel.ended.remote(self.seed, self.attempt, {"result": result, "files": files}))
         if refused:
             raise NotRecorded(f"the driver could not record the end of seed {self.seed} attempt "
@@ -207,9 +218,7 @@ class TaskEvents:
 
     def close(self) -> None:
         self.closed.set()
-        self.flush()
-        if self.last_ref is not None:
-            ray.get(self.last_ref)
+        self.delivered()
 
 
 def _task_setup(attempts: list[AttemptSpec], script_blob: bytes, driver_node: str) -> tuple[list[AttemptSpec], Path | None]:

@@ -335,3 +335,44 @@ def test_ledger_never_records_an_attempt_it_could_not_save(tmp_path, monkeypatch
     monkeypatch.undo()
     led.save()
     assert not led.unsaved and Ledger.load(tmp_path).state(1) == "succeeded"
+
+
+def test_an_attempts_end_never_overtakes_its_last_lines():
+    """The driver closes an attempt's log when its end arrives; Ray runs an async actor's calls in no
+    guaranteed order. A channel whose `lines` is slow to take a batch in must still see the last lines
+    before the end (runner.driver.TaskEvents.delivered)."""
+    import asyncio
+
+    import ray
+
+    from runner.backends.base import AttemptResult
+    from runner.driver import TaskEvents
+
+    @ray.remote(num_cpus=0)
+    class SlowChannel:
+        def __init__(self):
+            self.seen: list = []
+
+        async def lines(self, seed, attempt, lines):
+            await asyncio.sleep(0.5)
+            self.seen.append(("lines", seed, attempt, lines))
+
+        async def ended(self, seed, attempt, payload):
+            self.seen.append(("ended", seed, attempt, payload["result"].exit_code))
+            return None
+
+        async def got(self):
+            return self.seen
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, address="local")
+    try:
+        channel = SlowChannel.remote()
+        events = TaskEvents(channel, 3, 2)
+        events.line("step:5/5 train_loss:3.5")
+        events.line("pgolf-pod: DONE 0")
+        events.end(AttemptResult(exit_code=0), {})
+        events.close()
+        assert ray.get(channel.got.remote()) == [
+            ("lines", 3, 2, ["step:5/5 train_loss:3.5", "pgolf-pod: DONE 0"]), ("ended", 3, 2, 0)]
+    finally:
+        ray.shutdown()
