@@ -1,5 +1,5 @@
-"""Where the public records live for the tests: ../shared/records, looked up from the checkout upwards
-(a worktree sits one level deeper than the main checkout), or $PGOLF_RECORDS."""
+"""Where the public records live for the tests: the snapshot in tests/data/records (part of the
+repository, MIT licensed, see its SOURCE.md), or $PGOLF_RECORDS to run the same tests on another copy."""
 import os
 from pathlib import Path
 
@@ -10,11 +10,7 @@ def _find() -> Path:
     env = os.environ.get("PGOLF_RECORDS")
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents[1:]:
-        if (parent / "shared" / "records").is_dir():
-            return parent / "shared" / "records"
-    return here.parents[2] / "shared" / "records"
+    return Path(__file__).resolve().parent / "data" / "records"
 
 
 RECORDS = _find()
