@@ -51,7 +51,7 @@ def test_cap_breaker_without_submission():
     assert not (folder / "submission.json").exists()
     a, c = checks(folder)
     assert c["artifact_cap"]["status"] == "fail"
-    assert "16,186,500" in c["artifact_cap"]["detail"] and "train.log:173" in c["artifact_cap"]["detail"]
+    assert "16,186,500" in c["artifact_cap"]["detail"] and "train.log:1536" in c["artifact_cap"]["detail"]
     assert c["claim_matches_logs"]["status"] == "skip" and a["verdict"] == "fail"
 
 

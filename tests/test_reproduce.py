@@ -72,9 +72,20 @@ def test_record_track_limits_and_official_variant(tmp_path):
 
 
 @needs_records
-def test_public_records_cannot_be_reproduced_without_their_script():
+def test_a_public_record_is_reproduced_with_its_own_script(tmp_path):
+    """A public folder ships its script: the spec runs that file on the claimed seeds, 8 GPUs, the record's
+    limits; the same folder without its script cannot be reproduced."""
+    folder = TEN / "2026-04-06_SP8192_QK5_LegalTTT_1.0828"
+    spec, _ = spec_from_record(folder)
+    assert spec["script"] == str(folder / "train_gpt.py") and spec["seeds"] == [0, 42, 1234]
+    assert spec["gpus_per_seed"] == 8 and spec["limits"] == {"train_seconds": 600.0, "eval_seconds": 600.0}
+    bare = tmp_path / folder.name
+    bare.mkdir()
+    for f in folder.iterdir():
+        if f.name != "train_gpt.py":
+            (bare / f.name).write_bytes(f.read_bytes())
     with pytest.raises(PgolfError, match="no train_gpt.py"):
-        spec_from_record(TEN / "2026-04-06_SP8192_QK5_LegalTTT_1.0828")
+        spec_from_record(bare)
 
 
 def test_a_claim_that_reproduces():
