@@ -43,6 +43,36 @@ def _header(r: Run) -> str:
     return f"whose header says seed {r.header_seed}" if r.header_seed is not None else "which states no seed"
 
 
+def claim_runs(rs: RunSet) -> list[Run]:
+    """The runs a claim is made of. When every per-seed value of submission.json is a final score of some
+    log, those logs (the claimed value decides, not the file name: a README's "default seed" run may carry
+    another seed); else the scored runs of the seeds it lists; else every scored run."""
+    runs = scored(rs.runs)
+    everyone = runs + scored(rs.extra_runs)
+    per_seed = claimed_seed_results(rs.submission)
+    picked: list[Run] = []
+    for seed, res in per_seed.items():
+        value = res.get("val_bpb")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            picked = []
+            break
+        tol = rounding_tol(value)
+        hits = [r for r in everyone if abs(r.val_bpb - value) <= tol]
+        if not hits:
+            picked = []
+            break
+        # the seed's own run first, then the closest value (a claim "1.06400" is the log's 1.06400, not 1.06444)
+        best = min(hits, key=lambda r: (r.seed != seed and r.filename_seed != seed, abs(r.val_bpb - value)))
+        if best not in picked:
+            picked.append(best)
+    if len(picked) >= 2 or (picked and len(per_seed) == 1):
+        order = {id(r): i for i, r in enumerate(everyone)}
+        return sorted(picked, key=lambda r: order[id(r)])          # log order, as everywhere else
+    claimed = set(claimed_seeds(rs.submission))
+    in_claim = [r for r in runs if r.seed in claimed or r.filename_seed in claimed]
+    return in_claim if len(in_claim) >= 2 else runs
+
+
 # ---- logs, seeds, claims -------------------------------------------------------------------------
 def check_logs_present(rs: RunSet):
     if not rs.runs:
@@ -70,6 +100,10 @@ def check_seed_count(rs: RunSet):
         return ("fail", "no scored run") if track.is_record else ("skip", "no scored run (non-record track)")
     claimed = claimed_seeds(rs.submission)
     detail = f"{n} scored run(s), seeds {seeds or 'unknown'}"
+    others = scored(rs.extra_runs)
+    if others:
+        detail += (f" ({len(others)} other run(s) of {'these seeds' if len(seeds) > 1 else 'that seed'} set aside: "
+                   "duplicates, reruns or other experiments, see logs_present)")
     if claimed:
         detail += f"; submission lists seeds {claimed}"
     if not track.is_record:
@@ -167,7 +201,7 @@ def check_claim(rs: RunSet):
 
 def check_mean_not_best(rs: RunSet):
     claim = claimed_bpb(rs.submission)
-    runs = scored(rs.runs)
+    runs = claim_runs(rs)
     if claim is None:
         return "skip", "no claimed val_bpb"
     if len(runs) < 2:
@@ -194,10 +228,24 @@ def _folder_code_bytes(rs: RunSet) -> tuple[int | None, str]:
     return None, ""
 
 
+def _has_size(r: Run) -> bool:
+    return r.artifact_bytes is not None or r.model_bytes is not None
+
+
+def _sized_runs(rs: RunSet) -> list[Run]:
+    """The counted runs, and for a counted run whose log states no size (an evaluation-only rerun), the
+    set-aside runs of its seed that do: the artifact that seed's score came from."""
+    out = list(rs.runs)
+    for r in rs.runs:
+        if not _has_size(r) and r.seed is not None:
+            out += [x for x in rs.extra_runs if x.seed == r.seed and _has_size(x)]
+    return out
+
+
 def check_artifact_cap(rs: RunSet):
     over, ok = [], []
     code, code_src = _folder_code_bytes(rs)
-    for r in rs.runs:
+    for r in _sized_runs(rs):
         if r.artifact_bytes is not None:
             total, where = r.artifact_bytes, _at(r, "artifact_bytes")
         elif r.model_bytes is not None and (r.code_bytes is not None or code is not None):
@@ -368,45 +416,100 @@ def _normalize_source(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
 
 
+def _no_space(text: str) -> str:
+    """The source with every run of whitespace removed and blank lines dropped: what is left when only
+    indentation or spacing differ."""
+    return "\n".join("".join(line.split()) for line in text.splitlines() if line.strip())
+
+
+class _Shipped:
+    """A script the folder ships, read once: bytes, sha256, normalised text (for comparing with the source a
+    log embeds), and its lines without whitespace (to tell a whitespace-only difference)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = path.read_bytes()
+        self.digest = sha256_bytes(self.data)
+        self.norm = _normalize_source(self.data.decode("utf-8", errors="replace"))
+        self._bare: str | None = None
+        self.norm_sha16 = sha256_bytes((self.norm + "\n").encode())[:16]
+
+    @property
+    def bare(self) -> str:
+        if self._bare is None:
+            self._bare = _no_space(self.norm)
+        return self._bare
+
+
+def _first_difference(a: str, b: str) -> int:
+    """1-based line of the first difference between two normalised sources."""
+    la, lb = a.splitlines(), b.splitlines()
+    return next((i + 1 for i, (x, y) in enumerate(zip(la, lb)) if x != y), min(len(la), len(lb)) + 1)
+
+
 def check_provenance(rs: RunSet):
-    script = rs.script_path if rs.script_path and rs.script_path.is_file() else None
-    data = script.read_bytes() if script else None
-    digest = sha256_bytes(data) if data is not None else None
-    norm = _normalize_source(data.decode("utf-8", errors="replace")) if data is not None else None
-    fails, oks, unverifiable = [], [], []
+    """The script a log ran is one the folder ships: by the log's script_sha256, its embedded source or the
+    hash of that source, compared with every Python file the folder ships (a folder may ship several: the
+    log's own source says which one ran). A difference in whitespace alone is a warning; a difference
+    in a run of the claim fails, in a side experiment it is a warning."""
+    shipped = [_Shipped(p) for p in shipped_scripts(rs)]
+    default = next((s for s in shipped if rs.script_path and s.path == rs.script_path), shipped[0] if shipped else None)
+    fails, warns, oks, unverifiable = [], [], [], []
     frozen = (rs.batch or {}).get("script")
-    if digest and isinstance(frozen, dict) and isinstance(frozen.get("sha256"), str):
-        if frozen["sha256"].lower() != digest:
-            fails.append(f"batch.json script.sha256 {frozen['sha256'][:16]}… ≠ {script.name} {digest[:16]}… (script changed after the run)")
+    if default and isinstance(frozen, dict) and isinstance(frozen.get("sha256"), str):
+        if frozen["sha256"].lower() != default.digest:
+            fails.append(f"batch.json script.sha256 {frozen['sha256'][:16]}… ≠ {default.path.name} {default.digest[:16]}… "
+                         "(script changed after the run)")
+    in_claim = {id(r) for r in claim_runs(rs)}
     for r in rs.runs:
+        bad = fails if id(r) in in_claim or not rs.submission else warns
+        side = "" if bad is fails else " (a run outside the claim)"
         if r.script_sha256:
-            if digest is None:
+            hit = next((s for s in shipped if s.digest == r.script_sha256), None)
+            if not shipped:
                 unverifiable.append(f"{_at(r, 'script_sha256')} script_sha256 {r.script_sha256[:16]}…")
-            elif r.script_sha256 == digest:
-                oks.append(f"{_at(r, 'script_sha256')} script_sha256 matches {script.name}")
+            elif hit:
+                oks.append(f"{_at(r, 'script_sha256')} script_sha256 matches {hit.path.name}")
             else:
-                fails.append(f"{_at(r, 'script_sha256')} script_sha256 {r.script_sha256[:16]}… ≠ {script.name} {digest[:16]}…")
+                bad.append(f"{_at(r, 'script_sha256')} script_sha256 {r.script_sha256[:16]}… matches no shipped "
+                           f"script ({', '.join(s.path.name for s in shipped)}){side}")
         elif r.source_text is not None:
-            if norm is None:
+            if not shipped:
                 unverifiable.append(f"{r.log}:1 embeds its source")
-            elif _normalize_source(r.source_text) == norm:
-                oks.append(f"{r.log}:1 embedded source = {script.name}")
-            else:
-                fails.append(f"{r.log}:1 embedded source differs from {script.name}")
+                continue
+            norm = _normalize_source(r.source_text)
+            hit = next((s for s in shipped if s.norm == norm), None)
+            if hit:
+                oks.append(f"{r.log}:1 embedded source = {hit.path.name}")
+                continue
+            bare = _no_space(norm)
+            spaced = next((s for s in shipped if s.bare == bare), None)
+            if spaced:
+                warns.append(f"{r.log}:1 embedded source differs from {spaced.path.name} in whitespace only "
+                             f"(first at line {_first_difference(norm, spaced.norm)} of the source){side}")
+                continue
+            lines = set(norm.splitlines())
+            near = min(shipped, key=lambda s: len(lines.symmetric_difference(s.norm.splitlines())))
+            bad.append(f"{r.log}:1 embedded source differs from every shipped script (closest {near.path.name}, "
+                       f"first at line {_first_difference(norm, near.norm)}){side}")
         elif r.source_sha16:
-            if digest is None:
+            hit = next((s for s in shipped if r.source_sha16 in (s.digest[:16], s.norm_sha16)), None)
+            if not shipped:
                 unverifiable.append(f"{_at(r, 'source')} embedded source sha256/16={r.source_sha16}")
-            elif digest[:16] == r.source_sha16 or sha256_bytes((norm + "\n").encode())[:16] == r.source_sha16:
-                oks.append(f"{_at(r, 'source')} embedded source hash matches {script.name}")
+            elif hit:
+                oks.append(f"{_at(r, 'source')} embedded source hash matches {hit.path.name}")
             else:
-                fails.append(f"{_at(r, 'source')} embedded source sha256/16={r.source_sha16} ≠ {script.name} {digest[:16]}")
+                bad.append(f"{_at(r, 'source')} embedded source sha256/16={r.source_sha16} matches no shipped script "
+                           f"({', '.join(s.path.name for s in shipped)}){side}")
     if fails:
-        return "fail", "; ".join(fails)
+        return "fail", "; ".join(fails + warns)
+    if warns:
+        return "warn", "; ".join(warns) + (f" (ok: {'; '.join(oks)})" if oks else "")
     if oks:
         return "pass", "; ".join(oks)
     if unverifiable:
-        return "skip", "no shipped train_gpt.py to compare with: " + "; ".join(unverifiable[:4]) + (" …" if len(unverifiable) > 4 else "")
-    return "skip", "no script_sha256 line or embedded source in the logs" + ("" if script else " and no shipped script")
+        return "skip", "no shipped script to compare with: " + "; ".join(unverifiable[:4]) + (" …" if len(unverifiable) > 4 else "")
+    return "skip", "no script_sha256 line or embedded source in the logs" + ("" if shipped else " and no shipped script")
 
 
 # ---- one configuration, clean data, a clean script --------------------------------------------------
@@ -427,13 +530,9 @@ def _script_identity(r: Run) -> str | None:
 
 def check_config(rs: RunSet):
     """All seeds of a claim come from one configuration: the same tokenizer, the same script, the same
-    logged hyperparameters (seed, run id, log file and paths aside). When submission.json lists its seeds, the
-    runs of those seeds are the claim; other logs in the folder (a study's side experiments) are left out."""
-    runs = scored(rs.runs)
-    claimed = set(claimed_seeds(rs.submission))
-    in_claim = [r for r in runs if r.seed in claimed or r.filename_seed in claimed]
-    if len(in_claim) >= 2:
-        runs = in_claim
+    logged hyperparameters (seed, run id, log file and paths aside). The runs compared are the claim's
+    (`claim_runs`); other logs in the folder (a study's side experiments) are left out."""
+    runs = claim_runs(rs)
     if len(runs) < 2:
         return "skip", f"{len(runs)} scored run(s): nothing to compare"
     fails, warns = [], []

@@ -5,7 +5,8 @@ The public record uses several layouts; all of them are understood here and nowh
 - per seed: `seed_results: {seed: {...}}` or `[{seed: .., ...}]`, `seeds: {seed: {...}}`, or a `seeds`
   list beside a `seed_scores` list of bpb values. A per-seed bpb may be spelt `val_bpb`, `val_var_bpb`,
   `bpb` or `val_bpb_exact`.
-Claims are often rounded when they are written: `rounding_tol` says how close a log value must be.
+Claims are often rounded when they are written: `rounding_tol` says how close a log value must be, at the
+precision the number was written with in the file ("1.06400" is good to 5 decimals, not 3: `Claimed`).
 """
 from __future__ import annotations
 
@@ -30,10 +31,24 @@ def find(folder: Path) -> Path | None:
     return others[0] if others else None
 
 
+class Claimed(float):
+    """A number as written in a submission: it keeps its decimals, which json's float drops ("1.06400" and
+    "1.064" are the same float but not the same claim: the first says the 5th decimal is 0)."""
+
+    decimals: int
+
+    def __new__(cls, text: str):
+        obj = super().__new__(cls, text)
+        mantissa = text.lower().split("e")[0]
+        obj.decimals = len(mantissa.split(".")[1]) if "." in mantissa and "e" not in text.lower() else 8
+        return obj
+
+
 def read(path: Path, what: str = "") -> dict:
     """A submission.json as a dict, type-checked; PgolfError (one line naming the file) otherwise.
-    `what` prefixes the message (e.g. "baseline ")."""
-    sub = read_json_object(path, what)
+    `what` prefixes the message (e.g. "baseline "). Decimal numbers come back as `Claimed` floats."""
+    read_json_object(path, what)                       # the one-line errors for unreadable or malformed files
+    sub = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"), parse_float=Claimed)
     validate(sub, path)
     return sub
 
@@ -151,7 +166,10 @@ def tokenizer_hint(sub: dict) -> str | None:
 
 
 def rounding_tol(value: float) -> float:
-    """Half a unit in the last printed decimal of a claimed number (claims are often rounded)."""
-    text = repr(float(value))
-    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 8
+    """Half a unit in the last decimal the claim was written with (claims are often rounded): a `Claimed`
+    number's own decimals ("1.06400": 5), else the shortest repr of the float."""
+    decimals = getattr(value, "decimals", None)
+    if decimals is None:
+        text = repr(float(value))
+        decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 8
     return 0.5 * 10 ** (-min(decimals, 8)) + 1e-9

@@ -154,6 +154,48 @@ def _matches(r: Run, claim) -> bool:
             and abs(r.val_bpb - float(claim)) <= claims.rounding_tol(claim))
 
 
+# keys that differ from run to run of one experiment (or only say where files are): not its configuration
+_PER_RUN_KEYS = {"seed", "s", "run_id", "run_name", "logfile", "log_file", "rank", "local_rank", "is_main_process"}
+
+
+def config_of(r: Run) -> dict[str, str]:
+    """The configuration a run's log states: its hyperparameters, per-run keys and paths aside."""
+    return {k: v for k, v in r.hparams.items() if k not in _PER_RUN_KEYS and "/" not in v}
+
+
+def _config_difference(a: Run, b: Run, most: int = 3) -> str:
+    """`key a_value vs b_value` for hyperparameters both runs state and disagree on ("" when none)."""
+    ca, cb = config_of(a), config_of(b)
+    diff = [f"{k} {ca[k]} vs {cb[k]}" for k in sorted(ca.keys() & cb.keys()) if ca[k] != cb[k]]
+    return ", ".join(diff[:most]) + (" …" if len(diff) > most else "")
+
+
+def _main_config(runs: list[Run]) -> frozenset | None:
+    """The configuration most seeds share (a folder's main experiment), when the logs state one."""
+    counts: dict[frozenset, set] = {}
+    for r in runs:
+        if r.hparams and r.metric is not None:
+            counts.setdefault(frozenset(config_of(r).items()), set()).add(r.seed)
+    if not counts:
+        return None
+    best = max(counts.items(), key=lambda kv: len(kv[1]))
+    return best[0] if len(best[1]) > 1 else None
+
+
+def _the_run_of_seed(group: list[Run], claim, main: frozenset | None) -> Run:
+    """Which of several runs of one seed counts: the one holding the claimed value (closest at the claim's own
+    precision), else the one of the folder's main configuration (runs are told apart by their own
+    hyperparameters before they are called the same seed), else the first with a score."""
+    hits = [r for r in group if _matches(r, claim)]
+    if hits:
+        return min(hits, key=lambda r: abs(r.val_bpb - float(claim)))
+    if main is not None:
+        same = [r for r in group if r.metric is not None and frozenset(config_of(r).items()) == main]
+        if same:
+            return same[0]
+    return next((r for r in group if r.metric), group[0])
+
+
 def _dedupe(rs: RunSet, runs: list[Run], per_seed: dict, global_claim: float | None):
     seen: dict[tuple, Run] = {}
     unique: list[Run] = []
@@ -171,18 +213,21 @@ def _dedupe(rs: RunSet, runs: list[Run], per_seed: dict, global_claim: float | N
         if r.seed is not None:
             by_seed.setdefault(r.seed, []).append(r)
     drop: set[int] = set()
+    main = _main_config(unique)
     for seed, group in by_seed.items():
         if len(group) < 2:
             continue
         claim = per_seed.get(seed, {}).get("val_bpb", global_claim)
-        keep = next((r for r in group if _matches(r, claim)), None) or next((r for r in group if r.metric), group[0])
+        keep = _the_run_of_seed(group, claim, main)
         for r in group:
             if r is not keep:
                 drop.add(id(r))
                 rs.extra_runs.append(r)
-                rs.warnings.append(
-                    f"{r.log}:{r.first_line}: another run of seed {seed} (val_bpb {r.val_bpb}); "
-                    f"{keep.log}:{keep.first_line} (val_bpb {keep.val_bpb}) is the one counted")
+                other = _config_difference(r, keep)
+                what = (f"another experiment with seed {seed} ({other})" if other
+                        else f"another run of seed {seed}")
+                rs.warnings.append(f"{r.log}:{r.first_line}: {what} (val_bpb {r.val_bpb}); "
+                                   f"{keep.log}:{keep.first_line} (val_bpb {keep.val_bpb}) is the one counted")
     rs.runs = [r for r in unique if id(r) not in drop]
 
 

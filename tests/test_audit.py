@@ -11,7 +11,7 @@ from results.load import load
 from runner.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus import TEN, needs_records  # noqa: E402
+from corpus import NON, TEN, needs_records  # noqa: E402
 from test_load import make_run_dir  # noqa: E402
 
 
@@ -208,3 +208,77 @@ def test_frozen_script_changed_after_run(tmp_path):
     (d / "train_gpt.py").write_text(SOURCE)
     _, c = checks(d)
     assert c["provenance"]["status"] == "fail" and "batch.json" in c["provenance"]["detail"]
+
+
+# ---- issue 19: the claim's own precision, every shipped script, experiments apart, whitespace ------------
+def test_provenance_names_the_shipped_script_that_ran_and_whitespace_is_a_warning(tmp_path):
+    d = tmp_path / "two"
+    _record_with_embedded_source(d, "print('the baseline')\n")
+    (d / "train_gpt_variant.py").write_text(SOURCE)              # the log embeds this one, not train_gpt.py
+    _, c = checks(d)
+    assert c["provenance"]["status"] == "pass" and "= train_gpt_variant.py" in c["provenance"]["detail"]
+    spaced = SOURCE.replace("x3 = 3", "x3  =   3")
+    _record_with_embedded_source(tmp_path / "spaces", spaced)
+    _, c = checks(tmp_path / "spaces")
+    assert c["provenance"]["status"] == "warn" and "whitespace only" in c["provenance"]["detail"]
+    assert "line 6" in c["provenance"]["detail"]
+
+
+def test_a_claim_keeps_the_decimals_it_was_written_with(tmp_path):
+    """submission.json writes "1.06400": the log at 1.06400 is seed 42's run, not the one at 1.06444 that a
+    3-decimal reading of the float would also accept."""
+    from results.claims import read, rounding_tol
+    d = tmp_path / "rec"
+    d.mkdir()
+    (d / "submission.json").write_text('{"val_bpb": 1.06350, "seed_results": {"42": {"val_bpb": 1.06400}, '
+                                       '"7": {"val_bpb": 1.06300}}}')
+    sub = read(d / "submission.json")
+    assert rounding_tol(sub["seed_results"]["42"]["val_bpb"]) == pytest.approx(5e-6, rel=1e-3)
+    assert rounding_tol(1.064) == pytest.approx(5e-4, rel=1e-3)                  # a bare float: its repr
+    (d / "train_seed42.log").write_text("seed:42\nfinal_int8_zlib_roundtrip_exact val_loss:2.0 val_bpb:1.06444\n")
+    (d / "ttt").mkdir()
+    (d / "ttt" / "seed_42.log").write_text("seed:42\nquantized_ttt_exact val_loss:2.0 val_bpb:1.06400\n")
+    (d / "train_seed7.log").write_text("seed:7\nquantized_ttt_exact val_loss:2.0 val_bpb:1.06300\n")
+    rs = load(d)
+    assert sorted(r.log for r in rs.runs) == ["train_seed7.log", "ttt/seed_42.log"]
+    _, c = checks(d)
+    assert c["mean_not_best"]["status"] == "pass" and c["claim_matches_logs"]["status"] == "pass"
+
+
+def test_runs_of_one_seed_from_another_experiment_are_told_apart(tmp_path):
+    """Seed 42's 100k-step study is not a rerun of seed 42's 10-minute run: the configuration the other seeds
+    share decides which one counts, and the warning names the difference."""
+    def run(seed, bpb, iters):
+        return (f"Hyperparameters:\n  seed: {seed}\n  iterations: {iters}\n  num_layers: 10\n"
+                f"step:{iters}/{iters} train_loss:2.0 train_time:1000ms\n"
+                f"final_int8_zlib_roundtrip_exact val_loss:2.0 val_bpb:{bpb}\n")
+    d = tmp_path / "rec"
+    d.mkdir()
+    (d / "log_100k_steps_study.txt").write_text(run(42, 1.50, 100000))
+    for seed, bpb in ((42, 1.556), (1337, 1.565), (7, 1.580)):
+        (d / f"log_10mins_seed-{seed}.txt").write_text(run(seed, bpb, 20000))
+    rs = load(d)
+    assert sorted(r.log for r in rs.runs) == [f"log_10mins_seed-{s}.txt" for s in (1337, 42, 7)]
+    assert any("another experiment with seed 42 (iterations 100000 vs 20000)" in w for w in rs.warnings)
+    _, c = checks(d)
+    assert c["config_consistency"]["status"] == "pass"
+    assert "1 other run(s)" in c["seed_count"]["detail"]
+
+
+@needs_records
+def test_public_folders_misread_before_are_read_right():
+    """The false alarms of issue 19 on the real folders, each at its cause."""
+    fused = TEN / "2026-04-23_SP8192_CaseOps_SparseGate_QuantGate_Loop45_PhasedTTT_PolarNS_MinLR_FusedCE"
+    rs = load(fused)
+    assert {r.log for r in rs.runs} == {"ttt_pr1767/seed_42.log", "ttt_pr1767/seed_0.log", "ttt_pr1767/seed_1234.log"}
+    _, c = checks(fused)
+    assert c["mean_not_best"]["status"] == "pass" and c["config_consistency"]["status"] == "pass"
+    assert c["artifact_cap"]["status"] == "pass" and "train_seed42.log" in c["artifact_cap"]["detail"]
+    _, c = checks(NON / "2026-04-04_GDN_Hybrid_LongContext")
+    assert c["provenance"]["status"] == "pass" and "train_gpt_gdn.py" in c["provenance"]["detail"]
+    assert c["config_consistency"]["status"] == "pass"                    # the two claimed 32k runs agree
+    assert "seq32768.txt" in c["mean_not_best"]["detail"] or c["mean_not_best"]["status"] == "pass"
+    rs = load(NON / "2026-04-05_118M_XNOR-Net_FP8_1024D_10L")
+    assert "log_10mins_seed-42.txt" in {r.log for r in rs.runs}
+    _, c = checks(NON / "2026-04-30_Random_Linear_Adapter")
+    assert c["provenance"]["status"] == "warn" and "whitespace only" in c["provenance"]["detail"]
