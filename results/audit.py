@@ -138,7 +138,10 @@ def check_claim(rs: RunSet):
     runs = scored(rs.runs)
     claim = claimed_bpb(rs.submission)
     per_seed = claimed_seed_results(rs.submission)
+    loss_claim = claimed_loss(rs.submission)
     if claim is None and not per_seed:
+        if loss_claim is not None and runs:
+            return _loss_only_claim(rs, sub_name, loss_claim, runs)
         return "skip", f"{sub_name} claims no val_bpb"
     if not runs:
         return "skip", f"{sub_name} claims val_bpb {claim} but there is no scored log to compare"
@@ -197,6 +200,48 @@ def check_claim(rs: RunSet):
     if minor:
         return "warn", "; ".join(minor) + f" (scores match: {'; '.join(notes)})"
     return "pass", "; ".join(notes)
+
+
+def _loss_only_claim(rs: RunSet, sub_name: str, loss: float, runs: list[Run]):
+    """A submission that claims a val_loss and no val_bpb: compared with the logs' mean val_loss, and with their
+    mean val_bpb, which is what such a number often is (a bpb written under the wrong key)."""
+    tol = max(rounding_tol(loss), 5e-5)            # a mean written by hand: rounded or cut, as mean_not_best allows
+    mean_bpb, _ = mean_std([r.val_bpb for r in runs])
+    losses = [r.val_loss for r in runs if r.val_loss is not None]
+    mean_loss, _ = mean_std(losses) if len(losses) == len(runs) else (None, None)
+    if mean_loss is not None and abs(mean_loss - loss) <= tol:
+        return "pass", f"{sub_name} claims val_loss {loss} = mean val_loss of {len(runs)} log(s) (no val_bpb claimed)"
+    if abs(mean_bpb - loss) <= tol:
+        return "warn", (f"{sub_name} has no val_bpb; its val_loss {loss} is the mean val_bpb of {len(runs)} log(s) "
+                        f"({mean_bpb:.8f}), not their mean val_loss ({_fmt(mean_loss)}): a bpb under the wrong key")
+    return "fail", (f"{sub_name} claims val_loss {loss}: neither the mean val_loss ({_fmt(mean_loss)}) nor the mean "
+                    f"val_bpb ({mean_bpb:.8f}) of {len(runs)} log(s)")
+
+
+def check_final_lines_agree(rs: RunSet):
+    """One run prints each final evaluation once, often twice (a rounded line and its `_exact` twin): all
+    lines of one evaluation must agree to the precision of the less precise one. An edited line that no
+    longer agrees with its twin or its duplicate is a fault the log itself shows."""
+    fails, seen = [], 0
+    for r in rs.runs + rs.extra_runs:
+        groups: dict[str, list] = {}
+        for m in r.metrics:
+            if metric_tier(m.label) > 0 and math.isfinite(m.val_bpb):
+                groups.setdefault(m.label.removesuffix("_exact"), []).append(m)
+        for base, ms in groups.items():
+            if len(ms) < 2:
+                continue
+            seen += 1
+            for a, b in zip(ms, ms[1:]):
+                tol = 0.5 * 10 ** -min(a.decimals, b.decimals) + 1e-9
+                if abs(a.val_bpb - b.val_bpb) > tol:
+                    fails.append(f"{r.log}:{a.line} {a.label} val_bpb {_fmt(a.val_bpb)} ≠ {r.log}:{b.line} {b.label} "
+                                 f"val_bpb {_fmt(b.val_bpb)} (one evaluation, two final lines that disagree)")
+    if fails:
+        return "fail", "; ".join(fails)
+    if not seen:
+        return "skip", "no evaluation printed twice (no rounded/_exact pair or duplicate line to compare)"
+    return "pass", f"{seen} evaluation(s) printed more than once: every pair agrees to its printed precision"
 
 
 def check_mean_not_best(rs: RunSet):
@@ -381,13 +426,28 @@ def check_bpb_consistency(rs: RunSet):
             continue
         canon = TABLE[name]
         dev = bpt / canon.bytes_per_token - 1
-        tokens_off = r.val_tokens is not None and canon.val_tokens is not None and r.val_tokens != canon.val_tokens
+        cut = _whole_sequences(r, canon.val_tokens)
+        tokens_off = (r.val_tokens is not None and canon.val_tokens is not None and r.val_tokens != canon.val_tokens
+                      and cut is None)
         tok_note = (f"; scored on {r.val_tokens:,} validation tokens, canonical {canon.val_tokens:,} "
                     f"({_at(r, 'val_tokens')})") if tokens_off else ""
         msg = f"{r.log}: {name} bytes/token {bpt:.5f} vs canonical {canon.bytes_per_token:.5f} ({dev * 100:+.3f}%, {where}){tok_note}"
         export = known_export(name, r.val_tokens) if tokens_off else None
+        partial = r.hints.get("partial_eval")
+        canonical_set = r.val_tokens is not None and canon.val_tokens is not None and not tokens_off and not partial
+        if partial:
+            msg += f"; the score is from part of the validation set ({_at(r, 'partial_eval')}: {partial.strip()})"
         if abs(dev) <= tolerance(name):
-            (warns if tokens_off else oks).append(msg if tokens_off else f"{r.log} {bpt:.5f}")
+            if tokens_off:
+                warns.append(msg)
+            else:
+                oks.append(f"{r.log} {bpt:.5f}" + (f" (the canonical {canon.val_tokens:,} tokens cut to whole "
+                                                   f"sequences of {cut:,}: {r.val_tokens:,})" if cut else ""))
+        elif canonical_set:
+            fails.append(f"{msg}; the log states the canonical validation set ({r.val_tokens:,} tokens, "
+                         f"{_at(r, 'val_tokens')}), so bpb must follow from the loss and the canonical bytes/token: "
+                         f"val_loss {r.val_loss} gives val_bpb {r.val_loss / (math.log(2) * canon.bytes_per_token):.8f}, "
+                         f"the log says {r.val_bpb}")
         elif export is not None and abs(bpt / export.bytes_per_token - 1) <= tolerance(name):
             warns.append(f"{msg}: that is {export.description} (bytes/token {export.bytes_per_token:.5f}), "
                          "a different validation set, not a byte-counting bug")
@@ -403,6 +463,21 @@ def check_bpb_consistency(rs: RunSet):
     tol = max(tolerance(n) for n in names if n in TABLE) if any(n in TABLE for n in names) else BPB_TOLERANCE
     return _worst(fails, warns, ("pass", f"bytes/token within {tol * 100:.2f}% of the {'/'.join(names)} table: "
                                  + ", ".join(oks)))
+
+
+_SEQ_LENS = tuple(2 ** k for k in range(6, 18))          # 64 .. 131072: the sequence lengths scripts use
+
+
+def _whole_sequences(r: Run, canonical: int | None) -> int | None:
+    """The sequence length L when a run scored the canonical validation tokens cut to whole sequences
+    (`usable = ((N - 1) // L) * L`, the official loader), the run's own seq_len keys tried first; else None."""
+    if r.val_tokens is None or canonical is None or r.val_tokens >= canonical:
+        return None
+    own = [int(v) for k, v in r.hparams.items() if "seq_len" in k and v.isdigit() and int(v) > 0]
+    for L in dict.fromkeys(own + list(_SEQ_LENS)):
+        if ((canonical - 1) // L) * L == r.val_tokens:
+            return L
+    return None
 
 
 def _finite(text: str) -> bool:
@@ -635,6 +710,7 @@ CHECKS = {
     "seed_labels": check_seed_labels,
     "claim_matches_logs": check_claim,
     "mean_not_best": check_mean_not_best,
+    "final_lines_agree": check_final_lines_agree,
     "artifact_cap": check_artifact_cap,
     "train_time": check_train_time,
     "eval_time": check_eval_time,

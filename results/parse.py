@@ -74,6 +74,7 @@ _DUMP_START = re.compile(r"^(?:Hyperparameters:|--- Hyperparameters ---)\s*$")
 _DUMP_LINE = re.compile(r"^\s{2,}([a-z][a-z0-9_]*):[ \t]?(.*)$")                  # "  name: value" under the header
 _KV_LINE = re.compile(r"^[A-Za-z_]\w*=\S*(?:\s+[A-Za-z_]\w*=\S*)+\s*$")        # "a=1 b=2 ..." under the header
 _COLON_LINE = re.compile(r"^[a-z_][a-z0-9_]*:[^\s:]+(?:\s+[a-z_][a-z0-9_]*:[^\s:]+)+\s*$")  # "a:1 b:2" in the header
+_PARTIAL_EVAL = re.compile(r"^\s*(eval\w*:.*\(limited\))")                       # "  eval: 100 batches (limited)"
 _DATASET = re.compile(r"(?:train_loader:dataset:|data_path[:=]\s*|datasets_dir:\s*)(\S+)")
 
 # lines that open a new run; a run that already has a body (steps, metrics) ends there
@@ -287,7 +288,9 @@ def _on_metric(p: _Parser, m: re.Match, n: int) -> bool:
         r.warnings.append(f"{p.log}:{n}: {label} has a non-finite value ({m.group('loss')}, {m.group('bpb')})")
     if bpb is not None:
         et = _EVAL_TIME.search(m.group("rest"))
-        r.metrics.append(Metric(label, loss, bpb, n, float(et.group(1)) if et else None))
+        text = m.group("bpb")
+        decimals = len(text.split(".")[1]) if "." in text and "e" not in text.lower() else 8
+        r.metrics.append(Metric(label, loss, bpb, n, float(et.group(1)) if et else None, decimals))
         p.b.body = True
     return True
 
@@ -451,6 +454,7 @@ RULES: tuple[Rule, ...] = (
     Rule("val_files:", _VAL_FILES, _hint("val_files", consume=True)),
     Rule("tokens:", _VAL_TOKENS, _on_val_tokens),
     Rule("dat", _DATASET, _hint("dataset", "dataset")),
+    Rule("(limited)", _PARTIAL_EVAL, _hint("partial_eval", "partial_eval", consume=True)),
 )
 
 

@@ -18,6 +18,7 @@ class Metric:
     val_bpb: float
     line: int
     eval_time_ms: float | None = None
+    decimals: int = 8                          # decimals val_bpb was printed with (1.2244 -> 4): its precision
 
 
 class CurvePoint(NamedTuple):

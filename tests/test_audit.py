@@ -282,3 +282,91 @@ def test_public_folders_misread_before_are_read_right():
     assert "log_10mins_seed-42.txt" in {r.log for r in rs.runs}
     _, c = checks(NON / "2026-04-30_Random_Linear_Adapter")
     assert c["provenance"]["status"] == "warn" and "whitespace only" in c["provenance"]["detail"]
+
+
+# ---- issue 19: forged folders and misreadings of bpb ------------------------------------------------------
+def _canonical_log(seed: int, bpb: float, loss: float, *, val_tokens: int = 62_021_632, exact: float | None = None,
+                   extra: str = "") -> str:
+    """A log in the official format scoring the canonical sp1024 validation set."""
+    return (f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path=./data/tokenizers/fineweb_1024_bpe.model\n"
+            f"val_loader:shards pattern=./data/datasets/fineweb10B_sp1024/fineweb_val_*.bin tokens:{val_tokens}\n"
+            f"seed:{seed}\n{extra}step:100/100 train_loss:2.0 train_time:590000ms step_avg:5900ms\n"
+            f"final_int8_zlib_roundtrip val_loss:{loss:.4f} val_bpb:{bpb:.4f} eval_time:1401ms\n"
+            f"final_int8_zlib_roundtrip_exact val_loss:{loss:.8f} val_bpb:{(bpb if exact is None else exact):.8f}\n")
+
+
+def _loss_of(bpb: float) -> float:
+    import math
+    return bpb * math.log(2) * 2.43593
+
+
+def test_an_edited_exact_line_that_disagrees_with_its_twin_fails(tmp_path):
+    """The forger edits seed 2's `_exact` line; the claim still matches the rounded twin, but the two final lines
+    of one evaluation now disagree."""
+    d = tmp_path / "rec"
+    d.mkdir()
+    for seed, bpb in ((1, 1.2244), (2, 1.2250)):
+        exact = 1.2150 if seed == 2 else None
+        (d / f"train_seed{seed}.log").write_text(_canonical_log(seed, bpb, _loss_of(bpb), exact=exact))
+    (d / "submission.json").write_text(json.dumps({"val_bpb": 1.2247, "seed_results": {"1": {"val_bpb": 1.2244},
+                                                                                       "2": {"val_bpb": 1.2250}}}))
+    _, c = checks(d)
+    assert c["final_lines_agree"]["status"] == "fail"
+    assert "train_seed2.log:5" in c["final_lines_agree"]["detail"] and "1.215" in c["final_lines_agree"]["detail"]
+    (d / "train_seed2.log").write_text(_canonical_log(2, 1.2250, _loss_of(1.2250)))
+    _, c = checks(d)
+    assert c["final_lines_agree"]["status"] == "pass"
+
+
+def test_bpb_scaled_down_on_the_canonical_set_fails(tmp_path):
+    """val_bpb × 0.995 in every final line and in submission.json: the loss and the canonical bytes/token give
+    the true bpb, and the log states the canonical token count, so it is not another validation set."""
+    d = tmp_path / "rec"
+    d.mkdir()
+    true = {1: 1.2244, 2: 1.2250, 3: 1.2238}
+    for seed, bpb in true.items():
+        (d / f"train_seed{seed}.log").write_text(_canonical_log(seed, bpb * 0.995, _loss_of(bpb)))
+    _, c = checks(d)
+    assert c["bpb_consistency"]["status"] == "fail" and "canonical validation set" in c["bpb_consistency"]["detail"]
+    assert "62,021,632" in c["bpb_consistency"]["detail"]
+    # without a token count the log could be another export: a warning
+    for seed, bpb in true.items():
+        text = _canonical_log(seed, bpb * 0.995, _loss_of(bpb)).replace(" tokens:62021632", "")
+        (d / f"train_seed{seed}.log").write_text(text)
+    _, c = checks(d)
+    assert c["bpb_consistency"]["status"] == "warn"
+
+
+def test_canonical_tokens_cut_to_whole_sequences_are_canonical(tmp_path):
+    """usable = ((N - 1) // L) * L: the official loader drops the tail; that is the canonical set."""
+    d = tmp_path / "rec"
+    d.mkdir()
+    cut = ((62_021_632 - 1) // 16384) * 16384
+    (d / "train_seed1.log").write_text(_canonical_log(1, 1.2244, _loss_of(1.2244), val_tokens=cut,
+                                                      extra="train_seq_len:16384 train_batch_tokens:393216\n"))
+    _, c = checks(d)
+    assert c["bpb_consistency"]["status"] == "pass" and "whole sequences of 16,384" in c["bpb_consistency"]["detail"]
+    (d / "train_seed1.log").write_text(_canonical_log(1, 1.2244, _loss_of(1.2244), val_tokens=cut - 5))
+    _, c = checks(d)
+    assert c["bpb_consistency"]["status"] == "warn" and "canonical 62,021,632" in c["bpb_consistency"]["detail"]
+
+
+def test_a_val_loss_claim_is_checked(tmp_path):
+    d = tmp_path / "rec"
+    d.mkdir()
+    for seed, bpb in ((1, 1.2244), (2, 1.2250)):
+        (d / f"train_seed{seed}.log").write_text(_canonical_log(seed, bpb, _loss_of(bpb)))
+    for value, status in ((1.2247, "warn"), ((_loss_of(1.2244) + _loss_of(1.2250)) / 2, "pass"), (1.1, "fail")):
+        (d / "submission.json").write_text(json.dumps({"val_loss": round(value, 6)}))
+        _, c = checks(d)
+        assert c["claim_matches_logs"]["status"] == status, c["claim_matches_logs"]["detail"]
+
+
+@needs_records
+def test_public_bpb_readings():
+    _, c = checks(NON / "2026-04-15_Mamba3Hybrid_SP8192_GPTQ_TTT")                # 40,538,112 = cut to 4096
+    assert c["bpb_consistency"]["status"] == "pass" and "whole sequences of 4,096" in c["bpb_consistency"]["detail"]
+    _, c = checks(NON / "2026-03-31_LegendreGPT")                                 # "eval: 100 batches (limited)"
+    assert c["bpb_consistency"]["status"] == "warn" and "part of the validation set" in c["bpb_consistency"]["detail"]
+    _, c = checks(TEN / "2026-03-20_10L_Int5MLP_MuonWD04_SWA50")                   # "val_loss": 1.14276 is a bpb
+    assert c["claim_matches_logs"]["status"] == "warn" and "wrong key" in c["claim_matches_logs"]["detail"]
