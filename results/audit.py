@@ -15,7 +15,8 @@ from pathlib import Path
 from results.claims import claimed_bpb, claimed_loss, claimed_seed_results, claimed_seeds, rounding_tol
 from results.files import sha256_bytes
 from results.parse import metric_tier
-from results.rules import ARTIFACT_CAP, TIME_GRACE_MS, track_of
+from results.rules import (ARTIFACT_CAP, NOT_SXM, RECORD_GPU, RECORD_GPUS, STRICT_CHECKS, TIME_GRACE_MS,
+                           track_of)
 from results.script_check import scan_files
 from results.summary import mean_std, run_row, scored, summarize
 from results.tokenizers import (BPB_TOLERANCE, EXPORT_TOLERANCE, TABLE, known_export, nearest, tolerance)
@@ -77,6 +78,9 @@ def claim_runs(rs: RunSet) -> list[Run]:
 def check_logs_present(rs: RunSet):
     if not rs.runs:
         where = rs.submission_path.name if rs.submission_path else "the folder"
+        if rs.kind == "run":
+            why = "; ".join(rs.warnings[:3]) or "no seed has a succeeded attempt with a log"
+            return "fail", f"no training log of a succeeded seed in {rs.dir.name}: every seed failed ({why})"
         if not track_of(rs).is_record:
             return "warn", (f"no training logs in {rs.dir.name}: the claims in {where} cannot be verified "
                             "(non-record track: a write-up, nothing to check against)")
@@ -97,7 +101,9 @@ def check_seed_count(rs: RunSet):
     seeds = sorted({r.seed for r in runs if r.seed is not None})
     n = len(runs)
     if n == 0:
-        return ("fail", "no scored run") if track.is_record else ("skip", "no scored run (non-record track)")
+        if track.is_record or rs.kind == "run":     # a batch with no scored seed has nothing to show, on any track
+            return "fail", "no scored run"
+        return "skip", "no scored run (non-record track)"
     claimed = claimed_seeds(rs.submission)
     detail = f"{n} scored run(s), seeds {seeds or 'unknown'}"
     others = scored(rs.extra_runs)
@@ -287,11 +293,33 @@ def _sized_runs(rs: RunSet) -> list[Run]:
     return out
 
 
+def _shipped_sizes(rs: RunSet) -> dict[int, str]:
+    """Size in bytes -> name of every script the folder ships."""
+    return {p.stat().st_size: p.name for p in shipped_scripts(rs)}
+
+
+def _padding(r: Run, shipped: dict[int, str], main: int | None) -> int:
+    """Bytes the shipped train_gpt.py adds over the code size the log counted in its total: the cap is on the
+    code that is submitted, not the code that ran. Only where the log counted the plain file (a compressed count
+    cannot be compared) and no shipped script has the logged size."""
+    logged = r.script_bytes_logged
+    if main is None or logged is None or r.code_bytes != logged or logged in shipped:
+        return 0
+    return max(0, main - logged)
+
+
 def check_artifact_cap(rs: RunSet):
     over, ok = [], []
     code, code_src = _folder_code_bytes(rs)
+    shipped = _shipped_sizes(rs)
+    main = rs.script_path.stat().st_size if rs.script_path and rs.script_path.is_file() else None
     for r in _sized_runs(rs):
-        if r.artifact_bytes is not None:
+        padded = _padding(r, shipped, main)
+        if r.artifact_bytes is not None and padded:
+            total = r.artifact_bytes + padded
+            where = (f"{_at(r, 'artifact_bytes')} + {padded:,} bytes: the shipped {rs.script_path.name} is {main:,} "
+                     f"bytes, the log counted {r.script_bytes_logged:,} ({_at(r, 'script_bytes_logged')})")
+        elif r.artifact_bytes is not None:
             total, where = r.artifact_bytes, _at(r, "artifact_bytes")
         elif r.model_bytes is not None and (r.code_bytes is not None or code is not None):
             c = r.code_bytes if r.code_bytes is not None else code
@@ -704,6 +732,133 @@ def check_script_static(rs: RunSet):
                                  "validation tokens before they are scored, no hashed n-gram key holding the target"))
 
 
+# ---- the submission itself: files, hardware, the script that was shipped ----------------------------
+def check_required_files(rs: RunSet):
+    """A record folder holds README.md, submission.json, a training log and train_gpt.py (the rules'
+    "Submission" section; the log is logs_present's). Missing on the record track: fail, named otherwise
+    (submission_ternary.json, train_gpt_v5.py): a warning. On the non-record track, where studies ship their
+    own file names, a missing file is a warning and another name is fine."""
+    if rs.kind != "record":
+        return "skip", "a run directory, not a submission folder (`pgolf submit` writes the record folder)"
+    names = {p.name.lower(): p.name for p in rs.dir.iterdir() if p.is_file()}
+    missing, notes = [], []
+    if not any(n.startswith("readme") for n in names):
+        missing.append("README.md")
+    if "submission.json" not in names:
+        other = rs.submission_path.name if rs.submission_path else None
+        (notes if other else missing).append(f"submission.json (it ships {other})" if other else "submission.json")
+    if "train_gpt.py" not in names:
+        others = [p.name for p in shipped_scripts(rs)]
+        (notes if others else missing).append(f"train_gpt.py (it ships {', '.join(others)})" if others else "train_gpt.py")
+    record = track_of(rs).is_record
+    if missing:
+        text = f"{rs.dir.name} lacks {', '.join(missing)}" + (f"; named otherwise: {', '.join(notes)}" if notes else "")
+        return ("fail", text) if record else ("warn", text + " (non-record track)")
+    if notes:
+        text = f"named otherwise than the rules ask: {', '.join(notes)}"
+        return ("warn", text) if record else ("pass", text + " (non-record track: fine)")
+    return "pass", "README.md, submission.json and train_gpt.py present (the logs: logs_present)"
+
+
+def check_hardware(rs: RunSet):
+    """The record track runs on 8xH100 SXM: the GPU names an nvidia-smi table (or a printed device name) shows
+    in the log, and the world size the log states. Another GPU model, or more than 8, fails; an H100 that is
+    not the SXM part is a warning; fewer GPUs is within the rules."""
+    track = track_of(rs)
+    fails, warns, facts = [], [], []
+    for r in rs.runs:
+        names = sorted(set(r.gpus.values()))
+        count = r.world_size if r.world_size is not None else (len(r.gpus) or None)
+        if not names and count is None:
+            continue
+        shown = f"{count or '?'}x {'/'.join(names) or 'GPU (model not shown)'}"
+        where = _at(r, "gpus") if names else _at(r, "world_size")
+        facts.append(f"{r.log}: {shown} ({where})")
+        if not track.is_record:
+            continue
+        other = [n for n in names if RECORD_GPU not in n]
+        if other:
+            fails.append(f"{r.log} ran on {shown} ({where}): the record track runs on {RECORD_GPUS}x{RECORD_GPU} SXM")
+        elif any(tag in n for n in names for tag in NOT_SXM):
+            warns.append(f"{r.log} ran on {shown} ({where}): an {RECORD_GPU} but not the SXM part")
+        if count is not None and count > RECORD_GPUS:
+            fails.append(f"{r.log} used {count} GPUs ({_at(r, 'world_size')}): the record track allows {RECORD_GPUS}")
+    if not facts:
+        return "skip", "no GPU model or world size in the logs"
+    if not track.is_record:
+        return "skip", "non-record track: any hardware; " + "; ".join(facts[:4])
+    return _worst(fails, warns, ("pass", "; ".join(facts[:4]) + (" …" if len(facts) > 4 else "")))
+
+
+def check_script_size(rs: RunSet):
+    """The script a folder ships is the one that ran, by size, where the log prints the size of its own file
+    (`Code size: N bytes`, `Code size (uncompressed): N bytes`); most logs carry no hash or source, so this
+    is the only link between them. Any shipped Python file of that size matches (a folder may ship several)."""
+    shipped = _shipped_sizes(rs)
+    runs = [r for r in rs.runs if r.script_bytes_logged is not None]
+    if not runs:
+        return "skip", "no log prints the size of its script"
+    if not shipped:
+        return "skip", "no shipped script to compare with the logged code size"
+    warns, oks = [], []
+    for r in runs:
+        n = r.script_bytes_logged
+        if n in shipped:
+            oks.append(f"{_at(r, 'script_bytes_logged')} {n:,} B = {shipped[n]}")
+        else:
+            near = min(shipped, key=lambda size: abs(size - n))
+            warns.append(f"{_at(r, 'script_bytes_logged')}: the script that ran was {n:,} bytes; no shipped script has "
+                         f"that size (closest {shipped[near]}, {near:,} bytes, {near - n:+,})")
+    if warns:
+        return "warn", "; ".join(warns) + " (shipped script ≠ the one that ran, by size)"
+    return "pass", "; ".join(oks[:4]) + (" …" if len(oks) > 4 else "")
+
+
+def _timed_runs(rs: RunSet) -> list[Run]:
+    """Counted runs with a training time, and for an evaluation-only rerun its seed's training log."""
+    out = [r for r in rs.runs if r.train_time_ms is not None]
+    for r in rs.runs:
+        if r.train_time_ms is None and r.seed is not None:
+            out += [x for x in rs.extra_runs if x.seed == r.seed and x.train_time_ms is not None]
+    return out
+
+
+def check_train_data_after_timer(rs: RunSet):
+    """Training data read after the training timer stopped: a GPTQ calibration on training batches logged after
+    the last training step. The rules forbid training-data access during evaluation, and calibration belongs
+    in the 600 s training budget: training time + calibration time must fit it (with train_time's one-step
+    grace of TIME_GRACE_MS, so that a calibration is judged as the training is). The maintainers accepted
+    records that overrun it by seconds, so this is a warning with the evidence; the strict policy
+    (`pgolf audit --strict`) makes it a failure."""
+    track = track_of(rs)
+    warns, oks = [], []
+    for r in _timed_runs(rs):
+        start = r.refs.get("calibration")
+        if start is None or start < r.refs.get("train_time", 0):
+            continue
+        train_s = r.train_time_ms / 1000
+        if r.calibration_s is None:
+            warns.append(f"{r.log}:{start}: training-data calibration after the timer stopped at {train_s:.1f} s "
+                         f"({_at(r, 'train_time')}); its duration is not logged")
+            continue
+        total = train_s + r.calibration_s
+        text = (f"{r.log}: training stopped at {train_s:.1f} s ({_at(r, 'train_time')}), then a GPTQ calibration "
+                f"on training data ({r.log}:{start}) took {r.calibration_s:.1f} s ({_at(r, 'calibration_time')}): "
+                f"{total:.1f} s")
+        limit = track.train_limit_ms
+        if limit is not None and total * 1000 > limit + TIME_GRACE_MS:
+            warns.append(text + f" > {limit / 1000:.0f} s training budget")
+        else:
+            oks.append(text + (f" ≤ {limit / 1000:.0f} s" if limit else ""))
+    if not warns and not oks:
+        return "skip", "no training-data read logged after the training timer"
+    if not track.is_record:
+        return "skip", "non-record track: no time limit; " + "; ".join((warns + oks)[:2])
+    if warns:
+        return "warn", "; ".join(warns) + (f" (within: {len(oks)} run(s))" if oks else "")
+    return "pass", "calibration inside the training budget: " + "; ".join(oks[:3]) + (" …" if len(oks) > 3 else "")
+
+
 CHECKS = {
     "logs_present": check_logs_present,
     "seed_count": check_seed_count,
@@ -716,6 +871,10 @@ CHECKS = {
     "eval_time": check_eval_time,
     "bpb_consistency": check_bpb_consistency,
     "provenance": check_provenance,
+    "script_size": check_script_size,
+    "required_files": check_required_files,
+    "hardware": check_hardware,
+    "train_data_after_timer": check_train_data_after_timer,
     "config_consistency": check_config,
     "data_overlap": check_data_overlap,
     "script_static": check_script_static,
@@ -723,15 +882,21 @@ CHECKS = {
 CHECK_IDS = tuple(CHECKS)            # fixed order: the audit JSON lists the checks in it
 
 
-def audit(rs: RunSet) -> dict:
-    """The audit JSON: dir, kind, runs, claimed, summary, checks, verdict (fail if any check fails)."""
+def audit(rs: RunSet, strict: bool = False) -> dict:
+    """The audit JSON: dir, kind, policy, runs, claimed, summary, checks, verdict (fail if any check fails).
+    `strict`: the written rules to the letter, where the maintainers accepted otherwise (rules.STRICT_CHECKS:
+    their warnings become failures)."""
     checks = []
     for cid, fn in CHECKS.items():
         status, detail = fn(rs)
+        if strict and status == "warn" and cid in STRICT_CHECKS:
+            status, detail = "fail", detail + " (strict policy)"
         checks.append({"id": cid, "status": status, "detail": detail})
     return {
         "dir": str(rs.dir),
         "kind": rs.kind,
+        "track": track_of(rs).name,
+        "policy": "strict" if strict else "accepted",
         "runs": [run_row(r) for r in rs.runs],
         "claimed": {"val_bpb": claimed_bpb(rs.submission), "val_loss": claimed_loss(rs.submission),
                     "seeds": claimed_seeds(rs.submission)},

@@ -74,6 +74,12 @@ _DUMP_START = re.compile(r"^(?:Hyperparameters:|--- Hyperparameters ---)\s*$")
 _DUMP_LINE = re.compile(r"^\s{2,}([a-z][a-z0-9_]*):[ \t]?(.*)$")                  # "  name: value" under the header
 _KV_LINE = re.compile(r"^[A-Za-z_]\w*=\S*(?:\s+[A-Za-z_]\w*=\S*)+\s*$")        # "a=1 b=2 ..." under the header
 _COLON_LINE = re.compile(r"^[a-z_][a-z0-9_]*:[^\s:]+(?:\s+[a-z_][a-z0-9_]*:[^\s:]+)+\s*$")  # "a:1 b:2" in the header
+_SMI_GPU = re.compile(r"^\|\s+(\d+)\s+(NVIDIA [^|]*?)\s+(?:On|Off)\s+\|")     # nvidia-smi: "|   0  NVIDIA H100 80GB HBM3  On |"
+_GPU_NAME = re.compile(r"^(?:gpu|GPU|gpu_name|device_name|cuda_device_name)\s*[:=]\s*(NVIDIA .+?)\s*$")  # get_device_name()
+_WORLD = re.compile(r"(?:^|\s)(?:world_size|WORLD_SIZE)[:=]\s*(\d+)\b")
+# GPTQ calibration on training data (AR self-generated calibration reads no data and is not listed)
+_CALIB_START = re.compile(r"^(?:GPTQ|gptq):(?:collecting Hessians from calibration data|calibrating with \d+ batches \(training data\))")
+_CALIB_DONE = re.compile(r"^(?:GPTQ|gptq):(?:collected \d+ Hessians|calibrated \d+ layers) in ([\d.]+)s")
 _PARTIAL_EVAL = re.compile(r"^\s*(eval\w*:.*\(limited\))")                       # "  eval: 100 batches (limited)"
 _DATASET = re.compile(r"(?:train_loader:dataset:|data_path[:=]\s*|datasets_dir:\s*)(\S+)")
 
@@ -149,6 +155,9 @@ class _Builder:
         if model:
             r.model_bytes, line = model
             self.ref("model_bytes", line)
+        if size("code_plain"):
+            r.script_bytes_logged, line = size("code_plain")
+            self.ref("script_bytes_logged", line)
         code = size("code_compressed") or size("code_plain") or size("code_other")
         if code:
             r.code_bytes, line = code
@@ -406,6 +415,40 @@ def _on_val_tokens(p: _Parser, m: re.Match, n: int) -> bool:
     return True
 
 
+def _on_smi_gpu(p: _Parser, m: re.Match, n: int) -> bool:
+    gpus = p.b.run.gpus
+    if not gpus:
+        p.b.ref("gpus", n)
+    gpus.setdefault(int(m.group(1)), m.group(2).strip())
+    return True
+
+
+def _on_gpu_name(p: _Parser, m: re.Match, n: int) -> bool:
+    if not p.b.run.gpus:
+        p.b.ref("gpus", n)
+        p.b.run.gpus[0] = m.group(1)
+    return True
+
+
+def _on_world(p: _Parser, m: re.Match, n: int) -> bool:
+    if p.b.run.world_size is None:
+        p.b.run.world_size = int(m.group(1))
+        p.b.ref("world_size", n)
+    return False                             # the line may be a hyperparameter dump line too
+
+
+def _on_calib_start(p: _Parser, m: re.Match, n: int) -> bool:
+    p.b.ref("calibration", n, overwrite=False)
+    return True
+
+
+def _on_calib_done(p: _Parser, m: re.Match, n: int) -> bool:
+    if "calibration" in p.b.run.refs and p.b.run.calibration_s is None:
+        p.b.run.calibration_s = float(m.group(1))
+        p.b.ref("calibration_time", n)
+    return True
+
+
 RULES: tuple[Rule, ...] = (
     # the bulk of every log first: training and validation step lines
     Rule("step:", _STEP_VAL, _on_step_val),
@@ -454,6 +497,11 @@ RULES: tuple[Rule, ...] = (
     Rule("val_files:", _VAL_FILES, _hint("val_files", consume=True)),
     Rule("tokens:", _VAL_TOKENS, _on_val_tokens),
     Rule("dat", _DATASET, _hint("dataset", "dataset")),
+    Rule("NVIDIA", _SMI_GPU, _on_smi_gpu),
+    Rule("NVIDIA", _GPU_NAME, _on_gpu_name),
+    Rule("orld_size", _WORLD, _on_world),
+    Rule("alibrat", _CALIB_START, _on_calib_start),
+    Rule("in ", _CALIB_DONE, _on_calib_done),
     Rule("(limited)", _PARTIAL_EVAL, _hint("partial_eval", "partial_eval", consume=True)),
 )
 

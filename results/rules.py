@@ -29,6 +29,15 @@ class Track:
 RECORD = Track("record", "track_10min_16mb", 600_000, 600_000, 3)
 NON_RECORD = Track("non_record", "track_non_record_16mb", None, None, 1)
 
+RECORD_GPU = "H100"                  # the record track: 8xH100 SXM (an "H100 80GB HBM3" in nvidia-smi)
+RECORD_GPUS = 8
+NOT_SXM = ("PCIe", "NVL")            # H100 boards that are not the SXM part
+# what a record folder must hold (the rules' "Submission" section): README, submission.json, a train log, the script
+REQUIRED_FILES = ("README.md", "submission.json", "a training log", "train_gpt.py")
+# checks whose warnings the strict policy (`pgolf audit --strict`) turns into failures: practices the written
+# rules forbid but the maintainers accepted in public records
+STRICT_CHECKS = ("train_data_after_timer",)
+
 
 def _says_non_record(text: str) -> bool:
     t = text.lower().replace("-", "_")

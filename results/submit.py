@@ -134,6 +134,7 @@ def submit(run_dir, out, author: str | None = None, github_id: str | None = None
             atomic_write(tmp / f"train_seed{r.seed}.log", scrub(text))
         sub = submission_dict(runs, report, spec, author, github_id, name)
         atomic_write(tmp / "submission.json", scrub(json.dumps(sub, indent=2)) + "\n")
+        atomic_write(tmp / "README.md", "")          # written from the audit below; required_files wants one
         record = load(tmp)
         rec_report = dict(audit(record))
         if rec_report.get("verdict") != "pass":

@@ -59,6 +59,10 @@ class Run:
     source_sha16: str | None = None            # sha256[:16] of the training source embedded in the log
     source_text: str | None = None             # embedded source block itself, when still present
     first_line: int = 1                        # where this run starts in its log (several runs per log)
+    script_bytes_logged: int | None = None     # `Code size: N bytes` / `Code size (uncompressed)`: the file that ran
+    gpus: dict[int, str] = field(default_factory=dict)   # GPU index -> name, from an nvidia-smi table in the log
+    world_size: int | None = None              # processes (GPUs) the run used, as the log states it
+    calibration_s: float | None = None         # seconds a GPTQ calibration on training data took (refs: calibration)
 
 
 @dataclass

@@ -23,7 +23,8 @@ def checks(path) -> tuple[dict, dict]:
 
 def test_json_shape_and_check_ids(tmp_path):
     a, _ = checks(make_run_dir(tmp_path, {42: [(0, 1.08)], 1337: [(0, 1.09)], 2025: [(0, 1.085)]}))
-    assert set(a) == {"dir", "kind", "runs", "claimed", "summary", "checks", "verdict"}
+    assert set(a) == {"dir", "kind", "track", "policy", "runs", "claimed", "summary", "checks", "verdict"}
+    assert a["track"] == "record" and a["policy"] == "accepted"
     assert [c["id"] for c in a["checks"]] == list(CHECK_IDS)
     assert set(a["runs"][0]) == {"seed", "log", "metric", "val_loss", "val_bpb", "artifact_bytes", "code_bytes",
                                  "train_time_ms", "eval_time_ms", "steps", "tokenizer", "bytes_per_token"}
@@ -370,3 +371,108 @@ def test_public_bpb_readings():
     assert c["bpb_consistency"]["status"] == "warn" and "part of the validation set" in c["bpb_consistency"]["detail"]
     _, c = checks(TEN / "2026-03-20_10L_Int5MLP_MuonWD04_SWA50")                   # "val_loss": 1.14276 is a bpb
     assert c["claim_matches_logs"]["status"] == "warn" and "wrong key" in c["claim_matches_logs"]["detail"]
+
+
+# ---- issue 19/20: new checks -------------------------------------------------------------------------------
+def test_a_batch_where_every_seed_failed_does_not_pass(tmp_path):
+    """Issue 20: on the non-record track too (the smoke job's), a run directory with no scored seed fails."""
+    d = make_run_dir(tmp_path, {42: [(1, None)], 7: [(137, 1.2)]})
+    batch = json.loads((d / "batch.json").read_text())
+    batch["spec"] = {"submission": {"track": "non_record_16mb"}}
+    (d / "batch.json").write_text(json.dumps(batch))
+    a, c = checks(d)
+    assert a["verdict"] == "fail" and a["track"] == "non_record"
+    assert c["logs_present"]["status"] == "fail" and "every seed failed" in c["logs_present"]["detail"]
+    assert c["seed_count"]["status"] == "fail"
+
+
+def _smi(n: int, name: str) -> str:
+    return "".join(f"|   {i}  {name:<28}  On  |   00000000:{i:02X}:00.0 Off |                    0 |\n"
+                   for i in range(n))
+
+
+def _record_track_folder(tmp_path, extra: str = "", *, script: str | None = "print('x')\n", readme=True,
+                         train_ms: int = 590_000) -> Path:
+    d = tmp_path / "rec"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "submission.json").write_text(json.dumps({"val_bpb": 1.2244, "track": "10min_16mb"}))
+    if readme:
+        (d / "README.md").write_text("# rec\n")
+    if script is not None:
+        (d / "train_gpt.py").write_text(script)
+    (d / "train_seed1.log").write_text(
+        f"{extra}seed:1\nstep:100/100 train_loss:2.0 train_time:{train_ms}ms step_avg:5900ms\n"
+        f"stopping_early: wallclock_cap train_time:{train_ms}ms step:100/20000\n"
+        "final_int8_zlib_roundtrip_exact val_loss:2.06 val_bpb:1.2244\n")
+    return d
+
+
+def test_hardware_from_the_log(tmp_path):
+    d = _record_track_folder(tmp_path, _smi(8, "NVIDIA H100 80GB HBM3") + "world_size:8 grad_accum_steps:1\n")
+    _, c = checks(d)
+    assert c["hardware"]["status"] == "pass" and "8x NVIDIA H100 80GB HBM3" in c["hardware"]["detail"]
+    d = _record_track_folder(tmp_path, _smi(8, "NVIDIA H200") + "world_size:8 grad_accum_steps:1\n")
+    _, c = checks(d)
+    assert c["hardware"]["status"] == "fail" and "8x NVIDIA H200 (train_seed1.log:1)" in c["hardware"]["detail"]
+    d = _record_track_folder(tmp_path, _smi(8, "NVIDIA H100 PCIe"))
+    _, c = checks(d)
+    assert c["hardware"]["status"] == "warn" and "not the SXM part" in c["hardware"]["detail"]
+    d = _record_track_folder(tmp_path, "gpu: NVIDIA H100 80GB HBM3\nworld_size:16 grad_accum_steps:1\n")
+    _, c = checks(d)
+    assert c["hardware"]["status"] == "fail" and "16 GPUs" in c["hardware"]["detail"]
+
+
+def test_calibration_on_training_data_after_the_timer(tmp_path):
+    after = ("GPTQ:collecting Hessians from calibration data...\nGPTQ:collected 67 Hessians in 4.7s\n")
+    d = _record_track_folder(tmp_path, train_ms=599_592)
+    with open(d / "train_seed1.log", "a") as f:
+        f.write(after)
+    a, c = checks(d)
+    check = c["train_data_after_timer"]
+    assert check["status"] == "warn" and a["verdict"] == "pass"
+    assert "599.6 s" in check["detail"] and "4.7 s" in check["detail"] and "604.3 s > 600 s" in check["detail"]
+    assert "train_seed1.log:5" in check["detail"] and "train_seed1.log:6" in check["detail"]
+    strict = audit(load(d), strict=True)
+    assert strict["verdict"] == "fail" and strict["policy"] == "strict"
+    # a script that reserves the time (stops at 588 s) calibrates inside the budget
+    d = _record_track_folder(tmp_path, train_ms=588_000)
+    with open(d / "train_seed1.log", "a") as f:
+        f.write(after)
+    _, c = checks(d)
+    assert c["train_data_after_timer"]["status"] == "pass"
+
+
+def test_the_shipped_script_against_the_logged_code_size_and_the_cap(tmp_path):
+    script = "print('the model')\n" * 100
+    code = f"Serialized model int8+zlib: 15950000 bytes\nCode size: {len(script)} bytes\n"
+    d = _record_track_folder(tmp_path, code, script=script)
+    _, c = checks(d)
+    assert c["script_size"]["status"] == "pass" and c["artifact_cap"]["status"] == "pass"
+    (d / "train_gpt.py").write_text(script + "#" * 200_000)           # padded after the run: 200 kB over
+    _, c = checks(d)
+    assert c["script_size"]["status"] == "warn" and "+200,000" in c["script_size"]["detail"]
+    assert c["artifact_cap"]["status"] == "fail" and "the shipped train_gpt.py is" in c["artifact_cap"]["detail"]
+
+
+def test_required_files_of_a_record(tmp_path):
+    d = _record_track_folder(tmp_path)
+    _, c = checks(d)
+    assert c["required_files"]["status"] == "pass"
+    d = _record_track_folder(tmp_path / "b", script=None, readme=False)
+    (d / "train_gpt_v5.py").write_text("print(1)\n")
+    _, c = checks(d)
+    assert c["required_files"]["status"] == "fail" and "lacks README.md" in c["required_files"]["detail"]
+    assert "train_gpt_v5.py" in c["required_files"]["detail"]
+    (d / "README.md").write_text("# b\n")
+    _, c = checks(d)
+    assert c["required_files"]["status"] == "warn"                    # a script, named otherwise
+
+
+@needs_records
+def test_public_misses_are_found():
+    _, c = checks(TEN / "2026-03-19_10L_MixedPrecision")                          # 8xH200 in its nvidia-smi
+    assert c["hardware"]["status"] == "fail" and "H200" in c["hardware"]["detail"]
+    _, c = checks(TEN / "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611")
+    assert c["train_data_after_timer"]["status"] == "warn" and "604.3 s" in c["train_data_after_timer"]["detail"]
+    assert c["script_size"]["status"] == "warn" and "157,868" in c["script_size"]["detail"]
+    assert "158,429" in c["script_size"]["detail"]
