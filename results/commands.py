@@ -14,7 +14,7 @@ def cmd_audit(args) -> int:
     from results.audit import audit
     from results.load import load
 
-    result = audit(load(args.dir))
+    result = audit(load(args.dir), strict=getattr(args, "strict", False))
     if getattr(args, "json", False):
         json.dump(result, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
@@ -27,26 +27,34 @@ def _print_audit(result: dict):
     from rich.console import Console
     from rich.table import Table
 
-    con = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
-    con.print(f"[bold]pgolf audit[/bold] {result['dir']} ({result['kind']})")
+    import shutil
+
+    # 100 columns at most (a terminal narrower than that gets its own width); --json has every field
+    width = min(shutil.get_terminal_size().columns, 100) if sys.stdout.isatty() else 100
+    con = Console(highlight=False, soft_wrap=False, width=width)
+    kind = "run directory" if result["kind"] == "run" else "record folder"
+    track = {"record": "record track", "non_record": "non-record track"}.get(result.get("track"), "")
+    policy = ", strict policy" if result.get("policy") == "strict" else ""
+    con.print(f"[bold]pgolf audit[/bold] {result['dir']} ({kind}, {track}{policy})")
     runs = Table(title="runs", title_justify="left", show_edge=False)
-    for col in ("seed", "log", "metric", "val_bpb", "val_loss", "bytes", "train s", "eval s", "steps", "tokenizer", "B/tok"):
-        runs.add_column(col, justify="left" if col in ("log", "metric", "tokenizer") else "right")
+    for col in ("seed", "log", "metric", "val_bpb", "bytes", "train s", "eval s"):
+        runs.add_column(col, justify="left" if col in ("log", "metric") else "right",
+                        overflow="fold" if col in ("log", "metric") else "ellipsis",
+                        min_width={"log": 18, "metric": 16}.get(col))
 
     def num(x, fmt):
         return "-" if x is None else format(x, fmt)
 
     for r in result["runs"]:
         runs.add_row(num(r["seed"], "d"), r["log"], r["metric"] or "[red]unparsed[/red]", num(r["val_bpb"], ".8f"),
-                     num(r["val_loss"], ".8f"), num(r["artifact_bytes"], ","),
-                     num(r["train_time_ms"] and r["train_time_ms"] / 1000, ".1f"),
-                     num(r["eval_time_ms"] and r["eval_time_ms"] / 1000, ".1f"), num(r["steps"], "d"),
-                     r["tokenizer"] or "-", num(r["bytes_per_token"], ".5f"))
+                     num(r["artifact_bytes"], ","), num(r["train_time_ms"] and r["train_time_ms"] / 1000, ".1f"),
+                     num(r["eval_time_ms"] and r["eval_time_ms"] / 1000, ".1f"))
     con.print(runs)
     s, c = result["summary"], result["claimed"]
     if s["n"]:
         std = "n/a" if s["std_val_bpb"] is None else f"{s['std_val_bpb']:.5f}"
-        con.print(f"summary: n={s['n']}  mean val_bpb={s['mean_val_bpb']:.8f}  std={std}")
+        toks = "/".join(sorted({r["tokenizer"] for r in result["runs"] if r["tokenizer"]})) or "not stated"
+        con.print(f"summary: n={s['n']}  mean val_bpb={s['mean_val_bpb']:.8f}  std={std}  tokenizer={toks}")
     if c["val_bpb"] is not None or c["seeds"]:
         con.print(f"claimed: val_bpb={c['val_bpb']}  seeds={c['seeds']}")
     checks = Table(title="checks", title_justify="left", show_edge=False)

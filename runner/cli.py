@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("audit", help="compliance audit of a run directory or record folder")
     add_latest_dir(sp, "run directory or record folder")
     sp.add_argument("--json", action="store_true", help="print the audit as JSON (docs/CHALLENGE.md has its keys)")
+    sp.add_argument("--strict", action="store_true",
+                    help="the written rules to the letter: practices maintainers accepted become failures (docs/CHALLENGE.md)")
 
     sp = sub.add_parser("report", help="results table, statistics and significance; writes report.md and plots")
     add_latest_dir(sp, "run directory or record folder")

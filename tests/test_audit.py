@@ -476,3 +476,19 @@ def test_public_misses_are_found():
     assert c["train_data_after_timer"]["status"] == "warn" and "604.3 s" in c["train_data_after_timer"]["detail"]
     assert c["script_size"]["status"] == "warn" and "157,868" in c["script_size"]["detail"]
     assert "158,429" in c["script_size"]["detail"]
+
+
+def test_cli_text_names_the_track_fits_100_columns_and_takes_strict(tmp_path, capsys):
+    """Issue 20: a non-record folder is not labelled "(record)"; the text fits 100 columns; --strict turns the
+    accepted practice (calibration after the timer) into a failure and exit code 1."""
+    d = _record_track_folder(tmp_path, train_ms=599_592)
+    with open(d / "train_seed1.log", "a") as f:
+        f.write("GPTQ:collecting Hessians from calibration data...\nGPTQ:collected 67 Hessians in 4.7s\n")
+    rc, out, _ = run_cli(capsys, d)
+    assert rc == 0 and "(record folder, record track)" in out and "train_data_after_timer" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    rc, out, _ = run_cli(capsys, d, "--strict")
+    assert rc == 1 and "strict policy" in out and "verdict: FAIL" in out
+    (d / "submission.json").write_text(json.dumps({"val_bpb": 1.2244, "track": "non_record_16mb"}))
+    rc, out, _ = run_cli(capsys, d)
+    assert "(record folder, non-record track)" in out and "(record)" not in out
