@@ -35,7 +35,8 @@ def _print_audit(result: dict):
     kind = "run directory" if result["kind"] == "run" else "record folder"
     track = {"record": "record track", "non_record": "non-record track"}.get(result.get("track"), "")
     policy = ", strict policy" if result.get("policy") == "strict" else ""
-    con.print(f"[bold]pgolf audit[/bold] {result['dir']} ({kind}, {track}{policy})")
+    con.print(f"[bold]pgolf audit[/bold] {result['dir']}")
+    con.print(f"{kind}, {track}{policy}")
     runs = Table(title="runs", title_justify="left", show_edge=False)
     for col in ("seed", "log", "metric", "val_bpb", "bytes", "train s", "eval s"):
         runs.add_column(col, justify="left" if col in ("log", "metric") else "right",

@@ -485,10 +485,10 @@ def test_cli_text_names_the_track_fits_100_columns_and_takes_strict(tmp_path, ca
     with open(d / "train_seed1.log", "a") as f:
         f.write("GPTQ:collecting Hessians from calibration data...\nGPTQ:collected 67 Hessians in 4.7s\n")
     rc, out, _ = run_cli(capsys, d)
-    assert rc == 0 and "(record folder, record track)" in out and "train_data_after_timer" in out
+    assert rc == 0 and "record folder, record track" in out and "train_data_after_timer" in out
     assert max(len(line) for line in out.splitlines()) <= 100
     rc, out, _ = run_cli(capsys, d, "--strict")
     assert rc == 1 and "strict policy" in out and "verdict: FAIL" in out
     (d / "submission.json").write_text(json.dumps({"val_bpb": 1.2244, "track": "non_record_16mb"}))
     rc, out, _ = run_cli(capsys, d)
-    assert "(record folder, non-record track)" in out and "(record)" not in out
+    assert "record folder, non-record track" in out and "(record)" not in out
