@@ -17,7 +17,7 @@ from results.files import sha256_bytes
 from results.parse import metric_tier
 from results.rules import (ARTIFACT_CAP, NOT_SXM, RECORD_GPU, RECORD_GPUS, STRICT_CHECKS, TIME_GRACE_MS,
                            track_of)
-from results.script_check import scan_files
+from results.script_check import calibration_reads, scan_files
 from results.summary import mean_std, run_row, scored, summarize
 from results.tokenizers import (BPB_TOLERANCE, EXPORT_TOLERANCE, TABLE, known_export, nearest, tolerance)
 from results.types import Run, RunSet
@@ -855,7 +855,9 @@ def check_train_data_after_timer(rs: RunSet):
     if not track.is_record:
         return "skip", "non-record track: no time limit; " + "; ".join((warns + oks)[:2])
     if warns:
-        return "warn", "; ".join(warns) + (f" (within: {len(oks)} run(s))" if oks else "")
+        reads = calibration_reads(shipped_scripts(rs), rs.dir)
+        shown = f"; the script shows the read: {reads[0]}" if reads else ""
+        return "warn", "; ".join(warns) + shown + (f" (within: {len(oks)} run(s))" if oks else "")
     return "pass", "calibration inside the training budget: " + "; ".join(oks[:3]) + (" …" if len(oks) > 3 else "")
 
 

@@ -557,3 +557,51 @@ def _ngram_keys(mod: _Module, name: str) -> list[Finding]:
                                    f"a hashed key includes the target `{hit[0]}`: legal only for counts of tokens "
                                    "already scored; check that it never feeds the prediction of that same token"))
     return _dedupe(out)
+
+
+# ---- 4. where a calibration reads training data (evidence for the audit's train_data_after_timer) -------------
+_CALIB_FUNC = re.compile(r"hessian|calibrat", re.I)
+_TRAIN_DATA = re.compile(r"^train_(?:loader|files|tokens|shards|data|stream|batch_tokens)$|^train_loader", re.I)
+
+
+@dataclass(frozen=True)
+class Read:
+    file: str
+    line: int
+    function: str
+    call: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} in `{self.function}`: `{self.call}`"
+
+
+def calibration_reads(paths: list[Path], root: Path | None = None) -> list[Read]:
+    """Where a calibration function (its name says hessian/calibration) draws batches of training data: a
+    call whose receiver or arguments are training-data names (`train_loader.next_batch(h.train_batch_tokens)`).
+    It shows what a log's calibration line reads; when it runs is the log's to say."""
+    out: list[Read] = []
+    for p in paths:
+        try:
+            source = p.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        name = str(p.relative_to(root)) if root else p.name
+        out += [Read(name, line, fn, call) for line, fn, call in _calibration_reads(source)]
+    return out
+
+
+@lru_cache(maxsize=16)
+def _calibration_reads(source: str) -> tuple[tuple[int, str, str], ...]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ()
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or not _CALIB_FUNC.search(fn.name):
+            continue
+        for node in _nodes(fn.body):
+            if isinstance(node, ast.Call) and any(_TRAIN_DATA.search(n) for n in _names(node)):
+                found.append((node.lineno, fn.name, ast.unparse(node)[:90]))
+                break
+    return tuple(found)

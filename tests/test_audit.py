@@ -432,6 +432,11 @@ def test_calibration_on_training_data_after_the_timer(tmp_path):
     assert check["status"] == "warn" and a["verdict"] == "pass"
     assert "599.6 s" in check["detail"] and "4.7 s" in check["detail"] and "604.3 s > 600 s" in check["detail"]
     assert "train_seed1.log:5" in check["detail"] and "train_seed1.log:6" in check["detail"]
+    assert "the script shows" not in check["detail"]                  # print('x') reads nothing
+    (d / "train_gpt.py").write_text("def collect_hessians(model, train_loader, n):\n    for _ in range(n):\n"
+                                    "        x, y = train_loader.next_batch(8, 1)\n")
+    _, c = checks(d)
+    assert "train_gpt.py:3 in `collect_hessians`" in c["train_data_after_timer"]["detail"]
     strict = audit(load(d), strict=True)
     assert strict["verdict"] == "fail" and strict["policy"] == "strict"
     # a script that reserves the time (stops at 588 s) calibrates inside the budget
@@ -474,6 +479,7 @@ def test_public_misses_are_found():
     assert c["hardware"]["status"] == "fail" and "H200" in c["hardware"]["detail"]
     _, c = checks(TEN / "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611")
     assert c["train_data_after_timer"]["status"] == "warn" and "604.3 s" in c["train_data_after_timer"]["detail"]
+    assert "train_gpt.py:2134 in `collect_hessians`: `train_loader.next_batch(" in c["train_data_after_timer"]["detail"]
     assert c["script_size"]["status"] == "warn" and "157,868" in c["script_size"]["detail"]
     assert "158,429" in c["script_size"]["detail"]
 
