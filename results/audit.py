@@ -867,19 +867,20 @@ CHECKS = {
     "seed_labels": check_seed_labels,
     "claim_matches_logs": check_claim,
     "mean_not_best": check_mean_not_best,
-    "final_lines_agree": check_final_lines_agree,
     "artifact_cap": check_artifact_cap,
     "train_time": check_train_time,
     "eval_time": check_eval_time,
     "bpb_consistency": check_bpb_consistency,
     "provenance": check_provenance,
+    "config_consistency": check_config,
+    "data_overlap": check_data_overlap,
+    "script_static": check_script_static,
+    # issue 19 (ids are a contract: new checks go at the end)
+    "final_lines_agree": check_final_lines_agree,
     "script_size": check_script_size,
     "required_files": check_required_files,
     "hardware": check_hardware,
     "train_data_after_timer": check_train_data_after_timer,
-    "config_consistency": check_config,
-    "data_overlap": check_data_overlap,
-    "script_static": check_script_static,
 }
 CHECK_IDS = tuple(CHECKS)            # fixed order: the audit JSON lists the checks in it
 
