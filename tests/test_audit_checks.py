@@ -181,3 +181,23 @@ def test_eval_time_covers_ttt(tmp_path, ttt_ms, status, says):
 def test_eval_time_on_real_ttt_records():
     c = checks(TEN / "2026-04-13_VarLenAttn_PhasingTTT2000")["eval_time"]
     assert c["status"] == "pass" and "515.3 s" in c["detail"] and "test-time training included" in c["detail"]
+
+
+# ---- issue 20: the corpus benchmark writes only where it is told --------------------------------------------
+def test_bench_audit_corpus_prints_and_writes_only_with_out(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    tracked = root / "bench" / "results" / "audit_corpus.json"
+    before = tracked.read_bytes()
+    records = tmp_path / "records"
+    record(records / "track_10min_16mb", {f"train_seed{s}.log": log(s, bpb, hparams=HP) for s, bpb in SEEDS.items()},
+           {"val_bpb": 1.082, "track": "10min_16mb"})
+    cmd = [sys.executable, str(root / "bench" / "audit_corpus.py"), str(records), "--repeat", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0 and "folders: 1" in out.stdout and "per folder" in out.stdout
+    assert tracked.read_bytes() == before and "wrote" not in out.stdout
+    dest = tmp_path / "numbers.json"
+    out = subprocess.run(cmd + ["--out", str(dest)], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0 and json.loads(dest.read_text())["folders"] == 1
+    assert tracked.read_bytes() == before
