@@ -275,6 +275,9 @@ def test_public_folders_misread_before_are_read_right():
     _, c = checks(fused)
     assert c["mean_not_best"]["status"] == "pass" and c["config_consistency"]["status"] == "pass"
     assert c["artifact_cap"]["status"] == "pass" and "train_seed42.log" in c["artifact_cap"]["detail"]
+    from results.stats import significance            # 04-27 against 04-23 on the right baseline seed
+    lqer = load(TEN / "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611")
+    assert significance(lqer, fused, "progression")["p"] == pytest.approx(0.02545, abs=5e-5)   # not 0.0213
     _, c = checks(NON / "2026-04-04_GDN_Hybrid_LongContext")
     assert c["provenance"]["status"] == "pass" and "train_gpt_gdn.py" in c["provenance"]["detail"]
     assert c["config_consistency"]["status"] == "pass"                    # the two claimed 32k runs agree
