@@ -4,7 +4,9 @@ Each check is a small function returning (status, detail); the detail says what 
 (file:line) so that a reader can verify it in the log. Every check knows the folder's track
 (results.rules): the non-record track keeps the cap and honest scoring but not the time limits or the
 seed count. A `fail` is a fault the evidence shows; a `warn` is something a reviewer should look at
-that the evidence alone cannot settle.
+that the evidence alone cannot settle. Under the strict policy (`audit(..., strict=True)`, `pgolf audit
+--strict`) the warnings of rules.STRICT_CHECKS, practices the maintainers accepted although the written
+rules forbid them, are failures.
 """
 from __future__ import annotations
 
