@@ -23,6 +23,7 @@ The plan says so in its notes.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -208,10 +209,14 @@ def limit_improvement_bpb(s: Setting) -> float:
 
 def plan(baseline, improvement_bpb: float, std_bpb: float | None = None, policy: str = "rule",
          max_seeds: int = 8, *, tokenizer: str | None = None, bytes_per_token: float | None = None,
-         margin_bpb: float | None = None, simulate: bool = False) -> dict:
+         margin_bpb: float | None = None, simulate: bool = False, sensitivity: tuple[float, ...] = ()) -> dict:
     """Power for 1..max_seeds candidate seeds and the seeds needed for 80% / 95% power, shaped for --json.
 
     `simulate=True` uses the Monte-Carlo instead (a check on the exact and integrated values).
+    `sensitivity`: factors f for which the plan is also made with the candidate's seed std × f ("sensitivity":
+    power and seeds for power per f). The power is computed as if σ were known; a planned σ from three
+    baseline seeds can easily be off by a factor of two, which moves the power far more than any
+    computational error, so that is what the plan shows.
     """
     if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or max_seeds < 1:
         raise PgolfError(f"max seeds {max_seeds!r}: must be a whole number >= 1")
@@ -234,8 +239,7 @@ def plan(baseline, improvement_bpb: float, std_bpb: float | None = None, policy:
     elif s.test == "one-sample":
         method = "exact: noncentral t (scipy.stats.nct) for the one-sample t-test"
     else:
-        method = ("numerical integration over the candidate's sample variance (scipy.integrate.quad, "
-                  f"error <= {max(worst, 1e-12):.1e})")
+        method = "numerical integration over the candidate's sample variance (scipy.integrate.quad)"
 
     notes = list(s.notes)
     notes.append("1 seed cannot pass: significance needs at least 2 seeds to estimate the variance (power 0)")
@@ -257,23 +261,31 @@ def plan(baseline, improvement_bpb: float, std_bpb: float | None = None, policy:
             "baseline_mean_bpb": s.baseline_mean_bpb, "n_baseline": len(s.baseline),
             "improvement_bpb": improvement, "std_bpb": s.std / s.scale, "margin_bpb": margin_bpb_out,
             "margin_nats": s.margin_nats, "bytes_per_token": s.bytes_per_token, "max_seeds": max_seeds,
-            "limit_improvement_bpb": limit, "notes": notes}
+            "limit_improvement_bpb": limit, "numerical_error": worst, "notes": notes,
+            "sensitivity": [{"factor": f, "std_bpb": s.std / s.scale * f,
+                             **{k: v for k, v in plan(baseline, improvement_bpb, s.std / s.scale * f, policy,
+                                                      max_seeds, tokenizer=tokenizer, bytes_per_token=bytes_per_token,
+                                                      margin_bpb=margin_bpb, simulate=simulate).items()
+                                if k in ("power", "seeds_for_power")}} for f in sensitivity]}
 
 
 # ---------------------------------------------------------------- what the seeds cost
 
 def cost(seeds: int, hours_per_seed: float, usd_per_hour: float, seeds_per_pod: int = 1,
-         setup_hours: float = 0.0) -> tuple[float, float]:
+         setup_hours: float = 0.0, max_pods: int | None = None) -> tuple[float, float]:
     """(dollars, wall-clock hours) of `seeds` seeds run `seeds_per_pod` to a pod after one set-up each.
 
-    Pods = ⌈seeds / K⌉, all started at once, seeds spread evenly (the busiest pod runs ⌈seeds / pods⌉);
-    every pod bills its set-up plus its seeds at `usd_per_hour`. More seeds per pod saves set-ups
-    (money) and costs wall-clock (seeds run one after another).
+    Pods = ⌈seeds / K⌉, seeds spread evenly (the driver's `groups`: 4 by 3 is 2 + 2); every pod bills its
+    set-up plus its seeds at `usd_per_hour`. At most `max_pods` pods run at once (None: all of them): the
+    runner queues the rest, and a queued pod starts when one ends, so the wall-clock is the first-come
+    schedule of the pods' durations on `max_pods` slots (10 pods of 35 min on 3 slots: 4 rounds, 2.3 h).
+    More seeds per pod saves set-ups (money) and costs wall-clock (seeds run one after another).
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise PgolfError(f"seeds {seeds!r}: must be a whole number >= 0")
-    if isinstance(seeds_per_pod, bool) or not isinstance(seeds_per_pod, int) or seeds_per_pod < 1:
-        raise PgolfError(f"seeds_per_pod {seeds_per_pod!r}: must be a whole number >= 1")
+    for what, k in (("seeds_per_pod", seeds_per_pod), ("max_pods", max_pods)):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise PgolfError(f"{what} {k!r}: must be a whole number >= 1")
     for what, x in (("hours per seed", hours_per_seed), ("$ per hour", usd_per_hour),
                     ("set-up hours", setup_hours)):
         if _finite_number(x, what) < 0:
@@ -281,6 +293,10 @@ def cost(seeds: int, hours_per_seed: float, usd_per_hour: float, seeds_per_pod: 
     if seeds == 0:
         return 0.0, 0.0
     pods = math.ceil(seeds / seeds_per_pod)
-    busiest = math.ceil(seeds / pods)
+    size, extra = divmod(seeds, pods)
+    durations = [setup_hours + (size + (i < extra)) * hours_per_seed for i in range(pods)]
+    slots = [0.0] * min(pods, max_pods or pods)         # when each slot is next free
+    for d in durations:                                 # first come, first served
+        heapq.heapreplace(slots, slots[0] + d)
     usd = usd_per_hour * (pods * setup_hours + seeds * hours_per_seed)
-    return float(usd), float(setup_hours + busiest * hours_per_seed)
+    return float(usd), float(max(slots))
