@@ -23,6 +23,7 @@ from results.files import atomic_write
 from results.load import load
 from results.reproduce import compare_with_record
 from results.reproduce import sentence as reproduction_sentence
+from results.reproduce import verdict_of
 from results.secrets import scrub
 from results.stats import LN2, as_sample, baseline_sample, sentence, significance
 from results.summary import summarize
@@ -348,7 +349,8 @@ def render_summary(report: dict) -> Group:
         parts.append(Text(f"  note: {n}", style="dim"))
     if report.get("reproduction"):
         rep = report["reproduction"]
-        parts.append(Text(reproduction_sentence(rep), style="bold green" if rep["stands"] else "bold red"))
+        style = {"consistent": "bold green", "inconclusive": "bold yellow"}.get(verdict_of(rep), "bold red")
+        parts.append(Text(reproduction_sentence(rep), style=style))
     bad = [c for c in report.get("checks", []) if c.get("status") in ("fail", "warn")]
     verdict = report.get("verdict", "?")
     parts.append(Text(f"audit: {verdict}", style="bold green" if verdict == "pass" else "bold red"))

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--policy", choices=["rule", "progression"], default=None,
                     help="significance policy (default: the spec's, else rule)")
 
-    sp = sub.add_parser("reproduce", help="run a record folder again and say whether its claim stands")
+    sp = sub.add_parser("reproduce", help="run a record folder again and say whether its claim reproduces")
     sp.add_argument("record_dir", help="record folder with its train_gpt.py, logs and submission.json")
     sp.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the record's)")
     sp.add_argument("--data", nargs="+", metavar="NAME=PATH",
