@@ -33,10 +33,10 @@ from scipy import integrate, special
 from scipy import stats as sps
 
 from results.errors import PgolfError
-from results.stats import LN2, POLICIES, Sample, baseline_sample, significance
+from results.stats import (LN2, POLICIES, Sample, assumed_tokenizer, baseline_sample,
+                           one_sample_real_alpha, significance)
 
 POWER_TARGETS = (0.8, 0.95)
-DEFAULT_TOKENIZER = "sp8192"          # the reference payload's and the current records' tokenizer
 SIMULATION_DRAWS = 20_000
 
 
@@ -108,12 +108,9 @@ def setting(baseline, improvement_bpb: float, std_bpb: float | None = None, poli
     if std <= 0:
         raise PgolfError(f"seed std {std!r} bpb: must be positive (identical seeds leave nothing to plan)")
 
-    if tokenizer is None and bytes_per_token is None:
-        tokenizer, bytes_per_token = base.tokenizer, base.bytes_per_token
-        if tokenizer is None and bytes_per_token is None:
-            tokenizer = DEFAULT_TOKENIZER
-            notes.append(f"candidate tokenizer assumed {DEFAULT_TOKENIZER} (the baseline names none); "
-                         "pass the tokenizer or bytes/token if yours differs")
+    if tokenizer is None and bytes_per_token is None:        # significance's rule for an unknown tokenizer
+        tokenizer, bytes_per_token, assumed = assumed_tokenizer(base)
+        notes.append(assumed)
     if bytes_per_token is None and tokenizer:
         from results.tokenizers import TABLE
         canon = TABLE.get(tokenizer)
@@ -128,7 +125,7 @@ def setting(baseline, improvement_bpb: float, std_bpb: float | None = None, poli
     metric = sig["metric"]
     scale = LN2 * bytes_per_token if metric == "val_loss" else 1.0
     values = np.asarray(base.loss if metric == "val_loss" else base.bpb, dtype=float)
-    notes += [n for n in sig["notes"] if not n.startswith("n=")]
+    notes += [n for n in sig["notes"] if not n.startswith(("n=", "the one-sample test treats"))]  # the probe's
     test = "one-sample" if len(values) < 2 else "welch"
     return Setting(policy=policy, test=test, metric=metric, scale=scale, baseline=values, baseline_mean_bpb=mean_b,
                    margin=float(sig["margin"]), margin_nats=sig["margin_nats"], alpha=sig["alpha"],
@@ -253,6 +250,13 @@ def plan(baseline, improvement_bpb: float, std_bpb: float | None = None, policy:
     elif improvement <= limit:
         notes.append(f"the improvement does not beat the margin ({limit:.6f} bpb): power stays below α "
                      "however many seeds run")
+    if s.test == "one-sample":
+        counts = sorted({min(3, max_seeds), max_seeds} - {1})
+        if counts:
+            notes.append("the one-sample test treats the baseline value as exact: if it is one seed's score, a "
+                         "candidate no better than it passes " + ", ".join(
+                             f"{one_sample_real_alpha(n, s.alpha):.1%} with {n} seeds" for n in counts)
+                         + f" at α = {s.alpha} (simulated), not {s.alpha:.0%}; the powers above treat it as exact too")
     seeds_for = {f"{target:g}": next((n for n in range(2, max_seeds + 1) if power[str(n)] >= target), None)
                  for target in POWER_TARGETS}
     margin_bpb_out = s.margin / s.scale
