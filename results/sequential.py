@@ -318,6 +318,8 @@ class Decision:
     p_report: str                      # that p-value in words
     conditional_power: float | None
     conditional_power_se: float | None
+    success_chance: float | None       # from here, later futility stops included (conditional power ignores them)
+    success_chance_se: float | None
     estimate: dict | None              # current mean and std (metric units) the conditional power assumed
     significance: dict
     rule: str
@@ -345,6 +347,30 @@ def conditional_power(observed: np.ndarray, shifted_baseline: np.ndarray, test: 
             values = np.hstack([np.broadcast_to(observed, (draws, n)), extra[:, :n_j - n]])
             crossed |= p_values(values, shifted_baseline, test) < threshold
     rate = float(crossed.mean())
+    return rate, math.sqrt(max(rate * (1 - rate), 1.0 / draws) / draws)
+
+
+def success_chance(observed: np.ndarray, shifted_baseline: np.ndarray, test: str,
+                   future: Sequence[tuple[int, float]], futility: float, draws: int = CONDITIONAL_POWER_DRAWS,
+                   seed: int = 0) -> tuple[float, float]:
+    """(probability, MC standard error) that the batch still ends in success, under the current estimate as
+    `conditional_power`, but with the rest of the procedure run forward on each drawn path: a path that falls
+    below the futility threshold at a later look stops there, as the runner would stop it. Equal to the
+    conditional power when one look is left; otherwise never above it (the same draws: a path that succeeds
+    here crosses a boundary there)."""
+    mean, std = float(np.mean(observed)), float(np.std(observed, ddof=1))
+    n, last = len(observed), future[-1][0]
+    extra = np.random.default_rng(seed).normal(mean, std, size=(draws, last - n))
+    alive, success = np.ones(draws, dtype=bool), np.zeros(draws, dtype=bool)
+    for k, (n_j, threshold) in enumerate(future):
+        values = np.hstack([np.broadcast_to(observed, (draws, n)), extra[:, :n_j - n]])
+        if threshold > 0:
+            crossed = alive & (p_values(values, shifted_baseline, test) < threshold)
+            success |= crossed
+            alive &= ~crossed
+        if k < len(future) - 1 and futility > 0 and alive.any():
+            alive[alive] = _conditional_power_many(values[alive], shifted_baseline, test, future[k + 1:]) >= futility
+    rate = float(success.mean())
     return rate, math.sqrt(max(rate * (1 - rate), 1.0 / draws) / draws)
 
 
@@ -377,7 +403,7 @@ def decide(candidate, baseline, design: Design, looks: Sequence[int] | None = No
                 "df": sig["df"], "z_normal_theory": sched.z_normal_theory()[-1],
                 "information": sched.info[-1], "alpha_spent": sched.alpha_spent()[-1]}
 
-    cp = cp_se = estimate = None
+    cp = cp_se = estimate = chance = chance_se = None
     if crossed:
         action = "stop_success"
     elif final:
@@ -394,6 +420,11 @@ def decide(candidate, baseline, design: Design, looks: Sequence[int] | None = No
             estimate = {"metric": sig["metric"], "mean": float(metric.mean()), "std": float(metric.std(ddof=1))}
             if cp < design.futility:
                 action = "stop_futility"
+            elif len(future) > 1:
+                chance, chance_se = success_chance(metric, base_values - sig["margin"], sig["test"], future,
+                                                   design.futility)
+            else:
+                chance, chance_se = cp, cp_se
 
     p_adjusted = None
     if action in ("stop_success", "stop_max") and p is not None:
@@ -403,7 +434,8 @@ def decide(candidate, baseline, design: Design, looks: Sequence[int] | None = No
     p_report = _p_report(action, p_adjusted, len(looks), design)
     decision = Decision(action=action, look=len(looks), n=n, final=final, crossed=crossed, p_nominal=p,
                         boundary=boundary, p_adjusted=p_adjusted, p_report=p_report,
-                        conditional_power=cp, conditional_power_se=cp_se, estimate=estimate,
+                        conditional_power=cp, conditional_power_se=cp_se, success_chance=chance,
+                        success_chance_se=chance_se, estimate=estimate,
                         significance=sig, rule=design.rule(), sentence="")
     decision.sentence = _sentence(decision, design)
     return decision
@@ -443,6 +475,9 @@ def _sentence(d: Decision, design: Design) -> str:
                  f"current estimate (mean {e['mean']:.6f}, std {e['std']:.6f} {unit}), "
                  f"{'below' if d.action == 'stop_futility' else 'not below'} the futility threshold "
                  f"{design.futility:.0%}")
+        if d.success_chance is not None:
+            text += (f"; chance of success from here {d.success_chance:.1%} (±{d.success_chance_se:.2%} MC, same "
+                     f"estimate, later futility stops included)")
     return f"{text}. Design: {d.rule}. {d.p_report[0].upper()}{d.p_report[1:]}."
 
 

@@ -262,3 +262,24 @@ def test_simulated_procedure_is_decide_batch_by_batch(policy, looks, improvement
         assert (sim["action"][i], sim["look"][i]) == (d.action, k + 1), i
     assert "stop_futility" in set(sim["action"]) and "stop_success" in set(sim["action"])
     assert sim["p_success"] == pytest.approx(np.mean(sim["action"] == "stop_success"))
+
+
+def test_success_chance_counts_later_futility_stops():
+    """The conditional power (the futility rule's statistic) ignores that a path may stop for futility at a
+    later look; the success chance a look reports includes those stops: the same draws, so never above it,
+    and equal to it without futility or with one look left."""
+    cand = _candidate([1.0585, 1.0580, 1.0596])
+    d = decide(cand, NUMBER, Design((3, 6, 8, 10), policy="rule"))
+    assert d.action == "continue" and 0.3 < d.conditional_power < 0.9
+    assert d.success_chance < d.conditional_power and d.success_chance_se < 0.01
+    assert "later futility stops included" in d.sentence
+    free = decide(cand, NUMBER, Design((3, 6, 8, 10), policy="rule", futility=0.0))
+    assert free.success_chance is None and free.conditional_power is None      # no futility: nothing computed
+    from results.sequential import conditional_power, success_chance
+    base = np.array([NUMBER * LN2 * SP8192_BPT]) - 0.005
+    future = [(6, 0.004), (8, 0.006), (10, 0.008)]
+    values = np.asarray(cand.loss)
+    assert success_chance(values, base, "one-sample", future, 0.0) == conditional_power(values, base, "one-sample", future)
+    last = decide(_candidate([1.0585, 1.0580, 1.0596, 1.0590, 1.0588, 1.0583]), NUMBER,
+                  Design((3, 6, 8), policy="rule"), looks=(3, 6))
+    assert last.action == "continue" and last.success_chance == last.conditional_power
