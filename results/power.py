@@ -74,10 +74,13 @@ class Setting:
 
 def p_values(values: np.ndarray, shifted_baseline: np.ndarray, test: str) -> np.ndarray:
     """The scipy call significance makes (one-sample against the one shifted value, or Welch against the
-    shifted baseline seeds; alternative "less"), vectorised over the rows of `values`."""
+    shifted baseline seeds; alternative "less"), vectorised over the rows of `values`; `shifted_baseline`
+    is one baseline for every row, or one row of baseline values per row of `values`."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        if test == "one-sample":
+        if test == "one-sample" and np.ndim(shifted_baseline) == 2:
+            res = sps.ttest_1samp(values - shifted_baseline[:, :1], 0.0, axis=1, alternative="less")
+        elif test == "one-sample":
             res = sps.ttest_1samp(values, shifted_baseline[0], axis=1, alternative="less")
         else:
             res = sps.ttest_ind(values, shifted_baseline, axis=1, equal_var=False, alternative="less")

@@ -519,9 +519,11 @@ def _conditional_power_many(observed: np.ndarray, shifted_baseline: np.ndarray, 
     m = observed.mean(axis=1)[:, None]
     s = observed.std(axis=1, ddof=1)[:, None]
     z = np.random.default_rng(seed).standard_normal((draws, future[-1][0] - n))
-    shifted_baseline = np.asarray(shifted_baseline, dtype=float)
-    mb = float(shifted_baseline.mean())
-    vb = float(shifted_baseline.var(ddof=1)) / len(shifted_baseline) if test == "welch" else 0.0
+    b = np.asarray(shifted_baseline, dtype=float)
+    b = np.broadcast_to(b, (len(observed), b.shape[-1])) if b.ndim == 1 else b    # one baseline, or one per row
+    m_b = b.shape[1]
+    mb = b.mean(axis=1)[:, None]
+    vb = b.var(axis=1, ddof=1)[:, None] / m_b if test == "welch" else np.zeros_like(mb)
     looks = []
     for n_j, threshold in future:
         if threshold > 0:
@@ -531,16 +533,16 @@ def _conditional_power_many(observed: np.ndarray, shifted_baseline: np.ndarray, 
     out = np.empty(len(observed))
     step = max(1, chunk_elements // draws)
     for i in range(0, len(observed), step):
-        mi, si = m[i:i + step], s[i:i + step]
+        mi, si, mbi, vbi = m[i:i + step], s[i:i + step], mb[i:i + step], vb[i:i + step]
         crossed = np.zeros((len(mi), draws), dtype=bool)
         for n_j, threshold, a, c in looks:
             var = si * si * c[None, :]
             if test == "one-sample":
-                crossed |= _crosses((mi + si * a[None, :] - mb) / np.sqrt(var / n_j), n_j - 1, threshold)
+                crossed |= _crosses((mi + si * a[None, :] - mbi) / np.sqrt(var / n_j), n_j - 1, threshold)
             else:
                 vc = var / n_j
-                df = (vc + vb) ** 2 / (vc * vc / (n_j - 1) + vb * vb / (len(shifted_baseline) - 1))
-                crossed |= _crosses((mi + si * a[None, :] - mb) / np.sqrt(vc + vb), df, threshold)
+                df = (vc + vbi) ** 2 / (vc * vc / (n_j - 1) + vbi * vbi / (m_b - 1))
+                crossed |= _crosses((mi + si * a[None, :] - mbi) / np.sqrt(vc + vbi), df, threshold)
         out[i:i + step] = crossed.mean(axis=1)
     return out
 
@@ -552,9 +554,10 @@ def simulate(design: Design, shifted_baseline: np.ndarray, test: str, mean: floa
     futility stop on the conditional power (same draws, same random stream). Per look: the share that stop
     for success, for futility, and at the maximum; the largest Monte-Carlo standard error of those shares
     and of the success chance ("se"); and each batch's action and look ("action", "look", for checks).
-    `shifted_baseline`: the baseline's values minus the margin (one value: the one-sample test)."""
+    `shifted_baseline`: the baseline's values minus the margin (one value: the one-sample test), or one
+    such row per batch (batches × m) to redraw the baseline with every batch."""
     b = np.asarray(shifted_baseline, dtype=float)
-    n_baseline = None if test == "one-sample" else len(b)
+    n_baseline = None if test == "one-sample" else b.shape[-1]
     thresholds = design.schedule(design.looks, n_baseline, final=True).thresholds()
     values = np.random.default_rng(seed).normal(mean, std, size=(batches, design.max_seeds))
     alive = np.ones(batches, dtype=bool)
@@ -567,7 +570,8 @@ def simulate(design: Design, shifted_baseline: np.ndarray, test: str, mean: floa
         if not last and design.futility > 0:
             going = alive & ~success
             future = list(zip(design.looks[k + 1:], thresholds[k + 1:]))
-            futility[going] = _conditional_power_many(values[going, :n], b, test, future) < design.futility
+            rows = b[going] if b.ndim == 2 else b
+            futility[going] = _conditional_power_many(values[going, :n], rows, test, future) < design.futility
         at_max = alive & ~success if last else np.zeros_like(alive)
         looks.append({"n": n, "success": float(success.mean()), "futility": float(futility.mean()),
                       "max": float(at_max.mean())})

@@ -283,3 +283,18 @@ def test_success_chance_counts_later_futility_stops():
     last = decide(_candidate([1.0585, 1.0580, 1.0596, 1.0590, 1.0588, 1.0583]), NUMBER,
                   Design((3, 6, 8), policy="rule"), looks=(3, 6))
     assert last.action == "continue" and last.success_chance == last.conditional_power
+
+
+@needs_current_record
+def test_simulate_takes_one_baseline_per_batch():
+    """bench/adaptive_savings.py redraws the record's seeds with every batch (the view the policy's α is
+    about); a baseline row per batch that repeats the one baseline must change nothing."""
+    from results.power import setting
+    from results.sequential import simulate
+    for policy, looks, imp, base, std in (("progression", (2, 3, 4), 0.0003, str(CURRENT_RECORD), None),
+                                          ("rule", (3, 5), 0.0035, NUMBER, 0.0007)):
+        s = setting(base, imp, std, policy)
+        design, b = Design(looks, policy=policy), s.baseline - s.margin
+        one = simulate(design, b, s.test, s.mean, s.std, batches=300, seed=4)
+        rows = simulate(design, np.tile(b, (300, 1)), s.test, s.mean, s.std, batches=300, seed=4)
+        assert list(rows["action"]) == list(one["action"]) and list(rows["look"]) == list(one["look"])
