@@ -89,8 +89,7 @@ def spec_from_record(record_dir, seeds: list[int] | None = None, *, data_paths: 
         raise PgolfError(f"{d}: a run directory, not a record folder; `pgolf resume` or `pgolf report` it instead")
     script = d / "train_gpt.py"
     if not script.is_file():
-        raise PgolfError(f"{d}: no train_gpt.py; a record folder needs its script to be run again "
-                         "(the copies of the public records under ../shared/records ship none)")
+        raise PgolfError(f"{d}: no train_gpt.py; a record folder needs its script to be run again")
     runs = scored(rs.runs)
     if not runs:
         raise PgolfError(f"{d}: no scored log; nothing says how the record was run")

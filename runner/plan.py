@@ -281,7 +281,7 @@ def render(out: dict, console) -> None:
         from rich import box
         t = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))   # fits 80 columns
         for col in ("look", "seeds", "α spent", "p <", "success", "futility", "stop",
-                    "cost" if priced else "pod-h", "wall"):
+                    "cost" if priced else "pod-h" if c["backend"] == "runpod" else "node-h", "wall"):
             t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
         for l in a["looks"]:
             t.add_row(str(l["look"]), str(l["n"]), f"{l['alpha_spent']:.2g}", f"{l['p']:.2g}",

@@ -2,6 +2,7 @@
 comparison of reproduced against claimed per-seed scores (including a claim that does not reproduce)."""
 import json
 import math
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -72,9 +73,12 @@ def test_record_track_limits_and_official_variant(tmp_path):
 
 
 @needs_records
-def test_public_records_cannot_be_reproduced_without_their_script():
-    with pytest.raises(PgolfError, match="no train_gpt.py"):
-        spec_from_record(TEN / "2026-04-06_SP8192_QK5_LegalTTT_1.0828")
+def test_a_record_folder_without_its_script_cannot_be_reproduced(tmp_path):
+    folder = tmp_path / "2026-04-06_SP8192_QK5_LegalTTT_1.0828"
+    shutil.copytree(TEN / folder.name, folder)
+    (folder / "train_gpt.py").unlink(missing_ok=True)
+    with pytest.raises(PgolfError, match="no train_gpt.py; a record folder needs its script"):
+        spec_from_record(folder)
 
 
 def test_a_claim_that_reproduces():
