@@ -62,7 +62,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, special
 from scipy import stats as sps
 
 from results.errors import PgolfError
@@ -489,7 +489,6 @@ def _crosses(t: np.ndarray, df, threshold: float) -> np.ndarray:
     it. A scalar df compares t with the critical value; an array df (Welch) compares with the critical value
     interpolated on a df grid, then recomputes p exactly where t lies within the interpolation's error bound
     of it, so the answer is scipy's on every element (a few hundred exact evaluations instead of millions)."""
-    from scipy import special
     if np.ndim(df) == 0:
         return t < special.stdtrit(float(df), threshold)
     lo, hi = float(np.min(df)), float(np.max(df))

@@ -27,11 +27,8 @@ runner's own conditional-power draws); their Monte-Carlo standard error is print
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from results.errors import PgolfError
 
