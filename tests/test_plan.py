@@ -84,10 +84,11 @@ def test_adaptive_spec_shows_each_look(tmp_path, capsys):
 
 
 @needs_current_record
-def test_adaptive_success_chance_includes_the_futility_stop(tmp_path, capsys):
+def test_adaptive_success_chance_includes_the_futility_stop(tmp_path, capsys, monkeypatch):
     """Issue 19: rule, Δ = 0.0055 against the current record, looks 3, 6, 8. Counting crossings alone (the
     old plan) gave 98.9%; the runner also stops for futility, and the whole procedure succeeds ~91% of the
     time (an independent review simulated 90.6%). Without futility the chance is the crossing chance."""
+    monkeypatch.setattr("runner.plan.SIMULATION_BATCHES", 4000)          # CI time; the error is checked
     body = (f'backend = "runpod"\n[baseline]\nref = "{CURRENT_RECORD}"\npolicy = "rule"\n'
             "[adaptive]\nmin = 3\nmax = 8\n")
     a = run_json(capsys, "--improvement", 0.0055, "--spec", spec(tmp_path, body))["adaptive"]
@@ -179,7 +180,7 @@ def test_sigma_sensitivity_replaces_the_integration_error(capsys):
            "at 3 seeds" in text and "error <=" not in text
 
 
-def test_titles_fit_80_columns(tmp_path):
+def test_titles_fit_80_columns(tmp_path, monkeypatch):
     """Issue 20: the tables' titles were squeezed into the table's width at 80 columns."""
     import io
     from rich.console import Console
@@ -187,6 +188,7 @@ def test_titles_fit_80_columns(tmp_path):
     from runner.spec import load_spec
     body = (f'backend = "runpod"\n[baseline]\nref = "{CURRENT_RECORD}"\npolicy = "rule"\n'
             "[adaptive]\nmin = 3\nmax = 8\n")
+    monkeypatch.setattr("runner.plan.SIMULATION_BATCHES", 1000)
     buf = io.StringIO()
     render(plan_batch(None, 0.0055, spec=load_spec(spec(tmp_path, body))), Console(file=buf, width=80))
     lines = buf.getvalue().splitlines()
