@@ -251,7 +251,7 @@ def test_simulated_procedure_is_decide_batch_by_batch(policy, looks, improvement
     from results.sequential import simulate
     base = str(CURRENT_RECORD) if baseline == "record" else baseline
     s = setting(base, improvement, std, policy)
-    design, batches = Design(looks, policy=policy), 30
+    design, batches = Design(looks, policy=policy), 16
     sim = simulate(design, s.baseline - s.margin, s.test, s.mean, s.std, batches=batches, seed=3)
     values = np.random.default_rng(3).normal(s.mean, s.std, (batches, design.max_seeds))
     for i in range(batches):
