@@ -182,7 +182,9 @@ def _ledger(runset: RunSet) -> dict:
 def adaptive_summary(runset: RunSet) -> dict | None:
     """An adaptive batch's design, waves and outcome from ledger.json's "adaptive" section (runner/waves.py),
     in the report's shape; None for a fixed batch. Per look: seeds, scored seeds, the success boundary
-    (a nominal p threshold), whether it was crossed, the conditional power, the action."""
+    (a nominal p threshold), whether it was crossed, the conditional power (the futility rule's statistic:
+    later futility stops ignored), the chance of success from there with later futility stops included
+    (None where the look stopped the batch, or a ledger from before it existed), the action."""
     st = _ledger(runset).get("adaptive")
     if not isinstance(st, dict):
         return None
@@ -193,7 +195,8 @@ def adaptive_summary(runset: RunSet) -> dict | None:
         waves.append({"wave": w.get("wave"), "seeds": w.get("seeds"), "scored": look.get("n"),
                       "tested": look.get("tested"), "boundary_p": boundary.get("p"),
                       "alpha_spent": boundary.get("alpha_spent"), "crossed": look.get("crossed"),
-                      "conditional_power": look.get("conditional_power"), "action": look.get("action")})
+                      "conditional_power": look.get("conditional_power"),
+                      "success_chance": look.get("success_chance"), "action": look.get("action")})
     return {key: st.get(key) for key in ("rule", "looks", "policy", "spending", "futility", "baseline", "outcome")} \
         | {"waves": waves}
 

@@ -23,6 +23,7 @@ The plan says so in its notes.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -32,10 +33,10 @@ from scipy import integrate, special
 from scipy import stats as sps
 
 from results.errors import PgolfError
-from results.stats import LN2, POLICIES, Sample, baseline_sample, significance
+from results.stats import (LN2, POLICIES, Sample, assumed_tokenizer, baseline_sample,
+                           one_sample_real_alpha, significance)
 
 POWER_TARGETS = (0.8, 0.95)
-DEFAULT_TOKENIZER = "sp8192"          # the reference payload's and the current records' tokenizer
 SIMULATION_DRAWS = 20_000
 
 
@@ -73,10 +74,13 @@ class Setting:
 
 def p_values(values: np.ndarray, shifted_baseline: np.ndarray, test: str) -> np.ndarray:
     """The scipy call significance makes (one-sample against the one shifted value, or Welch against the
-    shifted baseline seeds; alternative "less"), vectorised over the rows of `values`."""
+    shifted baseline seeds; alternative "less"), vectorised over the rows of `values`; `shifted_baseline`
+    is one baseline for every row, or one row of baseline values per row of `values`."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        if test == "one-sample":
+        if test == "one-sample" and np.ndim(shifted_baseline) == 2:
+            res = sps.ttest_1samp(values - shifted_baseline[:, :1], 0.0, axis=1, alternative="less")
+        elif test == "one-sample":
             res = sps.ttest_1samp(values, shifted_baseline[0], axis=1, alternative="less")
         else:
             res = sps.ttest_ind(values, shifted_baseline, axis=1, equal_var=False, alternative="less")
@@ -107,12 +111,9 @@ def setting(baseline, improvement_bpb: float, std_bpb: float | None = None, poli
     if std <= 0:
         raise PgolfError(f"seed std {std!r} bpb: must be positive (identical seeds leave nothing to plan)")
 
-    if tokenizer is None and bytes_per_token is None:
-        tokenizer, bytes_per_token = base.tokenizer, base.bytes_per_token
-        if tokenizer is None and bytes_per_token is None:
-            tokenizer = DEFAULT_TOKENIZER
-            notes.append(f"candidate tokenizer assumed {DEFAULT_TOKENIZER} (the baseline names none); "
-                         "pass the tokenizer or bytes/token if yours differs")
+    if tokenizer is None and bytes_per_token is None:        # significance's rule for an unknown tokenizer
+        tokenizer, bytes_per_token, assumed = assumed_tokenizer(base)
+        notes.append(assumed)
     if bytes_per_token is None and tokenizer:
         from results.tokenizers import TABLE
         canon = TABLE.get(tokenizer)
@@ -127,7 +128,7 @@ def setting(baseline, improvement_bpb: float, std_bpb: float | None = None, poli
     metric = sig["metric"]
     scale = LN2 * bytes_per_token if metric == "val_loss" else 1.0
     values = np.asarray(base.loss if metric == "val_loss" else base.bpb, dtype=float)
-    notes += [n for n in sig["notes"] if not n.startswith("n=")]
+    notes += [n for n in sig["notes"] if not n.startswith(("n=", "the one-sample test treats"))]  # the probe's
     test = "one-sample" if len(values) < 2 else "welch"
     return Setting(policy=policy, test=test, metric=metric, scale=scale, baseline=values, baseline_mean_bpb=mean_b,
                    margin=float(sig["margin"]), margin_nats=sig["margin_nats"], alpha=sig["alpha"],
@@ -208,10 +209,14 @@ def limit_improvement_bpb(s: Setting) -> float:
 
 def plan(baseline, improvement_bpb: float, std_bpb: float | None = None, policy: str = "rule",
          max_seeds: int = 8, *, tokenizer: str | None = None, bytes_per_token: float | None = None,
-         margin_bpb: float | None = None, simulate: bool = False) -> dict:
+         margin_bpb: float | None = None, simulate: bool = False, sensitivity: tuple[float, ...] = ()) -> dict:
     """Power for 1..max_seeds candidate seeds and the seeds needed for 80% / 95% power, shaped for --json.
 
     `simulate=True` uses the Monte-Carlo instead (a check on the exact and integrated values).
+    `sensitivity`: factors f for which the plan is also made with the candidate's seed std × f ("sensitivity":
+    power and seeds for power per f). The power is computed as if σ were known; a planned σ from three
+    baseline seeds can easily be off by a factor of two, which moves the power far more than any
+    computational error, so that is what the plan shows.
     """
     if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or max_seeds < 1:
         raise PgolfError(f"max seeds {max_seeds!r}: must be a whole number >= 1")
@@ -234,8 +239,7 @@ def plan(baseline, improvement_bpb: float, std_bpb: float | None = None, policy:
     elif s.test == "one-sample":
         method = "exact: noncentral t (scipy.stats.nct) for the one-sample t-test"
     else:
-        method = ("numerical integration over the candidate's sample variance (scipy.integrate.quad, "
-                  f"error <= {max(worst, 1e-12):.1e})")
+        method = "numerical integration over the candidate's sample variance (scipy.integrate.quad)"
 
     notes = list(s.notes)
     notes.append("1 seed cannot pass: significance needs at least 2 seeds to estimate the variance (power 0)")
@@ -249,6 +253,13 @@ def plan(baseline, improvement_bpb: float, std_bpb: float | None = None, policy:
     elif improvement <= limit:
         notes.append(f"the improvement does not beat the margin ({limit:.6f} bpb): power stays below α "
                      "however many seeds run")
+    if s.test == "one-sample":
+        counts = sorted({min(3, max_seeds), max_seeds} - {1})
+        if counts:
+            notes.append("the one-sample test treats the baseline value as exact: if it is one seed's score, a "
+                         "candidate no better than it passes " + ", ".join(
+                             f"{one_sample_real_alpha(n, s.alpha):.1%} with {n} seeds" for n in counts)
+                         + f" at α = {s.alpha} (simulated), not {s.alpha:.0%}; the powers above treat it as exact too")
     seeds_for = {f"{target:g}": next((n for n in range(2, max_seeds + 1) if power[str(n)] >= target), None)
                  for target in POWER_TARGETS}
     margin_bpb_out = s.margin / s.scale
@@ -257,23 +268,31 @@ def plan(baseline, improvement_bpb: float, std_bpb: float | None = None, policy:
             "baseline_mean_bpb": s.baseline_mean_bpb, "n_baseline": len(s.baseline),
             "improvement_bpb": improvement, "std_bpb": s.std / s.scale, "margin_bpb": margin_bpb_out,
             "margin_nats": s.margin_nats, "bytes_per_token": s.bytes_per_token, "max_seeds": max_seeds,
-            "limit_improvement_bpb": limit, "notes": notes}
+            "limit_improvement_bpb": limit, "numerical_error": worst, "notes": notes,
+            "sensitivity": [{"factor": f, "std_bpb": s.std / s.scale * f,
+                             **{k: v for k, v in plan(baseline, improvement_bpb, s.std / s.scale * f, policy,
+                                                      max_seeds, tokenizer=tokenizer, bytes_per_token=bytes_per_token,
+                                                      margin_bpb=margin_bpb, simulate=simulate).items()
+                                if k in ("power", "seeds_for_power")}} for f in sensitivity]}
 
 
 # ---------------------------------------------------------------- what the seeds cost
 
 def cost(seeds: int, hours_per_seed: float, usd_per_hour: float, seeds_per_pod: int = 1,
-         setup_hours: float = 0.0) -> tuple[float, float]:
+         setup_hours: float = 0.0, max_pods: int | None = None) -> tuple[float, float]:
     """(dollars, wall-clock hours) of `seeds` seeds run `seeds_per_pod` to a pod after one set-up each.
 
-    Pods = ⌈seeds / K⌉, all started at once, seeds spread evenly (the busiest pod runs ⌈seeds / pods⌉);
-    every pod bills its set-up plus its seeds at `usd_per_hour`. More seeds per pod saves set-ups
-    (money) and costs wall-clock (seeds run one after another).
+    Pods = ⌈seeds / K⌉, seeds spread evenly (the driver's `groups`: 4 by 3 is 2 + 2); every pod bills its
+    set-up plus its seeds at `usd_per_hour`. At most `max_pods` pods run at once (None: all of them): the
+    runner queues the rest, and a queued pod starts when one ends, so the wall-clock is the first-come
+    schedule of the pods' durations on `max_pods` slots (10 pods of 35 min on 3 slots: 4 rounds, 2.3 h).
+    More seeds per pod saves set-ups (money) and costs wall-clock (seeds run one after another).
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise PgolfError(f"seeds {seeds!r}: must be a whole number >= 0")
-    if isinstance(seeds_per_pod, bool) or not isinstance(seeds_per_pod, int) or seeds_per_pod < 1:
-        raise PgolfError(f"seeds_per_pod {seeds_per_pod!r}: must be a whole number >= 1")
+    for what, k in (("seeds_per_pod", seeds_per_pod), ("max_pods", max_pods)):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise PgolfError(f"{what} {k!r}: must be a whole number >= 1")
     for what, x in (("hours per seed", hours_per_seed), ("$ per hour", usd_per_hour),
                     ("set-up hours", setup_hours)):
         if _finite_number(x, what) < 0:
@@ -281,6 +300,10 @@ def cost(seeds: int, hours_per_seed: float, usd_per_hour: float, seeds_per_pod: 
     if seeds == 0:
         return 0.0, 0.0
     pods = math.ceil(seeds / seeds_per_pod)
-    busiest = math.ceil(seeds / pods)
+    size, extra = divmod(seeds, pods)
+    durations = [setup_hours + (size + (i < extra)) * hours_per_seed for i in range(pods)]
+    slots = [0.0] * min(pods, max_pods or pods)         # when each slot is next free
+    for d in durations:                                 # first come, first served
+        heapq.heapreplace(slots, slots[0] + d)
     usd = usd_per_hour * (pods * setup_hours + seeds * hours_per_seed)
-    return float(usd), float(setup_hours + busiest * hours_per_seed)
+    return float(usd), float(max(slots))

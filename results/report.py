@@ -23,6 +23,7 @@ from results.files import atomic_write
 from results.load import load
 from results.reproduce import compare_with_record
 from results.reproduce import sentence as reproduction_sentence
+from results.reproduce import verdict_of
 from results.secrets import scrub
 from results.stats import LN2, as_sample, baseline_sample, sentence, significance
 from results.summary import summarize
@@ -249,12 +250,18 @@ def markdown(report: dict, runset: RunSet | None = None, plot_files: list[str] =
     adaptive = report.get("adaptive")
     if adaptive and not report.get("significance_error") and (report.get("significance") or {}).get("sequential"):
         lines += adaptive_lines(adaptive) + ["", "| wave | seeds | scored | success boundary (p <) | crossed "
-                                                 "| conditional power | action |", "|---:|---|---:|---:|---|---:|---|"]
+                                                 "| conditional power | success chance | action |",
+                                                 "|---:|---|---:|---:|---|---:|---:|---|"]
         for w in adaptive["waves"]:
             lines.append(f"| {w['wave']} | {', '.join(map(str, w['seeds'] or []))} | {_fmt(w['scored'])} "
                          f"| {_fmt(w['boundary_p'], '.3g')} | {_yes(w['crossed'])} "
-                         f"| {_fmt(w['conditional_power'], '.1%')} | {w['action'] or 'running'} |")
-        lines.append("")
+                         f"| {_fmt(w['conditional_power'], '.1%')} | {_fmt(w.get('success_chance'), '.1%')} "
+                         f"| {w['action'] or 'running'} |")
+        lines += ["", "Conditional power: the chance that the remaining planned seeds cross a success boundary, "
+                      "under the estimate at that look; the futility rule compares it with its threshold, and it "
+                      "ignores later futility stops. Success chance: the same with later futility stops "
+                      "included, the chance that the batch ends in success. Both are estimates under the data "
+                      "so far, not guarantees.", ""]
     else:
         lines += [report.get("significance_error") or sentence(report.get("significance")), ""]
     sig = report.get("significance")
@@ -348,7 +355,8 @@ def render_summary(report: dict) -> Group:
         parts.append(Text(f"  note: {n}", style="dim"))
     if report.get("reproduction"):
         rep = report["reproduction"]
-        parts.append(Text(reproduction_sentence(rep), style="bold green" if rep["stands"] else "bold red"))
+        style = {"consistent": "bold green", "inconclusive": "bold yellow"}.get(verdict_of(rep), "bold red")
+        parts.append(Text(reproduction_sentence(rep), style=style))
     bad = [c for c in report.get("checks", []) if c.get("status") in ("fail", "warn")]
     verdict = report.get("verdict", "?")
     parts.append(Text(f"audit: {verdict}", style="bold green" if verdict == "pass" else "bold red"))

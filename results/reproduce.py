@@ -1,15 +1,18 @@
-"""`pgolf reproduce RECORD_DIR`: run a record folder again and say whether its claim stands.
+"""`pgolf reproduce RECORD_DIR`: run a record folder again and say whether its claim reproduces.
 
 The results engine holds both ends; the runner runs the spec in between (runner.run, wired by the CLI):
 - `spec_from_record` turns a record folder into a job spec (the dict a jobs/*.toml file parses to): the
   folder's script, the hyperparameters its logs state (as the environment variables the script reads), its
   seeds, its track's limits and its data by variant name;
 - `compare` / `compare_with_record` put the reproduced per-seed scores beside the claimed ones: paired
-  differences, a one-sided paired t-test (scipy.stats.ttest_rel) and whether the claim stands. The result
+  differences, a one-sided paired t-test (scipy.stats.ttest_rel) and the verdict. The result
   goes into the report and its JSON under "reproduction".
 
-When a claim stands (docs/CHALLENGE.md, "Reproducing a record"): unless the reproduced scores are worse
-than the claimed ones by more than `tolerance` with p < `alpha`. Runs of one seed on GPUs are not bitwise
+The verdict (docs/CHALLENGE.md, "Reproducing a record"): "not reproduced" when the reproduced scores are
+worse than the claimed ones by more than `tolerance` with p < `alpha`; otherwise the test cannot reject the
+claim, which is not evidence for it: "consistent" when the mean difference is within the tolerance,
+"inconclusive" when it is beyond it but too few seeds make it significant (2 seeds 0.0875 bpb worse, p =
+0.08, is not a claim that stands). Runs of one seed on GPUs are not bitwise
 repeatable: the reruns in the public record differ from their originals by up to 0.00045 bpb (2026-04-29,
 seeds 42/314/1234), so the default tolerance is 0.001 bpb.
 """
@@ -86,8 +89,7 @@ def spec_from_record(record_dir, seeds: list[int] | None = None, *, data_paths: 
         raise PgolfError(f"{d}: a run directory, not a record folder; `pgolf resume` or `pgolf report` it instead")
     script = d / "train_gpt.py"
     if not script.is_file():
-        raise PgolfError(f"{d}: no train_gpt.py; a record folder needs its script to be run again "
-                         "(the copies of the public records under ../shared/records ship none)")
+        raise PgolfError(f"{d}: no train_gpt.py; a record folder needs its script to be run again")
     runs = scored(rs.runs)
     if not runs:
         raise PgolfError(f"{d}: no scored log; nothing says how the record was run")
@@ -147,7 +149,9 @@ def compare(claimed: dict[int, float], reproduced: dict[int, float] | RunSet, *,
             tolerance: float = TOLERANCE_BPB, alpha: float = ALPHA) -> dict:
     """The "reproduction" object of a report: per-seed claimed and reproduced val_bpb, their paired
     differences (reproduced - claimed), a one-sided paired t-test of H0 "worse by at most `tolerance`",
-    and whether the claim stands (it does unless H0 is rejected at `alpha`)."""
+    and the verdict: "not reproduced" (H0 rejected at `alpha`), "consistent" (not rejected, mean difference
+    within the tolerance) or "inconclusive" (not rejected, mean beyond the tolerance). "stands" is true for
+    "consistent" only."""
     if isinstance(reproduced, RunSet):
         reproduced = {r.seed: r.val_bpb for r in scored(reproduced.runs) if r.seed is not None}
     seeds = [s for s in claimed if s in reproduced]
@@ -159,7 +163,7 @@ def compare(claimed: dict[int, float], reproduced: dict[int, float] | RunSet, *,
            "mean_difference": float(diffs.mean()) if len(diffs) else None,
            "std_difference": float(diffs.std(ddof=1)) if len(diffs) > 1 else None,
            "test": "none", "tolerance": tolerance, "alpha": alpha, "t": None, "df": None, "p": None,
-           "stands": False, "missing": missing, "notes": []}
+           "stands": False, "verdict": "inconclusive", "missing": missing, "notes": []}
     notes = out["notes"]
     if missing:
         notes.append(f"claimed seed(s) {missing} were not reproduced")
@@ -168,8 +172,10 @@ def compare(claimed: dict[int, float], reproduced: dict[int, float] | RunSet, *,
         return out
     mean = out["mean_difference"]
     if len(seeds) < 2:
-        out["stands"] = bool(mean <= tolerance)
-        notes.append(f"one seed: no test; the claim stands when the reproduction is at most {tolerance:g} bpb worse")
+        out["verdict"] = "consistent" if mean <= tolerance else "inconclusive"
+        out["stands"] = out["verdict"] == "consistent"
+        notes.append(f"one seed: no test; consistent with the claim when the reproduction is at most "
+                     f"{tolerance:g} bpb worse, inconclusive otherwise")
         return out
     excess = diffs - tolerance
     out.update(test="paired t (one-sided)", df=len(seeds) - 1)
@@ -181,10 +187,13 @@ def compare(claimed: dict[int, float], reproduced: dict[int, float] | RunSet, *,
             warnings.simplefilter("ignore", RuntimeWarning)
             res = sps.ttest_1samp(excess, 0.0, alternative="greater")
         out["t"], out["p"] = float(res.statistic), float(res.pvalue)
-    out["stands"] = bool(out["p"] >= alpha)
-    if out["stands"] and mean > tolerance:
+    rejected = out["p"] < alpha
+    out["verdict"] = "not reproduced" if rejected else "consistent" if mean <= tolerance else "inconclusive"
+    out["stands"] = out["verdict"] == "consistent"
+    if out["verdict"] == "inconclusive":
         notes.append(f"mean difference {mean:+.6f} bpb is above the tolerance but not significant with "
-                     f"{len(seeds)} seeds: run more seeds to settle it")
+                     f"{len(seeds)} seeds: the test cannot reject the claim, which does not confirm it; run "
+                     "more seeds to settle it")
     return out
 
 
@@ -213,5 +222,14 @@ def sentence(rep: dict | None) -> str:
         t = "n/a" if rep["t"] is None else f"{rep['t']:.2f}"
         test = (f"one-sided paired t-test against +{rep['tolerance']:g} bpb: t = {t}, df = {rep['df']}, "
                 f"p = {rep['p']:.3g}, α = {rep['alpha']}")
-    verdict = "the claim stands" if rep["stands"] else "the claim does NOT stand"
+    verdict = {"consistent": "consistent with the claim (cannot reject it; within the tolerance on average)",
+               "inconclusive": f"inconclusive: cannot reject the claim, but the reproduction is worse than it "
+                               f"by more than the tolerance on average; more seeds would settle it",
+               "not reproduced": "the claim does NOT stand (significantly worse than claimed beyond the "
+                                 "tolerance)"}[verdict_of(rep)]
     return f"{head}; {test} → {verdict}."
+
+
+def verdict_of(rep: dict) -> str:
+    """The verdict of a reproduction object (one written before "verdict" existed: from "stands")."""
+    return rep.get("verdict") or ("consistent" if rep["stands"] else "not reproduced")

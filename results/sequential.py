@@ -41,10 +41,18 @@ tests/test_sequential.py), counted over new draws of the baseline's seeds too, a
 test. Futility only lowers it. After an early stop the nominal p is NOT a valid p-value; the p the design
 allows is the stage-wise-ordering adjusted p, never below the nominal p (≤ α exactly when a boundary was
 crossed). Not claimed: the mean at an early stop is biased toward lucky seeds (no unbiased estimate is
-offered); with unequal stds on the two sides the calibration is approximate; the conditional power is an
-estimate under the current data, not a guarantee. With `spending=None` the last look is significance's own
+offered); with unequal stds on the two sides the calibration is approximate (candidate std twice the
+baseline's, looks 2, 3, 4 against 3 seeds at nominal 0.25: 0.281, bench/adaptive_savings.py); the
+conditional power is an estimate under the current data, not a guarantee. With `spending=None` the last look is significance's own
 Welch test, whose actual size against only 3 baseline seeds exceeds its nominal α when the candidate has
 many more seeds (8 against 3 at α = 0.01: 1.4%, measured under equal stds).
+
+Planning (`simulate`, behind `pgolf plan` and bench/adaptive_savings.py). The chance that a candidate of a
+given true mean succeeds is the chance that the whole procedure stops for success: the boundaries AND the
+futility stop, which at borderline improvements takes 4-8 points of it (counting crossings alone overstates
+it). `simulate` runs the procedure on many batches at once, with `decide`'s thresholds and its conditional
+power computed from each batch's mean and std with the very draws `conditional_power` makes, so every batch
+stops where and as `decide` would stop it (tests/test_sequential.py checks this batch by batch).
 """
 from __future__ import annotations
 
@@ -54,7 +62,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, special
 from scipy import stats as sps
 
 from results.errors import PgolfError
@@ -311,6 +319,8 @@ class Decision:
     p_report: str                      # that p-value in words
     conditional_power: float | None
     conditional_power_se: float | None
+    success_chance: float | None       # from here, later futility stops included (conditional power ignores them)
+    success_chance_se: float | None
     estimate: dict | None              # current mean and std (metric units) the conditional power assumed
     significance: dict
     rule: str
@@ -338,6 +348,30 @@ def conditional_power(observed: np.ndarray, shifted_baseline: np.ndarray, test: 
             values = np.hstack([np.broadcast_to(observed, (draws, n)), extra[:, :n_j - n]])
             crossed |= p_values(values, shifted_baseline, test) < threshold
     rate = float(crossed.mean())
+    return rate, math.sqrt(max(rate * (1 - rate), 1.0 / draws) / draws)
+
+
+def success_chance(observed: np.ndarray, shifted_baseline: np.ndarray, test: str,
+                   future: Sequence[tuple[int, float]], futility: float, draws: int = CONDITIONAL_POWER_DRAWS,
+                   seed: int = 0) -> tuple[float, float]:
+    """(probability, MC standard error) that the batch still ends in success, under the current estimate as
+    `conditional_power`, but with the rest of the procedure run forward on each drawn path: a path that falls
+    below the futility threshold at a later look stops there, as the runner would stop it. Equal to the
+    conditional power when one look is left; otherwise never above it (the same draws: a path that succeeds
+    here crosses a boundary there)."""
+    mean, std = float(np.mean(observed)), float(np.std(observed, ddof=1))
+    n, last = len(observed), future[-1][0]
+    extra = np.random.default_rng(seed).normal(mean, std, size=(draws, last - n))
+    alive, success = np.ones(draws, dtype=bool), np.zeros(draws, dtype=bool)
+    for k, (n_j, threshold) in enumerate(future):
+        values = np.hstack([np.broadcast_to(observed, (draws, n)), extra[:, :n_j - n]])
+        if threshold > 0:
+            crossed = alive & (p_values(values, shifted_baseline, test) < threshold)
+            success |= crossed
+            alive &= ~crossed
+        if k < len(future) - 1 and futility > 0 and alive.any():
+            alive[alive] = _conditional_power_many(values[alive], shifted_baseline, test, future[k + 1:]) >= futility
+    rate = float(success.mean())
     return rate, math.sqrt(max(rate * (1 - rate), 1.0 / draws) / draws)
 
 
@@ -370,7 +404,7 @@ def decide(candidate, baseline, design: Design, looks: Sequence[int] | None = No
                 "df": sig["df"], "z_normal_theory": sched.z_normal_theory()[-1],
                 "information": sched.info[-1], "alpha_spent": sched.alpha_spent()[-1]}
 
-    cp = cp_se = estimate = None
+    cp = cp_se = estimate = chance = chance_se = None
     if crossed:
         action = "stop_success"
     elif final:
@@ -387,6 +421,11 @@ def decide(candidate, baseline, design: Design, looks: Sequence[int] | None = No
             estimate = {"metric": sig["metric"], "mean": float(metric.mean()), "std": float(metric.std(ddof=1))}
             if cp < design.futility:
                 action = "stop_futility"
+            elif len(future) > 1:
+                chance, chance_se = success_chance(metric, base_values - sig["margin"], sig["test"], future,
+                                                   design.futility)
+            else:
+                chance, chance_se = cp, cp_se
 
     p_adjusted = None
     if action in ("stop_success", "stop_max") and p is not None:
@@ -396,7 +435,8 @@ def decide(candidate, baseline, design: Design, looks: Sequence[int] | None = No
     p_report = _p_report(action, p_adjusted, len(looks), design)
     decision = Decision(action=action, look=len(looks), n=n, final=final, crossed=crossed, p_nominal=p,
                         boundary=boundary, p_adjusted=p_adjusted, p_report=p_report,
-                        conditional_power=cp, conditional_power_se=cp_se, estimate=estimate,
+                        conditional_power=cp, conditional_power_se=cp_se, success_chance=chance,
+                        success_chance_se=chance_se, estimate=estimate,
                         significance=sig, rule=design.rule(), sentence="")
     decision.sentence = _sentence(decision, design)
     return decision
@@ -436,4 +476,109 @@ def _sentence(d: Decision, design: Design) -> str:
                  f"current estimate (mean {e['mean']:.6f}, std {e['std']:.6f} {unit}), "
                  f"{'below' if d.action == 'stop_futility' else 'not below'} the futility threshold "
                  f"{design.futility:.0%}")
+        if d.success_chance is not None:
+            text += (f"; chance of success from here {d.success_chance:.1%} (±{d.success_chance_se:.2%} MC, same "
+                     f"estimate, later futility stops included)")
     return f"{text}. Design: {d.rule}. {d.p_report[0].upper()}{d.p_report[1:]}."
+
+
+# ---------------------------------------------------------------- the whole procedure, simulated
+
+def _crosses(t: np.ndarray, df, threshold: float) -> np.ndarray:
+    """p < threshold for one-sided ("less") t-test statistics t at df, p = P(T_df <= t), as scipy computes
+    it. A scalar df compares t with the critical value; an array df (Welch) compares with the critical value
+    interpolated on a df grid, then recomputes p exactly where t lies within the interpolation's error bound
+    of it, so the answer is scipy's on every element (a few hundred exact evaluations instead of millions)."""
+    if np.ndim(df) == 0:
+        return t < special.stdtrit(float(df), threshold)
+    lo, hi = float(np.min(df)), float(np.max(df))
+    if hi - lo < 1e-12:
+        return t < special.stdtrit(lo, threshold)
+    grid = np.linspace(lo, hi, 513)
+    crit = special.stdtrit(grid, threshold)
+    mid = (grid[:-1] + grid[1:]) / 2
+    band = 4 * float(np.max(np.abs(special.stdtrit(mid, threshold) - (crit[:-1] + crit[1:]) / 2))) + 1e-9
+    gap = t - np.interp(df, grid, crit)
+    out = gap < 0
+    near = np.abs(gap) <= band
+    if near.any():
+        out[near] = special.stdtr(df[near], t[near]) < threshold
+    return out
+
+
+def _conditional_power_many(observed: np.ndarray, shifted_baseline: np.ndarray, test: str,
+                            future: Sequence[tuple[int, float]], draws: int = CONDITIONAL_POWER_DRAWS,
+                            seed: int = 0, chunk_elements: int = 2_000_000) -> np.ndarray:
+    """`conditional_power` for each row of `observed` (batches × n), with the very random stream it uses.
+
+    conditional_power draws the remaining seeds as mean + std·Z (Z from default_rng(seed), the same for
+    every call), so a look at n_j seeds sees mean m + s·ΣZ/n_j and variance s²·((n − 1) + ΣZ² − (ΣZ)²/n_j)
+    / (n_j − 1): the t statistic of every draw follows from the row's (m, s) and Z's sums, without building
+    the values (tests/test_sequential.py checks it against conditional_power row by row)."""
+    n = observed.shape[1]
+    m = observed.mean(axis=1)[:, None]
+    s = observed.std(axis=1, ddof=1)[:, None]
+    z = np.random.default_rng(seed).standard_normal((draws, future[-1][0] - n))
+    b = np.asarray(shifted_baseline, dtype=float)
+    b = np.broadcast_to(b, (len(observed), b.shape[-1])) if b.ndim == 1 else b    # one baseline, or one per row
+    m_b = b.shape[1]
+    mb = b.mean(axis=1)[:, None]
+    vb = b.var(axis=1, ddof=1)[:, None] / m_b if test == "welch" else np.zeros_like(mb)
+    looks = []
+    for n_j, threshold in future:
+        if threshold > 0:
+            a = z[:, :n_j - n].sum(axis=1)
+            looks.append((n_j, threshold, a / n_j, ((n - 1) + (z[:, :n_j - n] ** 2).sum(axis=1) - a * a / n_j)
+                          / (n_j - 1)))
+    out = np.empty(len(observed))
+    step = max(1, chunk_elements // draws)
+    for i in range(0, len(observed), step):
+        mi, si, mbi, vbi = m[i:i + step], s[i:i + step], mb[i:i + step], vb[i:i + step]
+        crossed = np.zeros((len(mi), draws), dtype=bool)
+        for n_j, threshold, a, c in looks:
+            var = si * si * c[None, :]
+            if test == "one-sample":
+                crossed |= _crosses((mi + si * a[None, :] - mbi) / np.sqrt(var / n_j), n_j - 1, threshold)
+            else:
+                vc = var / n_j
+                df = (vc + vbi) ** 2 / (vc * vc / (n_j - 1) + vbi * vbi / (m_b - 1))
+                crossed |= _crosses((mi + si * a[None, :] - mbi) / np.sqrt(vc + vbi), df, threshold)
+        out[i:i + step] = crossed.mean(axis=1)
+    return out
+
+
+def simulate(design: Design, shifted_baseline: np.ndarray, test: str, mean: float, std: float,
+             batches: int = 20_000, seed: int = 12) -> dict:
+    """The whole procedure on `batches` simulated batches (candidate seeds i.i.d. N(mean, std²) in the
+    metric), exactly as `decide` runs it at the planned looks: the calibrated success boundaries, then the
+    futility stop on the conditional power (same draws, same random stream). Per look: the share that stop
+    for success, for futility, and at the maximum; the largest Monte-Carlo standard error of those shares
+    and of the success chance ("se"); and each batch's action and look ("action", "look", for checks).
+    `shifted_baseline`: the baseline's values minus the margin (one value: the one-sample test), or one
+    such row per batch (batches × m) to redraw the baseline with every batch."""
+    b = np.asarray(shifted_baseline, dtype=float)
+    n_baseline = None if test == "one-sample" else b.shape[-1]
+    thresholds = design.schedule(design.looks, n_baseline, final=True).thresholds()
+    values = np.random.default_rng(seed).normal(mean, std, size=(batches, design.max_seeds))
+    alive = np.ones(batches, dtype=bool)
+    action, stopped_at = np.full(batches, "", dtype=object), np.zeros(batches, dtype=int)
+    looks = []
+    for k, (n, threshold) in enumerate(zip(design.looks, thresholds)):
+        success = alive & (p_values(values[:, :n], b, test) < threshold) if threshold > 0 else np.zeros_like(alive)
+        last = k == len(design.looks) - 1
+        futility = np.zeros_like(alive)
+        if not last and design.futility > 0:
+            going = alive & ~success
+            future = list(zip(design.looks[k + 1:], thresholds[k + 1:]))
+            rows = b[going] if b.ndim == 2 else b
+            futility[going] = _conditional_power_many(values[going, :n], rows, test, future) < design.futility
+        at_max = alive & ~success if last else np.zeros_like(alive)
+        looks.append({"n": n, "success": float(success.mean()), "futility": float(futility.mean()),
+                      "max": float(at_max.mean())})
+        for name, stop in (("stop_success", success), ("stop_futility", futility), ("stop_max", at_max)):
+            action[stop], stopped_at[stop] = name, k + 1
+        alive &= ~(success | futility)
+    rates = [v for l in looks for v in (l["success"], l["futility"])] + [sum(l["success"] for l in looks)]
+    se = max(math.sqrt(max(r * (1 - r), 1.0 / batches) / batches) for r in rates)
+    return {"looks": looks, "p_success": sum(l["success"] for l in looks), "batches": batches, "se": se,
+            "action": action, "look": stopped_at}

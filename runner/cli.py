@@ -76,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the true mean improvement in bpb you expect over the baseline")
     sp.add_argument("--std", type=float, metavar="BPB", help="seed standard deviation in bpb (default: the baseline's)")
     sp.add_argument("--policy", choices=["rule", "progression"], help="default: the spec's, else rule")
-    sp.add_argument("--max-seeds", type=int, default=8, metavar="N", help="power for 1..N seeds (default 8)")
+    sp.add_argument("--max-seeds", type=int, default=8, metavar="N", help="power for 1..N seeds (default 8, at most 100)")
     sp.add_argument("--spec", metavar="JOB.toml", help="cost and hours on this spec's backend")
     sp.add_argument("--seeds-per-pod", type=int, default=None, metavar="K",
-                    help="RunPod: K seeds one after another per pod after one set-up (cost against wall-clock; "
-                         "default: the spec's [runpod] seeds_per_pod, else 1)")
+                    help="with --spec on RunPod: K seeds one after another per pod after one set-up (cost "
+                         "against wall-clock; default: the spec's [runpod] seeds_per_pod)")
     sp.add_argument("--json", action="store_true",
                     help='print {"power", "seeds_for_power", "cost_usd", "hours", ...} (README: pgolf plan)')
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--policy", choices=["rule", "progression"], default=None,
                     help="significance policy (default: the spec's, else rule)")
 
-    sp = sub.add_parser("reproduce", help="run a record folder again and say whether its claim stands")
+    sp = sub.add_parser("reproduce", help="run a record folder again and say whether its claim reproduces")
     sp.add_argument("record_dir", help="record folder with its train_gpt.py, logs and submission.json")
     sp.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the record's)")
     sp.add_argument("--data", nargs="+", metavar="NAME=PATH",

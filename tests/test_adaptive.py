@@ -149,7 +149,8 @@ def test_resume_in_the_middle_of_a_wave_then_the_batch_runs_to_its_maximum(tmp_p
     assert p.returncode == 130, out[-3000:]
     st = Ledger.load(run_dir).data["adaptive"]
     assert [w["look"] is None for w in st["waves"]] == [False, True] and st["outcome"] is None
-    assert st["waves"][0]["look"]["action"] == "continue"
+    first = st["waves"][0]["look"]
+    assert first["action"] == "continue" and first["success_chance"] == first["conditional_power"]  # one look left
 
     batch = runner.resume(run_dir, progress=False)
     assert batch.exit_code == 0 and set(batch.states.values()) == {"succeeded"}
@@ -161,4 +162,6 @@ def test_resume_in_the_middle_of_a_wave_then_the_batch_runs_to_its_maximum(tmp_p
     assert last["looks"] == [2, 4] and last["final"] and last["p_adjusted"] >= last["p_nominal"]
     sig = batch.report["significance"]
     assert sig["p"] == out["p_adjusted"] and sig["p_nominal"] == last["p_nominal"] and not sig["passes"]
-    assert "Ran to its maximum" in (run_dir / "report.md").read_text()
+    md = (run_dir / "report.md").read_text()
+    assert "Ran to its maximum" in md and "| conditional power | success chance |" in md
+    assert f"| {first['conditional_power']:.1%} | {first['success_chance']:.1%} | continue |" in md

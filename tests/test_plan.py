@@ -76,9 +76,31 @@ def test_adaptive_spec_shows_each_look(tmp_path, capsys):
     out = run_json(capsys, "--std", 0.0007, "--improvement", 0.0005, "--spec", job)
     a = out["adaptive"]
     assert [l["n"] for l in a["looks"]] == [3, 6, 8] and a["looks"][-1]["alpha_spent"] == 0.25
-    assert a["looks"][-1]["p_stop_here"] + sum(l["p_first_cross"] for l in a["looks"][:-1]) == pytest.approx(1)
-    assert 3 <= a["expected_seeds_at_most"] <= 8
+    assert sum(l["p_stop_here"] for l in a["looks"]) == pytest.approx(1)
+    assert a["p_success"] == pytest.approx(sum(l["p_success_here"] for l in a["looks"]))
+    assert a["expected_seeds"] == pytest.approx(sum(l["n"] * l["p_stop_here"] for l in a["looks"]), abs=0.01)
+    assert 3 <= a["expected_seeds"] <= 8 and 0 < a["se"] <= 0.005
     assert a["looks"][0]["cost_usd"] < a["looks"][-1]["cost_usd"]
+
+
+@needs_current_record
+def test_adaptive_success_chance_includes_the_futility_stop(tmp_path, capsys, monkeypatch):
+    """Issue 19: rule, Δ = 0.0055 against the current record, looks 3, 6, 8. Counting crossings alone (the
+    old plan) gave 98.9%; the runner also stops for futility, and the whole procedure succeeds ~91% of the
+    time (an independent review simulated 90.6%). Without futility the chance is the crossing chance."""
+    monkeypatch.setattr("runner.plan.SIMULATION_BATCHES", 4000)          # CI time; the error is checked
+    body = (f'backend = "runpod"\n[baseline]\nref = "{CURRENT_RECORD}"\npolicy = "rule"\n'
+            "[adaptive]\nmin = 3\nmax = 8\n")
+    a = run_json(capsys, "--improvement", 0.0055, "--spec", spec(tmp_path, body))["adaptive"]
+    assert a["p_success"] == pytest.approx(0.91, abs=max(4 * a["se"], 0.015))
+    assert a["looks"][0]["p_futility_here"] > 0.05
+    never = run_json(capsys, "--improvement", 0.0055,
+                     "--spec", spec(tmp_path, body + "futility = 0\n"))["adaptive"]
+    assert never["p_success"] > 0.97 and all(l["p_futility_here"] == 0 for l in never["looks"])
+    capsys.readouterr()
+    assert main(["plan", "--improvement", "0.0055", "--spec", str(spec(tmp_path, body))]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"success chance {a['p_success']:.1%} ± {a['se']:.1%} (Monte-Carlo s.e.), futility stops included" in text
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -110,3 +132,82 @@ def test_the_specs_seeds_per_pod_is_what_plan_prices(tmp_path, capsys):
     wave = (900 + 2 * 1200) / 3600
     assert [(l["n"], l["cost_usd"], l["wall_hours"]) for l in looks] == [
         (n, pytest.approx(n / 2 * wave * 10, abs=0.01), pytest.approx(n / 2 * wave, abs=1e-3)) for n in (2, 4, 6)]
+
+
+def test_wall_clock_under_max_pods(tmp_path, capsys):
+    """Issues 19/20: 10 one-seed pods of 35 min with at most 3 at once take 4 rounds (2.33 h), not 0.58 h;
+    4-8 seeds take 2-3 rounds. The default max_pods is what the $80/h spend limit allows at $21.52/h (3)."""
+    body = 'backend = "runpod"\n[limits]\ntrain_seconds = 600\neval_seconds = 600\n[runpod]\nsetup_s = 900\n'
+    out = run_json(capsys, "--baseline", 1.0614, "--std", 0.0007, "--improvement", 0.0035,
+                   "--spec", spec(tmp_path, body), "--max-seeds", 10)
+    c = out["cost"]
+    assert c["max_pods"] == 3 and "spend limit" in c["max_pods_source"]
+    rounds = {n: c["by_n"][str(n)]["wall_hours"] for n in range(1, 11)}
+    assert rounds == {n: pytest.approx(-(-n // 3) * 2100 / 3600, abs=1e-3) for n in range(1, 11)}
+    assert rounds[10] == pytest.approx(2.333, abs=1e-3) and c["by_n"]["10"]["hours"] == pytest.approx(5.833, abs=1e-3)
+    assert out["wall_hours"] == c["by_n"][str(out["seeds_for_power"]["0.8"])]["wall_hours"]
+
+    five = run_json(capsys, "--baseline", 1.0614, "--std", 0.0007, "--improvement", 0.0035, "--max-seeds", 8,
+                    "--spec", spec(tmp_path, body + "max_pods = 5\n"))["cost"]
+    assert five["max_pods"] == 5 and five["max_pods_source"] == "[runpod] max_pods"
+    assert five["by_n"]["8"]["wall_hours"] == pytest.approx(2 * 2100 / 3600, abs=1e-3)
+    # K seeds per pod: 8 seeds by 2 are 4 pods of 70 + 15 min, on 3 slots: 2 rounds
+    k2 = run_json(capsys, "--baseline", 1.0614, "--std", 0.0007, "--improvement", 0.0035, "--max-seeds", 8,
+                  "--spec", spec(tmp_path, body), "--seeds-per-pod", 2)["cost"]
+    assert k2["by_n"]["8"]["wall_hours"] == pytest.approx(2 * (900 + 2 * 1200) / 3600, abs=1e-3)
+
+    capsys.readouterr()
+    assert main(["plan", "--baseline", "1.0614", "--std", "0.0007", "--improvement", "0.0035",
+                 "--spec", str(spec(tmp_path, body))]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "pod-hours" in text and "wall-clock" in text and "at most 3 pod(s) at once" in text
+    n80 = out["seeds_for_power"]["0.8"]
+    assert (f"for 80% power: {'$' + format(out['cost_usd'], ',.2f')}, {out['hours']:.2f} pod-hours, "
+            f"{out['wall_hours']:.2f} h wall-clock") in text and n80
+
+
+def test_sigma_sensitivity_replaces_the_integration_error(capsys):
+    """The planner treats σ as known; the plan shows power at σ × 0.5 and × 2 instead of a 1e-9 error."""
+    out = run_json(capsys, "--baseline", CURRENT_RECORD, "--improvement", 0.0055, "--policy", "rule")
+    assert [s["factor"] for s in out["sensitivity"]] == [0.5, 2.0]
+    for s in out["sensitivity"]:
+        want = plan(str(CURRENT_RECORD), 0.0055, out["std_bpb"] * s["factor"], "rule", 8)
+        assert s["power"] == pytest.approx(want["power"]) and s["seeds_for_power"] == want["seeds_for_power"]
+    assert out["sensitivity"][1]["power"]["3"] < out["power"]["3"] < out["sensitivity"][0]["power"]["3"]
+    assert main(["plan", "--baseline", str(CURRENT_RECORD), "--improvement", "0.0055", "--policy", "rule"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"if the seed std is ×2 ({out['std_bpb'] * 2:.6g} bpb): power {out['sensitivity'][1]['power']['3']:.3f} " \
+           "at 3 seeds" in text and "error <=" not in text
+
+
+def test_titles_fit_80_columns(tmp_path, monkeypatch):
+    """Issue 20: the tables' titles were squeezed into the table's width at 80 columns."""
+    import io
+    from rich.console import Console
+    from runner.plan import plan_batch, render
+    from runner.spec import load_spec
+    body = (f'backend = "runpod"\n[baseline]\nref = "{CURRENT_RECORD}"\npolicy = "rule"\n'
+            "[adaptive]\nmin = 3\nmax = 8\n")
+    monkeypatch.setattr("runner.plan.SIMULATION_BATCHES", 1000)
+    buf = io.StringIO()
+    render(plan_batch(None, 0.0055, spec=load_spec(spec(tmp_path, body))), Console(file=buf, width=80))
+    lines = buf.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80
+    text = " ".join(" ".join(lines).split())
+    assert f"against {CURRENT_RECORD.name}: improvement 0.0055 bpb" in text
+    header = next(l for l in lines if l.split()[:2] == ["look", "seeds"])
+    assert header.split() == ["look", "seeds", "α", "spent", "p", "<", "success", "futility", "stop", "cost", "wall"]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--improvement", "0"], "--improvement 0.0: must be above 0"),
+    (["--improvement", "-0.001"], "--improvement -0.001: must be above 0"),
+    (["--improvement", "0.003", "--seeds-per-pod", "3"], "--seeds-per-pod prices seeds on a spec's backend"),
+    (["--improvement", "0.003", "--max-seeds", "100000"], "--max-seeds 100000: at most 100"),
+])
+def test_plan_arguments_it_cannot_honour_are_one_line(capsys, args, msg):
+    """Issue 20: these were accepted (0 / negative improvement), silently ignored (--seeds-per-pod without a
+    spec) or took 38 s (--max-seeds 100000)."""
+    assert main(["plan", "--baseline", "1.06", "--std", "0.001", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and msg in err

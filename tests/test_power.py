@@ -147,6 +147,11 @@ def test_cost_of_seeds_per_pod():
     usd, h = cost(4, 0.5, 20.0, seeds_per_pod=3, setup_hours=0.2)   # 2 pods of 2 seeds, not 3 + 1
     assert usd == pytest.approx(20 * (2 * 0.2 + 4 * 0.5)) and h == pytest.approx(0.2 + 2 * 0.5)
     assert cost(0, 0.5, 20.0) == (0.0, 0.0)
+    # at most 3 pods at once: the rest queue (10 pods of 35 min: 4 rounds); the money does not change
+    assert cost(10, 20 / 60, 21.52, setup_hours=15 / 60, max_pods=3) == pytest.approx((21.52 * 10 * 35 / 60, 4 * 35 / 60))
+    assert cost(5, 0.5, 1.0, seeds_per_pod=2, max_pods=2) == pytest.approx((2.5, 1.5))   # pods of 2, 2, 1 on 2 slots
+    with pytest.raises(PgolfError, match="max_pods"):
+        cost(3, 0.5, 20.0, max_pods=0)
     with pytest.raises(PgolfError, match="seeds_per_pod"):
         cost(3, 0.5, 20.0, seeds_per_pod=0)
     with pytest.raises(PgolfError, match="must not be negative"):

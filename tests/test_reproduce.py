@@ -2,6 +2,7 @@
 comparison of reproduced against claimed per-seed scores (including a claim that does not reproduce)."""
 import json
 import math
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -92,13 +93,25 @@ def test_a_claim_that_reproduces():
     rep = compare(CLAIMED, {42: 1.0803, 1337: 1.0806, 2025: 1.0809})
     assert rep["test"] == "paired t (one-sided)" and rep["df"] == 2 and rep["stands"] is True
     assert rep["differences"]["42"] == pytest.approx(0.0003) and rep["mean_difference"] == pytest.approx(0.0001)
-    assert "the claim stands" in sentence(rep)
+    assert rep["verdict"] == "consistent" and "consistent with the claim (cannot reject it" in sentence(rep)
     json.dumps(rep, allow_nan=False)
+
+
+def test_a_worse_reproduction_that_two_seeds_cannot_reject_is_inconclusive():
+    """Issue 20: 0.0875 bpb worse than claimed with 2 seeds, p = 0.08: "cannot reject", not "stands"."""
+    claimed = {42: 1.08, 1337: 1.081}
+    rep = compare(claimed, {42: 1.08 + 0.0653, 1337: 1.081 + 0.1097})
+    assert rep["mean_difference"] == pytest.approx(0.0875) and rep["p"] == pytest.approx(0.08, abs=0.01)
+    assert rep["verdict"] == "inconclusive" and rep["stands"] is False
+    text = sentence(rep)
+    assert "inconclusive: cannot reject the claim" in text and "stands" not in text
+    assert any("does not confirm it" in n for n in rep["notes"])
+    assert compare({42: 1.08}, {42: 1.0835})["verdict"] == "inconclusive"     # one seed beyond the tolerance
 
 
 def test_a_claim_that_does_not_reproduce():
     rep = compare(CLAIMED, {42: 1.0900, 1337: 1.0921, 2025: 1.0912})
-    assert rep["stands"] is False and rep["p"] < 0.05 and rep["t"] > 0
+    assert rep["stands"] is False and rep["verdict"] == "not reproduced" and rep["p"] < 0.05 and rep["t"] > 0
     assert rep["mean_difference"] == pytest.approx((0.01 + 0.0111 + 0.0107) / 3)
     assert "does NOT stand" in sentence(rep)
 

@@ -220,3 +220,81 @@ def test_design_waves_and_bad_designs():
         decide(_candidate(np.full(7, 1.05) + np.arange(7) * 1e-4), NUMBER, Design((3, 6)))
     with pytest.raises(PgolfError, match="last look"):
         decide(_candidate([1.05, 1.051, 1.052]), NUMBER, Design((3, 6)), looks=(2,))
+
+
+# ---------------------------------------------------------------- the whole procedure, simulated (pgolf plan)
+
+@needs_current_record
+def test_vectorised_conditional_power_is_the_runners_row_by_row():
+    from results.power import setting
+    from results.sequential import _conditional_power_many, conditional_power
+    for policy, imp, looks in (("rule", 0.0052, (3, 6, 8)), ("progression", 0.0003, (2, 3, 4))):
+        s = setting(CURRENT_RECORD, imp, None, policy)
+        design = Design(looks, policy=policy)
+        thresholds = design.schedule(looks, 3, final=True).thresholds()
+        future = list(zip(looks[1:], thresholds[1:]))
+        observed = np.random.default_rng(5).normal(s.mean, s.std * 1.5, (25, looks[0]))
+        many = _conditional_power_many(observed, s.baseline - s.margin, s.test, future)
+        one = [conditional_power(o, s.baseline - s.margin, s.test, future)[0] for o in observed]
+        assert list(many) == one and 0 < np.mean(many) < 1
+
+
+@needs_current_record
+@pytest.mark.parametrize("policy, looks, improvement, baseline, std", [
+    ("progression", (2, 3, 4), 0.0003, "record", None),       # Welch against the record's 3 seeds
+    ("rule", (3, 5), 0.0035, NUMBER, 0.0007),                   # one-sample against a number
+])
+def test_simulated_procedure_is_decide_batch_by_batch(policy, looks, improvement, baseline, std):
+    """`simulate` (behind pgolf plan's success chance) stops every batch where and as the runner's `decide`
+    does: success boundaries AND the futility stop, which the old plan ignored."""
+    from results.power import setting
+    from results.sequential import simulate
+    base = str(CURRENT_RECORD) if baseline == "record" else baseline
+    s = setting(base, improvement, std, policy)
+    design, batches = Design(looks, policy=policy), 16
+    sim = simulate(design, s.baseline - s.margin, s.test, s.mean, s.std, batches=batches, seed=3)
+    values = np.random.default_rng(3).normal(s.mean, s.std, (batches, design.max_seeds))
+    for i in range(batches):
+        for k, n in enumerate(design.looks):
+            d = decide(s.candidate(values[i, :n]), base, design)
+            if d.action != "continue":
+                break
+        assert (sim["action"][i], sim["look"][i]) == (d.action, k + 1), i
+    assert "stop_futility" in set(sim["action"]) and "stop_success" in set(sim["action"])
+    assert sim["p_success"] == pytest.approx(np.mean(sim["action"] == "stop_success"))
+
+
+def test_success_chance_counts_later_futility_stops():
+    """The conditional power (the futility rule's statistic) ignores that a path may stop for futility at a
+    later look; the success chance a look reports includes those stops: the same draws, so never above it,
+    and equal to it without futility or with one look left."""
+    cand = _candidate([1.0585, 1.0580, 1.0596])
+    d = decide(cand, NUMBER, Design((3, 6, 8, 10), policy="rule"))
+    assert d.action == "continue" and 0.3 < d.conditional_power < 0.9
+    assert d.success_chance < d.conditional_power and d.success_chance_se < 0.01
+    assert "later futility stops included" in d.sentence
+    free = decide(cand, NUMBER, Design((3, 6, 8, 10), policy="rule", futility=0.0))
+    assert free.success_chance is None and free.conditional_power is None      # no futility: nothing computed
+    from results.sequential import conditional_power, success_chance
+    base = np.array([NUMBER * LN2 * SP8192_BPT]) - 0.005
+    future = [(6, 0.004), (8, 0.006), (10, 0.008)]
+    values = np.asarray(cand.loss)
+    assert success_chance(values, base, "one-sample", future, 0.0) == conditional_power(values, base, "one-sample", future)
+    last = decide(_candidate([1.0585, 1.0580, 1.0596, 1.0590, 1.0588, 1.0583]), NUMBER,
+                  Design((3, 6, 8), policy="rule"), looks=(3, 6))
+    assert last.action == "continue" and last.success_chance == last.conditional_power
+
+
+@needs_current_record
+def test_simulate_takes_one_baseline_per_batch():
+    """bench/adaptive_savings.py redraws the record's seeds with every batch (the view the policy's α is
+    about); a baseline row per batch that repeats the one baseline must change nothing."""
+    from results.power import setting
+    from results.sequential import simulate
+    for policy, looks, imp, base, std in (("progression", (2, 3, 4), 0.0003, str(CURRENT_RECORD), None),
+                                          ("rule", (3, 5), 0.0035, NUMBER, 0.0007)):
+        s = setting(base, imp, std, policy)
+        design, b = Design(looks, policy=policy), s.baseline - s.margin
+        one = simulate(design, b, s.test, s.mean, s.std, batches=300, seed=4)
+        rows = simulate(design, np.tile(b, (300, 1)), s.test, s.mean, s.std, batches=300, seed=4)
+        assert list(rows["action"]) == list(one["action"]) and list(rows["look"]) == list(one["look"])

@@ -190,3 +190,38 @@ def test_welch_with_more_candidate_seeds_says_it_passes_more_often_than_alpha():
     # at the progression level (α = 0.25) Welch stays at or under its level: no note either
     prog = significance([1.0100 + 0.0003 * i for i in range(8)], base, "progression")
     assert not any(n.startswith("Welch with") for n in prog["notes"])
+
+
+def test_one_sample_test_says_how_often_a_noisy_single_value_lets_a_no_better_candidate_pass():
+    """Issue 19: against one seed's score the one-sample test passes a no-better candidate 3.7% of the time
+    at α = 0.01 with 3 seeds and 17.5% with 8; the result says so for its own seed count, as Welch's note."""
+    def rate(sig):
+        note = [n for n in sig["notes"] if n.startswith("the one-sample test treats the baseline value as exact")]
+        assert len(note) == 1
+        return float(note[0].split(" of the time")[0].rsplit(" ", 1)[1].rstrip("%")) / 100
+    three = significance([1.2000, 1.2010, 1.1990], 1.21, "rule")
+    eight = significance([1.2000 + 0.0003 * i for i in range(8)], 1.21, "rule")
+    assert 0.033 < rate(three) < 0.041 and "with 3 seeds" in " ".join(three["notes"])
+    assert 0.170 < rate(eight) < 0.181 and "with 8 seeds" in " ".join(eight["notes"])
+    assert 0.34 < rate(significance([1.2000, 1.2010, 1.1990], 1.21, "progression")) < 0.38
+    # a record of one seed is the same test and gets the same note; Welch against seeds does not
+    assert rate(significance([1.2000, 1.2010, 1.1990], [1.21], "rule")) == rate(three)
+    assert not any("treats the baseline value as exact" in n
+                   for n in significance([1.2000, 1.2010, 1.1990], [1.21, 1.211, 1.209], "rule")["notes"])
+
+
+def test_bare_bpb_candidate_and_plan_share_one_tokenizer_rule():
+    """Issue 19: bare bpb values (no bytes/token) used a 0.005 *bpb* margin while `pgolf plan` assumed
+    sp8192. One rule now: the baseline's tokenizer when it names one, else sp8192, said in a note."""
+    from results.power import plan
+    sp8192 = 0.005 / (math.log(2) * 3.72663)
+    sig = significance([1.2000, 1.2010, 1.1990], 1.21, "rule")
+    assert sig["margin"] == pytest.approx(sp8192, rel=1e-6)
+    assert any("candidate tokenizer assumed sp8192" in n for n in sig["notes"])
+    assert plan(1.21, 0.003, 0.001, "rule")["margin_bpb"] == pytest.approx(sig["margin"])
+    # a baseline that names its tokenizer lends it: sp1024 here, in significance and in plan alike
+    base = sample_from_values(LONGCTX, "longctx", tokenizer="sp1024")
+    sig = significance([1.2000, 1.2010, 1.1990], base, "rule")
+    assert sig["margin"] == pytest.approx(0.005 / (math.log(2) * 2.43593), rel=1e-6)
+    assert any("assumed the baseline's (sp1024)" in n for n in sig["notes"])
+    assert plan(base, 0.003, 0.001, "rule")["margin_bpb"] == pytest.approx(sig["margin"])
