@@ -30,9 +30,10 @@ def fake(tmp_path):
 
 
 def job(**over) -> dict:
-    out = {"launcher": "python", "nproc_per_node": 1, "gpu_count": 0, "deadline_s": 60, "backstop_s": 120,
+    out = {"launcher": "python", "nproc_per_node": 1, "gpu_count": 0, "backstop_s": 120,
            "collect_grace_s": 120, "tcp_port": 70000, "script_name": "train_gpt.py", "data": {},
-           "env": {"SEED": "42", "PGOLF_ATTEMPT": "1", "FAKE_SECONDS": "0.3", "PYTHONUNBUFFERED": "1"}}
+           "runs": [{"deadline_s": 60,
+                     "env": {"SEED": "42", "PGOLF_ATTEMPT": "1", "FAKE_SECONDS": "0.3", "PYTHONUNBUFFERED": "1"}}]}
     out.update(over)
     return out
 
@@ -60,7 +61,7 @@ def test_local_data_travels_and_the_log_and_artifacts_come_back(fake, tmp_path):
     assert [f.path for f in man.files] == ["DATA_PATH/fineweb_val_000000.bin", "DATA_PATH/sub/tokenizer.model"]
     assert man.env == {"DATA_PATH": "DATA_PATH", "TOKENIZER_PATH": "DATA_PATH/sub/tokenizer.model"}
     spec = job(uploads=man.for_pod())
-    spec["env"]["FAKE_PRINT"] = "DATA_PATH,TOKENIZER_PATH"
+    spec["runs"][0]["env"]["FAKE_PRINT"] = "DATA_PATH,TOKENIZER_PATH"
     c = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=0.01))
     token = secrets.token_hex(16)
     pod = start_pod(c, "pgolf-pod-s42-a1", spec, token)
@@ -94,7 +95,7 @@ def test_local_data_travels_and_the_log_and_artifacts_come_back(fake, tmp_path):
     assert any(line.startswith("step:5/5") for line in lines) and lines == fake.container_log(pod.id)[:len(lines)]
     status = http.get(f"{base}/status").json()
     assert status["exit_code"] == 0 and status["uploads_missing"] == []
-    paths = {a["path"]: a["size"] for a in status["artifacts"]}
+    paths = {a["path"]: a["size"] for a in status["runs"][0]["artifacts"]}
     got = http.get(f"{base}/artifact", params={"path": "artifacts/final_model.int6.ptz"})
     assert len(got.content) == paths["artifacts/final_model.int6.ptz"] == 1001
     assert c.delete_pod(pod.id)
@@ -109,7 +110,7 @@ def test_too_much_local_data_is_refused_before_any_pod(tmp_path):
 def test_backstop_terminates_its_own_pod_with_the_pod_key(fake):
     c = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=0.01))
     spec = job(backstop_s=1.0)
-    spec["env"]["FAKE_HANG"] = "1"
+    spec["runs"][0]["env"]["FAKE_HANG"] = "1"
     pod = start_pod(c, "pgolf-backstop-s42-a1", spec, secrets.token_hex(16))
     end = time.time() + 20
     while c.get_pod(pod.id) is not None:
@@ -186,16 +187,17 @@ def test_a_real_mode_pod_checks_its_gpus_and_refuses_without_them(tmp_path, monk
     adir = tmp_path / "runs" / "b" / "seeds" / "42" / "attempt-1"
     adir.mkdir(parents=True)
     lines: list[str] = []
+    metas: dict = {}
 
     class Events:
         line = staticmethod(lines.append)
 
         def meta(self, **fields):
-            pass
+            metas.update(fields)
     try:
-        r = b.run_attempt(AttemptSpec(run_dir=str(adir.parents[2]), seed=42, attempt=1, attempt_dir=str(adir),
-                                      script_path=str(PAYLOAD), env={}, timeout_s=60), Events())
-        assert r.exit_code == 97 and "pod check failed" in r.error and r.pod_terminated is True
+        [(_, r)] = b.run_group([AttemptSpec(run_dir=str(adir.parents[2]), seed=42, attempt=1, attempt_dir=str(adir),
+                                            script_path=str(PAYLOAD), env={}, timeout_s=60)], [Events()])
+        assert r.exit_code == 97 and "pod check failed" in r.error and metas["pod_terminated"] is True
         assert "data-ready" in lines and not any("rehearsal" in line for line in lines)
         assert fake.requests_seen.count("createPod") == 1 and fake.alive_pods() == []
     finally:

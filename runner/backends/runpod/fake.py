@@ -12,8 +12,11 @@ RUNPOD_PUBLIC_IP, RUNPOD_TCP_PORT_<n> for each symmetrical port (`"70000/tcp"`: 
 number used inside and out; `runtime.ports` shows it with ip 127.0.0.1), RUNPOD_GPU_COUNT or
 RUNPOD_CPU_COUNT. RUNPOD_API_BASE_URL points the pod back at this fake, and PGOLF_POD_ROOT names the
 folder that stands for the pod's "/" (network volumes appear under it at their mount path).
-Pod life: PROVISIONING -> STARTING -> RUNNING -> EXITED when the start command ends; DELETE kills the
-whole process tree (none survives, whatever sessions it made) and the pod leaves the API (404).
+Pod life, as RunPod documents and answers it: PROVISIONING -> RUNNING with `runtime: null` while the host
+pulls the image (`slow_pull`; the container, and so the bootstrap, has not started: RunPod's "Running ...
+may not be ready to use") -> RUNNING with its runtime once the container started -> EXITED when the start
+command ends. DELETE kills the whole process tree at once (none survives, whatever sessions it made); the
+pod then answers TERMINATED, no longer listed, for TERMINATED_S, and 404 after that.
 
 Everything lives under one state directory: state.json (pods, volumes, billing; no env, no keys: pod
 keys are kept as hashes), pods/<id>/ (the pod's root, its container log, its exit code) and volumes/<id>/.
@@ -34,6 +37,10 @@ Faults (`--rehearse-faults`, KEY=N, comma-separated):
   429=K           the next K requests in a row answer 429 with Retry-After (a rate-limit storm)
   lost_create=K   K creates make their pod but the connection drops before the answer
   slow_start=K    the first K pods take SLOW_START_S to provision
+  slow_pull=S     every pod's image pull takes S seconds of rehearsal time (x TIME_SCALE here): RUNNING with
+                  `runtime: null`, its bootstrap silent, until then
+  twin=K          K creates make their pod, lose the answer, and the pod shows in the list only TWIN_LAG_S
+                  later: the client's retry makes a same-name twin (the schema has no idempotency key)
   stuck=K         the first K pods stay PROVISIONING for good (billed all the same, as users report)
   preempt=K       the first K pods are lost once their log shows the job running
   preempt_mid=K   K pods that run several seeds are lost once the driver collected their first seed's
@@ -70,6 +77,7 @@ import http_sf
 from results.errors import PgolfError
 from runner.backends.runpod import fake_container as container
 from runner.backends.runpod.contract import Operation, contract
+from runner.backends.runpod.instances import REHEARSAL
 
 GPUS = [   # id, name, memory GB, $/GPU/h secure, community, max count per pod
     ("NVIDIA H100 80GB HBM3", "H100 SXM", 80, 2.69, 1.99, 8),
@@ -90,8 +98,10 @@ CAPACITY_DETAIL = ("There are no longer any instances available with the request
 DEFAULT_BALANCE = 1000.0
 DEFAULT_SPEND_LIMIT = 80.0
 PROVISION_S = 0.2
-STARTING_S = 0.2
 SLOW_START_S = 2.0
+TIME_SCALE = REHEARSAL.time_scale   # a rehearsal's seconds (slow_pull=600: 6 s here), as the client scales its waits
+TERMINATED_S = 1.0                  # after DELETE: answered TERMINATED this long, then 404
+TWIN_LAG_S = 1.0                    # a lost create's pod is listed only this long after it was made
 PREEMPT_MARKER = "phase running"
 PREEMPT_MID_MARKER = "collected by the driver"     # a shared pod's bootstrap says so after each seed
 PREEMPT_AFTER_S = 0.5
@@ -100,8 +110,8 @@ RATE_QUOTA_PER_MIN = 6000
 SSE_DROP_AFTER = 3
 SSE_POLL_S = 0.05
 SSE_KEEPALIVE_S = 10.0
-FAULT_KEYS = {"capacity", "5xx", "429", "lost_create", "slow_start", "stuck", "preempt", "preempt_mid", "sse_drop",
-              "balance", "spend_limit", "graphql_gone"}
+FAULT_KEYS = {"capacity", "5xx", "429", "lost_create", "slow_start", "slow_pull", "twin", "stuck", "preempt",
+              "preempt_mid", "sse_drop", "balance", "spend_limit", "graphql_gone"}
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
            "ERROR": ["start", "terminate"], "TERMINATED": []}
@@ -387,18 +397,19 @@ class FakeRunPod:
             return "TERMINATED"
         if pod.get("stopped"):
             return "EXITED"
-        if not pod.get("pid"):
-            return "PROVISIONING"
+        if not pod.get("pid"):        # RUNNING with no runtime while the image is pulled
+            pulling = pod.get("provisioned") is not None and time.time() >= pod["provisioned"]
+            return "RUNNING" if pulling else "PROVISIONING"
         if (self.root / "pods" / pod["id"] / "exit").exists():
             return "EXITED"
         if not container.alive(pod["pid"], pod.get("proc_start")):
             return "EXITED"
-        return "STARTING" if time.time() - pod["started"] < STARTING_S else "RUNNING"
+        return "RUNNING"
 
     def _view(self, pod: dict) -> dict:
         status = self._status(pod)
         runtime = None
-        if status == "RUNNING":
+        if status == "RUNNING" and pod.get("pid"):
             runtime = {"uptime": int(time.time() - pod["started"]), "ports": self._runtime_ports(pod)}
         out = {"id": pod["id"], "name": pod["name"], "image": pod["image"], "args": pod["args"],
                "disk": pod["disk"], "ports": pod["ports"], "env": self.envs.get(pod["id"], {}), "registry": None,
@@ -429,7 +440,9 @@ class FakeRunPod:
 
     def _op_listPods(self, req: Request, who: str) -> Reply:
         pods = self.state.read()["pods"].values()
-        return Reply(200, {"pods": [self._view(p) for p in pods if not p.get("terminated")]})
+        now = time.time()
+        return Reply(200, {"pods": [self._view(p) for p in pods
+                                    if not p.get("terminated") and now >= p.get("listed_from", 0)]})
 
     def _op_getPod(self, req: Request, who: str, id: str) -> Reply:
         pod = self.state.read()["pods"].get(id)
@@ -457,7 +470,7 @@ class FakeRunPod:
                 return problem(402, f"Insufficient balance: deploying needs at least one hour of credit "
                                     f"(${price:.2f}); your balance is ${self.balance:.2f}.")
             with self.lock:
-                flags = {k: self._take(k) for k in ("stuck", "slow_start", "preempt", "lost_create")}
+                flags = {k: self._take(k) for k in ("stuck", "slow_start", "preempt", "lost_create", "twin")}
             st["n_pods"] += 1
             pod_id = f"fake{st['n_pods']:03d}{secrets.token_hex(4)}"
             now = time.time()
@@ -469,7 +482,9 @@ class FakeRunPod:
                    "disk": int(body.get("disk") or 20), "ports": ports, "tcp": tcp, "cloud": body.get("cloud", "SECURE"),
                    "dataCenterId": dc, "mounts": body.get("mounts") or {}, "costPerHr": price, "created": now,
                    "started": None, "pid": None, "proc_start": None, "mark": f"{pod_id}:{secrets.token_hex(8)}",
-                   "key_hash": _hash(key), "stuck": flags["stuck"], "preempt": flags["preempt"]}
+                   "key_hash": _hash(key), "stuck": flags["stuck"], "preempt": flags["preempt"],
+                   "provisioned": None if flags["stuck"] else now + (SLOW_START_S if flags["slow_start"] else PROVISION_S),
+                   "listed_from": now + TWIN_LAG_S if flags["twin"] else now}
             if body.get("gpu"):
                 pod["gpu"] = {"id": body["gpu"]["id"], "count": int(body["gpu"].get("count", 1))}
             else:
@@ -485,12 +500,12 @@ class FakeRunPod:
         if flags["stuck"]:
             self.events.append(f"stuck {pod_id}")
         else:
-            delay = SLOW_START_S if flags["slow_start"] else PROVISION_S
-            timer = threading.Timer(delay, self._boot, args=(pod_id,))
+            pull = self.faults.get("slow_pull", 0) * TIME_SCALE
+            timer = threading.Timer(pod["provisioned"] - now + pull, self._boot, args=(pod_id,))
             timer.daemon = True
             timer.start()
-        if flags["lost_create"]:
-            self.events.append(f"lost_create {pod_id}")
+        if flags["lost_create"] or flags["twin"]:
+            self.events.append(f"{'twin' if flags['twin'] else 'lost_create'} {pod_id}")
             return Reply(201, drop=True)
         return Reply(201, self._view(pod))
 
@@ -614,11 +629,14 @@ class FakeRunPod:
         self._terminate(pod_id, wait=True)
 
     def _terminate(self, pod_id: str, wait: bool = False) -> bool:
-        """DELETE: the pod shows TERMINATED at once; its processes die and it leaves the API a moment later."""
+        """DELETE: the pod shows TERMINATED at once (no longer listed) and its processes die; it answers 404
+        TERMINATED_S later (`wait`: at once, for a pod lost or the tests' clean-up)."""
         with self.state.edit() as st:
             pod = st["pods"].get(pod_id)
             if pod is None:
                 return False
+            if pod.get("terminated") and not wait:
+                return True                    # terminated already: it goes on its own
             pod["terminated"] = True
             bill = st["billing"].get(pod_id)
             if bill and bill["end"] is None:
@@ -629,6 +647,8 @@ class FakeRunPod:
             container.kill_pod(pod["mark"], pod.get("pid"), pod.get("proc_start"))
             self.final_logs[pod_id] = self.container_log(pod_id)
             shutil.rmtree(self.root / "pods" / pod_id, ignore_errors=True)   # its disk goes with it
+            if not wait:
+                time.sleep(TERMINATED_S)
             with self.state.edit() as st:
                 st["pods"].pop(pod_id, None)
                 st["gone"] = (st["gone"] + [pod_id])[-1000:]
