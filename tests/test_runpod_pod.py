@@ -31,6 +31,7 @@ def fake(tmp_path):
 
 def job(**over) -> dict:
     out = {"launcher": "python", "nproc_per_node": 1, "gpu_count": 0, "backstop_s": 120,
+           "script": shipping.SCRIPT_PATH, "uploads": shipping.Manifest().with_script(PAYLOAD).for_pod(),
            "collect_grace_s": 120, "tcp_port": 70000, "script_name": "train_gpt.py", "data": {},
            "runs": [{"deadline_s": 60,
                      "env": {"SEED": "42", "PGOLF_ATTEMPT": "1", "FAKE_SECONDS": "0.3", "PYTHONUNBUFFERED": "1"}}]}
@@ -40,7 +41,7 @@ def job(**over) -> dict:
 
 def start_pod(c: api.RunPodClient, name: str, spec: dict, token: str) -> api.Pod:
     req = api.CreatePod(name=name, image="runpod/base:fake", args=shipping.START_COMMAND, ports=["70000/tcp"],
-                        env=shipping.pod_env(PAYLOAD, spec, token), cpu=api.CpuRequest(id="cpu3c", vcpu_count=2))
+                        env=shipping.pod_env(spec, token), cpu=api.CpuRequest(id="cpu3c", vcpu_count=2))
     pod = c.create_pod(req)
     end = time.time() + 15
     while time.time() < end:
@@ -59,6 +60,7 @@ def test_local_data_travels_and_the_log_and_artifacts_come_back(fake, tmp_path):
     man = shipping.local_data({"DATA_PATH": str(data), "TOKENIZER_PATH": str(data / "sub" / "tokenizer.model"),
                                "ELSEWHERE": "/workspace/not-here"})
     assert [f.path for f in man.files] == ["DATA_PATH/fineweb_val_000000.bin", "DATA_PATH/sub/tokenizer.model"]
+    man = man.with_script(PAYLOAD)
     assert man.env == {"DATA_PATH": "DATA_PATH", "TOKENIZER_PATH": "DATA_PATH/sub/tokenizer.model"}
     spec = job(uploads=man.for_pod())
     spec["runs"][0]["env"]["FAKE_PRINT"] = "DATA_PATH,TOKENIZER_PATH"
@@ -82,7 +84,7 @@ def test_local_data_travels_and_the_log_and_artifacts_come_back(fake, tmp_path):
     assert bad.status_code == 400                              # a corrupted file is never kept
     notes: list[str] = []
     shipping.upload(http, base, man, notes.append)
-    assert "uploaded 2 local data file(s)" in notes[0]
+    assert "uploaded the script and 2 local data file(s)" in notes[0]
     lines = []
     for entry in c.stream_logs(pod.id, since=pod.created_at):
         lines.append(entry.line)

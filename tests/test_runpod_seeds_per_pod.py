@@ -93,8 +93,8 @@ def test_one_set_up_three_runs_each_its_own_log_artifacts_and_share(tmp_path, ba
         assert sum(line.startswith(DONE_PREFIX) for line in ev.lines) == 1           # its own end, once
         got = Path(group[i].attempt_dir) / "artifacts" / "train.log"
         assert got.read_text().startswith(f"seed:{i + 1}")                           # its own artifacts
-    assert "pgolf-pod: local data received" in "\n".join(evs[0].lines)               # the set-up: once, seed 1's
-    assert not any("local data received" in line for ev in evs[1:] for line in ev.lines)
+    assert "pgolf-pod: files received" in "\n".join(evs[0].lines)               # the set-up: once, seed 1's
+    assert not any("files received" in line for ev in evs[1:] for line in ev.lines)
     assert evs[1].lines[0].startswith("pgolf-runpod: queued on pod") and any(
         line.startswith(RUN_PREFIX + "2/3: seed 2 attempt 1") for line in evs[1].lines)
     caches = {line for ev in evs for line in ev.lines if line.startswith("env TRITON_CACHE_DIR=")}

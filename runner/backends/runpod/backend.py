@@ -36,7 +36,7 @@ import httpx
 
 from results.errors import PgolfError
 from results.files import atomic_write
-from results.secrets import is_secret_name
+from results.secrets import is_secret_name, secret_env
 from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Events, InfraFailure, NotRecorded
 from runner.backends.runpod import api, shipping
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX, SERVING_PREFIX
@@ -125,6 +125,7 @@ class RunPodBackend:
             raise PgolfError(f"{where}: [data] variant={data.variant!r} has no local [data] paths to upload and is "
                              f"not an official variant ({', '.join(OFFICIAL_VARIANTS)}); give paths that exist "
                              f"here, an official variant or a [data] prepare command")
+        self.pod_env(self.sample_group(), "preflight", where)    # RunPod's env limits, before any pod
         notes = [f"rehearsal: a fake RunPod on 127.0.0.1 with its state in {self.session.state_dir}; "
                  "its prices are RunPod-like, no money is spent"] if self.rehearse else []
         notes.append(self.offer().line)
@@ -136,6 +137,16 @@ class RunPodBackend:
                          f"{self._money(self.price(), '/h')} per pod ([runpod] max_pods or spend_limit to change it)")
         notes.append(self.estimate(n_seeds))
         return notes
+
+    def sample_group(self) -> list[AttemptSpec]:
+        """A pod's worth of attempts as the driver will hand them over (`seeds_per_pod` seeds, the job's
+        environment as the driver builds it), for checks before any pod."""
+        env = {**secret_env(), **self.spec.job_env()}
+        script = Path(self.spec.script)     # only its size and hash are in the job: any file does on a resume
+        script = script if script.is_file() else shipping.BOOTSTRAP
+        return [AttemptSpec(run_dir="", seed=s, attempt=1, attempt_dir="", script_path=str(script), env=env,
+                            timeout_s=self.spec.limits.timeout())
+                for s in (self.spec.seeds or [0] * self.settings.seeds_per_pod)[:self.settings.seeds_per_pod]]
 
     def estimate(self, n_seeds: int) -> str:
         """The cost line; PgolfError (numbers in the message) when the balance is under twice the batch
@@ -191,9 +202,20 @@ class RunPodBackend:
                   if s.network_volume else None)
         ports = [f"{SYMMETRIC_PORT}/tcp"] + ([] if self.rehearse else [f"{PROXY_PORT}/http"])
         return api.CreatePod(name=name, image=s.image, args=shipping.START_COMMAND,
-                             env=shipping.pod_env(attempts[0].script_path, self.job(*attempts), token), ports=ports,
+                             env=self.pod_env(attempts, token), ports=ports,
                              disk=s.container_disk_gb, cloud=s.cloud_type, data_center_ids=s.data_centers or None,
                              mounts=mounts, **self.shape.compute())
+
+    def pod_env(self, attempts: list[AttemptSpec], token: str, where: str = "job spec") -> dict[str, str]:
+        """The pod's environment (bootstrap + job), checked against RunPod's limits (`shipping.check_env`)."""
+        job = self.job(*attempts)
+        env = shipping.pod_env(job, token)
+        shipping.check_env(env, job, where)
+        return env
+
+    def shipment(self, script_path: str) -> shipping.Manifest:
+        """Every file the pod receives over its server: the script, then the job's local data."""
+        return self.manifest().with_script(script_path)
 
     def job(self, *group: AttemptSpec) -> dict:
         """What the bootstrap does on the pod (JSON in the pod's environment): one run per attempt, one
@@ -206,8 +228,9 @@ class RunPodBackend:
                 "backstop_s": s.setup_s + sum(a.timeout_s for a in group) + s.backstop_grace_s,
                 "collect_grace_s": REHEARSAL_COLLECT_GRACE_S if self.rehearse else s.collect_grace_s,
                 "setup_command": s.setup_command, "min_triton": s.min_triton, "rehearse": self.rehearse,
-                "script_name": "train_gpt.py", "tcp_port": SYMMETRIC_PORT,
-                "http_port": None if self.rehearse else PROXY_PORT, "uploads": self.manifest().for_pod(),
+                "script_name": "train_gpt.py", "script": shipping.SCRIPT_PATH, "tcp_port": SYMMETRIC_PORT,
+                "http_port": None if self.rehearse else PROXY_PORT,
+                "uploads": self.shipment(group[0].script_path).for_pod(),
                 "volume_path": s.volume_path if s.network_volume else None,
                 "data": {"variant": data.variant if data.variant in OFFICIAL_VARIANTS else None,
                          "repo": s.data_repo, "remote_root": s.data_remote_root,
@@ -294,7 +317,7 @@ class RunPodBackend:
                                        lambda b: self._answers(http, b), log.serving.is_set, said)
                 events[0].line(f"pgolf-runpod: pod {pod.id} up {said.since(time.time() - (_epoch(pod.created_at) or time.time()))} "
                                f"after its creation (its bootstrap answered); its server at {base}")
-                shipping.upload(http, base, self.manifest(), events[0].line)
+                shipping.upload(http, base, self.shipment(attempts[0].script_path), events[0].line)
                 give_up = time.time() + s.setup_s + attempts[0].timeout_s + s.backstop_grace_s
                 last_ok, polls, nxt = time.time(), 0, 0
                 while nxt < len(attempts):

@@ -2,7 +2,8 @@
 serve the results; for RunPod's REST API v2.
 
 Shipped to the pod inside its environment (gzip+base64 chunks PGOLF_BOOT_000.., decoded by the pod's
-start command), together with the script (PGOLF_SCRIPT_...) and the job (PGOLF_JOB_..., JSON). Standard
+start command), together with the job (PGOLF_JOB_..., JSON); the script comes over the pod's server once it
+is up (PUT /upload, sha256-checked, at the job's `script` path), as the job's local data does. Standard
 library only: it runs on whatever Python the image has, before anything is installed.
 
 Its log is the container's stdout: RunPod keeps it and serves it as the pod log (Server-Sent Events,
@@ -96,7 +97,7 @@ class Pod:
     def __init__(self, env: dict):
         self.env = env
         self.job = json.loads(read_chunks(env, "PGOLF_JOB_"))
-        self.script = read_chunks(env, "PGOLF_SCRIPT_")
+        self.script = b""                      # the job's `script` upload, read once it is here
         self.token = env.get("PGOLF_POD_TOKEN", "")
         self.work = os.path.abspath(env.get("PGOLF_WORKDIR") or os.path.join(env.get("HOME") or "/root", "pgolf"))
         self.run_dir = os.path.join(self.work, "run")          # the set-up's folder
@@ -220,7 +221,7 @@ class Pod:
         if not self.uploads:
             return True
         self.set_phase("upload")
-        self.log(f"waiting for {len(self.uploads)} local data file(s) from the driver")
+        self.log(f"waiting for {len(self.uploads)} file(s) from the driver (the script, local data)")
         deadline = time.time() + float((self.job.get("uploads") or {}).get("timeout_s") or UPLOAD_WAIT_S)
         while set(self.uploads) - self.received:
             if time.time() > deadline:
@@ -229,7 +230,7 @@ class Pod:
             time.sleep(0.2)
         for key, rel in ((self.job.get("uploads") or {}).get("env") or {}).items():
             self.derived[key] = env[key] = os.path.join(self.upload_dir, rel)
-        self.log(f"local data received ({len(self.uploads)} file(s), sha256 checked)")
+        self.log(f"files received: the script and {len(self.uploads) - 1} local data file(s), sha256 checked")
         return True
 
     # ---- the set-up once, then every run
@@ -244,14 +245,16 @@ class Pod:
             env.update(self.runs[0].env)     # the set-up sees the job's environment, as a lone run does
             for k in ("PGOLF_POD_TOKEN", "RUNPOD_API_KEY"):
                 env.pop(k, None)
-            for k in [k for k in env if k.startswith(("PGOLF_BOOT_", "PGOLF_SCRIPT_", "PGOLF_JOB_"))]:
+            for k in [k for k in env if k.startswith(("PGOLF_BOOT_", "PGOLF_JOB_"))]:
                 del env[k]
             for key, sub in (("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
                 env.setdefault(key, os.path.join(self.work, "cache", sub))   # warm for the pod's next run
-            with open(os.path.join(self.run_dir, self.script_name), "wb") as f:
-                f.write(self.script)
             if not self.wait_for_uploads(env):
                 return
+            with open(os.path.join(self.upload_dir, self.job["script"]), "rb") as f:
+                self.script = f.read()
+            with open(os.path.join(self.run_dir, self.script_name), "wb") as f:
+                f.write(self.script)
             if self.job.get("setup_command"):
                 self.set_phase("setup")
                 if self.shell(self.job["setup_command"], env) != 0:

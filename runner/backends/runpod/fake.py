@@ -98,6 +98,7 @@ CAPACITY_DETAIL = ("There are no longer any instances available with the request
 DEFAULT_BALANCE = 1000.0
 DEFAULT_SPEND_LIMIT = 80.0
 PROVISION_S = 0.2
+MAX_ENV_VARS = 50                   # RunPod docs (environment-variables.mdx): "up to 50 environment variables per Pod"
 SLOW_START_S = 2.0
 TIME_SCALE = REHEARSAL.time_scale   # a rehearsal's seconds (slow_pull=600: 6 s here), as the client scales its waits
 TERMINATED_S = 1.0                  # after DELETE: answered TERMINATED this long, then 404
@@ -519,6 +520,9 @@ class FakeRunPod:
         """The handler-level rules (400) that the schema cannot say."""
         if bool(body.get("gpu")) == bool(body.get("cpu")):
             return problem(400, "exactly one of gpu or cpu must be set")
+        if len(body.get("env") or {}) > MAX_ENV_VARS:
+            return problem(400, f"env: at most {MAX_ENV_VARS} environment variables per pod "
+                                f"({len(body['env'])} given)")
         cloud = body.get("cloud", "SECURE")
         if body.get("gpu"):
             gpu = next((g for g in GPUS if g[0] == body["gpu"]["id"]), None)
