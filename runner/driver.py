@@ -46,7 +46,7 @@ from results.secrets import Scrubber
 from runner import storage
 from runner.backends.base import AttemptResult, AttemptSpec, Backend, InfraFailure, NotRecorded
 from runner.failures import LogWatch
-from runner.ledger import DONE_STATES, INFRA_PREFIX, INTERRUPTED, Ledger
+from runner.ledger import DONE_STATES, INFRA_PREFIX, INTERRUPTED, Ledger, now_iso
 from runner.proctree import attempt_marker, kill_marked
 from runner.spec import JobSpec
 
@@ -567,8 +567,8 @@ class Driver:
                                                      "cost_estimate_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
         self.record(self.ledger.end_attempt, seed, k, state, exit_code=result.exit_code,
-                    error=self.scrub(error) if error else None, **fields)
-        self.write_result(seed, k, result.artifacts)
+                    error=self.scrub(error) if error else None,
+                    before_save=lambda: self.write_result(seed, k, result.artifacts), **fields)
         self.progress.attempt_ended(seed, k, state, self.ledger.attempt(seed, k)["error"])
         if state == "pending":
             self.relaunch.append(seed)
@@ -614,13 +614,10 @@ class Driver:
             self.storage_failed(storage.named(e, adir / "artifacts"))
 
     def write_result(self, seed: int, k: int, artifacts: list[str], state: str | None = None) -> None:
-        """result.json: the attempt's ledger entry, the seed's state after it (`state`, else now), artifacts."""
-        att = dict(self.ledger.attempt(seed, k) or {})
-        att.update(seed=seed, state=state or self.ledger.state(seed), artifacts=artifacts)
-        path = self.attempt_dir(seed, k) / "result.json"
+        """result.json (Ledger.write_result): the attempt's ledger entry, the seed's state after it (`state`,
+        else now), artifacts. An attempt's end writes it before the ledger says so (`before_save`)."""
         try:
-            with storage.writing(path):
-                atomic_write_json(path, self.scrub.obj(att))
+            self.ledger.write_result(seed, k, artifacts, state, self.scrub)
         except OSError as e:
             self.storage_failed(e)
 
@@ -673,12 +670,11 @@ class Driver:
         self.scrub_artifacts(self.attempt_dir(seed, k))
         fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
-        self.record(self.ledger.end_attempt, seed, k, "aborted", exit_code=result.exit_code,
-                    error=verdict.reason(), **fields)
-        att = self.ledger.attempt(seed, k)
-        self.record(self.ledger.update_attempt, seed, k, abort={**verdict.to_dict(), **self.abort.savings(verdict, att)})
+        att = {**(self.ledger.attempt(seed, k) or {}), **fields, "ended": now_iso()}
+        self.record(self.ledger.end_attempt, seed, k, "aborted", exit_code=result.exit_code, error=verdict.reason(),
+                    abort={**verdict.to_dict(), **self.abort.savings(verdict, att)},
+                    before_save=lambda: self.write_result(seed, k, result.artifacts), **fields)
         self.abort.watch.forget(seed, k)
-        self.write_result(seed, k, result.artifacts)
         self.progress.attempt_ended(seed, k, "aborted", verdict.reason(), self.ledger.attempt(seed, k)["abort"])
 
     # --- the loop -----------------------------------------------------------------------------
@@ -763,7 +759,7 @@ class Driver:
         for ref in refs:
             for seed, k in self.running.pop(ref):
                 self.close_log(seed, k)
-                self.record(self.ledger.end_attempt, seed, k, "pending", error=INTERRUPTED)
-                self.write_result(seed, k, [])
+                self.record(self.ledger.end_attempt, seed, k, "pending", error=INTERRUPTED,
+                            before_save=lambda: self.write_result(seed, k, []))
             self.forget_task(ref)
         self.record(self.ledger.close_dangling, INTERRUPTED)   # an attempt started in the instant of the Ctrl-C

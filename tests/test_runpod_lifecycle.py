@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from runner.backends.runpod.bootstrap import DONE_PREFIX
 from runner.backends.runpod.instances import Stuck
 from runner.progress import BatchProgress
 from runner.spec import validate_spec
-from support import PAYLOAD, SECRET, TINY, MemoryEvents
+from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents
 
 K = [1, 3]
 
@@ -203,3 +204,33 @@ def test_the_live_view_shows_a_starting_pod_with_its_clock():
     assert v.starting == "pulling image" and v.starting_since == first and v.phase == "set-up"
     bars.line(7, "pgolf-runpod: pod fake001 up 3:40 after its creation (its bootstrap answered); its server at x")
     assert v.starting is None and v.phase == "set-up"
+
+
+def test_a_live_rehearsal_pod_keeps_no_secret_in_the_run_directory(tmp_path, backend):
+    """issue 20: a rehearsal pod's disk (its files, its container log: secrets in plain text, as on a real
+    pod) lives outside the run directory, in a private temp folder; while the pod runs, no file of the run
+    directory holds the secret, and the pod's disk goes with the pod."""
+    b = backend(1)
+    run_dir = tmp_path / "runs" / "b"
+    seen: dict = {}
+
+    class Look(MemoryEvents):
+        def line(self, text: str) -> None:
+            super().line(text)
+            if text.startswith("step:1/") and not seen:
+                pod = self.merged()["pod_id"]
+                seen["pod_dir"] = b.session.fake.pod_dir(pod)
+                seen["mode"] = seen["pod_dir"].stat().st_mode & 0o777
+                seen["pod"] = [p.name for p in seen["pod_dir"].rglob("*") if p.is_file()
+                               and HF_SECRET.encode() in p.read_bytes()]
+                seen["run"] = [str(p) for p in run_dir.rglob("*") if p.is_file() and HF_SECRET.encode() in p.read_bytes()]
+    a = group(tmp_path, 1)[0]
+    a.env.update(HF_TOKEN=HF_SECRET, FAKE_PRINT="HF_TOKEN")
+    [(_, r)] = list(b.run_group([a], [Look()]))
+    assert r.exit_code == 0
+    assert "container.log" in seen["pod"] and seen["run"] == []          # on the pod's disk, not in the run dir
+    assert tmp_path not in seen["pod_dir"].parents and seen["mode"] == 0o700
+    end = time.time() + 10
+    while seen["pod_dir"].exists():                  # its disk goes as its processes are killed, just after
+        assert time.time() < end, "the pod's disk outlived it"
+        time.sleep(0.05)

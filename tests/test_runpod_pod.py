@@ -91,7 +91,7 @@ def test_local_data_travels_and_the_log_and_artifacts_come_back(fake, tmp_path):
         if entry.line.startswith(DONE_PREFIX):
             break
     assert lines[-1] == DONE_PREFIX + "0"
-    root = Path(fake.root) / "pods" / pod.id / "rootfs" / "root" / "pgolf" / "uploads"
+    root = fake.pod_dir(pod.id) / "rootfs" / "root" / "pgolf" / "uploads"
     assert f"env DATA_PATH={root / 'DATA_PATH'}" in lines
     assert f"env TOKENIZER_PATH={root / 'DATA_PATH' / 'sub' / 'tokenizer.model'}" in lines
     assert any(line.startswith("step:5/5") for line in lines) and lines == fake.container_log(pod.id)[:len(lines)]

@@ -19,7 +19,8 @@ command ends. DELETE kills the whole process tree at once (none survives, whatev
 pod then answers TERMINATED, no longer listed, for TERMINATED_S, and 404 after that.
 
 Everything lives under one state directory: state.json (pods, volumes, billing; no env, no keys: pod
-keys are kept as hashes), pods/<id>/ (the pod's root, its container log, its exit code) and volumes/<id>/.
+keys are kept as hashes) and volumes/<id>/; each pod's disk (its root folder, container log, exit code) is
+kept outside it, in a private temp folder named by it (`pods_root`), since it holds secrets in plain text.
 Pods outlive the API process, and several fakes may serve one state directory at once (every change is a
 read-modify-write under a file lock), so a fake started after a driver crash still lists and terminates
 them: that is how `cluster gc --rehearse` works. Each rehearsal keeps its own state directory.
@@ -64,6 +65,7 @@ import shlex
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -133,6 +135,17 @@ def parse_faults(text: str) -> dict[str, float]:
                              f"{sorted(FAULT_KEYS)}, e.g. preempt=1,capacity=2")
         out[key] = num
     return out
+
+
+def pods_root(state_dir: Path) -> Path:
+    """Where the pods of a state directory keep their disks: a private folder (0700) of the machine's temp
+    folder, named by the state directory, so a fake started later on the same state (gc after a crash)
+    finds them, and never inside it: a rehearsal's state directory is in its run directory, and a pod's
+    environment, files and container log hold the job's secrets in plain text, as a real pod's do."""
+    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
+    base = Path(tempfile.gettempdir()) / "pgolf-fake-pods"
+    base.mkdir(mode=0o700, exist_ok=True)
+    return base / digest
 
 
 def iso(t: float) -> str:
@@ -236,8 +249,9 @@ class FakeRunPod:
     def __init__(self, state_dir: str | Path, faults: str | dict = "", *, api_key: str | None = None,
                  retry_after_s: int = RETRY_AFTER_S, rate_quota_per_min: int = RATE_QUOTA_PER_MIN):
         self.root = Path(state_dir).resolve()
-        (self.root / "pods").mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "volumes").mkdir(exist_ok=True)
+        self.pods_root = pods_root(self.root)
         self.state = _State(self.root)
         self.faults = parse_faults(faults) if isinstance(faults, str) else dict(faults)
         self.balance = float(self.faults.get("balance", DEFAULT_BALANCE))
@@ -278,6 +292,10 @@ class FakeRunPod:
         for pod_id in list(self.state.read()["pods"]):
             self._terminate(pod_id, wait=True)
 
+    def pod_dir(self, pod_id: str) -> Path:
+        """The pod's disk: its root folder, container log and exit code (outside the state directory)."""
+        return self.pods_root / pod_id
+
     def alive_pods(self) -> list[str]:
         """Ids of pods that still have a process, whatever the API says about them."""
         pods = self.state.read()["pods"]
@@ -289,7 +307,7 @@ class FakeRunPod:
 
     def container_log(self, pod_id: str) -> list[str]:
         """The pod's container log lines, as the container wrote them (for tests)."""
-        path = self.root / "pods" / pod_id / "container.log"
+        path = self.pod_dir(pod_id) / "container.log"
         return [json.loads(x)["line"] for x in path.read_text().splitlines()] if path.exists() else []
 
     # ---- one request, start to end
@@ -401,7 +419,7 @@ class FakeRunPod:
         if not pod.get("pid"):        # RUNNING with no runtime while the image is pulled
             pulling = pod.get("provisioned") is not None and time.time() >= pod["provisioned"]
             return "RUNNING" if pulling else "PROVISIONING"
-        if (self.root / "pods" / pod["id"] / "exit").exists():
+        if (self.pod_dir(pod["id"]) / "exit").exists():
             return "EXITED"
         if not container.alive(pod["pid"], pod.get("proc_start")):
             return "EXITED"
@@ -497,7 +515,8 @@ class FakeRunPod:
                                      "gpu": bool(pod.get("gpu"))}
         self.envs[pod_id] = dict(body.get("env") or {})
         self.keys[pod_id] = key
-        (self.root / "pods" / pod_id / "rootfs" / "root").mkdir(parents=True, exist_ok=True)
+        (self.pod_dir(pod_id) / "rootfs" / "root").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.pod_dir(pod_id), 0o700)
         if flags["stuck"]:
             self.events.append(f"stuck {pod_id}")
         else:
@@ -578,7 +597,7 @@ class FakeRunPod:
             pod = st["pods"].get(pod_id)
             if pod is None or env_in is None or pod.get("terminated") or pod.get("pid"):
                 return
-            pod_dir = self.root / "pods" / pod_id
+            pod_dir = self.pod_dir(pod_id)
             rootfs = pod_dir / "rootfs"
             home = rootfs / "root"
             (rootfs / "tmp").mkdir(parents=True, exist_ok=True)
@@ -616,7 +635,7 @@ class FakeRunPod:
     def _lose_when(self, pod_id: str, marker: str, fault: str | None) -> None:
         """Lose the pod mid-run: once its log shows `marker` (and, with `fault`, one of those faults is
         left then), kill it and drop it from the API."""
-        log = self.root / "pods" / pod_id / "container.log"
+        log = self.pod_dir(pod_id) / "container.log"
         while True:
             pod = self.state.read()["pods"].get(pod_id)
             if pod is None or pod.get("terminated") or self._status(pod) == "EXITED":
@@ -650,7 +669,9 @@ class FakeRunPod:
         def finish():
             container.kill_pod(pod["mark"], pod.get("pid"), pod.get("proc_start"))
             self.final_logs[pod_id] = self.container_log(pod_id)
-            shutil.rmtree(self.root / "pods" / pod_id, ignore_errors=True)   # its disk goes with it
+            shutil.rmtree(self.pod_dir(pod_id), ignore_errors=True)   # its disk goes with it
+            with contextlib.suppress(OSError):
+                self.pods_root.rmdir()                                  # the last pod of this state dir
             if not wait:
                 time.sleep(TERMINATED_S)
             with self.state.edit() as st:
@@ -665,7 +686,7 @@ class FakeRunPod:
         return True
 
     def _ended_at(self, pod: dict) -> float | None:
-        exit_file = self.root / "pods" / pod["id"] / "exit"
+        exit_file = self.pod_dir(pod["id"]) / "exit"
         return exit_file.stat().st_mtime if exit_file.exists() else None
 
     def _op_deletePod(self, req: Request, who: str, id: str) -> Reply:
@@ -717,7 +738,7 @@ class FakeRunPod:
 
     def _log_events(self, pod_id: str, source: str | None, start: str | None, tail: int) -> Iterator[tuple[str, str]]:
         """(id, data) of the pod's log from `start` (inclusive) or its last `tail` lines, then live ones."""
-        path = self.root / "pods" / pod_id / "container.log"
+        path = self.pod_dir(pod_id) / "container.log"
         offset = 0
         backlog: list[dict] = []
         if source in (None, "container") and path.exists():
