@@ -41,7 +41,7 @@ from typing import Any
 
 import ray
 
-from results.files import atomic_write, atomic_write_json
+from results.files import atomic_write
 from results.secrets import Scrubber
 from runner import storage
 from runner.backends.base import AttemptResult, AttemptSpec, Backend, InfraFailure, NotRecorded

@@ -112,10 +112,10 @@ def test_capacity_and_a_429_storm_are_waited_out(tmp_path, rehearsal):
 
 
 def test_stuck_pod_is_terminated_and_the_next_attempt_gets_a_fresh_one(tmp_path, rehearsal):
-    b = rehearsal("stuck=1", spec=job_spec({"start_timeout_s": 100}))
+    b = rehearsal("stuck=1", spec=job_spec({"start_timeout_s": 600}))
     ev = MemoryEvents()
-    with pytest.raises(Stuck, match=r"did not answer within \[runpod\] start_timeout_s = 100 s of its creation "
-                                    r"\(waited 1\d\d s, rehearsal time: 1\.\d s here\); still provisioning"):
+    with pytest.raises(Stuck, match=r"did not answer within \[runpod\] start_timeout_s = 600 s of its creation "
+                                    r"\(waited 6\d\d s, rehearsal time: 6\.\d s here\); still provisioning"):
         run_one(b, attempt(tmp_path), ev)
     stuck = ev.merged()
     assert stuck["pod_terminated"] is True and stuck["cost_usd"] > 0      # billed though it never booted

@@ -15,7 +15,7 @@ import pytest
 
 from results.errors import PgolfError
 from runner.backends.base import AttemptSpec, InfraFailure
-from runner.backends.runpod import api, fake as fake_mod, shipping
+from runner.backends.runpod import api, fake as fake_mod
 from runner.backends.runpod.backend import RunPodBackend
 from runner.backends.runpod.bootstrap import DONE_PREFIX
 from runner.backends.runpod.instances import Stuck
@@ -98,12 +98,12 @@ def test_a_ten_minute_image_pull_is_starting_not_lost(tmp_path, backend, k):
 
 @pytest.mark.parametrize("k", K)
 def test_a_pod_that_never_answers_is_replaced_once(tmp_path, backend, k):
-    """stuck=1 with start_timeout_s = 100 (1 s here): the first pod's bootstrap never answers; it is
+    """stuck=1 with start_timeout_s = 600 (6 s here): the first pod's bootstrap never answers; it is
     terminated, verified gone and billed, and the attempts fail as infrastructure (Stuck), which the driver
     retries; the next pod serves them all."""
-    b = backend(k, "stuck=1", start_timeout_s=100)
+    b = backend(k, "stuck=1", start_timeout_s=600)
     evs = [MemoryEvents() for _ in range(k)]
-    with pytest.raises(Stuck, match=r"did not answer within \[runpod\] start_timeout_s = 100 s") as e:
+    with pytest.raises(Stuck, match=r"did not answer within \[runpod\] start_timeout_s = 600 s") as e:
         dict(b.run_group(group(tmp_path, k), evs))
     assert isinstance(e.value, InfraFailure)
     first = evs[0].merged()

@@ -239,8 +239,9 @@ class RunPodBackend:
     def _answers(self, http: httpx.Client, base: str) -> bool:
         """Whether the pod's bootstrap answers /status at `base` (one short try: the pod may still start)."""
         try:
-            return http.get(f"{base}/status", timeout=ANSWER_TIMEOUT_S[self.rehearse]).status_code == 200
-        except httpx.HTTPError:
+            r = http.get(f"{base}/status", timeout=ANSWER_TIMEOUT_S[self.rehearse])
+            return r.status_code == 200 and "phase" in r.json()          # the bootstrap, not a proxy's page
+        except (httpx.HTTPError, ValueError, TypeError):
             return False
 
     def _status(self, http: httpx.Client, base: str, client: api.RunPodClient, pod_id: str, since: float) -> dict:
@@ -303,8 +304,8 @@ class RunPodBackend:
                 client.close()
 
     def _drive(self, client: api.RunPodClient, pod: api.Pod, token: str,
-                     group: "_Group") -> Iterator[tuple[int, AttemptResult]]:
-        """Wait for the pod, send its data, then follow its runs: each one's start reaches its ledger entry,
+               group: "_Group") -> Iterator[tuple[int, AttemptResult]]:
+        """Wait until the pod's bootstrap answers (starting till then), send the script and data, then follow its runs: each one's start reaches its ledger entry,
         each one's end is yielded once its log and artifacts are here; a cancel asked for the running one
         is passed to the pod."""
         t, s = self.timing, self.settings
@@ -315,8 +316,10 @@ class RunPodBackend:
                 said = _Starting(events[0], pod.id, t.time_scale)
                 pod, base = wait_ready(client, pod, start_limit_s(s.start_timeout_s, t), t,
                                        lambda b: self._answers(http, b), log.serving.is_set, said)
-                events[0].line(f"pgolf-runpod: pod {pod.id} up {said.since(time.time() - (_epoch(pod.created_at) or time.time()))} "
-                               f"after its creation (its bootstrap answered); its server at {base}")
+                up_after = said.since(time.time() - (_epoch(pod.created_at) or time.time()))
+                events[0].line(f"pgolf-runpod: pod {pod.id} up {up_after} after its creation (its bootstrap "
+                               f"answered); its server at {base}")
+                self._status(http, base, client, pod.id, time.time())   # answering here too (the log may say first)
                 shipping.upload(http, base, self.shipment(attempts[0].script_path), events[0].line)
                 give_up = time.time() + s.setup_s + attempts[0].timeout_s + s.backstop_grace_s
                 last_ok, polls, nxt = time.time(), 0, 0
@@ -510,7 +513,8 @@ class _LogFollower:
     every line once, across reconnects, until the bootstrap's last DONE line (one per run: `runs` of them)
     or stop(). A failure of the API is said in the log (the status poll goes on); a failure of the driver's
     side (events.line) is kept in `failure` and raised in the attempt's own thread by `check()`, so the pod
-    is terminated as usual. `events` may be a `_Group`, which routes each line to its run's attempt."""
+    is terminated as usual. Lines go to the `_Group`, which routes each to its run's attempt; the
+    bootstrap's "serving" line sets `serving` (one sign that the pod is up)."""
 
     def __init__(self, session: Session, env: dict[str, str], pod: api.Pod, events: "_Group", runs: int):
         self.pod, self.events, self.runs = pod, events, runs

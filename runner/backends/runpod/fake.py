@@ -652,8 +652,8 @@ class FakeRunPod:
         self._terminate(pod_id, wait=True)
 
     def _terminate(self, pod_id: str, wait: bool = False) -> bool:
-        """DELETE: the pod shows TERMINATED at once (no longer listed) and its processes die; it answers 404
-        TERMINATED_S later (`wait`: at once, for a pod lost or the tests' clean-up)."""
+        """DELETE: the pod's processes die and it shows TERMINATED at once (no longer listed); its disk goes
+        and it answers 404 TERMINATED_S later (`wait`: at once, for a pod lost or the tests' clean-up)."""
         with self.state.edit() as st:
             pod = st["pods"].get(pod_id)
             if pod is None:
@@ -666,9 +666,10 @@ class FakeRunPod:
                 bill["end"] = self._ended_at(pod) or time.time()
         self.events.append(f"terminate {pod_id}")
 
+        container.kill_pod(pod["mark"], pod.get("pid"), pod.get("proc_start"))   # before DELETE answers
+        self.final_logs[pod_id] = self.container_log(pod_id)
+
         def finish():
-            container.kill_pod(pod["mark"], pod.get("pid"), pod.get("proc_start"))
-            self.final_logs[pod_id] = self.container_log(pod_id)
             shutil.rmtree(self.pod_dir(pod_id), ignore_errors=True)   # its disk goes with it
             with contextlib.suppress(OSError):
                 self.pods_root.rmdir()                                  # the last pod of this state dir
