@@ -11,9 +11,9 @@ scratch folder and returns its artifacts' bytes, which the driver writes into th
 One path for one attempt per task and several. A backend that can share a machine between seeds
 (`attempts_per_task() > 1`: RunPod's `seeds_per_pod`) gets the seeds launched together split into groups,
 as evenly as results.power.cost prices them; any other backend gets groups of one. One task per group
-(`group_task`) runs them one after another after one set-up. Each attempt keeps its own train.log, artifacts, result.json and ledger entry, and its end
-comes through the channel as it happens (`ended`, acknowledged once on disk), so a machine lost later never
-takes a finished seed with it; only the attempts of the group that had not ended run again, regrouped.
+(`group_task`) runs them one after another after one set-up. Each attempt keeps its own train.log,
+artifacts, result.json and ledger entry, and its end comes through the channel as it happens (`ended`,
+acknowledged once on disk), so a machine lost later never takes a finished seed with it; only the attempts of the group that had not ended run again, regrouped.
 An early abort of one attempt on a shared machine stops that attempt only (`EventChannel.cancel`, which
 the backend polls); the machine goes on with the next seed.
 
