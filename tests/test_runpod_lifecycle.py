@@ -6,6 +6,7 @@ RunPod's environment limits kept before any pod.
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -18,6 +19,7 @@ from runner.backends.base import AttemptSpec, InfraFailure
 from runner.backends.runpod import api, fake as fake_mod
 from runner.backends.runpod.backend import RunPodBackend
 from runner.backends.runpod.bootstrap import DONE_PREFIX
+from runner.backends.runpod.fake import FakeRunPod
 from runner.backends.runpod.instances import Stuck
 from runner.progress import BatchProgress
 from runner.spec import validate_spec
@@ -234,3 +236,24 @@ def test_a_live_rehearsal_pod_keeps_no_secret_in_the_run_directory(tmp_path, bac
     while seen["pod_dir"].exists():                  # its disk goes as its processes are killed, just after
         assert time.time() < end, "the pod's disk outlived it"
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", K)
+def test_through_the_driver_a_pod_that_never_answers_is_replaced_once_and_the_seeds_succeed(tmp_path, k):
+    """The whole batch (`pgolf run --rehearse`, real local Ray, the driver's one path): stuck=1 makes the
+    first pod never answer; after start_timeout_s (600 s: 6 s here) it is terminated, verified gone, and its
+    seeds are retried as infrastructure on one fresh pod, where they succeed."""
+    from test_runpod_seeds_per_pod import ledger_attempts, rehearse, write_spec
+    spec = write_spec(tmp_path, [1, 2, 3][:k], k, {"FAKE_SECONDS": 0.3}, extra="start_timeout_s = 600")
+    out, run = rehearse(tmp_path, spec, f"stuck{k}", "stuck=1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    atts = ledger_attempts(run)
+    assert sorted((a["seed"], a["attempt"]) for a in atts) == sorted((s, n) for s in [1, 2, 3][:k] for n in (1, 2))
+    first = [a for a in atts if a["attempt"] == 1]
+    assert all(a["error"].startswith("infrastructure: pod ") and "did not answer within [runpod] start_timeout_s "
+               "= 600 s" in a["error"] for a in first), [a["error"] for a in first]
+    assert all(a["error"] is None for a in atts if a["attempt"] == 2)
+    assert len({a["pod_id"] for a in atts}) == 2 and all(a["pod_terminated"] is True for a in atts)
+    assert json.loads((run / "rehearsal" / "state.json").read_text())["n_pods"] == 2
+    assert FakeRunPod(run / "rehearsal").alive_pods() == []
