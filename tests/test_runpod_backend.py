@@ -17,7 +17,7 @@ from runner.backends.runpod.backend import RunPodBackend, job_env
 from runner.backends.runpod.bootstrap import DONE_PREFIX
 from runner.backends.runpod.instances import Stuck
 from runner.spec import JobSpec, validate_spec
-from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents
+from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents, rehearsal_backends
 
 
 
@@ -35,19 +35,8 @@ def rehearsal(tmp_path, monkeypatch):
     process, no contract violation."""
     monkeypatch.setenv("RUNPOD_API_KEY", SECRET)
     monkeypatch.setenv("HF_TOKEN", HF_SECRET)
-    made: list[RunPodBackend] = []
-
-    def make(faults: str = "", spec: JobSpec | None = None) -> RunPodBackend:
-        b = RunPodBackend(spec or job_spec(), rehearse=True, faults=faults, run_dir=tmp_path / "runs" / "b")
-        b.start()
-        made.append(b)
-        return b
-    yield make
-    for b in made:
-        fake = b.session.open().fake            # (started again if the test stopped it)
-        fake.terminate_all()
-        b.stop()
-        assert fake.alive_pods() == [] and fake.violations == []
+    with rehearsal_backends(tmp_path / "runs" / "b") as start:
+        yield lambda faults="", spec=None: start(spec or job_spec(), faults)
 
 
 def attempt(tmp: Path, seed: int = 42, k: int = 1, **env) -> AttemptSpec:

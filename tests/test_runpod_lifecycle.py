@@ -23,7 +23,7 @@ from runner.backends.runpod.fake import FakeRunPod
 from runner.backends.runpod.instances import Stuck
 from runner.progress import BatchProgress
 from runner.spec import validate_spec
-from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents
+from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents, rehearsal_backends
 
 K = [1, 3]
 
@@ -40,19 +40,8 @@ def backend(tmp_path, monkeypatch):
     """make(k, faults, **runpod) -> a started rehearsal backend; afterwards: no pod, no process, no contract
     violation."""
     monkeypatch.setenv("RUNPOD_API_KEY", SECRET)
-    made: list[RunPodBackend] = []
-
-    def make(k: int, faults: str = "", script: Path = PAYLOAD, **runpod) -> RunPodBackend:
-        b = RunPodBackend(spec(k, script, **runpod), rehearse=True, faults=faults, run_dir=tmp_path / "runs" / "b")
-        b.start()
-        made.append(b)
-        return b
-    yield make
-    for b in made:
-        fake = b.session.open().fake
-        fake.terminate_all()
-        b.stop()
-        assert fake.alive_pods() == [] and fake.violations == []
+    with rehearsal_backends(tmp_path / "runs" / "b") as start:
+        yield lambda k, faults="", script=PAYLOAD, **runpod: start(spec(k, script, **runpod), faults)
 
 
 def group(tmp: Path, k: int, attempt: int = 1, script: Path = PAYLOAD) -> list[AttemptSpec]:

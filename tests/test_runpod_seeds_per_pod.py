@@ -18,37 +18,26 @@ from pathlib import Path
 import pytest
 
 from runner.backends.base import AttemptSpec, InfraFailure
-from runner.backends.runpod.backend import RunPodBackend, split_cost
+from runner.backends.runpod.backend import split_cost
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX
 from runner.backends.runpod.fake import FakeRunPod
 from runner.driver import groups
 from runner.spec import validate_spec
-from support import PAYLOAD, ROOT, SECRET, TINY, MemoryEvents
+from support import PAYLOAD, ROOT, SECRET, TINY, MemoryEvents, rehearsal_backends
 
 
 
 @pytest.fixture
 def backend(tmp_path, monkeypatch):
-    """make(faults, **env) -> a started rehearsal backend (seeds_per_pod 3, a CPU pod); afterwards: no pod,
-    no process, no contract violation."""
+    """make(faults) -> a started rehearsal backend (seeds_per_pod 3, a CPU pod); afterwards: no pod, no
+    process, no contract violation."""
     monkeypatch.setenv("RUNPOD_API_KEY", SECRET)
-    made: list[RunPodBackend] = []
-
-    def make(faults: str = "") -> RunPodBackend:
-        spec = validate_spec({"name": "b", "script": str(PAYLOAD), "seeds": [1, 2, 3], "backend": "runpod",
-                              "launcher": "python", "gpus_per_seed": 0,
-                              "data": {"variant": "tiny", "paths": {"TOKENIZER_PATH": str(TINY / "tokenizer.model")}},
-                              "runpod": {"cpu": "cpu3c", "seeds_per_pod": 3}}, "test spec")
-        b = RunPodBackend(spec, rehearse=True, faults=faults, run_dir=tmp_path / "runs" / "b")
-        b.start()
-        made.append(b)
-        return b
-    yield make
-    for b in made:
-        fake = b.session.open().fake
-        fake.terminate_all()
-        b.stop()
-        assert fake.alive_pods() == [] and fake.violations == []
+    spec = validate_spec({"name": "b", "script": str(PAYLOAD), "seeds": [1, 2, 3], "backend": "runpod",
+                          "launcher": "python", "gpus_per_seed": 0,
+                          "data": {"variant": "tiny", "paths": {"TOKENIZER_PATH": str(TINY / "tokenizer.model")}},
+                          "runpod": {"cpu": "cpu3c", "seeds_per_pod": 3}}, "test spec")
+    with rehearsal_backends(tmp_path / "runs" / "b") as start:
+        yield lambda faults="": start(spec, faults)
 
 
 def attempts(tmp: Path, seeds: list[int], k: int = 1, **env) -> list[AttemptSpec]:
