@@ -488,8 +488,10 @@ class FakeRunPod:
             if self.balance < price:
                 return problem(402, f"Insufficient balance: deploying needs at least one hour of credit "
                                     f"(${price:.2f}); your balance is ${self.balance:.2f}.")
-            with self.lock:
-                flags = {k: self._take(k) for k in ("stuck", "slow_start", "preempt", "lost_create", "twin")}
+            with self.lock:        # a twin is nobody's pod: the other faults go to the pods that serve
+                flags = {"twin": self._take("twin")}
+                flags.update({k: not flags["twin"] and self._take(k)
+                              for k in ("stuck", "slow_start", "preempt", "lost_create")})
             st["n_pods"] += 1
             pod_id = f"fake{st['n_pods']:03d}{secrets.token_hex(4)}"
             now = time.time()
