@@ -20,7 +20,7 @@ from runner.backends.runpod import api, fake as fake_mod
 from runner.backends.runpod.backend import RunPodBackend
 from runner.backends.runpod.bootstrap import DONE_PREFIX
 from runner.backends.runpod.fake import FakeRunPod
-from runner.backends.runpod.instances import Stuck
+from runner.backends.runpod.instances import Stuck, gone
 from runner.progress import BatchProgress
 from runner.spec import validate_spec
 from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents, rehearsal_backends
@@ -246,3 +246,20 @@ def test_through_the_driver_a_pod_that_never_answers_is_replaced_once_and_the_se
     assert len({a["pod_id"] for a in atts}) == 2 and all(a["pod_terminated"] is True for a in atts)
     assert json.loads((run / "rehearsal" / "state.json").read_text())["n_pods"] == 2
     assert FakeRunPod(run / "rehearsal").alive_pods() == []
+
+
+def test_the_fake_answers_terminated_for_a_while_then_404(backend):
+    """As RunPod's PodStatus says: a deleted pod is TERMINATED (no longer listed, its processes gone) for a
+    while, then unknown (404); `gone` holds in both."""
+    b = backend(1)
+    with b.session.client() as c:
+        pod = c.create_pod(api.CreatePod(name="pgolf-b-s9-a1", image="img", args="sleep 30",
+                                         cpu=api.CpuRequest(id="cpu3c", vcpu_count=2)))
+        assert c.delete_pod(pod.id)
+        assert c.get_pod(pod.id).status == "TERMINATED" and gone(c, pod.id)
+        assert pod.id not in {p.id for p in c.list_pods()} and b.session.fake.alive_pods() == []
+        end = time.time() + 10
+        while c.get_pod(pod.id) is not None:
+            assert time.time() < end, "never 404"
+            time.sleep(0.1)
+        assert gone(c, pod.id)
