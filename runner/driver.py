@@ -1,4 +1,5 @@
-"""The batch driver: one Ray task per seed attempt, a durable ledger, retries, Ctrl-C, results.
+"""The batch driver: one Ray task per machine (one seed attempt, or a group of them), a durable ledger,
+retries, Ctrl-C, results.
 
 Design. The driver process is the only writer of ledger.json. Tasks talk to it through one small actor
 (`EventChannel`, pinned to the driver's node): log lines are pushed fire-and-forget in small batches;
@@ -7,12 +8,12 @@ so a pod id is on disk before the pod is used. The driver loop alternates `ray.w
 with draining the channel. A task that runs on another node than the driver works in a node-local
 scratch folder and returns its artifacts' bytes, which the driver writes into the attempt folder.
 
-Several attempts per task. A backend that can share a machine between seeds (`attempts_per_task() > 1`:
-RunPod's `seeds_per_pod`) gets the seeds launched together split into groups, as evenly as
-results.power.cost prices them, and one task per group (`group_task`) runs them one after another after
-one set-up. Each attempt keeps its own train.log, artifacts, result.json and ledger entry, and its end
-comes through the channel as it happens (`ended`, acknowledged once on disk), so a machine lost later never
-takes a finished seed with it; only the attempts of the group that had not ended run again, regrouped.
+One path for one attempt per task and several. A backend that can share a machine between seeds
+(`attempts_per_task() > 1`: RunPod's `seeds_per_pod`) gets the seeds launched together split into groups,
+as evenly as results.power.cost prices them; any other backend gets groups of one. One task per group
+(`group_task`) runs them one after another after one set-up. Each attempt keeps its own train.log,
+artifacts, result.json and ledger entry, and its end comes through the channel as it happens (`ended`,
+acknowledged once on disk), so a machine lost later never takes a finished seed with it; only the attempts of the group that had not ended run again, regrouped.
 An early abort of one attempt on a shared machine stops that attempt only (`EventChannel.cancel`, which
 the backend polls); the machine goes on with the next seed.
 
@@ -40,12 +41,12 @@ from typing import Any
 
 import ray
 
-from results.files import atomic_write, atomic_write_json
+from results.files import atomic_write
 from results.secrets import Scrubber
 from runner import storage
 from runner.backends.base import AttemptResult, AttemptSpec, Backend, InfraFailure, NotRecorded
 from runner.failures import LogWatch
-from runner.ledger import DONE_STATES, INFRA_PREFIX, INTERRUPTED, Ledger
+from runner.ledger import DONE_STATES, INFRA_PREFIX, INTERRUPTED, Ledger, now_iso
 from runner.proctree import attempt_marker, kill_marked
 from runner.spec import JobSpec
 
@@ -254,27 +255,10 @@ def _shipped(attempt: AttemptSpec, result: AttemptResult, scratch: Path | None) 
 
 
 @ray.remote(max_retries=0)
-def attempt_task(backend, attempt: AttemptSpec, script_blob: bytes, driver_node: str, channel) -> dict:
-    """One seed attempt. On a node other than the driver's it works in scratch and ships artifacts back."""
-    import shutil
-    (attempt,), scratch = _task_setup([attempt], script_blob, driver_node)
-    events = TaskEvents(channel, attempt.seed, attempt.attempt)
-    try:
-        result = backend.run_attempt(attempt, events)
-    finally:
-        events.close()
-    try:
-        files = _shipped(attempt, result, scratch)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return {"result": result, "files": files}
-
-
-@ray.remote(max_retries=0)
 def group_task(backend, attempts: list[AttemptSpec], script_blob: bytes, driver_node: str, channel) -> None:
-    """Several seed attempts on one machine (`Backend.run_group`): each one's end reaches the driver, and
-    its ledger, as it happens; an exception ends the rest (the driver finishes them from it)."""
+    """One or more seed attempts on one machine (`Backend.run_group`; one seed is a group of one): each
+    one's end reaches the driver, and its ledger, as it happens; an exception ends the rest (the driver
+    finishes them from it). On a node other than the driver's it works in scratch and ships artifacts back."""
     import shutil
     attempts, scratch = _task_setup(attempts, script_blob, driver_node)
     events = [TaskEvents(channel, a.seed, a.attempt) for a in attempts]
@@ -396,7 +380,7 @@ class Driver:
             self.launch(group)
 
     def launch(self, seeds: list[int]) -> None:
-        """One task carrying the next attempt of each seed (one seed: `attempt_task`; several: `group_task`)."""
+        """One task (`group_task`) carrying the next attempt of each seed, one seed or several."""
         if self.storage_error is None and storage.full(self.run_dir):
             self.storage_failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run_dir)))
         if self.storage_error is not None:
@@ -410,12 +394,8 @@ class Driver:
                     self.record(self.ledger.end_attempt, a.seed, a.attempt, "pending", error=INTERRUPTED)
                 return
             specs.append(spec)
-        if len(specs) == 1:
-            ref = attempt_task.options(**self.options).remote(self.backend, specs[0], self.script_ref,
-                                                              self.driver_node, self.channel)
-        else:
-            ref = group_task.options(**self.options).remote(self.backend, specs, self.script_ref,
-                                                            self.driver_node, self.channel)
+        ref = group_task.options(**self.options).remote(self.backend, specs, self.script_ref,
+                                                        self.driver_node, self.channel)
         keys = [(a.seed, a.attempt) for a in specs]
         self.running[ref], self.carried[ref] = list(keys), keys
         for key in keys:
@@ -498,26 +478,9 @@ class Driver:
 
     # --- finishing an attempt --------------------------------------------------------------------
     def finish(self, ref) -> None:
-        """A task ended: its attempt's result, or (a group) the attempts it had not ended yet."""
-        if len(self.carried[ref]) > 1:
-            return self.finish_group(ref)
-        seed, k = self.running.pop(ref)[0]
-        self.forget_task(ref)
-        kept = True      # the attempt's log and artifacts are whole on disk
-        try:
-            out = ray.get(ref)
-            result: AttemptResult = out["result"]
-            infra, error = result.infra_failure, result.error
-            kept = self.write_files(seed, k, out["files"])
-        except Exception as e:   # ray errors of the attempt
-            result = AttemptResult(exit_code=None)
-            infra, error = classify(e)
-        self.end_attempt(seed, k, result, infra, error, kept)
-
-    def finish_group(self, ref) -> None:
-        """A group's task ended. Its attempts that had ended are recorded already; the others end with the
-        task's error: the one that was running (or, when none had begun, the first) as a single attempt
-        would, the ones after it as infrastructure failures (they never ran; the machine is gone)."""
+        """A task ended. Its attempts that had ended are recorded already (`ended`); the others end with the
+        task's error: the one that was running (or, when none had begun, the first: the set-up is its) with
+        that error, the ones after it as infrastructure failures (they never ran; the machine is gone)."""
         try:
             ray.get(ref)
             exc = None
@@ -604,8 +567,8 @@ class Driver:
                                                      "cost_estimate_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
         self.record(self.ledger.end_attempt, seed, k, state, exit_code=result.exit_code,
-                    error=self.scrub(error) if error else None, **fields)
-        self.write_result(seed, k, result.artifacts)
+                    error=self.scrub(error) if error else None,
+                    before_save=lambda: self.write_result(seed, k, result.artifacts), **fields)
         self.progress.attempt_ended(seed, k, state, self.ledger.attempt(seed, k)["error"])
         if state == "pending":
             self.relaunch.append(seed)
@@ -651,13 +614,10 @@ class Driver:
             self.storage_failed(storage.named(e, adir / "artifacts"))
 
     def write_result(self, seed: int, k: int, artifacts: list[str], state: str | None = None) -> None:
-        """result.json: the attempt's ledger entry, the seed's state after it (`state`, else now), artifacts."""
-        att = dict(self.ledger.attempt(seed, k) or {})
-        att.update(seed=seed, state=state or self.ledger.state(seed), artifacts=artifacts)
-        path = self.attempt_dir(seed, k) / "result.json"
+        """result.json (Ledger.write_result): the attempt's ledger entry, the seed's state after it (`state`,
+        else now), artifacts. An attempt's end writes it before the ledger says so (`before_save`)."""
         try:
-            with storage.writing(path):
-                atomic_write_json(path, self.scrub.obj(att))
+            self.ledger.write_result(seed, k, artifacts, state, self.scrub)
         except OSError as e:
             self.storage_failed(e)
 
@@ -710,12 +670,11 @@ class Driver:
         self.scrub_artifacts(self.attempt_dir(seed, k))
         fields = {k2: getattr(result, k2) for k2 in ("node", "pod_id", "cost_usd", "pod_terminated")
                   if getattr(result, k2) is not None}
-        self.record(self.ledger.end_attempt, seed, k, "aborted", exit_code=result.exit_code,
-                    error=verdict.reason(), **fields)
-        att = self.ledger.attempt(seed, k)
-        self.record(self.ledger.update_attempt, seed, k, abort={**verdict.to_dict(), **self.abort.savings(verdict, att)})
+        att = {**(self.ledger.attempt(seed, k) or {}), **fields, "ended": now_iso()}
+        self.record(self.ledger.end_attempt, seed, k, "aborted", exit_code=result.exit_code, error=verdict.reason(),
+                    abort={**verdict.to_dict(), **self.abort.savings(verdict, att)},
+                    before_save=lambda: self.write_result(seed, k, result.artifacts), **fields)
         self.abort.watch.forget(seed, k)
-        self.write_result(seed, k, result.artifacts)
         self.progress.attempt_ended(seed, k, "aborted", verdict.reason(), self.ledger.attempt(seed, k)["abort"])
 
     # --- the loop -----------------------------------------------------------------------------
@@ -800,7 +759,7 @@ class Driver:
         for ref in refs:
             for seed, k in self.running.pop(ref):
                 self.close_log(seed, k)
-                self.record(self.ledger.end_attempt, seed, k, "pending", error=INTERRUPTED)
-                self.write_result(seed, k, [])
+                self.record(self.ledger.end_attempt, seed, k, "pending", error=INTERRUPTED,
+                            before_save=lambda: self.write_result(seed, k, []))
             self.forget_task(ref)
         self.record(self.ledger.close_dangling, INTERRUPTED)   # an attempt started in the instant of the Ctrl-C

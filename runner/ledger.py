@@ -6,7 +6,10 @@ process holding the batch lock (runner/lock.py: the driver) writes it. When the 
 `save` raises an OSError naming ledger.json and the change stays in memory (`unsaved`) to be written by
 the next save that succeeds; the one exception is a new attempt, which is undone in memory too: an attempt
 is never run unless its start is on disk. Attempts whose end never reached the disk are still open there,
-and the next driver closes them as interrupted (`close_dangling`). batch.json freezes what the batch is: the resolved spec (secrets redacted),
+and the next driver closes them as interrupted (`close_dangling`). An attempt's result.json is written
+before the ledger entry that closes it (`end_attempt`'s `before_save`, `write_result`): a driver killed
+between the two leaves the attempt open, and the next one closes it and writes its result.json again,
+removing what a killed write left (`.result.json.*.tmp`). batch.json freezes what the batch is: the resolved spec (secrets redacted),
 the script's sha256 and a copy of the script itself, which is what every attempt runs.
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ BATCH = "batch.json"
 STATES = ("pending", "running", "succeeded", "failed", "aborted")
 DONE_STATES = ("succeeded", "aborted")   # never run again (an aborted seed is not retried, issue 12)
 ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exit_code", "error",
-                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort", "shared_pod")
+                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort", "shared_pod", "twin_pods")
 INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
 INTERRUPTED = "interrupted"
 
@@ -132,30 +135,53 @@ class Ledger:
                 att.update({k: v for k, v in fields.items() if k in ATTEMPT_KEYS and k != "attempt"})
         self.save()
 
-    def end_attempt(self, seed: int, attempt: int, state: str, **fields: Any) -> None:
-        """Close an attempt and set the seed's state in one write."""
+    def end_attempt(self, seed: int, attempt: int, state: str, before_save=None, **fields: Any) -> None:
+        """Close an attempt and set the seed's state in one write; `before_save()` runs once memory holds the
+        change and before it reaches the disk (the driver writes the attempt's result.json there)."""
         assert state in STATES, state
         for att in self.attempts(seed):
             if att["attempt"] == attempt:
                 att.update({k: v for k, v in fields.items() if k in ATTEMPT_KEYS and k != "attempt"})
                 att["ended"] = att["ended"] or now_iso()
         self.entry(seed)["state"] = state
+        if before_save is not None:
+            before_save()
         self.save()
 
     def close_dangling(self, error: str) -> list[int]:
-        """Attempts left open by a dead driver: mark them ended with `error`, seed back to pending."""
-        touched = []
+        """Attempts left open by a dead driver: mark them ended with `error`, seed back to pending, each
+        one's result.json written (again) before the ledger that closes it."""
+        touched: list[tuple[int, dict]] = []
         for s in self.seeds():
             for att in self.attempts(s):
                 if att["ended"] is None:
                     att["ended"] = now_iso()
                     att["error"] = att["error"] or error
-                    touched.append(s)
+                    touched.append((s, att))
             if self.state(s) == "running":
                 self.entry(s)["state"] = "pending"
+        for s, att in touched:
+            self.write_result(s, att["attempt"], [])
         if touched:
             self.save()
-        return touched
+        return [s for s, _att in touched]
+
+    def attempt_dir(self, seed: int, attempt: int) -> Path:
+        return self.run_dir / "seeds" / str(seed) / f"attempt-{attempt}"
+
+    def write_result(self, seed: int, attempt: int, artifacts: list[str], state: str | None = None,
+                     scrub=None) -> None:
+        """The attempt's result.json: its ledger entry as memory holds it, the seed's state after it (`state`,
+        else now), its artifacts; what a killed earlier write left beside it is removed first. `scrub` (a
+        results.secrets.Scrubber) cleans the values. OSError (naming the file) when the disk refuses."""
+        folder = self.attempt_dir(seed, attempt)
+        for orphan in folder.glob(".result.json.*.tmp"):
+            orphan.unlink(missing_ok=True)
+        att = dict(self.attempt(seed, attempt) or {})
+        att.update(seed=seed, state=state or self.state(seed), artifacts=artifacts)
+        path = folder / "result.json"
+        with writing(path):
+            atomic_write_json(path, scrub.obj(att) if scrub is not None else att)
 
 
 def git_commit(cwd: str | Path) -> str | None:

@@ -7,6 +7,10 @@ at the cap, long before its nominal iterations); and, when the baseline is a rec
 loss against the record's mean curve at the same elapsed training time (results/curves.py; the loss is the
 mean over the last 5% of the budget, as the early abort uses it).
 
+A RunPod pod whose bootstrap has not answered yet is *starting* (runner/backends/runpod/instances.py
+`wait_ready`): its row shows what it is doing, by the backend's `pod ID starting: LABEL (...)` lines, with
+the time since the first of them (`pulling image 3:40`), until its `pod ID up ...` line.
+
 Plain mode (`--no-progress`, or stdout not a terminal) prints one line per event, not every log line:
 attempt start and end, machine found, phase changes, a step summary every 10% of training, final scores,
 and pgolf's own lines (`pgolf-runpod:` / `pgolf-pod:`). Every log line is in the attempt's train.log.
@@ -14,6 +18,7 @@ Both modes end with the same final table.
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Any
@@ -30,6 +35,8 @@ from runner.phases import advance, read_line
 SCORE_RANK = {"final_int6_roundtrip_exact": 1, "final_int6_sliding_window_exact": 2, "legal_ttt_exact": 3}
 SUMMARY_EVERY = 0.1          # plain mode: a step summary every 10% of training
 BAR_TOTAL = 1000
+POD_STARTING = re.compile(r"^pgolf-runpod: pod \S+ starting: (.+?) \(")   # runpod backend: `_Starting`
+POD_UP = re.compile(r"^pgolf-runpod: pod \S+ up ")
 
 
 def fmt_s(s: float | None) -> str:
@@ -47,6 +54,8 @@ class SeedView:
         self.phase = "queued"
         self.phase_since = time.monotonic()
         self.node: str | None = None
+        self.starting: str | None = None          # a pod not answering yet: what it is doing
+        self.starting_since: float | None = None
         self.step = 0
         self.iters: int | None = None
         self.loss: float | None = None
@@ -164,6 +173,8 @@ class BatchProgress:
 
     def line(self, seed: int, text: str) -> None:
         v = self.views[seed]
+        if self._pod_start(v, text):
+            return
         info = read_line(text)
         if info.event:
             self.say(f"[seed {seed}] {text}")
@@ -187,6 +198,21 @@ class BatchProgress:
                 self.say(f"[seed {seed}] {label} val_bpb {bpb:.5f}")
         if info.step is not None or info.score is not None or info.phase is not None:
             self._update(seed)
+
+    def _pod_start(self, v: SeedView, text: str) -> bool:
+        """A starting pod's line (shown as its phase, timed from its first one); True when it was one."""
+        m = POD_STARTING.match(text)
+        if m:
+            v.starting = m.group(1)
+            v.starting_since = v.starting_since or time.monotonic()
+        elif POD_UP.match(text) and v.starting is not None:
+            v.starting, v.phase_since = None, time.monotonic()
+        else:
+            return False
+        if not self.progress:
+            self.say(f"[seed {v.seed}] {text}")
+        self._update(v.seed)
+        return True
 
     def _step(self, v: SeedView, step) -> None:
         v.step, v.iters, v.train_ms = step.step, step.iterations, step.train_ms
@@ -241,8 +267,8 @@ class BatchProgress:
         if not self.progress:
             return
         v = self.views[seed]
-        self.progress.update(self.tasks[seed], completed=BAR_TOTAL * v.fraction(self.cap_s), phase=v.phase,
-                             since=v.phase_since, steps=f"{v.step}/{v.iters}" if v.iters else "-",
+        self.progress.update(self.tasks[seed], completed=BAR_TOTAL * v.fraction(self.cap_s),
+                             phase=v.starting or v.phase, since=v.starting_since if v.starting else v.phase_since, steps=f"{v.step}/{v.iters}" if v.iters else "-",
                              train=fmt_s(v.train_ms / 1000 if v.train_ms is not None else None),
                              loss=f"{v.loss:.4f}" if v.loss is not None else "-",
                              vs=f"{v.vs_record:+.4f}" if v.vs_record is not None else "-",

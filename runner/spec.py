@@ -114,7 +114,7 @@ class RunPodSettings(_Section):
     image: str = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
     max_pods: int | None = Field(None, gt=0)       # pods at once; default: what spend_limit allows at the price
     spend_limit: float = Field(80.0, gt=0)         # $/h the account may spend (RunPod's default limit)
-    start_timeout_s: float = Field(900, gt=0)      # a pod still PROVISIONING/STARTING after this is replaced
+    start_timeout_s: float = Field(1200, gt=0)     # from creation (image pull included) until its bootstrap answers, else replaced
     container_disk_gb: int = Field(80, gt=0)
     network_volume: str | None = None              # a network volume id: the dataset is downloaded onto it once
     volume_path: str = "/workspace"                # where the network volume is mounted in the pod

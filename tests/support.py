@@ -2,10 +2,12 @@
 driver side for a backend's attempts, and the small waits on processes and rehearsal pods."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from runner.backends.runpod.fake import FakeRunPod
 
@@ -65,3 +67,23 @@ def alive_pods(run: Path) -> list[str]:
 def pods_created(run: Path) -> int:
     """How many pods the rehearsal of run directory `run` has created."""
     return json.loads((run / "rehearsal" / "state.json").read_text())["n_pods"]
+
+
+@contextlib.contextmanager
+def rehearsal_backends(run_dir: Path) -> Iterator[Callable]:
+    """start(spec, faults) -> a started rehearsal RunPodBackend of run directory `run_dir`; afterwards every
+    pod is terminated and the checks hold: no pod process left, no contract violation."""
+    from runner.backends.runpod.backend import RunPodBackend
+    made: list = []
+
+    def start(spec, faults: str = ""):
+        b = RunPodBackend(spec, rehearse=True, faults=faults, run_dir=run_dir)
+        b.start()
+        made.append(b)
+        return b
+    yield start
+    for b in made:
+        fake = b.session.open().fake            # (started again if the test stopped it)
+        fake.terminate_all()
+        b.stop()
+        assert fake.alive_pods() == [] and fake.violations == []

@@ -70,3 +70,43 @@ def test_bad_run_directory_files_are_one_line_errors(tmp_path):
         with pytest.raises(PgolfError) as e:
             Ledger.load(tmp_path) if name == "ledger.json" else load_batch(tmp_path)
         assert str(e.value).startswith(str(tmp_path / name)) and needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_attempts_result_json_is_on_disk_before_the_ledger_closes_it(tmp_path):
+    """issue 20: the driver killed between result.json and the ledger (here: in the midst of writing
+    result.json, after its temp file was made) leaves the attempt open, never `succeeded` without its
+    result; resume's close_dangling writes the result again and removes what the killed write left."""
+    led = Ledger.create(tmp_path, [1])
+    led.start_attempt(1, "ray")
+    folder = led.attempt_dir(1, 1)
+    folder.mkdir(parents=True)
+    seen = {}
+
+    def killed():
+        seen["memory"] = led.state(1)
+        seen["disk"] = Ledger.load(tmp_path).state(1)
+        (folder / ".result.json.x1y2.tmp").write_text('{"state": "succ')     # a write cut short
+        raise KeyboardInterrupt("driver killed")
+    with pytest.raises(KeyboardInterrupt):
+        led.end_attempt(1, 1, "succeeded", exit_code=0, before_save=killed)
+    assert seen == {"memory": "succeeded", "disk": "running"}            # the hook runs before the disk write
+    again = Ledger.load(tmp_path)
+    assert again.state(1) == "running" and again.attempts(1)[0]["ended"] is None
+    assert again.close_dangling("driver lost") == [1]
+    assert not list(folder.glob(".result.json.*.tmp"))
+    result = json.loads((folder / "result.json").read_text())
+    assert result["state"] == "pending" and result["error"] == "driver lost" and result["seed"] == 1
+    assert Ledger.load(tmp_path).state(1) == "pending"
+
+
+def test_write_result_says_what_memory_holds_scrubbed(tmp_path):
+    from results.secrets import Scrubber
+    led = Ledger.create(tmp_path, [1])
+    led.start_attempt(1, "runpod")
+    scrub = Scrubber({"HF_TOKEN": "hf_s3cr3tvalue0123456789"})
+    led.end_attempt(1, 1, "failed", exit_code=1, error="bad token hf_s3cr3tvalue0123456789",
+                    before_save=lambda: led.write_result(1, 1, ["artifacts/x"], scrub=scrub))
+    text = (led.attempt_dir(1, 1) / "result.json").read_text()
+    result = json.loads(text)
+    assert result["state"] == "failed" and result["ended"] and result["artifacts"] == ["artifacts/x"]
+    assert "s3cr3t" not in text

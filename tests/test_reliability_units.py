@@ -134,7 +134,7 @@ def test_ray_node_attempt_leaves_no_daemon_on_timeout_or_normal_end(tmp_path):
         env = {"FAKE_DAEMON": "1", "FAKE_PID_DIR": str(pid_dir), **extra}
         att = AttemptSpec(run_dir=str(tmp_path), seed=seed, attempt=1, attempt_dir=str(adir), script_path=str(FAKE),
                           env=env, timeout_s=timeout)
-        result = backend.run_attempt(att, Events())
+        [(_, result)] = backend.run_group([att], [Events()])
         assert result.timed_out == (seed == 1) and (seed == 1 or result.exit_code == 0), result
         daemons += [int(f.name) for f in pid_dir.iterdir() if "daemon" in f.read_text() and f.read_text()[0] == str(seed)]
     assert len(daemons) == 2 and not any(alive(d) for d in daemons)

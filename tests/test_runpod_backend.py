@@ -1,22 +1,23 @@
-"""RunPodBackend.run_attempt on REST v2 against the fake RunPod (no Ray, no driver): every request and answer
+"""RunPodBackend.run_group with a group of one (the one pod path; K > 1 in test_runpod_seeds_per_pod.py) on REST v2 against the fake RunPod (no Ray, no driver): every request and answer
 checked against RunPod's OpenAPI schema, pods are local process trees running the real bootstrap with the
 fast payload. The default spec here is a CPU pod (cpu3c), the cheap real trial; one test uses 8 x H100.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from results.errors import PgolfError
-from runner.backends.base import AttemptSpec, InfraFailure
+from runner.backends.base import AttemptResult, AttemptSpec, InfraFailure
 from runner.backends.runpod import api
 from runner.backends.runpod.backend import RunPodBackend, job_env
 from runner.backends.runpod.bootstrap import DONE_PREFIX
 from runner.backends.runpod.instances import Stuck
 from runner.spec import JobSpec, validate_spec
-from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents
+from support import HF_SECRET, PAYLOAD, SECRET, TINY, MemoryEvents, rehearsal_backends
 
 
 
@@ -34,19 +35,8 @@ def rehearsal(tmp_path, monkeypatch):
     process, no contract violation."""
     monkeypatch.setenv("RUNPOD_API_KEY", SECRET)
     monkeypatch.setenv("HF_TOKEN", HF_SECRET)
-    made: list[RunPodBackend] = []
-
-    def make(faults: str = "", spec: JobSpec | None = None) -> RunPodBackend:
-        b = RunPodBackend(spec or job_spec(), rehearse=True, faults=faults, run_dir=tmp_path / "runs" / "b")
-        b.start()
-        made.append(b)
-        return b
-    yield make
-    for b in made:
-        fake = b.session.open().fake            # (started again if the test stopped it)
-        fake.terminate_all()
-        b.stop()
-        assert fake.alive_pods() == [] and fake.violations == []
+    with rehearsal_backends(tmp_path / "runs" / "b") as start:
+        yield lambda faults="", spec=None: start(spec or job_spec(), faults)
 
 
 def attempt(tmp: Path, seed: int = 42, k: int = 1, **env) -> AttemptSpec:
@@ -57,6 +47,15 @@ def attempt(tmp: Path, seed: int = 42, k: int = 1, **env) -> AttemptSpec:
            "HF_TOKEN": HF_SECRET, "OTHER_API_KEY": "unrelated-secret", **env}
     return AttemptSpec(run_dir=str(run), seed=seed, attempt=k, attempt_dir=str(adir), script_path=str(PAYLOAD),
                        env=job, timeout_s=60)
+
+
+def run_one(b: RunPodBackend, a: AttemptSpec, ev: MemoryEvents) -> AttemptResult:
+    """A group of one through the one pod path: its result, with what its pod's end told the driver
+    afterwards (pod_terminated, cost) folded in."""
+    [(i, r)] = list(b.run_group([a], [ev]))
+    meta = ev.merged()
+    return dataclasses.replace(r, **{k: meta[k] for k in ("pod_terminated", "cost_usd", "cost_source",
+                                                          "cost_estimate_usd") if k in meta})
 
 
 def job_lines(ev: MemoryEvents) -> list[str]:
@@ -74,7 +73,7 @@ def test_happy_path_data_up_log_over_sse_artifacts_down_pod_gone_cost_billed(tmp
     assert "RunPod stock for cpu3c x 4 vCPU (SECURE): HIGH" in notes[1] and "0.1200 fake/h" in notes[1]
     assert "local data: 1 file(s)" in notes[2]
     ev = MemoryEvents()
-    r = b.run_attempt(attempt(tmp_path), ev)
+    r = run_one(b, attempt(tmp_path), ev)
     assert r.exit_code == 0 and r.error is None and r.pod_terminated is True
     assert "started" in ev.metas[0] and ev.metas[1]["pod_id"] == r.pod_id    # the pod id, before the pod is used
     meta = ev.merged()
@@ -94,7 +93,7 @@ def test_happy_path_data_up_log_over_sse_artifacts_down_pod_gone_cost_billed(tmp
 def test_capacity_and_a_429_storm_are_waited_out(tmp_path, rehearsal):
     b = rehearsal("capacity=2,429=6")
     ev = MemoryEvents()
-    r = b.run_attempt(attempt(tmp_path), ev)
+    r = run_one(b, attempt(tmp_path), ev)
     assert r.exit_code == 0 and r.pod_terminated is True
     assert sum("no capacity" in line for line in ev.lines) == 2
     assert sum("as asked (Retry-After)" in line for line in ev.lines) == 6
@@ -102,15 +101,16 @@ def test_capacity_and_a_429_storm_are_waited_out(tmp_path, rehearsal):
 
 
 def test_stuck_pod_is_terminated_and_the_next_attempt_gets_a_fresh_one(tmp_path, rehearsal):
-    b = rehearsal("stuck=1")
+    b = rehearsal("stuck=1", spec=job_spec({"start_timeout_s": 600}))
     ev = MemoryEvents()
-    with pytest.raises(Stuck, match=r"still PROVISIONING after 5 s \(\[runpod\] start_timeout_s\)"):
-        b.run_attempt(attempt(tmp_path), ev)
+    with pytest.raises(Stuck, match=r"did not answer within \[runpod\] start_timeout_s = 600 s of its creation "
+                                    r"\(waited 6\d\d s, rehearsal time: 6\.\d s here\); still provisioning"):
+        run_one(b, attempt(tmp_path), ev)
     stuck = ev.merged()
     assert stuck["pod_terminated"] is True and stuck["cost_usd"] > 0      # billed though it never booted
     assert_pods_gone(b)
     ev2 = MemoryEvents()
-    r = b.run_attempt(attempt(tmp_path, k=2), ev2)
+    r = run_one(b, attempt(tmp_path, k=2), ev2)
     assert r.exit_code == 0 and r.pod_id != stuck["pod_id"]
 
 
@@ -118,7 +118,7 @@ def test_pod_lost_mid_run_is_infrastructure_and_still_verified_gone(tmp_path, re
     b = rehearsal("preempt=1")
     ev = MemoryEvents()
     with pytest.raises(InfraFailure, match="lost|stopped answering"):
-        b.run_attempt(attempt(tmp_path, FAKE_SECONDS="30"), ev)
+        run_one(b, attempt(tmp_path, FAKE_SECONDS="30"), ev)
     assert ev.merged()["pod_terminated"] is True
     assert_pods_gone(b)
 
@@ -127,14 +127,14 @@ def test_an_exception_in_the_task_still_terminates_the_pod(tmp_path, rehearsal):
     b = rehearsal()
     ev = MemoryEvents(fail_on="step:2/")
     with pytest.raises(RuntimeError, match="driver side blew up"):
-        b.run_attempt(attempt(tmp_path), ev)
+        run_one(b, attempt(tmp_path), ev)
     assert ev.merged()["pod_terminated"] is True
     assert_pods_gone(b)
 
 
 def test_nonzero_exit_is_the_jobs_and_the_pod_still_goes(tmp_path, rehearsal):
     b = rehearsal()
-    r = b.run_attempt(attempt(tmp_path, FAKE_FAIL="1"), MemoryEvents())
+    r = run_one(b, attempt(tmp_path, FAKE_FAIL="1"), MemoryEvents())
     assert r.exit_code == 3 and r.error == "torchrun exit 3" and r.pod_terminated is True
     assert_pods_gone(b)
 
@@ -171,10 +171,10 @@ def test_network_volume_is_mounted_and_places_the_pod(tmp_path, rehearsal):
     with b.session.client() as c:
         vol = c.create_volume("shards", 100, "EU-RO-1")
     v = rehearsal(spec=job_spec({"network_volume": vol.id}))
-    req = v.create_request("pgolf-b-s42-a1", attempt(tmp_path), "tok")
+    req = v.create_request("pgolf-b-s42-a1", [attempt(tmp_path)], "tok")
     assert req.mounts.network[0].volume_id == vol.id and req.mounts.network[0].path == "/workspace"
     assert v.job(attempt(tmp_path))["volume_path"] == "/workspace"
-    r = v.run_attempt(attempt(tmp_path), MemoryEvents())
+    r = run_one(v, attempt(tmp_path), MemoryEvents())
     assert r.exit_code == 0
 
 
@@ -195,10 +195,10 @@ def test_what_is_shipped_to_the_pod_and_what_is_kept(tmp_path, rehearsal):
     job = b.job(a)
     assert job["gpu_count"] == 0 and job["tcp_port"] == 70000 and job["http_port"] is None   # rehearsal: no proxy
     assert job["uploads"]["env"] == {"TOKENIZER_PATH": "TOKENIZER_PATH/tokenizer.model"}
-    assert b.create_request("n", a, "tok").ports == ["70000/tcp"]
+    assert b.create_request("n", [a], "tok").ports == ["70000/tcp"]
     real = RunPodBackend(job_spec(), rehearse=False)
-    assert real.create_request("n", a, "tok").ports == ["70000/tcp", "8000/http"]
-    b.run_attempt(a, MemoryEvents())
+    assert real.create_request("n", [a], "tok").ports == ["70000/tcp", "8000/http"]
+    run_one(b, a, MemoryEvents())
     state = (tmp_path / "runs" / "b" / "rehearsal" / "state.json").read_text()
     assert SECRET not in state and HF_SECRET not in state and "tok" not in json.loads(state)["pods"]
 

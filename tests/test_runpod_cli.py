@@ -192,17 +192,35 @@ def test_rehearse_is_runpods_and_a_real_batch_never_resumes_on_the_fake(tmp_path
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
-def test_smoke_job_rehearsed_on_runpod_with_a_lost_pod(tmp_path, env):
-    """The acceptance line: `pgolf run jobs/smoke.toml --backend runpod --rehearse --rehearse-faults preempt=1`
-    (the real payload, CPU, its bundled data uploaded to the pods) completes with one retry on a fresh pod and
-    every pod verified terminated."""
+def test_smoke_job_rehearsed_on_runpod_with_a_slow_pull_a_twin_and_a_lost_pod(tmp_path, env):
+    """The acceptance line: `pgolf run jobs/smoke.toml --backend runpod --rehearse --rehearse-faults
+    slow_pull=600,twin=1,preempt=1` (the real payload, CPU, its bundled data uploaded to the pods) completes:
+    every pod pulls its image for 10 minutes of rehearsal time and is waited for (starting, not lost), one
+    create answer is lost and its twin is terminated and recorded, one pod is lost mid-run and its seed
+    retried on a fresh pod; every pod, the twin included, verified gone and no fake-pod process left."""
+    from runner.backends.runpod.fake import pods_root
     out = pgolf(tmp_path, env, "run", ROOT / "jobs" / "smoke.toml", "--backend", "runpod", "--rehearse",
-                "--rehearse-faults", "preempt=1", "--runs-dir", tmp_path / "runs", "--name", "smoke", "--no-progress",
-                timeout=600)
+                "--rehearse-faults", "slow_pull=600,twin=1,preempt=1", "--runs-dir", tmp_path / "runs",
+                "--name", "smoke", "--no-progress", timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    atts = attempts(tmp_path / "runs" / "smoke")
+    run = tmp_path / "runs" / "smoke"
+    atts = attempts(run)
     assert len(atts) == 4 and len({a["pod_id"] for a in atts}) == 4
     assert [a["error"].startswith("infrastructure: ") for a in atts if a["error"]] == [True]
     assert all(a["pod_terminated"] is True for a in atts)
-    assert alive_pods(tmp_path / "runs" / "smoke") == []
+    twins = [t for a in atts for t in a.get("twin_pods") or []]
+    assert len(twins) == 1 and twins[0] not in {a["pod_id"] for a in atts}
+    assert "starting: pulling image" in out.stdout
+    state = json.loads((run / "rehearsal" / "state.json").read_text())
+    assert state["n_pods"] == 5 and not [p for p in state["pods"].values() if not p.get("terminated")]
+    assert alive_pods(run) == []
+    root = pods_root(run / "rehearsal")
+    left = []
+    for proc in Path("/proc").iterdir():                       # no process of any of its pods, whatever its state
+        try:
+            if proc.name.isdigit() and str(root) in os.readlink(proc / "cwd"):
+                left.append(proc.name)
+        except OSError:
+            pass
+    assert left == []
     assert "audit: pass" in out.stdout

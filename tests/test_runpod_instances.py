@@ -59,7 +59,7 @@ def test_capacity_is_waited_out_and_the_pod_runs_with_a_public_address(start):
     notes: list[str] = []
     pod = inst.create(c, request("pgolf-b-s1-a1"), FAST, notes.append)
     assert sum("no capacity" in n for n in notes) == 2
-    pod, url = inst.wait_running(c, pod.id, 900, FAST)
+    pod, url = inst.wait_ready(c, pod, 900, FAST, lambda base: True, lambda: False, lambda *a: None)
     assert pod.status == "RUNNING" and url.startswith("http://127.0.0.1:")
     assert inst.terminate_verified(c, [pod.id], FAST) == [] and fake.alive_pods() == []
     assert inst.billed_cost(c, pod.id, pod.created_at, FAST) > 0
@@ -80,18 +80,22 @@ def test_spend_limit_is_one_clear_line_and_balance_stops_the_batch(start):
 def test_a_stuck_pod_is_reported_and_can_be_terminated(start):
     fake, c = start("stuck=1")
     pod = inst.create(c, request("pgolf-b-s1-a1"), FAST, print)
-    with pytest.raises(inst.Stuck, match="still PROVISIONING after 0 s"):
-        inst.wait_running(c, pod.id, 0.3, FAST)
+    said: list[str] = []
+    with pytest.raises(inst.Stuck, match=r"did not answer within \[runpod\] start_timeout_s = 30 s of its creation "
+                                          r"\(waited \d\d s, rehearsal time: 0\.\d s here\); still provisioning"):
+        inst.wait_ready(c, pod, 0.3, FAST, lambda base: True, lambda: False, lambda label, s: said.append(label))
+    assert set(said) == {"provisioning"}
     assert inst.terminate_verified(c, [pod.id], FAST) == []
     assert inst.billed_cost(c, pod.id, pod.created_at, FAST) > 0        # billed though it never booted
     fresh = inst.create(c, request("pgolf-b-s1-a2"), FAST, print)
-    assert inst.wait_running(c, fresh.id, 0.3 + 5, FAST)[0].status == "RUNNING"
+    ready = inst.wait_ready(c, fresh, 5.3, FAST, lambda base: True, lambda: False, lambda *a: None)
+    assert ready[0].status == "RUNNING"
 
 
 def test_a_pod_lost_before_it_runs_is_infrastructure(start):
     fake, c = start()
     pod = inst.create(c, request("pgolf-b-s1-a1", args="true"), FAST, print)   # its container ends at once
     with pytest.raises(InfraFailure, match=r"lost \(EXITED"):
-        inst.wait_running(c, pod.id, 900, FAST)                         # ended before or just after RUNNING
+        inst.wait_ready(c, pod, 900, FAST, lambda base: False, lambda: False, lambda *a: None)   # it ends first
         time.sleep(0.5)
         inst.check_alive(c, pod.id)

@@ -30,16 +30,18 @@ def fake(tmp_path):
 
 
 def job(**over) -> dict:
-    out = {"launcher": "python", "nproc_per_node": 1, "gpu_count": 0, "deadline_s": 60, "backstop_s": 120,
+    out = {"launcher": "python", "nproc_per_node": 1, "gpu_count": 0, "backstop_s": 120,
+           "script": shipping.SCRIPT_PATH, "uploads": shipping.Manifest().with_script(PAYLOAD).for_pod(),
            "collect_grace_s": 120, "tcp_port": 70000, "script_name": "train_gpt.py", "data": {},
-           "env": {"SEED": "42", "PGOLF_ATTEMPT": "1", "FAKE_SECONDS": "0.3", "PYTHONUNBUFFERED": "1"}}
+           "runs": [{"deadline_s": 60,
+                     "env": {"SEED": "42", "PGOLF_ATTEMPT": "1", "FAKE_SECONDS": "0.3", "PYTHONUNBUFFERED": "1"}}]}
     out.update(over)
     return out
 
 
 def start_pod(c: api.RunPodClient, name: str, spec: dict, token: str) -> api.Pod:
     req = api.CreatePod(name=name, image="runpod/base:fake", args=shipping.START_COMMAND, ports=["70000/tcp"],
-                        env=shipping.pod_env(PAYLOAD, spec, token), cpu=api.CpuRequest(id="cpu3c", vcpu_count=2))
+                        env=shipping.pod_env(spec, token), cpu=api.CpuRequest(id="cpu3c", vcpu_count=2))
     pod = c.create_pod(req)
     end = time.time() + 15
     while time.time() < end:
@@ -58,9 +60,10 @@ def test_local_data_travels_and_the_log_and_artifacts_come_back(fake, tmp_path):
     man = shipping.local_data({"DATA_PATH": str(data), "TOKENIZER_PATH": str(data / "sub" / "tokenizer.model"),
                                "ELSEWHERE": "/workspace/not-here"})
     assert [f.path for f in man.files] == ["DATA_PATH/fineweb_val_000000.bin", "DATA_PATH/sub/tokenizer.model"]
+    man = man.with_script(PAYLOAD)
     assert man.env == {"DATA_PATH": "DATA_PATH", "TOKENIZER_PATH": "DATA_PATH/sub/tokenizer.model"}
     spec = job(uploads=man.for_pod())
-    spec["env"]["FAKE_PRINT"] = "DATA_PATH,TOKENIZER_PATH"
+    spec["runs"][0]["env"]["FAKE_PRINT"] = "DATA_PATH,TOKENIZER_PATH"
     c = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=0.01))
     token = secrets.token_hex(16)
     pod = start_pod(c, "pgolf-pod-s42-a1", spec, token)
@@ -81,20 +84,20 @@ def test_local_data_travels_and_the_log_and_artifacts_come_back(fake, tmp_path):
     assert bad.status_code == 400                              # a corrupted file is never kept
     notes: list[str] = []
     shipping.upload(http, base, man, notes.append)
-    assert "uploaded 2 local data file(s)" in notes[0]
+    assert "uploaded the script and 2 local data file(s)" in notes[0]
     lines = []
     for entry in c.stream_logs(pod.id, since=pod.created_at):
         lines.append(entry.line)
         if entry.line.startswith(DONE_PREFIX):
             break
     assert lines[-1] == DONE_PREFIX + "0"
-    root = Path(fake.root) / "pods" / pod.id / "rootfs" / "root" / "pgolf" / "uploads"
+    root = fake.pod_dir(pod.id) / "rootfs" / "root" / "pgolf" / "uploads"
     assert f"env DATA_PATH={root / 'DATA_PATH'}" in lines
     assert f"env TOKENIZER_PATH={root / 'DATA_PATH' / 'sub' / 'tokenizer.model'}" in lines
     assert any(line.startswith("step:5/5") for line in lines) and lines == fake.container_log(pod.id)[:len(lines)]
     status = http.get(f"{base}/status").json()
     assert status["exit_code"] == 0 and status["uploads_missing"] == []
-    paths = {a["path"]: a["size"] for a in status["artifacts"]}
+    paths = {a["path"]: a["size"] for a in status["runs"][0]["artifacts"]}
     got = http.get(f"{base}/artifact", params={"path": "artifacts/final_model.int6.ptz"})
     assert len(got.content) == paths["artifacts/final_model.int6.ptz"] == 1001
     assert c.delete_pod(pod.id)
@@ -109,7 +112,7 @@ def test_too_much_local_data_is_refused_before_any_pod(tmp_path):
 def test_backstop_terminates_its_own_pod_with_the_pod_key(fake):
     c = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=0.01))
     spec = job(backstop_s=1.0)
-    spec["env"]["FAKE_HANG"] = "1"
+    spec["runs"][0]["env"]["FAKE_HANG"] = "1"
     pod = start_pod(c, "pgolf-backstop-s42-a1", spec, secrets.token_hex(16))
     end = time.time() + 20
     while c.get_pod(pod.id) is not None:
@@ -186,16 +189,17 @@ def test_a_real_mode_pod_checks_its_gpus_and_refuses_without_them(tmp_path, monk
     adir = tmp_path / "runs" / "b" / "seeds" / "42" / "attempt-1"
     adir.mkdir(parents=True)
     lines: list[str] = []
+    metas: dict = {}
 
     class Events:
         line = staticmethod(lines.append)
 
         def meta(self, **fields):
-            pass
+            metas.update(fields)
     try:
-        r = b.run_attempt(AttemptSpec(run_dir=str(adir.parents[2]), seed=42, attempt=1, attempt_dir=str(adir),
-                                      script_path=str(PAYLOAD), env={}, timeout_s=60), Events())
-        assert r.exit_code == 97 and "pod check failed" in r.error and r.pod_terminated is True
+        [(_, r)] = b.run_group([AttemptSpec(run_dir=str(adir.parents[2]), seed=42, attempt=1, attempt_dir=str(adir),
+                                            script_path=str(PAYLOAD), env={}, timeout_s=60)], [Events()])
+        assert r.exit_code == 97 and "pod check failed" in r.error and metas["pod_terminated"] is True
         assert "data-ready" in lines and not any("rehearsal" in line for line in lines)
         assert fake.requests_seen.count("createPod") == 1 and fake.alive_pods() == []
     finally:

@@ -18,37 +18,26 @@ from pathlib import Path
 import pytest
 
 from runner.backends.base import AttemptSpec, InfraFailure
-from runner.backends.runpod.backend import RunPodBackend, split_cost
+from runner.backends.runpod.backend import split_cost
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX
 from runner.backends.runpod.fake import FakeRunPod
 from runner.driver import groups
 from runner.spec import validate_spec
-from support import PAYLOAD, ROOT, SECRET, TINY, MemoryEvents
+from support import PAYLOAD, ROOT, SECRET, TINY, MemoryEvents, rehearsal_backends
 
 
 
 @pytest.fixture
 def backend(tmp_path, monkeypatch):
-    """make(faults, **env) -> a started rehearsal backend (seeds_per_pod 3, a CPU pod); afterwards: no pod,
-    no process, no contract violation."""
+    """make(faults) -> a started rehearsal backend (seeds_per_pod 3, a CPU pod); afterwards: no pod, no
+    process, no contract violation."""
     monkeypatch.setenv("RUNPOD_API_KEY", SECRET)
-    made: list[RunPodBackend] = []
-
-    def make(faults: str = "") -> RunPodBackend:
-        spec = validate_spec({"name": "b", "script": str(PAYLOAD), "seeds": [1, 2, 3], "backend": "runpod",
-                              "launcher": "python", "gpus_per_seed": 0,
-                              "data": {"variant": "tiny", "paths": {"TOKENIZER_PATH": str(TINY / "tokenizer.model")}},
-                              "runpod": {"cpu": "cpu3c", "seeds_per_pod": 3}}, "test spec")
-        b = RunPodBackend(spec, rehearse=True, faults=faults, run_dir=tmp_path / "runs" / "b")
-        b.start()
-        made.append(b)
-        return b
-    yield make
-    for b in made:
-        fake = b.session.open().fake
-        fake.terminate_all()
-        b.stop()
-        assert fake.alive_pods() == [] and fake.violations == []
+    spec = validate_spec({"name": "b", "script": str(PAYLOAD), "seeds": [1, 2, 3], "backend": "runpod",
+                          "launcher": "python", "gpus_per_seed": 0,
+                          "data": {"variant": "tiny", "paths": {"TOKENIZER_PATH": str(TINY / "tokenizer.model")}},
+                          "runpod": {"cpu": "cpu3c", "seeds_per_pod": 3}}, "test spec")
+    with rehearsal_backends(tmp_path / "runs" / "b") as start:
+        yield lambda faults="": start(spec, faults)
 
 
 def attempts(tmp: Path, seeds: list[int], k: int = 1, **env) -> list[AttemptSpec]:
@@ -93,8 +82,8 @@ def test_one_set_up_three_runs_each_its_own_log_artifacts_and_share(tmp_path, ba
         assert sum(line.startswith(DONE_PREFIX) for line in ev.lines) == 1           # its own end, once
         got = Path(group[i].attempt_dir) / "artifacts" / "train.log"
         assert got.read_text().startswith(f"seed:{i + 1}")                           # its own artifacts
-    assert "pgolf-pod: local data received" in "\n".join(evs[0].lines)               # the set-up: once, seed 1's
-    assert not any("local data received" in line for ev in evs[1:] for line in ev.lines)
+    assert "pgolf-pod: files received" in "\n".join(evs[0].lines)               # the set-up: once, seed 1's
+    assert not any("files received" in line for ev in evs[1:] for line in ev.lines)
     assert evs[1].lines[0].startswith("pgolf-runpod: queued on pod") and any(
         line.startswith(RUN_PREFIX + "2/3: seed 2 attempt 1") for line in evs[1].lines)
     caches = {line for ev in evs for line in ev.lines if line.startswith("env TRITON_CACHE_DIR=")}

@@ -11,10 +11,11 @@ must reach the ledger before anything else happens (`meta`: the node, a pod id; 
 ledger holding them is on disk), and job processes it started on this host (`process`), so the driver can
 still kill them if the task itself is force-cancelled.
 
-One task may carry several attempts (of different seeds) when the backend says so (`attempts_per_task`,
-RunPod's `seeds_per_pod`): `run_group` runs them one after another on one machine after a single set-up,
-with one `Events` per attempt, and yields each attempt's result as it ends, so that a machine lost later
-never takes the results it already produced with it.
+A task carries a group of attempts (of different seeds): one, or up to `attempts_per_task` when the backend
+can share a machine (RunPod's `seeds_per_pod`). `run_group` is the one way to run them, whatever their
+number: one after another on one machine after a single set-up, with one `Events` per attempt, yielding
+each attempt's result as it ends, so that a machine lost later never takes the results it already produced
+with it. A single attempt is a group of one.
 
 Standard library only: the backends' contract must be importable without Ray, torch or pandas.
 """
@@ -38,7 +39,7 @@ class NotRecorded(Exception):
 
 @dataclass
 class AttemptSpec:
-    """One attempt of one seed, as the driver hands it to `Backend.run_attempt`."""
+    """One attempt of one seed, as the driver hands it to `Backend.run_group`."""
     run_dir: str                 # absolute path of runs/NAME on the driver's machine
     seed: int
     attempt: int
@@ -81,8 +82,8 @@ class Events(Protocol):
     def cancel_requested(self) -> bool:
         """The driver wants this attempt stopped while its task goes on with the other attempts it carries
         (an early abort of one seed on a machine shared by several; `run_group` asks it for the attempt it
-        is running). A task carrying one attempt is cancelled as a whole instead, so `run_attempt` need not
-        ask."""
+        is running). A task carrying one attempt is cancelled as a whole instead (a group of one need not
+        ask)."""
 
 
 class Backend(Protocol):
@@ -105,17 +106,14 @@ class Backend(Protocol):
     def stop(self) -> None:
         """Driver-side tear-down, always called, also after Ctrl-C."""
 
-    def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
-        """Run one seed attempt to the end (inside a Ray task); raise InfraFailure when the machine failed."""
-
     def attempts_per_task(self) -> int:
         """How many attempts (of different seeds) one task may carry, run one after another on one machine
         after a single set-up; 1 for a backend that gives every attempt a machine of its own."""
 
     def run_group(self, attempts: list[AttemptSpec], events: list[Events]) -> Iterator[tuple[int, AttemptResult]]:
-        """Only when attempts_per_task() > 1, for 2..attempts_per_task() attempts (inside one Ray task): run
-        them one after another on one machine after one set-up, each with its own `events`, and yield
-        (index, result) as each one ends, its artifacts in its own attempt_dir. The machine id reaches every
+        """1..attempts_per_task() attempts (inside one Ray task): run them one after another on one machine
+        after one set-up, each with its own `events`, and yield (index, result) as each one ends, its
+        artifacts in its own attempt_dir. The machine id reaches every
         attempt's ledger entry (`meta`) before the machine is used. An exception ends the attempts not yet
         yielded (InfraFailure: the machine failed, they run again elsewhere); the ones yielded keep their
         results. Nothing may be left running on any path out, also when the caller closes the generator."""

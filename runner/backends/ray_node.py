@@ -1,4 +1,4 @@
-"""Backend `ray`: run one seed attempt as torchrun on the Ray node that holds its resources.
+"""Backend `ray`: run each seed attempt (a group of one per task) as torchrun on the Ray node that holds its resources.
 
 Each job runs under a small guard process (`guard` below) that leads a session of its own: a Ctrl-C in
 the driver's terminal never reaches the job directly, and on cancel, timeout or the death of the Ray worker
@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from results.errors import PgolfError
 from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Events
@@ -112,7 +112,12 @@ class RayNodeBackend:
                    f"--nproc_per_node={self.spec.nproc_per_node}", attempt.script_path]
         return [sys.executable, "-m", "runner.backends.ray_node", "--guard", *job]
 
-    def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
+    def run_group(self, attempts: list[AttemptSpec], events: list[Events]) -> Iterator[tuple[int, AttemptResult]]:
+        """The attempts one after another on this node (a group of one: `attempts_per_task` is 1)."""
+        for i, (attempt, ev) in enumerate(zip(attempts, events)):
+            yield i, self._run_one(attempt, ev)
+
+    def _run_one(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
         node = node_name()
         events.meta(node=node, started=now_iso())   # started = when it really starts, not when queued
         adir = Path(attempt.attempt_dir)

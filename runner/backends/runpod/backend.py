@@ -1,5 +1,6 @@
-"""Backend `runpod`: each seed attempt is one Ray task (on the driver's machine) that drives one RunPod pod
-through RunPod's REST API v2.
+"""Backend `runpod`: each pod is one Ray task (on the driver's machine) that drives it through RunPod's REST
+API v2 for a group of seed attempts: one (`seeds_per_pod = 1`, the default) or up to K. There is one path
+for any K (`run_group`); a pod of one seed is a group of one.
 
 create (the spec's GPUs or CPU flavor) -> pod id into the ledger first -> wait until it runs (a pod still
 PROVISIONING/STARTING after `start_timeout_s` is terminated and the seed retried on a fresh pod, an
@@ -9,13 +10,13 @@ after a drop with no line lost or doubled) -> artifacts downloaded from the pod'
 verify gone, in a `finally` that no exception skips -> what the pod cost, from RunPod's billing records
 (the price x lifetime estimate kept beside it, and used when no record comes).
 
-Several seeds per pod (`[runpod] seeds_per_pod = K`, `run_group`): one pod, set up once, runs the attempts
+Several seeds per pod (`[runpod] seeds_per_pod = K`): one pod, set up once, runs the attempts
 of up to K seeds one after another (the bootstrap keeps its work folder, data and compile caches between
 them). Every attempt's ledger entry gets the pod id before the pod is used; the pod's log is routed to the
 seed it is running (the bootstrap's `run I/N` lines); each attempt is yielded to the driver as soon as its
 artifacts are down, so a pod lost later keeps what it finished. The pod is terminated and verified gone
 once, after its last seed or on any way out, and its cost is split across its attempts (`split_cost`),
-each marked `shared_pod`.
+each marked `shared_pod` when there are several.
 
 Before the batch: what RunPod has in stock and at what price (one line), `max_pods` from the account's spend
 limit at that price when the spec does not set it, and the cost estimate against the balance. With
@@ -23,26 +24,25 @@ rehearse=True the session runs the fake RunPod (fake.py) with its state in the r
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 import re
 import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
 from results.errors import PgolfError
 from results.files import atomic_write
-from results.secrets import is_secret_name
+from results.secrets import is_secret_name, secret_env
 from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Events, InfraFailure, NotRecorded
 from runner.backends.runpod import api, shipping
-from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX
+from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX, SERVING_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
                                               billed_cost, check_alive, create, max_pods_for, offer, pod_name,
-                                              reap_leftovers, terminate_verified, wait_running)
+                                              _epoch, reap_leftovers, start_limit_s, terminate_verified, wait_ready)
 from runner.ledger import now_iso
 from runner.spec import JobSpec
 
@@ -51,8 +51,10 @@ NEVER_SHIP = re.compile(r"^(RUNPOD_|RAY_|PATH$|HOME$|PWD$|OLDPWD$|SHELL$|USER$|L
                         r"PYTHON|VIRTUAL_ENV|LD_|CUDA_VISIBLE_DEVICES$|PGOLF_(BOOT|SCRIPT|JOB)_)")
 OFFICIAL_VARIANTS = ("byte260", "sp512", "sp1024", "sp2048", "sp4096", "sp8192")
 REHEARSAL_COLLECT_GRACE_S = 120.0   # a rehearsal pod nobody collects goes sooner than a real one
-UNREACHABLE_S = {False: 180.0, True: 10.0}     # a pod whose server stays silent this long is lost
+UNREACHABLE_S = {False: 180.0, True: 10.0}     # a pod whose server, once up, stays silent this long is lost
+ANSWER_TIMEOUT_S = {False: 10.0, True: 1.0}    # one readiness probe of a starting pod's server
 LOG_DRAIN_S = {False: 120.0, True: 10.0}       # after the job is done, how long its last log lines may take
+STARTING_PREFIX = "pgolf-runpod: pod "             # + "ID starting: LABEL (...)": runner/progress.py reads it
 POD_CHECK_EVERY = 12                           # status polls between two looks at the pod through the API
 
 
@@ -123,6 +125,7 @@ class RunPodBackend:
             raise PgolfError(f"{where}: [data] variant={data.variant!r} has no local [data] paths to upload and is "
                              f"not an official variant ({', '.join(OFFICIAL_VARIANTS)}); give paths that exist "
                              f"here, an official variant or a [data] prepare command")
+        self.pod_env(self.sample_group(), "preflight", where)    # RunPod's env limits, before any pod
         notes = [f"rehearsal: a fake RunPod on 127.0.0.1 with its state in {self.session.state_dir}; "
                  "its prices are RunPod-like, no money is spent"] if self.rehearse else []
         notes.append(self.offer().line)
@@ -134,6 +137,16 @@ class RunPodBackend:
                          f"{self._money(self.price(), '/h')} per pod ([runpod] max_pods or spend_limit to change it)")
         notes.append(self.estimate(n_seeds))
         return notes
+
+    def sample_group(self) -> list[AttemptSpec]:
+        """A pod's worth of attempts as the driver will hand them over (`seeds_per_pod` seeds, the job's
+        environment as the driver builds it), for checks before any pod."""
+        env = {**secret_env(), **self.spec.job_env()}
+        script = Path(self.spec.script)     # only its size and hash are in the job: any file does on a resume
+        script = script if script.is_file() else shipping.BOOTSTRAP
+        return [AttemptSpec(run_dir="", seed=s, attempt=1, attempt_dir="", script_path=str(script), env=env,
+                            timeout_s=self.spec.limits.timeout())
+                for s in (self.spec.seeds or [0] * self.settings.seeds_per_pod)[:self.settings.seeds_per_pod]]
 
     def estimate(self, n_seeds: int) -> str:
         """The cost line; PgolfError (numbers in the message) when the balance is under twice the batch
@@ -182,96 +195,59 @@ class RunPodBackend:
         from runner.backends.runpod import cluster
         return cluster.run_verb(self, action, Path(runs_dir), yes)
 
-    # ---- one attempt, inside a Ray task
-    def run_attempt(self, attempt: AttemptSpec, events: Events) -> AttemptResult:
-        client = self.session.client(attempt.env, notify=lambda m: events.line(f"pgolf-runpod: {m}"))
-        name = pod_name(attempt.run_dir, attempt.seed, attempt.attempt)
-        token = secrets.token_hex(16)
-        pod: api.Pod | None = None
-        result: AttemptResult | None = None
-        try:
-            events.meta(started=now_iso())      # when it really starts, not when Ray queued it
-            reap_leftovers(client, attempt.run_dir, events.line)
-            pod = create(client, self.create_request(name, attempt, token), self.timing, events.line)
-            events.meta(pod_id=pod.id, node=f"runpod:{pod.id}")       # durable before the pod is used
-            events.line(f"pgolf-runpod: pod {pod.id} ({name}) created: {self.shape}, {self._money(pod.cost, '/h')}")
-            result = self._drive(client, pod, attempt, token, events)
-            return result
-        finally:
-            try:
-                self._finish(client, pod, name, events, result)
-            finally:
-                client.close()
-
-    def create_request(self, name: str, attempt: AttemptSpec | list[AttemptSpec], token: str) -> api.CreatePod:
-        """The pod for one attempt, or for a group run one after another (`run_group`)."""
+    def create_request(self, name: str, attempts: list[AttemptSpec], token: str) -> api.CreatePod:
+        """The pod for a group of attempts (one or more), run one after another (`run_group`)."""
         s = self.settings
-        attempts = attempt if isinstance(attempt, list) else [attempt]
         mounts = (api.Mounts(network=[api.NetworkMount(volume_id=s.network_volume, path=s.volume_path)])
                   if s.network_volume else None)
         ports = [f"{SYMMETRIC_PORT}/tcp"] + ([] if self.rehearse else [f"{PROXY_PORT}/http"])
         return api.CreatePod(name=name, image=s.image, args=shipping.START_COMMAND,
-                             env=shipping.pod_env(attempts[0].script_path, self.job(*attempts), token), ports=ports,
+                             env=self.pod_env(attempts, token), ports=ports,
                              disk=s.container_disk_gb, cloud=s.cloud_type, data_center_ids=s.data_centers or None,
                              mounts=mounts, **self.shape.compute())
 
-    def job(self, attempt: AttemptSpec, *more: AttemptSpec) -> dict:
-        """What the bootstrap does on the pod (JSON in the pod's environment); with `more` attempts, one run
-        per attempt, one after another (`runs`), the backstop counting every run's deadline."""
+    def pod_env(self, attempts: list[AttemptSpec], token: str, where: str = "job spec") -> dict[str, str]:
+        """The pod's environment (bootstrap + job), checked against RunPod's limits (`shipping.check_env`)."""
+        job = self.job(*attempts)
+        env = shipping.pod_env(job, token)
+        shipping.check_env(env, job, where)
+        return env
+
+    def shipment(self, script_path: str) -> shipping.Manifest:
+        """Every file the pod receives over its server: the script, then the job's local data."""
+        return self.manifest().with_script(script_path)
+
+    def job(self, *group: AttemptSpec) -> dict:
+        """What the bootstrap does on the pod (JSON in the pod's environment): one run per attempt, one
+        after another (`runs`), the backstop counting every run's deadline."""
         s, data = self.settings, self.spec.data
-        group = (attempt, *more)
-        out = {"launcher": self.spec.launcher, "env": job_env(self.spec, attempt),
+        return {"launcher": self.spec.launcher, "runs": [{"env": job_env(self.spec, a), "deadline_s": a.timeout_s}
+                                                         for a in group],
                 "nproc_per_node": self.spec.nproc_per_node, "gpu_type": None if s.cpu else s.gpu_type,
-                "gpu_count": 0 if s.cpu else s.gpu_count, "deadline_s": attempt.timeout_s,
+                "gpu_count": 0 if s.cpu else s.gpu_count,
                 "backstop_s": s.setup_s + sum(a.timeout_s for a in group) + s.backstop_grace_s,
                 "collect_grace_s": REHEARSAL_COLLECT_GRACE_S if self.rehearse else s.collect_grace_s,
                 "setup_command": s.setup_command, "min_triton": s.min_triton, "rehearse": self.rehearse,
-                "script_name": "train_gpt.py", "tcp_port": SYMMETRIC_PORT,
-                "http_port": None if self.rehearse else PROXY_PORT, "uploads": self.manifest().for_pod(),
+                "script_name": "train_gpt.py", "script": shipping.SCRIPT_PATH, "tcp_port": SYMMETRIC_PORT,
+                "http_port": None if self.rehearse else PROXY_PORT,
+                "uploads": self.shipment(group[0].script_path).for_pod(),
                 "volume_path": s.volume_path if s.network_volume else None,
                 "data": {"variant": data.variant if data.variant in OFFICIAL_VARIANTS else None,
                          "repo": s.data_repo, "remote_root": s.data_remote_root,
                          "train_shards": s.train_shards, "command": data.prepare}}
-        if more:
-            del out["env"], out["deadline_s"]
-            out["runs"] = [{"env": job_env(self.spec, a), "deadline_s": a.timeout_s} for a in group]
-        return out
 
-    def _drive(self, client: api.RunPodClient, pod: api.Pod, attempt: AttemptSpec, token: str,
-               events: Events) -> AttemptResult:
-        """Wait for the pod, send its data, follow its log until its job is done, fetch the artifacts."""
-        t = self.timing
-        pod, base = wait_running(client, pod.id, self.settings.start_timeout_s, t)
-        events.line(f"pgolf-runpod: pod {pod.id} running; its server at {base}")
-        log = _LogFollower(self.session, attempt.env, pod, events)
-        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-            try:
-                self._status(http, base, client, pod.id, time.time())      # the bootstrap is up
-                shipping.upload(http, base, self.manifest(), events.line)
-                give_up = time.time() + self.settings.setup_s + attempt.timeout_s + self.settings.backstop_grace_s
-                last_ok, polls = time.time(), 0
-                while True:
-                    polls += 1
-                    log.check()
-                    status = self._status(http, base, client, pod.id, last_ok)
-                    last_ok = time.time()
-                    if status.get("phase") == "done":
-                        log.drain(LOG_DRAIN_S[self.rehearse])
-                        got = self._download(http, base, status.get("artifacts") or [], attempt.attempt_dir)
-                        return AttemptResult(exit_code=status.get("exit_code"), error=status.get("error"),
-                                             node=f"runpod:{pod.id}", pod_id=pod.id, artifacts=got)
-                    if polls % POD_CHECK_EVERY == 0:
-                        check_alive(client, pod.id)
-                    if time.time() > give_up:
-                        return AttemptResult(exit_code=124, error=f"attempt passed its deadline on pod {pod.id}",
-                                             node=f"runpod:{pod.id}", pod_id=pod.id)
-                    time.sleep(t.poll_s)
-            finally:
-                log.stop()
+    def _answers(self, http: httpx.Client, base: str) -> bool:
+        """Whether the pod's bootstrap answers /status at `base` (one short try: the pod may still start)."""
+        try:
+            r = http.get(f"{base}/status", timeout=ANSWER_TIMEOUT_S[self.rehearse])
+            return r.status_code == 200 and "phase" in r.json()          # the bootstrap, not a proxy's page
+        except (httpx.HTTPError, ValueError, TypeError):
+            return False
 
     def _status(self, http: httpx.Client, base: str, client: api.RunPodClient, pod_id: str, since: float) -> dict:
         """The bootstrap's /status; while it does not answer, the pod must still exist (InfraFailure once it
-        is gone) and must answer again within UNREACHABLE_S."""
+        is gone) and must answer again within UNREACHABLE_S (counted only once it has answered: a pod still
+        starting is `wait_ready`'s, timed by [runpod] start_timeout_s)."""
         while True:
             try:
                 return http.get(f"{base}/status").json()
@@ -300,28 +276,7 @@ class RunPodBackend:
             got.append(str(dest.relative_to(attempt_dir)))
         return got
 
-    def _finish(self, client: api.RunPodClient, pod: api.Pod | None, name: str, events: Events,
-                result: AttemptResult | None) -> None:
-        """Terminate and verify gone; record the cost (billed when RunPod's records have it). Runs on every
-        path out of run_attempt (a pod whose create answer was lost is found by its name)."""
-        end = self._end_pod(client, pod, name)
-        if end is None:
-            return
-        gone, cost, source, estimate, _ = end
-        estimate = round(estimate, 4)
-        cost = estimate if source == "estimate" else cost
-        try:
-            events.line(f"pgolf-runpod: pod {pod.id} " + ("terminated (verified gone)" if gone else
-                        "NOT verified terminated: run `pgolf cluster gc`") +
-                        f", cost {self._money(cost)} ({source}; estimate {self._money(estimate)})"
-                        + (" [rehearsal: no money]" if self.rehearse else ""))
-            events.meta(pod_terminated=gone, cost_usd=cost, cost_source=source, cost_estimate_usd=estimate)
-        finally:
-            if result is not None:
-                result.pod_terminated, result.cost_usd = gone, cost
-                result.cost_source, result.cost_estimate_usd = source, estimate
-
-    # ---- several attempts on one pod, inside one Ray task
+    # ---- the attempts of one pod (one, or several one after another), inside one Ray task
     def run_group(self, attempts: list[AttemptSpec], events: list[Events]) -> Iterator[tuple[int, AttemptResult]]:
         """The attempts one after another on one pod after one set-up; (index, result) as each ends."""
         first = attempts[0]
@@ -336,32 +291,36 @@ class RunPodBackend:
             pod = create(client, self.create_request(name, attempts, token), self.timing, events[0].line)
             group.usd_per_hour = pod.cost
             for i, ev in enumerate(events):     # durable in every attempt's entry before the pod is used
-                ev.meta(pod_id=pod.id, shared_pod=group.shared(i), **({"node": f"runpod:{pod.id}"} if i == 0 else {}))
-            events[0].line(f"pgolf-runpod: pod {pod.id} ({name}) created: {self.shape}, "
-                           f"{self._money(pod.cost, '/h')}; it runs {group.names()} one after another")
+                ev.meta(pod_id=pod.id, **group.shared(i), **({"node": f"runpod:{pod.id}"} if i == 0 else {}))
+            events[0].line(f"pgolf-runpod: pod {pod.id} ({name}) created: {self.shape}, {self._money(pod.cost, '/h')}"
+                           + (f"; it runs {group.names()} one after another" if group.k > 1 else ""))
             for i, ev in enumerate(events[1:], 1):
                 ev.line(f"pgolf-runpod: queued on pod {pod.id}, after {group.names(upto=i)}")
-            yield from self._drive_group(client, pod, token, group)
+            yield from self._drive(client, pod, token, group)
         finally:
             try:
-                self._finish_group(client, pod, name, group)
+                self._finish(client, pod, name, group)
             finally:
                 client.close()
 
-    def _drive_group(self, client: api.RunPodClient, pod: api.Pod, token: str,
-                     group: "_Group") -> Iterator[tuple[int, AttemptResult]]:
-        """Wait for the pod, send its data, then follow its runs: each one's start reaches its ledger entry,
+    def _drive(self, client: api.RunPodClient, pod: api.Pod, token: str,
+               group: "_Group") -> Iterator[tuple[int, AttemptResult]]:
+        """Wait until the pod's bootstrap answers (starting till then), send the script and data, then follow its runs: each one's start reaches its ledger entry,
         each one's end is yielded once its log and artifacts are here; a cancel asked for the running one
         is passed to the pod."""
         t, s = self.timing, self.settings
         attempts, events = group.attempts, group.events
-        pod, base = wait_running(client, pod.id, s.start_timeout_s, t)
-        events[0].line(f"pgolf-runpod: pod {pod.id} running; its server at {base}")
-        log = _LogFollower(self.session, attempts[0].env, pod, group, runs=len(attempts))
+        log = _LogFollower(self.session, attempts[0].env, pod, group, runs=len(attempts))   # from its creation
         with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
             try:
-                self._status(http, base, client, pod.id, time.time())      # the bootstrap is up
-                shipping.upload(http, base, self.manifest(), events[0].line)
+                said = _Starting(events[0], pod.id, t.time_scale)
+                pod, base = wait_ready(client, pod, start_limit_s(s.start_timeout_s, t), t,
+                                       lambda b: self._answers(http, b), log.serving.is_set, said)
+                up_after = said.since(time.time() - (_epoch(pod.created_at) or time.time()))
+                events[0].line(f"pgolf-runpod: pod {pod.id} up {up_after} after its creation (its bootstrap "
+                               f"answered); its server at {base}")
+                self._status(http, base, client, pod.id, time.time())   # answering here too (the log may say first)
+                shipping.upload(http, base, self.shipment(attempts[0].script_path), events[0].line)
                 give_up = time.time() + s.setup_s + attempts[0].timeout_s + s.backstop_grace_s
                 last_ok, polls, nxt = time.time(), 0, 0
                 while nxt < len(attempts):
@@ -374,7 +333,8 @@ class RunPodBackend:
                             events[i].meta(started=now_iso(), node=f"runpod:{pod.id}")
                             give_up = time.time() + attempts[i].timeout_s + s.backstop_grace_s
                     now = group.running()
-                    if now is not None and now not in group.cancelled and events[now].cancel_requested():
+                    if group.k > 1 and now is not None and now not in group.cancelled and \
+                            events[now].cancel_requested():     # (a pod of one is cancelled as a whole)
                         group.cancelled.add(now)
                         http.post(f"{base}/cancel", params={"run": now})
                     while nxt < len(attempts) and group.state(nxt) == "done":
@@ -388,8 +348,10 @@ class RunPodBackend:
                         a = attempts[nxt]
                         yield nxt, AttemptResult(exit_code=124, error=f"attempt passed its deadline on pod {pod.id}",
                                                  node=f"runpod:{pod.id}", pod_id=pod.id)
-                        raise InfraFailure(f"pod {pod.id} stopped with seed {a.seed} past its deadline; "
-                                           f"the seeds after it did not run")
+                        if nxt + 1 < len(attempts):
+                            raise InfraFailure(f"pod {pod.id} stopped with seed {a.seed} past its deadline; "
+                                               f"the seeds after it did not run")
+                        return
                     time.sleep(t.poll_s)
             finally:
                 log.stop()
@@ -412,46 +374,56 @@ class RunPodBackend:
         return AttemptResult(exit_code=info.get("exit_code"), error=info.get("error"), node=f"runpod:{pod.id}",
                              pod_id=pod.id, artifacts=got)
 
-    def _finish_group(self, client: api.RunPodClient, pod: api.Pod | None, name: str, group: "_Group") -> None:
-        """Terminate the pod and verify it gone, once for the group; its cost (billed, else estimated)
-        split across its attempts (`split_cost`), each told through its own events."""
-        end = self._end_pod(client, pod, name)
+    def _finish(self, client: api.RunPodClient, pod: api.Pod | None, name: str, group: "_Group") -> None:
+        """Terminate the pod (and any twin of it) and verify it gone, once for the group; its cost (billed,
+        else estimated) split across its attempts (`split_cost`), each told through its own events; twins
+        found go into the first attempt's ledger entry (`twin_pods`), whose name the pod has."""
+        end = self._end_pod(client, pod, name, group.line)
         if end is None:
             return
-        gone, cost, source, estimate, lifetime = end
+        gone, cost, source, estimate, lifetime, twins = end
         shares = split_cost([r.get("seconds") or 0.0 for r in group.runs], lifetime)
         group.line(f"pgolf-runpod: pod {pod.id} " + ("terminated (verified gone)" if gone else
                    "NOT verified terminated: run `pgolf cluster gc`") +
-                   f", cost {self._money(cost)} ({source}; estimate {self._money(estimate)}) shared by "
-                   f"{len(shares)} attempts" + (" [rehearsal: no money]" if self.rehearse else ""))
+                   f", cost {self._money(cost)} ({source}; estimate {self._money(estimate)})" +
+                   (f" shared by {len(shares)} attempts" if group.k > 1 else "") +
+                   (" [rehearsal: no money]" if self.rehearse else ""))
         for i, ev in enumerate(group.events):
             try:
                 ev.meta(pod_terminated=gone, cost_usd=round(cost * shares[i], 6), cost_source=source,
                         cost_estimate_usd=round(estimate * shares[i], 6),
-                        shared_pod=group.shared(i, round(cost, 6), round(shares[i], 4)))
+                        **group.shared(i, round(cost, 6), round(shares[i], 4)),
+                        **({"twin_pods": twins} if twins and i == 0 else {}))
             except NotRecorded:
                 pass                   # the driver's disk refused: it knows, and stops what it can
 
 
-    def _end_pod(self, client: api.RunPodClient, pod: api.Pod | None,
-                 name: str) -> tuple[bool, float, str, float, float] | None:
-        """Terminate the pod (found by its name when the create answer was lost) and verify it gone; then
-        (gone, cost, cost source, estimate, lifetime s) with the billed cost when RunPod's records have it.
-        None when there was no pod of ours to price."""
+    def _end_pod(self, client: api.RunPodClient, pod: api.Pod | None, name: str,
+                 say: Callable[[str], None]) -> tuple[bool, float, str, float, float, list[str]] | None:
+        """Terminate the pod and every live pod of its name (a twin a lost create answer left: the schema
+        has no idempotency key, so a retried create can make a second pod; one whose answer was lost is
+        found the same way), and verify them gone; then (gone, cost, cost source, estimate, lifetime s,
+        twins) with the billed cost when RunPod's records have it. None when there was no pod of ours."""
         try:
-            ids = [pod.id] if pod else [p.id for p in client.find_pods(name)]
-        except Exception:  # noqa: BLE001 - the API is down; gc will find it by name
-            ids = []
+            named = [p.id for p in client.find_pods(name)]
+        except Exception:  # noqa: BLE001 - the API is down; gc will find them by name
+            named = []
+        ids = list(dict.fromkeys(([pod.id] if pod else []) + named))
+        twins = [i for i in ids if pod is not None and i != pod.id]
         left = terminate_verified(client, ids, self.timing)
+        if twins:
+            say(f"pgolf-runpod: twin pod(s) {', '.join(twins)} of {name} (a create answer lost, the create "
+                f"retried) " + ("terminated (verified gone)" if not set(twins) & set(left) else
+                               "NOT verified terminated: run `pgolf cluster gc`"))
         if pod is None:
             return None
         gone = pod.id not in left
         lifetime = time.time() - (_epoch(pod.created_at) or time.time())
         estimate = (pod.cost or self.price()) * lifetime / 3600
-        billed = billed_cost(client, pod.id, pod.created_at, self.timing) if gone and pod.created_at else None
+        billed = billed_cost(client, pod.id, pod.created_at, self.timing) if pod.created_at else None
         if billed is not None:
-            return gone, billed, "billed", estimate, lifetime
-        return gone, estimate, "estimate", estimate, lifetime
+            return gone, billed, "billed", estimate, lifetime, twins
+        return gone, estimate, "estimate", estimate, lifetime, twins
 
     def _money(self, usd: float, per: str = "") -> str:
         """Dollars, or a rehearsal's fake figure (never shown as money)."""
@@ -476,6 +448,7 @@ class _Group:
 
     def __init__(self, attempts: list[AttemptSpec], events: list[Events]):
         self.attempts, self.events = attempts, events
+        self.k = len(attempts)
         self.runs: list[dict] = [{} for _ in attempts]     # the pod's last /status of each run
         self.current = 0
         self.cancelled: set[int] = set()
@@ -485,10 +458,12 @@ class _Group:
         return ", ".join(f"seed {a.seed}" for a in self.attempts[:upto])
 
     def shared(self, i: int, pod_cost: float | None = None, share: float | None = None) -> dict:
-        """The attempt's `shared_pod` ledger entry: who shared the pod, its place, the pod's price and, once
-        the pod is gone, its whole cost and this attempt's share of it."""
-        return {"attempts": [[a.seed, a.attempt] for a in self.attempts], "position": i + 1,
-                "usd_per_hour": self.usd_per_hour, "pod_cost_usd": pod_cost, "share": share}
+        """The attempt's `shared_pod` ledger field (none for a pod of one): who shared the pod, its place,
+        the pod's price and, once the pod is gone, its whole cost and this attempt's share of it."""
+        if self.k == 1:
+            return {}
+        return {"shared_pod": {"attempts": [[a.seed, a.attempt] for a in self.attempts], "position": i + 1,
+                               "usd_per_hour": self.usd_per_hour, "pod_cost_usd": pod_cost, "share": share}}
 
     def seen(self, runs: list[dict]) -> list[int]:
         """Take the pod's /status of the runs; the indices of runs that began since the last look."""
@@ -514,20 +489,40 @@ class _Group:
         self.events[self.current].line(text)
 
 
+class _Starting:
+    """What a starting pod is doing, said in its first attempt's log when it changes (`pulling image`,
+    `container starting`, ...): the live view shows it with its clock (runner/progress.py)."""
+
+    def __init__(self, events: Events, pod_id: str, time_scale: float):
+        self.events, self.pod_id, self.scale = events, pod_id, time_scale
+        self.label: str | None = None
+
+    def __call__(self, label: str, waited: float) -> None:
+        if label != self.label:
+            self.label = label
+            self.events.line(f"{STARTING_PREFIX}{self.pod_id} starting: {label} ({self.since(waited)} since its "
+                             f"creation)")
+
+    def since(self, waited: float) -> str:
+        s = int(waited / self.scale)
+        return f"{s // 60}:{s % 60:02d}" + ("" if self.scale == 1 else " (rehearsal time)")
+
+
 class _LogFollower:
     """The pod's log, from RunPod's SSE stream into events.line, in a thread of its own (its own client):
     every line once, across reconnects, until the bootstrap's last DONE line (one per run: `runs` of them)
     or stop(). A failure of the API is said in the log (the status poll goes on); a failure of the driver's
     side (events.line) is kept in `failure` and raised in the attempt's own thread by `check()`, so the pod
-    is terminated as usual. `events` may be a `_Group`, which routes each line to its run's attempt."""
+    is terminated as usual. Lines go to the `_Group`, which routes each to its run's attempt; the
+    bootstrap's "serving" line sets `serving` (one sign that the pod is up)."""
 
-    def __init__(self, session: Session, env: dict[str, str], pod: api.Pod, events: "Events | _Group",
-                 runs: int = 1):
+    def __init__(self, session: Session, env: dict[str, str], pod: api.Pod, events: "_Group", runs: int):
         self.pod, self.events, self.runs = pod, events, runs
         self.client = session.client(env, notify=lambda m: self._say(f"pgolf-runpod: {m}"))
         self.cursor = api.LogCursor()
         self.failure: BaseException | None = None
         self.done, self.stopped = threading.Event(), threading.Event()
+        self.serving = threading.Event()                # the bootstrap said it serves (a sign the pod is up)
         self.dones = 0                                  # DONE lines seen: runs whose log is complete
         self.progress = threading.Condition()
         self.thread = threading.Thread(target=self._run, name=f"log-{pod.id}", daemon=True)
@@ -546,6 +541,8 @@ class _LogFollower:
         try:
             for entry in self.client.stream_logs(self.pod.id, cursor=self.cursor, since=self.pod.created_at):
                 self._say(entry.line)
+                if entry.line.startswith(SERVING_PREFIX) and entry.line != SERVING_PREFIX + "[]":
+                    self.serving.set()
                 if entry.line.startswith(DONE_PREFIX):
                     with self.progress:
                         self.dones += 1
@@ -564,12 +561,6 @@ class _LogFollower:
         if self.failure is not None:
             raise self.failure
 
-    def drain(self, timeout: float) -> None:
-        """Wait (bounded) for the last lines: the DONE line comes after everything the job printed."""
-        if not self.done.wait(timeout):
-            self._say(f"pgolf-runpod: the pod log did not reach its end within {timeout:.0f} s")
-        self.check()
-
     def wait_done(self, n: int, timeout: float) -> None:
         """Wait (bounded) until the log has passed its n-th DONE line: run n's lines are all in."""
         with self.progress:
@@ -580,9 +571,3 @@ class _LogFollower:
     def stop(self) -> None:
         """No more lines to the attempt; the thread ends with the stream (the pod is terminated next)."""
         self.stopped.set()
-
-
-def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

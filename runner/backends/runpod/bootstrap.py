@@ -2,24 +2,25 @@
 serve the results; for RunPod's REST API v2.
 
 Shipped to the pod inside its environment (gzip+base64 chunks PGOLF_BOOT_000.., decoded by the pod's
-start command), together with the script (PGOLF_SCRIPT_...) and the job (PGOLF_JOB_..., JSON). Standard
+start command), together with the job (PGOLF_JOB_..., JSON); the script comes over the pod's server once it
+is up (PUT /upload, sha256-checked, at the job's `script` path), as the job's local data does. Standard
 library only: it runs on whatever Python the image has, before anything is installed.
 
 Its log is the container's stdout: RunPod keeps it and serves it as the pod log (Server-Sent Events,
 resumable), so every line of the bootstrap and of the job reaches the driver through RunPod and nothing
 here keeps a copy. The job's end is the line `pgolf-pod: done exit_code=N ...` (DONE_PREFIX).
 
-Several seeds per pod (`[runpod] seeds_per_pod`): the job then lists `runs`, one per seed attempt, and the
-pod does its set-up once (uploads, set-up command, data, checks) and runs them one after another, each in
-a folder of its own (runs/<i>/, where the set-up folder's entries, such as the data a prepare command
+The job lists its `runs`, one per seed attempt (one, or several with `[runpod] seeds_per_pod`): the pod
+does its set-up once (uploads, set-up command, data, checks) and runs them one after another, each in a
+folder of its own (runs/<i>/, where the set-up folder's (run/) entries, such as the data a prepare command
 made, appear as links), with the compile caches (TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR) in one folder
 every run shares. Each run's log starts with `pgolf-pod: run I/N: seed S attempt A` (RUN_PREFIX) and ends
-with its own DONE line. A job without `runs` is one run in the set-up folder itself (run/).
+with its own DONE line. One path for any number of runs: a pod of one seed is a group of one.
 
 It serves, behind a bearer token (PGOLF_POD_TOKEN), on the symmetrical TCP port RunPod assigned
 (RUNPOD_TCP_PORT_<job tcp_port>, reached by the driver at the public ip:port of `runtime.ports`) and, when
 the job names one, on an HTTP port behind RunPod's proxy (the fallback):
-  GET /status             {"phase": upload|setup|data|checks|running|done, "exit_code", "error", "artifacts",
+  GET /status             {"phase": upload|setup|data|checks|running|done, "exit_code", "error",
                            "uploads_missing", "runs": [{"state": waiting|running|done, "exit_code", "error",
                            "seconds", "artifacts"}]}   (the top-level exit_code/error: the last run that ended)
   GET /artifact?path=REL[&run=I]   one file of run I's folder (default: the first run)
@@ -53,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DONE_PREFIX = "pgolf-pod: done exit_code="
+SERVING_PREFIX = "pgolf-pod: serving on port(s) "   # the bootstrap is up: one of the driver's signs of a ready pod
 RUN_PREFIX = "pgolf-pod: run "         # "pgolf-pod: run 2/3: seed 1337 attempt 1": a shared pod's next run
 CANCELLED = 137                        # exit code of a run the driver cancelled (128 + SIGKILL)
 UPLOAD_WAIT_S = 1800.0                 # the driver has this long to deliver the local data
@@ -95,18 +97,16 @@ class Pod:
     def __init__(self, env: dict):
         self.env = env
         self.job = json.loads(read_chunks(env, "PGOLF_JOB_"))
-        self.script = read_chunks(env, "PGOLF_SCRIPT_")
+        self.script = b""                      # the job's `script` upload, read once it is here
         self.token = env.get("PGOLF_POD_TOKEN", "")
         self.work = os.path.abspath(env.get("PGOLF_WORKDIR") or os.path.join(env.get("HOME") or "/root", "pgolf"))
-        self.run_dir = os.path.join(self.work, "run")          # the set-up's folder (and a lone run's)
+        self.run_dir = os.path.join(self.work, "run")          # the set-up's folder
         self.upload_dir = os.path.join(self.work, "uploads")
         volume = self.job.get("volume_path")
         self.data_dir = pod_path(env, volume, "pgolf-data") if volume else os.path.join(self.work, "data")
         os.makedirs(self.run_dir, exist_ok=True)
-        specs = self.job.get("runs") or [{"env": self.job.get("env"), "deadline_s": self.job.get("deadline_s")}]
-        self.shared = len(specs) > 1
-        self.runs = [Run(i, spec, os.path.join(self.work, "runs", str(i)) if self.shared else self.run_dir)
-                     for i, spec in enumerate(specs)]
+        self.runs = [Run(i, spec, os.path.join(self.work, "runs", str(i)))
+                     for i, spec in enumerate(self.job["runs"])]
         self.derived: dict[str, str] = {}      # what the set-up found for every run (uploaded paths, data paths)
         self.uploads = {u["path"]: u for u in (self.job.get("uploads") or {}).get("files", [])}
         self.received: set[str] = set()
@@ -134,9 +134,8 @@ class Pod:
         self.log(f"phase {phase}")
 
     def begin(self, run: Run) -> None:
-        """A run starts; a shared pod says which one first (its log goes to that seed from here on)."""
-        if self.shared:
-            self.log(f"{RUN_PREFIX[len('pgolf-pod: '):]}{run.index + 1}/{len(self.runs)}: {run.label}")
+        """A run starts; the pod says which one first (its log goes to that seed from here on)."""
+        self.log(f"{RUN_PREFIX[len('pgolf-pod: '):]}{run.index + 1}/{len(self.runs)}: {run.label}")
         run.state, run.started = "running", time.time()
 
     def end(self, run: Run, code: int, error: str | None = None) -> None:
@@ -172,9 +171,7 @@ class Pod:
                  "artifacts": self.artifacts(r) if r.state == "done" else []} for r in self.runs]
         return {"phase": self.phase, "exit_code": self.exit_code, "error": self.error,
                 "uptime_s": round(time.time() - self.started, 1),
-                "uploads_missing": sorted(set(self.uploads) - self.received),
-                "artifacts": runs[0]["artifacts"] if not self.shared and self.phase == "done" else [],
-                "runs": runs}
+                "uploads_missing": sorted(set(self.uploads) - self.received), "runs": runs}
 
     def run_at(self, index: str | None) -> Run | None:
         try:
@@ -224,7 +221,7 @@ class Pod:
         if not self.uploads:
             return True
         self.set_phase("upload")
-        self.log(f"waiting for {len(self.uploads)} local data file(s) from the driver")
+        self.log(f"waiting for {len(self.uploads)} file(s) from the driver (the script, local data)")
         deadline = time.time() + float((self.job.get("uploads") or {}).get("timeout_s") or UPLOAD_WAIT_S)
         while set(self.uploads) - self.received:
             if time.time() > deadline:
@@ -233,7 +230,7 @@ class Pod:
             time.sleep(0.2)
         for key, rel in ((self.job.get("uploads") or {}).get("env") or {}).items():
             self.derived[key] = env[key] = os.path.join(self.upload_dir, rel)
-        self.log(f"local data received ({len(self.uploads)} file(s), sha256 checked)")
+        self.log(f"files received: the script and {len(self.uploads) - 1} local data file(s), sha256 checked")
         return True
 
     # ---- the set-up once, then every run
@@ -248,14 +245,16 @@ class Pod:
             env.update(self.runs[0].env)     # the set-up sees the job's environment, as a lone run does
             for k in ("PGOLF_POD_TOKEN", "RUNPOD_API_KEY"):
                 env.pop(k, None)
-            for k in [k for k in env if k.startswith(("PGOLF_BOOT_", "PGOLF_SCRIPT_", "PGOLF_JOB_"))]:
+            for k in [k for k in env if k.startswith(("PGOLF_BOOT_", "PGOLF_JOB_"))]:
                 del env[k]
             for key, sub in (("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
                 env.setdefault(key, os.path.join(self.work, "cache", sub))   # warm for the pod's next run
-            with open(os.path.join(self.run_dir, self.script_name), "wb") as f:
-                f.write(self.script)
             if not self.wait_for_uploads(env):
                 return
+            with open(os.path.join(self.upload_dir, self.job["script"]), "rb") as f:
+                self.script = f.read()
+            with open(os.path.join(self.run_dir, self.script_name), "wb") as f:
+                f.write(self.script)
             if self.job.get("setup_command"):
                 self.set_phase("setup")
                 if self.shell(self.job["setup_command"], env) != 0:
@@ -278,8 +277,7 @@ class Pod:
             return self.end(run, CANCELLED, "cancelled by the driver before it ran")
         env = {**setup_env, **run.env, **self.derived, "ARTIFACT_DIR": os.path.join(run.folder, "artifacts")}
         os.makedirs(env["ARTIFACT_DIR"], exist_ok=True)
-        if self.shared:
-            self.link_setup(run)
+        self.link_setup(run)
         self.set_phase("running")
         code = self.torchrun(run, env)
         if run.cancel and code != 0:
@@ -289,7 +287,7 @@ class Pod:
         self.end(run, code, error)
 
     def link_setup(self, run: Run) -> None:
-        """A shared pod's run works in its own folder; what the set-up made in its folder (the data of a
+        """A run works in its own folder; what the set-up made in its folder (the data of a
         prepare command at its relative path, the script) appears there as links."""
         for name in os.listdir(self.run_dir):
             dest = os.path.join(run.folder, name)
@@ -609,7 +607,7 @@ def main() -> int:
             continue
         threading.Thread(target=server.serve_forever, daemon=True).start()
         serving.append(port)
-    pod.log(f"serving on port(s) {serving}")
+    pod.log(f"{SERVING_PREFIX[len('pgolf-pod: '):]}{serving}")
     threading.Thread(target=pod.watchdog, daemon=True).start()
     pod.run()
     while True:   # keep serving until the driver (or the backstop) terminates the pod

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Collection, Iterator
 from results.errors import PgolfError
 from runner.backends.base import ClusterAction
 from runner.backends.runpod import api
-from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, Session, batch_prefix, list_ours,
+from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, Session, batch_prefix, gone, list_ours,
                                               terminate_verified)
 from runner.ledger import Ledger, load_batch
 
@@ -89,7 +89,7 @@ def reconcile(client: api.RunPodClient, runs_dir: Path, live: Collection[Path] =
             if not att.get("pod_id") or att.get("pod_terminated") is True:
                 continue
             try:
-                if client.get_pod(att["pod_id"]) is None:
+                if gone(client, att["pod_id"]):         # 404, TERMINATED or unlisted (instances.gone)
                     att["pod_terminated"] = True
                     done.append(att["pod_id"])
                     changed = True

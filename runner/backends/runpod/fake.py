@@ -12,11 +12,15 @@ RUNPOD_PUBLIC_IP, RUNPOD_TCP_PORT_<n> for each symmetrical port (`"70000/tcp"`: 
 number used inside and out; `runtime.ports` shows it with ip 127.0.0.1), RUNPOD_GPU_COUNT or
 RUNPOD_CPU_COUNT. RUNPOD_API_BASE_URL points the pod back at this fake, and PGOLF_POD_ROOT names the
 folder that stands for the pod's "/" (network volumes appear under it at their mount path).
-Pod life: PROVISIONING -> STARTING -> RUNNING -> EXITED when the start command ends; DELETE kills the
-whole process tree (none survives, whatever sessions it made) and the pod leaves the API (404).
+Pod life, as RunPod documents and answers it: PROVISIONING -> RUNNING with `runtime: null` while the host
+pulls the image (`slow_pull`; the container, and so the bootstrap, has not started: RunPod's "Running ...
+may not be ready to use") -> RUNNING with its runtime once the container started -> EXITED when the start
+command ends. DELETE kills the whole process tree at once (none survives, whatever sessions it made); the
+pod then answers TERMINATED, no longer listed, for TERMINATED_S, and 404 after that.
 
 Everything lives under one state directory: state.json (pods, volumes, billing; no env, no keys: pod
-keys are kept as hashes), pods/<id>/ (the pod's root, its container log, its exit code) and volumes/<id>/.
+keys are kept as hashes) and volumes/<id>/; each pod's disk (its root folder, container log, exit code) is
+kept outside it, in a private temp folder named by it (`pods_root`), since it holds secrets in plain text.
 Pods outlive the API process, and several fakes may serve one state directory at once (every change is a
 read-modify-write under a file lock), so a fake started after a driver crash still lists and terminates
 them: that is how `cluster gc --rehearse` works. Each rehearsal keeps its own state directory.
@@ -34,6 +38,10 @@ Faults (`--rehearse-faults`, KEY=N, comma-separated):
   429=K           the next K requests in a row answer 429 with Retry-After (a rate-limit storm)
   lost_create=K   K creates make their pod but the connection drops before the answer
   slow_start=K    the first K pods take SLOW_START_S to provision
+  slow_pull=S     every pod's image pull takes S seconds of rehearsal time (x TIME_SCALE here): RUNNING with
+                  `runtime: null`, its bootstrap silent, until then
+  twin=K          K creates make their pod, lose the answer, and the pod shows in the list only TWIN_LAG_S
+                  later: the client's retry makes a same-name twin (the schema has no idempotency key)
   stuck=K         the first K pods stay PROVISIONING for good (billed all the same, as users report)
   preempt=K       the first K pods are lost once their log shows the job running
   preempt_mid=K   K pods that run several seeds are lost once the driver collected their first seed's
@@ -57,6 +65,7 @@ import shlex
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -70,6 +79,7 @@ import http_sf
 from results.errors import PgolfError
 from runner.backends.runpod import fake_container as container
 from runner.backends.runpod.contract import Operation, contract
+from runner.backends.runpod.instances import REHEARSAL
 
 GPUS = [   # id, name, memory GB, $/GPU/h secure, community, max count per pod
     ("NVIDIA H100 80GB HBM3", "H100 SXM", 80, 2.69, 1.99, 8),
@@ -90,8 +100,11 @@ CAPACITY_DETAIL = ("There are no longer any instances available with the request
 DEFAULT_BALANCE = 1000.0
 DEFAULT_SPEND_LIMIT = 80.0
 PROVISION_S = 0.2
-STARTING_S = 0.2
+MAX_ENV_VARS = 50                   # RunPod docs (environment-variables.mdx): "up to 50 environment variables per Pod"
 SLOW_START_S = 2.0
+TIME_SCALE = REHEARSAL.time_scale   # a rehearsal's seconds (slow_pull=600: 6 s here), as the client scales its waits
+TERMINATED_S = 1.0                  # after DELETE: answered TERMINATED this long, then 404
+TWIN_LAG_S = 1.0                    # a lost create's pod is listed only this long after it was made
 PREEMPT_MARKER = "phase running"
 PREEMPT_MID_MARKER = "collected by the driver"     # a shared pod's bootstrap says so after each seed
 PREEMPT_AFTER_S = 0.5
@@ -100,8 +113,8 @@ RATE_QUOTA_PER_MIN = 6000
 SSE_DROP_AFTER = 3
 SSE_POLL_S = 0.05
 SSE_KEEPALIVE_S = 10.0
-FAULT_KEYS = {"capacity", "5xx", "429", "lost_create", "slow_start", "stuck", "preempt", "preempt_mid", "sse_drop",
-              "balance", "spend_limit", "graphql_gone"}
+FAULT_KEYS = {"capacity", "5xx", "429", "lost_create", "slow_start", "slow_pull", "twin", "stuck", "preempt",
+              "preempt_mid", "sse_drop", "balance", "spend_limit", "graphql_gone"}
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
            "ERROR": ["start", "terminate"], "TERMINATED": []}
@@ -122,6 +135,17 @@ def parse_faults(text: str) -> dict[str, float]:
                              f"{sorted(FAULT_KEYS)}, e.g. preempt=1,capacity=2")
         out[key] = num
     return out
+
+
+def pods_root(state_dir: Path) -> Path:
+    """Where the pods of a state directory keep their disks: a private folder (0700) of the machine's temp
+    folder, named by the state directory, so a fake started later on the same state (gc after a crash)
+    finds them, and never inside it: a rehearsal's state directory is in its run directory, and a pod's
+    environment, files and container log hold the job's secrets in plain text, as a real pod's do."""
+    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
+    base = Path(tempfile.gettempdir()) / "pgolf-fake-pods"
+    base.mkdir(mode=0o700, exist_ok=True)
+    return base / digest
 
 
 def iso(t: float) -> str:
@@ -225,8 +249,9 @@ class FakeRunPod:
     def __init__(self, state_dir: str | Path, faults: str | dict = "", *, api_key: str | None = None,
                  retry_after_s: int = RETRY_AFTER_S, rate_quota_per_min: int = RATE_QUOTA_PER_MIN):
         self.root = Path(state_dir).resolve()
-        (self.root / "pods").mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "volumes").mkdir(exist_ok=True)
+        self.pods_root = pods_root(self.root)
         self.state = _State(self.root)
         self.faults = parse_faults(faults) if isinstance(faults, str) else dict(faults)
         self.balance = float(self.faults.get("balance", DEFAULT_BALANCE))
@@ -267,6 +292,10 @@ class FakeRunPod:
         for pod_id in list(self.state.read()["pods"]):
             self._terminate(pod_id, wait=True)
 
+    def pod_dir(self, pod_id: str) -> Path:
+        """The pod's disk: its root folder, container log and exit code (outside the state directory)."""
+        return self.pods_root / pod_id
+
     def alive_pods(self) -> list[str]:
         """Ids of pods that still have a process, whatever the API says about them."""
         pods = self.state.read()["pods"]
@@ -278,7 +307,7 @@ class FakeRunPod:
 
     def container_log(self, pod_id: str) -> list[str]:
         """The pod's container log lines, as the container wrote them (for tests)."""
-        path = self.root / "pods" / pod_id / "container.log"
+        path = self.pod_dir(pod_id) / "container.log"
         return [json.loads(x)["line"] for x in path.read_text().splitlines()] if path.exists() else []
 
     # ---- one request, start to end
@@ -387,18 +416,19 @@ class FakeRunPod:
             return "TERMINATED"
         if pod.get("stopped"):
             return "EXITED"
-        if not pod.get("pid"):
-            return "PROVISIONING"
-        if (self.root / "pods" / pod["id"] / "exit").exists():
+        if not pod.get("pid"):        # RUNNING with no runtime while the image is pulled
+            pulling = pod.get("provisioned") is not None and time.time() >= pod["provisioned"]
+            return "RUNNING" if pulling else "PROVISIONING"
+        if (self.pod_dir(pod["id"]) / "exit").exists():
             return "EXITED"
         if not container.alive(pod["pid"], pod.get("proc_start")):
             return "EXITED"
-        return "STARTING" if time.time() - pod["started"] < STARTING_S else "RUNNING"
+        return "RUNNING"
 
     def _view(self, pod: dict) -> dict:
         status = self._status(pod)
         runtime = None
-        if status == "RUNNING":
+        if status == "RUNNING" and pod.get("pid"):
             runtime = {"uptime": int(time.time() - pod["started"]), "ports": self._runtime_ports(pod)}
         out = {"id": pod["id"], "name": pod["name"], "image": pod["image"], "args": pod["args"],
                "disk": pod["disk"], "ports": pod["ports"], "env": self.envs.get(pod["id"], {}), "registry": None,
@@ -429,7 +459,9 @@ class FakeRunPod:
 
     def _op_listPods(self, req: Request, who: str) -> Reply:
         pods = self.state.read()["pods"].values()
-        return Reply(200, {"pods": [self._view(p) for p in pods if not p.get("terminated")]})
+        now = time.time()
+        return Reply(200, {"pods": [self._view(p) for p in pods
+                                    if not p.get("terminated") and now >= p.get("listed_from", 0)]})
 
     def _op_getPod(self, req: Request, who: str, id: str) -> Reply:
         pod = self.state.read()["pods"].get(id)
@@ -456,8 +488,10 @@ class FakeRunPod:
             if self.balance < price:
                 return problem(402, f"Insufficient balance: deploying needs at least one hour of credit "
                                     f"(${price:.2f}); your balance is ${self.balance:.2f}.")
-            with self.lock:
-                flags = {k: self._take(k) for k in ("stuck", "slow_start", "preempt", "lost_create")}
+            with self.lock:        # a twin is nobody's pod: the other faults go to the pods that serve
+                flags = {"twin": self._take("twin")}
+                flags.update({k: not flags["twin"] and self._take(k)
+                              for k in ("stuck", "slow_start", "preempt", "lost_create")})
             st["n_pods"] += 1
             pod_id = f"fake{st['n_pods']:03d}{secrets.token_hex(4)}"
             now = time.time()
@@ -469,7 +503,9 @@ class FakeRunPod:
                    "disk": int(body.get("disk") or 20), "ports": ports, "tcp": tcp, "cloud": body.get("cloud", "SECURE"),
                    "dataCenterId": dc, "mounts": body.get("mounts") or {}, "costPerHr": price, "created": now,
                    "started": None, "pid": None, "proc_start": None, "mark": f"{pod_id}:{secrets.token_hex(8)}",
-                   "key_hash": _hash(key), "stuck": flags["stuck"], "preempt": flags["preempt"]}
+                   "key_hash": _hash(key), "stuck": flags["stuck"], "preempt": flags["preempt"],
+                   "provisioned": None if flags["stuck"] else now + (SLOW_START_S if flags["slow_start"] else PROVISION_S),
+                   "listed_from": now + TWIN_LAG_S if flags["twin"] else now}
             if body.get("gpu"):
                 pod["gpu"] = {"id": body["gpu"]["id"], "count": int(body["gpu"].get("count", 1))}
             else:
@@ -481,16 +517,17 @@ class FakeRunPod:
                                      "gpu": bool(pod.get("gpu"))}
         self.envs[pod_id] = dict(body.get("env") or {})
         self.keys[pod_id] = key
-        (self.root / "pods" / pod_id / "rootfs" / "root").mkdir(parents=True, exist_ok=True)
+        (self.pod_dir(pod_id) / "rootfs" / "root").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.pod_dir(pod_id), 0o700)
         if flags["stuck"]:
             self.events.append(f"stuck {pod_id}")
         else:
-            delay = SLOW_START_S if flags["slow_start"] else PROVISION_S
-            timer = threading.Timer(delay, self._boot, args=(pod_id,))
+            pull = self.faults.get("slow_pull", 0) * TIME_SCALE
+            timer = threading.Timer(pod["provisioned"] - now + pull, self._boot, args=(pod_id,))
             timer.daemon = True
             timer.start()
-        if flags["lost_create"]:
-            self.events.append(f"lost_create {pod_id}")
+        if flags["lost_create"] or flags["twin"]:
+            self.events.append(f"{'twin' if flags['twin'] else 'lost_create'} {pod_id}")
             return Reply(201, drop=True)
         return Reply(201, self._view(pod))
 
@@ -504,6 +541,9 @@ class FakeRunPod:
         """The handler-level rules (400) that the schema cannot say."""
         if bool(body.get("gpu")) == bool(body.get("cpu")):
             return problem(400, "exactly one of gpu or cpu must be set")
+        if len(body.get("env") or {}) > MAX_ENV_VARS:
+            return problem(400, f"env: at most {MAX_ENV_VARS} environment variables per pod "
+                                f"({len(body['env'])} given)")
         cloud = body.get("cloud", "SECURE")
         if body.get("gpu"):
             gpu = next((g for g in GPUS if g[0] == body["gpu"]["id"]), None)
@@ -559,7 +599,7 @@ class FakeRunPod:
             pod = st["pods"].get(pod_id)
             if pod is None or env_in is None or pod.get("terminated") or pod.get("pid"):
                 return
-            pod_dir = self.root / "pods" / pod_id
+            pod_dir = self.pod_dir(pod_id)
             rootfs = pod_dir / "rootfs"
             home = rootfs / "root"
             (rootfs / "tmp").mkdir(parents=True, exist_ok=True)
@@ -597,7 +637,7 @@ class FakeRunPod:
     def _lose_when(self, pod_id: str, marker: str, fault: str | None) -> None:
         """Lose the pod mid-run: once its log shows `marker` (and, with `fault`, one of those faults is
         left then), kill it and drop it from the API."""
-        log = self.root / "pods" / pod_id / "container.log"
+        log = self.pod_dir(pod_id) / "container.log"
         while True:
             pod = self.state.read()["pods"].get(pod_id)
             if pod is None or pod.get("terminated") or self._status(pod) == "EXITED":
@@ -614,21 +654,29 @@ class FakeRunPod:
         self._terminate(pod_id, wait=True)
 
     def _terminate(self, pod_id: str, wait: bool = False) -> bool:
-        """DELETE: the pod shows TERMINATED at once; its processes die and it leaves the API a moment later."""
+        """DELETE: the pod's processes die and it shows TERMINATED at once (no longer listed); its disk goes
+        and it answers 404 TERMINATED_S later (`wait`: at once, for a pod lost or the tests' clean-up)."""
         with self.state.edit() as st:
             pod = st["pods"].get(pod_id)
             if pod is None:
                 return False
+            if pod.get("terminated") and not wait:
+                return True                    # terminated already: it goes on its own
             pod["terminated"] = True
             bill = st["billing"].get(pod_id)
             if bill and bill["end"] is None:
                 bill["end"] = self._ended_at(pod) or time.time()
         self.events.append(f"terminate {pod_id}")
 
+        container.kill_pod(pod["mark"], pod.get("pid"), pod.get("proc_start"))   # before DELETE answers
+        self.final_logs[pod_id] = self.container_log(pod_id)
+
         def finish():
-            container.kill_pod(pod["mark"], pod.get("pid"), pod.get("proc_start"))
-            self.final_logs[pod_id] = self.container_log(pod_id)
-            shutil.rmtree(self.root / "pods" / pod_id, ignore_errors=True)   # its disk goes with it
+            shutil.rmtree(self.pod_dir(pod_id), ignore_errors=True)   # its disk goes with it
+            with contextlib.suppress(OSError):
+                self.pods_root.rmdir()                                  # the last pod of this state dir
+            if not wait:
+                time.sleep(TERMINATED_S)
             with self.state.edit() as st:
                 st["pods"].pop(pod_id, None)
                 st["gone"] = (st["gone"] + [pod_id])[-1000:]
@@ -641,7 +689,7 @@ class FakeRunPod:
         return True
 
     def _ended_at(self, pod: dict) -> float | None:
-        exit_file = self.root / "pods" / pod["id"] / "exit"
+        exit_file = self.pod_dir(pod["id"]) / "exit"
         return exit_file.stat().st_mtime if exit_file.exists() else None
 
     def _op_deletePod(self, req: Request, who: str, id: str) -> Reply:
@@ -693,7 +741,7 @@ class FakeRunPod:
 
     def _log_events(self, pod_id: str, source: str | None, start: str | None, tail: int) -> Iterator[tuple[str, str]]:
         """(id, data) of the pod's log from `start` (inclusive) or its last `tail` lines, then live ones."""
-        path = self.root / "pods" / pod_id / "container.log"
+        path = self.pod_dir(pod_id) / "container.log"
         offset = 0
         backlog: list[dict] = []
         if source in (None, "container") and path.exists():

@@ -2,15 +2,17 @@
 
 Which API (`Session`: RunPod's, or the rehearsal's fake with its state in the run directory), what a pod is (`PodShape`: GPUs or a CPU flavor, in a cloud), what RunPod offers for it right now (`offer`:
 list price and stock, said in one line before anything is created), create with back-off while there is
-no capacity or the account's spend limit is reached, wait until the pod runs and its server has an address
-(a pod stuck in PROVISIONING/STARTING past `start_timeout_s` is `Stuck`: the caller terminates it and the
-driver retries on a fresh pod, as for any lost machine), terminate and verify gone, and what the pod cost
+no capacity or the account's spend limit is reached, wait until the pod's own bootstrap answers (`wait_ready`:
+RunPod lists a pod RUNNING while its host still pulls the image, so RUNNING is not ready; a pod whose
+bootstrap has not answered `start_timeout_s` after its creation is `Stuck`: the caller terminates it and the
+driver retries on a fresh pod, as for any lost machine), terminate and verify gone (404, TERMINATED or no
+longer listed), and what the pod cost
 (RunPod's billing records; None while they have nothing yet). Polling intervals are named in `Timing`; the
 rehearsal's are short so tests stay fast. `reap_leftovers` stops the pods a batch's ended attempts left.
 """
 from __future__ import annotations
 
-import math
+import datetime as dt
 import os
 import re
 import time
@@ -40,24 +42,22 @@ Say = Callable[[str], None]
 class Timing:
     """Polling intervals and patience of the lifecycle."""
     poll_s: float                  # status polls of a pod
-    address_grace_polls: int       # polls of a RUNNING pod without a public port before the proxy is used
     gone_timeout_s: float          # terminate -> no longer listed
     gone_poll_s: float
     terminate_again_every: int     # polls between repeated DELETEs while a pod is still listed
     capacity_wait_s: float         # how long "no capacity" / "spend limit" is waited out
     capacity_backoff_s: float
     capacity_backoff_max_s: float
-    start_timeout_cap_s: float     # the most a pod may take to start, whatever [runpod] start_timeout_s says
     billing_tries: int             # billing records can lag the pod's end: look this many times
     time_scale: float              # the API client's waits (Retry-After, backoff) are scaled by this
 
 
-REAL = Timing(poll_s=5.0, address_grace_polls=12, gone_timeout_s=300, gone_poll_s=2.0, terminate_again_every=10,
+REAL = Timing(poll_s=5.0, gone_timeout_s=300, gone_poll_s=2.0, terminate_again_every=10,
               capacity_wait_s=3 * 3600, capacity_backoff_s=15, capacity_backoff_max_s=300,
-              start_timeout_cap_s=math.inf, billing_tries=6, time_scale=1.0)
-REHEARSAL = Timing(poll_s=0.1, address_grace_polls=20, gone_timeout_s=30, gone_poll_s=0.1, terminate_again_every=10,
+              billing_tries=6, time_scale=1.0)
+REHEARSAL = Timing(poll_s=0.1, gone_timeout_s=30, gone_poll_s=0.1, terminate_again_every=10,
                    capacity_wait_s=120, capacity_backoff_s=0.2, capacity_backoff_max_s=1.0,
-                   start_timeout_cap_s=5.0, billing_tries=2, time_scale=0.01)
+                   billing_tries=2, time_scale=0.01)
 
 
 class Session:
@@ -111,7 +111,8 @@ class Session:
 
 
 class Stuck(InfraFailure):
-    """The pod never got past PROVISIONING/STARTING in time (RunPod bills such pods all the same)."""
+    """The pod's bootstrap never answered within [runpod] start_timeout_s of its creation (an image pull
+    that never ends, a host that never starts it; RunPod bills such pods all the same)."""
 
 
 @dataclass(frozen=True)
@@ -211,33 +212,53 @@ def create(client: api.RunPodClient, req: api.CreatePod, timing: Timing, say: Sa
     raise AssertionError("unreachable")
 
 
-def wait_running(client: api.RunPodClient, pod_id: str, start_timeout_s: float, timing: Timing) -> tuple[api.Pod, str]:
-    """(pod, base URL of its server) once it runs: the public ip:port of its symmetrical TCP port, or after
-    a grace period RunPod's HTTPS proxy. Stuck past start_timeout_s; InfraFailure when it is gone or ended."""
-    limit = min(start_timeout_s, timing.start_timeout_cap_s)
-    up_by = time.time() + limit
-    running_polls = 0
+def start_limit_s(start_timeout_s: float, timing: Timing) -> float:
+    """How long, in this session's seconds, a pod may take from its creation until its bootstrap answers:
+    `[runpod] start_timeout_s` (a rehearsal's clock runs `time_scale` times faster, as its faults do)."""
+    return start_timeout_s * timing.time_scale
+
+
+def starting_label(pod: api.Pod) -> str:
+    """What a pod whose bootstrap has not answered yet is doing, by what RunPod says of it: RUNNING with no
+    `runtime` is the host still pulling the image (RunPod lists such a pod RUNNING all the same)."""
+    if pod.status == "RUNNING":
+        return "pulling image" if pod.runtime is None else "container starting"
+    return pod.status.lower()
+
+
+def wait_ready(client: api.RunPodClient, pod: api.Pod, limit_s: float, timing: Timing,
+               answers: Callable[[str], bool], serving: Callable[[], bool],
+               starting: Callable[[str, float], None]) -> tuple[api.Pod, str]:
+    """(pod, base URL of its bootstrap's server) once the bootstrap answers: its /status at the public
+    ip:port of its symmetrical TCP port (or RunPod's proxy, for a pod with an HTTP port and no TCP address
+    yet), or its "serving on port(s)" line in the pod log (`serving()`), whichever comes first. Until then
+    the pod is *starting*, whatever its status says (`starting(label, seconds since creation)` on every
+    look); Stuck once `limit_s` passed since its creation (image pull included); InfraFailure when it is
+    gone or ended first."""
+    created = _epoch(pod.created_at) or time.time()
     while True:
+        waited = time.time() - created
         try:
-            pod = client.get_pod(pod_id)
+            cur = client.get_pod(pod.id)
         except (api.TransientError, api.RateLimited) as e:
-            if time.time() > up_by:
-                raise InfraFailure(f"RunPod API unreachable while pod {pod_id} starts: {e}") from None
+            if waited > limit_s:
+                raise InfraFailure(f"RunPod API unreachable while pod {pod.id} starts: {e}") from None
             time.sleep(timing.poll_s)
             continue
-        if pod is None:
-            raise InfraFailure(f"pod {pod_id} lost (gone before it started)")
-        if pod.status == "RUNNING":
-            end = pod.tcp_endpoint()
-            if end:
-                return pod, f"http://{end[0]}:{end[1]}"
-            running_polls += 1
-            if running_polls > timing.address_grace_polls:
-                return pod, pod.proxy_url(PROXY_PORT)
-        elif pod.status not in LIVE:
-            raise InfraFailure(f"pod {pod_id} lost ({pod.status} before it started)")
-        elif time.time() > up_by:
-            raise Stuck(f"pod {pod_id} still {pod.status} after {limit:.0f} s ([runpod] start_timeout_s)")
+        if cur is None or cur.status not in LIVE:
+            raise InfraFailure(f"pod {pod.id} lost ({'gone' if cur is None else cur.status} before it started)")
+        end = cur.tcp_endpoint()
+        bases = [f"http://{end[0]}:{end[1]}"] if end else \
+            [cur.proxy_url(PROXY_PORT)] if cur.status == "RUNNING" and f"{PROXY_PORT}/http" in cur.ports else []
+        for base in bases:
+            if answers(base) or serving():
+                return cur, base
+        if waited > limit_s:
+            here = "" if timing.time_scale == 1 else f", rehearsal time: {waited:.1f} s here"
+            raise Stuck(f"pod {pod.id} did not answer within [runpod] start_timeout_s = "
+                        f"{limit_s / timing.time_scale:.0f} s of its creation (waited {waited / timing.time_scale:.0f} "
+                        f"s{here}); still {starting_label(cur)} ({cur.status})")
+        starting(starting_label(cur), waited)
         time.sleep(timing.poll_s)
 
 
@@ -252,9 +273,19 @@ def check_alive(client: api.RunPodClient, pod_id: str) -> api.Pod | None:
     return pod
 
 
+def gone(client: api.RunPodClient, pod_id: str) -> bool:
+    """Whether RunPod is done with the pod: 404, TERMINATED ("permanently deleted", the schema's
+    PodStatus), or, when it cannot say of that pod (an error other than 404), absent from the pod list."""
+    try:
+        pod = client.get_pod(pod_id)
+    except api.ApiError:
+        return all(p.id != pod_id for p in client.list_pods())
+    return pod is None or pod.status == "TERMINATED"
+
+
 def terminate_verified(client: api.RunPodClient, pod_ids: list[str], timing: Timing, say: Say | None = None) -> list[str]:
-    """DELETE every pod, then poll until RunPod knows none of them, asking again now and then. Returns the
-    ids still there at the deadline. Never raises: it runs on every path out of an attempt."""
+    """DELETE every pod, then poll until each one is `gone`, asking again now and then. Returns the ids
+    still there at the deadline. Never raises: it runs on every path out of an attempt."""
     left = list(pod_ids)
     deadline = time.time() + timing.gone_timeout_s
     polls = 0
@@ -264,7 +295,7 @@ def terminate_verified(client: api.RunPodClient, pod_ids: list[str], timing: Tim
             try:
                 if polls % timing.terminate_again_every == 0:
                     client.delete_pod(pid)
-                if client.get_pod(pid) is not None:
+                if not gone(client, pid):
                     still.append(pid)
             except Exception as e:  # noqa: BLE001 - keep trying until the deadline, whatever the API does
                 if polls == 0 and say is not None:
@@ -321,3 +352,9 @@ def reap_leftovers(client: api.RunPodClient, run_dir: str | Path, say: Say) -> N
                     f"{att.get('attempt')} ({att.get('error') or 'not verified gone'})")
         except api.ApiError:
             pass
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

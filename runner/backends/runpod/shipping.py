@@ -1,13 +1,17 @@
-"""What travels to a pod: the bootstrap, the script and the job in its environment, and the job's local data.
+"""What travels to a pod: the bootstrap and the job in its environment, the script and the job's local data
+over the pod's own HTTP server once it is up.
 
 A pod starts from a stock image, so pgolf ships its program in the pod's environment: gzip+base64 chunks
-(PGOLF_BOOT_000.., PGOLF_SCRIPT_.., PGOLF_JOB_..) that START_COMMAND joins back into bootstrap.py and runs.
-The create request stays far under any size limit (MAX_SHIPPED_CHARS), and each value under any per-value
-limit (ENV_CHUNK).
+(PGOLF_BOOT_000.., PGOLF_JOB_..) that START_COMMAND joins back into bootstrap.py and runs. RunPod allows
+"up to 50 environment variables per Pod" (docs: pods/templates/environment-variables.mdx) and states no
+size limit; pgolf keeps each value under ENV_CHUNK characters (Linux refuses a single variable over 128 KiB
+when it starts the container) and the whole environment under MAX_SHIPPED_CHARS. `check_env` refuses a
+spec whose environment would break either, in one line naming the variables, before any pod is created
+(the backend's preflight); the script, whatever its size, never counts: it is a file.
 
-Local data (`[data] paths` that exist on the user's machine: a custom tokenizer, a small dataset) goes over
-the pod's own HTTP server once it is up, file by file, each with its sha256, which the bootstrap checks
-before it keeps the file; the job starts only when every file is there. A path inside another one travels
+Files (the script, SCRIPT_PATH on the pod, and `[data] paths` that exist on the user's machine: a custom
+tokenizer, a small dataset) go over the pod's own HTTP server once it is up, file by file, each with its
+sha256, which the bootstrap checks before it keeps the file; the job starts only when every file is there. A path inside another one travels
 once (TOKENIZER_PATH inside DATA_PATH). More than MAX_UPLOAD_BYTES is refused in one line before any pod is
 created: that much data belongs in an official variant, a `prepare` command or a network volume.
 """
@@ -26,8 +30,10 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from results.errors import PgolfError
 from results.files import sha256_file
 
-ENV_CHUNK = 16_000                  # characters per env var: far under any per-value limit
-MAX_SHIPPED_CHARS = 600_000         # the whole create request stays well under RunPod's request size limit
+ENV_CHUNK = 16_000                  # characters per env var: far under Linux's 128 KiB per variable
+MAX_SHIPPED_CHARS = 600_000         # the whole environment: the create request stays small (RunPod echoes it)
+MAX_ENV_VARS = 50                   # RunPod: "up to 50 environment variables per Pod"
+SCRIPT_PATH = "script/train_gpt.py" # where the script lands on the pod, relative to the upload folder
 MAX_UPLOAD_BYTES = 256 * 10 ** 6    # local data sent to a pod over its HTTP server
 UPLOAD_TRIES = 3
 BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
@@ -41,17 +47,32 @@ def chunk_env(prefix: str, data: bytes) -> dict[str, str]:
     return {f"{prefix}{i // ENV_CHUNK:03d}": text[i:i + ENV_CHUNK] for i in range(0, len(text), ENV_CHUNK)}
 
 
-def pod_env(script_path: str | Path, job: dict, token: str, bootstrap: Path = BOOTSTRAP) -> dict[str, str]:
-    """The pod's environment: its HTTP token and the three chunked payloads (bootstrap, script, job)."""
+def pod_env(job: dict, token: str, bootstrap: Path = BOOTSTRAP) -> dict[str, str]:
+    """The pod's environment: its HTTP token and the two chunked payloads (bootstrap, job)."""
     env = {"PGOLF_POD_TOKEN": token}
     env.update(chunk_env("PGOLF_BOOT_", bootstrap.read_bytes()))
-    env.update(chunk_env("PGOLF_SCRIPT_", Path(script_path).read_bytes()))
     env.update(chunk_env("PGOLF_JOB_", json.dumps(job).encode()))
-    size = sum(len(k) + len(v) for k, v in env.items())
-    if size > MAX_SHIPPED_CHARS:
-        raise PgolfError(f"{script_path}: script + bootstrap + job = {size} characters encoded, over the "
-                         f"{MAX_SHIPPED_CHARS} pgolf ships in a pod's environment; shrink the script")
     return env
+
+
+def check_env(env: dict[str, str], job: dict, where: str) -> None:
+    """PgolfError, in one line naming the variables, when the pod's environment would hold more than RunPod's
+    MAX_ENV_VARS variables or more than MAX_SHIPPED_CHARS characters (the job's own [env] values travel in
+    PGOLF_JOB_*: the largest of them are named as what to shrink)."""
+    size = sum(len(k) + len(v) for k, v in env.items())
+    if len(env) <= MAX_ENV_VARS and size <= MAX_SHIPPED_CHARS:
+        return
+    groups: dict[str, list[str]] = {}
+    for k in sorted(env):
+        groups.setdefault(k.rstrip("0123456789"), []).append(k)
+    names = ", ".join(ks[0] if len(ks) == 1 else f"{ks[0]}..{ks[-1]}" for ks in groups.values())
+    job_env = (job.get("runs") or [{}])[0].get("env") or {}
+    big = sorted(job_env, key=lambda k: -len(job_env[k]))[:3]
+    raise PgolfError(f"{where}: the pod's environment would be {len(env)} variables ({names}), {size} characters; "
+                     f"RunPod allows {MAX_ENV_VARS} variables per pod and pgolf ships at most {MAX_SHIPPED_CHARS} "
+                     f"characters: shrink the largest job variables ("
+                     + ", ".join(f"{k}: {len(job_env[k])} characters" for k in big)
+                     + ") or pass them as files ([data] paths)")
 
 
 @dataclass
@@ -71,6 +92,12 @@ class Manifest:
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
+
+    def with_script(self, script: str | Path) -> "Manifest":
+        """This manifest and the script, which the pod receives as a checksummed upload like the data."""
+        p = Path(script)
+        return Manifest([UploadFile(SCRIPT_PATH, p.stat().st_size, sha256_file(p), str(p)), *self.files],
+                        dict(self.env))
 
     def for_pod(self, timeout_s: float | None = None) -> dict:
         """The job's `uploads` entry: what the bootstrap waits for and checks (no local paths)."""
@@ -124,5 +151,7 @@ def upload(http: httpx.Client, base_url: str, manifest: Manifest, say: Callable[
                              headers={"X-Sha256": f.sha256, "Content-Length": str(f.size)})
                 if r.status_code != 200:
                     raise PgolfError(f"upload of {f.local} refused by the pod: {r.text[:200]}")
-    say(f"pgolf-runpod: uploaded {len(manifest.files)} local data file(s), {manifest.size / 1e6:.1f} MB, "
-        f"sha256 checked on the pod")
+    data = [f for f in manifest.files if f.path != SCRIPT_PATH]
+    sent = ("the script" if len(data) < len(manifest.files) else "") + (" and " if data and len(data) < len(
+        manifest.files) else "") + (f"{len(data)} local data file(s)" if data else "")
+    say(f"pgolf-runpod: uploaded {sent}, {manifest.size / 1e6:.1f} MB, sha256 checked on the pod")
