@@ -122,17 +122,37 @@ def test_pod_lifecycle_with_every_message_checked(fakes):
 
 def test_a_request_the_schema_rejects_gets_422_and_is_recorded(fakes):
     fake = fakes()
-    r = httpx.post(f"{fake.url}/v2/pods", headers={"Authorization": f"Bearer {KEY}"},
+    r = httpx.post(f"{fake.url}/v2/pods", headers={"Authorization": f"Bearer {KEY}", "User-Agent": api.USER_AGENT},
                    json={"name": "x", "image": "i", "gpu": {"id": api.GPU_H100_SXM, "count": 0}, "bogus": 1})
     assert r.status_code == 422 and r.headers["Content-Type"] == "application/problem+json"
     assert r.json()["title"] == "Unprocessable Entity" and any("bogus" in e for e in r.json()["errors"])
     r = httpx.get(f"{fake.url}/v2/catalog/gpus", params={"include": "AVAILABILITY", "product": "POD", "cuont": 8},
-                  headers={"Authorization": f"Bearer {KEY}"})
+                  headers={"Authorization": f"Bearer {KEY}", "User-Agent": api.USER_AGENT})
     assert r.status_code == 422
     assert len(fake.violations) >= 3
     fake.violations.clear()
     with pytest.raises(ValueError):
         cpu_pod("x", "true", gpu=api.GpuRequest(id=api.GPU_H100_SXM))     # both gpu and cpu: refused before sending
+
+
+def test_every_request_says_pgolf_and_its_version_and_a_library_agent_is_refused(fakes):
+    """RunPod sits behind Cloudflare, which refuses a library's default User-Agent (403, error 1010)."""
+    fake = fakes()
+    from runner.ledger import pgolf_version
+    assert api.USER_AGENT == f"pgolf/{pgolf_version()}"
+    c = client(fake)
+    c.list_pods()
+    c.balance()
+    assert fake.user_agents == {api.USER_AGENT}
+    for agent in ("", "python-httpx/0.28.1", "Python-urllib/3.11"):
+        r = httpx.get(f"{fake.url}/v2/pods", headers={"Authorization": f"Bearer {KEY}", "User-Agent": agent})
+        assert r.status_code == 403 and r.text == "error code: 1010"
+    with api.http_client({"Authorization": f"Bearer {KEY}"}, base_url=fake.url) as http:
+        assert http.get("/v2/pods").status_code == 200        # the client pgolf uses toward pods, too
+    plain = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=0.01))
+    plain._http.headers["User-Agent"] = "python-httpx/0.28.1"
+    with pytest.raises(api.Forbidden, match="Cloudflare refused the request's User-Agent"):
+        plain.list_pods()
 
 
 def test_429_storm_is_waited_out_as_asked(fakes):

@@ -194,11 +194,13 @@ def test_what_is_shipped_to_the_pod_and_what_is_kept(tmp_path, rehearsal):
     assert env["HF_TOKEN"] == HF_SECRET and "OTHER_API_KEY" not in env and "RUNPOD_API_KEY" not in env
     job = b.job(a)
     assert job["gpu_count"] == 0 and job["tcp_port"] == 70000 and job["http_port"] is None   # rehearsal: no proxy
+    assert job["user_agent"] == api.USER_AGENT          # the bootstrap's own requests say pgolf/<version>
     assert job["uploads"]["env"] == {"TOKENIZER_PATH": "TOKENIZER_PATH/tokenizer.model"}
     assert b.create_request("n", a, "tok").ports == ["70000/tcp"]
     real = RunPodBackend(job_spec(), rehearse=False)
     assert real.create_request("n", a, "tok").ports == ["70000/tcp", "8000/http"]
     b.run_attempt(a, MemoryEvents())
+    assert b.session.fake.user_agents == {api.USER_AGENT}
     state = (tmp_path / "runs" / "b" / "rehearsal" / "state.json").read_text()
     assert SECRET not in state and HF_SECRET not in state and "tok" not in json.loads(state)["pods"]
 

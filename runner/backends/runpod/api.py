@@ -48,6 +48,7 @@ from pydantic.alias_generators import to_camel
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from results.errors import PgolfError
+from runner.ledger import pgolf_version
 
 DEFAULT_ORIGIN = "https://api.runpod.io"
 CONFIG_FILE = Path("~/.runpod/config.toml")
@@ -58,6 +59,7 @@ _CAPACITY = re.compile(r"no longer any instances available|no instances? (curren
                        r"(gpus|capacity|machines)|insufficient capacity|could not be placed|no capacity|"
                        r"does not have the resources", re.I)
 _SPEND_LIMIT = re.compile(r"spend(ing)?[ _-]?limit", re.I)
+USER_AGENT = f"pgolf/{pgolf_version()}"   # on every request pgolf makes: Cloudflare refuses library defaults (1010)
 
 log = logging.getLogger("pgolf.runpod")
 
@@ -393,8 +395,8 @@ class RunPodClient:
         self.notify = notify or log.info
         self._key = api_key
         self._not_before = 0.0
-        self._http = httpx.Client(base_url=self.origin, timeout=pacing.timeout_s,
-                                  headers={"Authorization": f"Bearer {api_key}", "User-Agent": "pgolf"})
+        self._http = http_client(base_url=self.origin, timeout=pacing.timeout_s,
+                                 headers={"Authorization": f"Bearer {api_key}"})
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **kw: Any) -> "RunPodClient":
@@ -630,6 +632,8 @@ class RunPodClient:
                 422: InvalidRequest}.get(status, ApiError)
         if kind is AuthError:
             detail += "; check RUNPOD_API_KEY or ~/.runpod/config.toml"
+        if kind is Forbidden and "1010" in detail:
+            detail += f" (Cloudflare refused the request's User-Agent; pgolf sends {USER_AGENT!r})"
         return kind(what, status, detail)
 
     def _stop(self, state: RetryCallState) -> bool:
@@ -670,6 +674,13 @@ class RunPodClient:
         wait = self._not_before - time.time()
         if wait > 0:
             self._sleep(wait, "RunPod rate-limit window used up")
+
+
+def http_client(headers: dict[str, str] | None = None, **kw: Any) -> httpx.Client:
+    """An httpx client that says who it is (`User-Agent: pgolf/<version>`): RunPod's API and its pod proxy
+    sit behind Cloudflare, which answers 403 (error 1010) to a library's default agent. Every httpx client
+    pgolf opens toward RunPod or a pod comes from here."""
+    return httpx.Client(headers={"User-Agent": USER_AGENT, **(headers or {})}, **kw)
 
 
 class _Attempt:

@@ -226,7 +226,7 @@ class RunPodBackend:
                 "backstop_s": s.setup_s + sum(a.timeout_s for a in group) + s.backstop_grace_s,
                 "collect_grace_s": REHEARSAL_COLLECT_GRACE_S if self.rehearse else s.collect_grace_s,
                 "setup_command": s.setup_command, "min_triton": s.min_triton, "rehearse": self.rehearse,
-                "script_name": "train_gpt.py", "tcp_port": SYMMETRIC_PORT,
+                "script_name": "train_gpt.py", "tcp_port": SYMMETRIC_PORT, "user_agent": api.USER_AGENT,
                 "http_port": None if self.rehearse else PROXY_PORT, "uploads": self.manifest().for_pod(),
                 "volume_path": s.volume_path if s.network_volume else None,
                 "data": {"variant": data.variant if data.variant in OFFICIAL_VARIANTS else None,
@@ -244,7 +244,7 @@ class RunPodBackend:
         pod, base = wait_running(client, pod.id, self.settings.start_timeout_s, t)
         events.line(f"pgolf-runpod: pod {pod.id} running; its server at {base}")
         log = _LogFollower(self.session, attempt.env, pod, events)
-        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        with api.http_client({"Authorization": f"Bearer {token}"}, timeout=60) as http:
             try:
                 self._status(http, base, client, pod.id, time.time())      # the bootstrap is up
                 shipping.upload(http, base, self.manifest(), events.line)
@@ -358,7 +358,7 @@ class RunPodBackend:
         pod, base = wait_running(client, pod.id, s.start_timeout_s, t)
         events[0].line(f"pgolf-runpod: pod {pod.id} running; its server at {base}")
         log = _LogFollower(self.session, attempts[0].env, pod, group, runs=len(attempts))
-        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        with api.http_client({"Authorization": f"Bearer {token}"}, timeout=60) as http:
             try:
                 self._status(http, base, client, pod.id, time.time())      # the bootstrap is up
                 shipping.upload(http, base, self.manifest(), events[0].line)

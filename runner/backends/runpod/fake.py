@@ -28,6 +28,10 @@ schema does not say which way RunPod rounds; inclusive is the side that loses no
 `tail` lines (default 100) are backfilled. The stream ends cleanly once the container has exited and every
 line was sent, and ends when the pod goes away.
 
+Like RunPod's Cloudflare front, it answers 403 "error code: 1010" (plain text, before any API rule) to a
+request with no User-Agent or a library's default one (Python-urllib/..., python-httpx/...); pgolf sends
+pgolf/<version> from the driver and the pod alike. `user_agents` keeps every agent seen, for tests.
+
 Faults (`--rehearse-faults`, KEY=N, comma-separated):
   capacity=K      the first K creates answer 400 "no instances available" (RunPod's capacity answer)
   5xx=K           K answers are 503 problems (every other request until K are spent)
@@ -106,6 +110,8 @@ ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminat
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
            "ERROR": ["start", "terminate"], "TERMINATED": []}
 LIVE = ("PROVISIONING", "STARTING", "RUNNING")
+LIBRARY_AGENTS = re.compile(r"(python-urllib|python-httpx|python-requests|aiohttp|go-http-client|okhttp|java)/",
+                            re.I)     # what Cloudflare's browser-integrity check refuses (error 1010)
 
 
 def parse_faults(text: str) -> dict[str, float]:
@@ -174,6 +180,7 @@ class Reply:
     events: Iterator[tuple[str, str]] | None = None    # SSE: (id, data) pairs
     drop: bool = False                        # close the connection without answering
     drop_after: int | None = None             # SSE: drop the stream after this many events
+    text: str | None = None                   # a plain-text body (Cloudflare's own answers are not JSON)
 
 
 def problem(status: int, detail: str, errors: list[str] | None = None) -> Reply:
@@ -242,6 +249,7 @@ class FakeRunPod:
         self.keys: dict[str, str] = {}             # pod id -> its pod-scoped key (memory only)
         self.events: list[str] = []                # what the fake did (faults, terminations), for tests
         self.requests_seen: list[str] = []         # operation ids, in order
+        self.user_agents: set[str] = set()         # every User-Agent seen, refused ones included (tests)
         self.violations: list[str] = []            # contract violations, requests and responses
         self.final_logs: dict[str, list[str]] = {}  # pod id -> its container log when it was terminated (tests)
         self.server: ThreadingHTTPServer | None = None
@@ -283,6 +291,11 @@ class FakeRunPod:
 
     # ---- one request, start to end
     def dispatch(self, req: Request) -> Reply:
+        agent = (req.header("User-Agent") or "").strip()
+        with self.lock:
+            self.user_agents.add(agent)
+        if not agent or LIBRARY_AGENTS.match(agent):
+            return Reply(403, text="error code: 1010", ctype="text/plain; charset=UTF-8")   # before the API
         if req.path.rstrip("/") == "/graphql":
             return self._graphql(req)
         op, path_params, known = contract().match(req.method, req.path)
@@ -903,11 +916,12 @@ def _handler(fake: FakeRunPod):
                 return
             if reply.events is not None:
                 return self._stream(reply)
-            raw = json.dumps(reply.payload).encode() if reply.payload is not None else b""
+            raw = (reply.text.encode() if reply.text is not None else
+                   json.dumps(reply.payload).encode() if reply.payload is not None else b"")
             self.send_response(reply.status)
             for k, v in reply.headers.items():
                 self.send_header(k, v)
-            if reply.payload is not None:
+            if reply.payload is not None or reply.text is not None:
                 self.send_header("Content-Type", reply.ctype)
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
