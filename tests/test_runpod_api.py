@@ -57,7 +57,7 @@ def client(fake: FakeRunPod, notes: list[str] | None = None, key: str = KEY, **p
 
 def cpu_pod(name: str, command: str, **kw) -> api.CreatePod:
     return api.CreatePod(name=name, image="runpod/base:fake", args=f"bash -c {json.dumps(command)}",
-                         cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), **kw)
+                         cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), **{"disk": 20, **kw})
 
 
 def wait_status(c: api.RunPodClient, pod_id: str, *want: str, timeout: float = 10) -> api.Pod | None:
@@ -153,6 +153,29 @@ def test_every_request_says_pgolf_and_its_version_and_a_library_agent_is_refused
     plain._http.headers["User-Agent"] = "python-httpx/0.28.1"
     with pytest.raises(api.Forbidden, match="Cloudflare refused the request's User-Agent"):
         plain.list_pods()
+
+
+def test_fake_places_pods_as_runpod_documents_it(fakes):
+    """A volume mounts only in its own data center; stock is per data center; a CUDA floor no host meets
+    and a CPU pod's disk over its cap are refused; the pod shows where it went."""
+    fake = fakes(stock={"US-KS-2": "NONE"})
+    c = client(fake)
+    vol = c.create_volume("shards", 10, "EU-RO-1")
+    mount = api.Mounts(network=[api.NetworkMount(volume_id=vol.id)])
+    with pytest.raises(api.Refused, match=f"network volume {vol.id} is in data center EU-RO-1"):
+        c.create_pod(cpu_pod("pgolf-far", "true", mounts=mount, data_center_ids=["US-KS-2"]))
+    with pytest.raises(api.CapacityError):
+        c.create_pod(cpu_pod("pgolf-dry", "true", data_center_ids=["US-KS-2"]))      # no stock there
+    assert [d.id for d in c.cpu_types(2)[0].data_centers] == ["EU-RO-1"]
+    assert [d.id for d in c.gpu_type(api.GPU_H100_SXM, 8, min_cuda="12.8").data_centers] == ["EU-RO-1"]
+    assert c.gpu_type(api.GPU_H100_SXM, 8, min_cuda="12.9").availability == "NONE"
+    with pytest.raises(api.CapacityError):
+        c.create_pod(api.CreatePod(name="pgolf-new-cuda", image="i", gpu=api.GpuRequest(
+            id=api.GPU_H100_SXM, min_cuda_version="12.10")))     # 12.10 > 12.8: compared as numbers
+    with pytest.raises(api.Refused, match="container disk 80 GB is over the 20 GB limit of a cpu3c pod with 2"):
+        c.create_pod(cpu_pod("pgolf-fat", "true", disk=80))
+    pod = c.create_pod(cpu_pod("pgolf-near", "sleep 30", mounts=mount))
+    assert pod.data_center_id == "EU-RO-1" and c.delete_pod(pod.id)
 
 
 def test_429_storm_is_waited_out_as_asked(fakes):

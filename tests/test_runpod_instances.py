@@ -34,7 +34,7 @@ def start(tmp_path):
 
 
 def request(name: str, shape: inst.PodShape = CPU, args: str = "sleep 60") -> api.CreatePod:
-    return api.CreatePod(name=name, image="img", args=args, ports=[f"{inst.SYMMETRIC_PORT}/tcp"],
+    return api.CreatePod(name=name, image="img", args=args, ports=[f"{inst.SYMMETRIC_PORT}/tcp"], disk=20,
                          cloud=shape.cloud, **shape.compute())
 
 

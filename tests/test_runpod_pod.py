@@ -39,7 +39,8 @@ def job(**over) -> dict:
 
 def start_pod(c: api.RunPodClient, name: str, spec: dict, token: str) -> api.Pod:
     req = api.CreatePod(name=name, image="runpod/base:fake", args=shipping.START_COMMAND, ports=["70000/tcp"],
-                        env=shipping.pod_env(PAYLOAD, spec, token), cpu=api.CpuRequest(id="cpu3c", vcpu_count=2))
+                        env=shipping.pod_env(PAYLOAD, spec, token), cpu=api.CpuRequest(id="cpu3c", vcpu_count=2),
+                        disk=20)
     pod = c.create_pod(req)
     end = time.time() + 15
     while time.time() < end:

@@ -519,14 +519,17 @@ class RunPodClient:
             time.sleep(self._backoff(quiet))
 
     # ---- catalog, billing, volumes, balance
-    def gpu_types(self, count: int = 1, cloud: str = "SECURE") -> list[GpuType]:
-        """GPU types with prices and, for pods of `count` GPUs in `cloud`, current stock."""
-        params = {"include": "AVAILABILITY", "product": "POD", "count": count, "cloud": cloud}
+    def gpu_types(self, count: int = 1, cloud: str = "SECURE", min_cuda: str | None = None) -> list[GpuType]:
+        """GPU types with prices and, for pods of `count` GPUs in `cloud` on hosts with CUDA >= `min_cuda`,
+        current stock."""
+        params: dict[str, Any] = {"include": "AVAILABILITY", "product": "POD", "count": count, "cloud": cloud}
+        if min_cuda:
+            params["minCudaVersion"] = min_cuda
         return [GpuType.model_validate(g) for g in self._call("GET", "/v2/catalog/gpus", "GPU catalog",
                                                               params=params).json()["gpus"]]
 
-    def gpu_type(self, gpu_id: str, count: int = 1, cloud: str = "SECURE") -> GpuType | None:
-        return next((g for g in self.gpu_types(count, cloud) if g.id == gpu_id), None)
+    def gpu_type(self, gpu_id: str, count: int = 1, cloud: str = "SECURE", min_cuda: str | None = None) -> GpuType | None:
+        return next((g for g in self.gpu_types(count, cloud, min_cuda) if g.id == gpu_id), None)
 
     def cpu_types(self, vcpus: int | None = None) -> list[CpuType]:
         params: dict[str, Any] = {"include": "AVAILABILITY", "product": "POD"}

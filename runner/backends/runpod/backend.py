@@ -29,6 +29,7 @@ import re
 import secrets
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -42,7 +43,7 @@ from runner.backends.runpod import api, shipping
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
                                               billed_cost, check_alive, create, max_pods_for, offer, pod_name,
-                                              reap_leftovers, terminate_verified, wait_running)
+                                              reap_leftovers, terminate_verified, volume_placement, wait_running)
 from runner.ledger import now_iso
 from runner.spec import JobSpec
 
@@ -78,7 +79,9 @@ class RunPodBackend:
         self.session = Session(rehearse, faults, Path(run_dir) / REHEARSAL_DIR if rehearse and run_dir else None)
         self.timing = self.session.timing
         self.shape = PodShape(gpu_type=None if s.cpu else s.gpu_type, gpu_count=s.gpu_count, cpu=s.cpu,
-                              vcpus=s.vcpus, cloud=s.cloud_type, data_centers=tuple(s.data_centers))
+                              vcpus=s.vcpus, cloud=s.cloud_type, data_centers=tuple(s.data_centers),
+                              min_cuda=s.cuda_floor())
+        self._placed = not s.network_volume        # with a volume, the shape's data center is the volume's
         self._offer: Offer | None = None
         self._manifest: shipping.Manifest | None = None
 
@@ -86,12 +89,29 @@ class RunPodBackend:
     def offer(self) -> Offer:
         """RunPod's price and stock for this batch's pods (asked once)."""
         if self._offer is None:
+            self.placement()
             with self.session.open().client() as c:
                 try:
                     self._offer = offer(c, self.shape, self._money)
                 except api.ApiError as e:
                     raise PgolfError(str(e)) from None
+            vol = self.settings.network_volume
+            if vol and not self._offer.data_centers:
+                raise PgolfError(f"{self._offer.line}: network volume {vol} lives in {self.shape.data_centers[0]}, "
+                                 f"which has no {self.shape} free now, and a pod elsewhere cannot mount it; try "
+                                 f"later, another [runpod] gpu_type, or a volume in a data center with stock")
         return self._offer
+
+    def placement(self) -> tuple[str, ...]:
+        """The data centers pods may go to: with a network volume, the volume's only (RunPod mounts it on a
+        pod of its own data center, and a pod asked elsewhere is refused in words that read like "no
+        capacity"), else [runpod] data_centers (() is anywhere). Asked once, in the driver."""
+        if not self._placed:
+            with self.session.open().client() as c:
+                self.shape = replace(self.shape, data_centers=volume_placement(
+                    c, self.settings.network_volume, self.shape.data_centers))
+            self._placed = True
+        return self.shape.data_centers
 
     def price(self) -> float:
         return self.settings.price_per_hour or self.offer().price_per_hour
@@ -212,7 +232,7 @@ class RunPodBackend:
         ports = [f"{SYMMETRIC_PORT}/tcp"] + ([] if self.rehearse else [f"{PROXY_PORT}/http"])
         return api.CreatePod(name=name, image=s.image, args=shipping.START_COMMAND,
                              env=shipping.pod_env(attempts[0].script_path, self.job(*attempts), token), ports=ports,
-                             disk=s.container_disk_gb, cloud=s.cloud_type, data_center_ids=s.data_centers or None,
+                             disk=s.disk_gb(), cloud=s.cloud_type, data_center_ids=list(self.placement()) or None,
                              mounts=mounts, **self.shape.compute())
 
     def job(self, attempt: AttemptSpec, *more: AttemptSpec) -> dict:

@@ -89,6 +89,9 @@ CPUS = [   # id, name, RAM GB per vCPU, $/vCPU/h secure, serverless, max vCPUs
 DATA_CENTERS = [("US-KS-2", "United States (Kansas 2)", "NORTH_AMERICA"),
                 ("EU-RO-1", "Europe (Romania 1)", "EUROPE")]
 DISK_USD_PER_GB_H = 0.10 / 730       # container disk, $0.10 per GB-month
+DEFAULT_DISK_GB = 80                 # container disk when the create names none (RunPod's default)
+CPU_DISK_GB_PER_VCPU = {"cpu3c": 10, "cpu3g": 10, "cpu5c": 15}   # CPU pods' container disk caps (RunPod's docs)
+HOST_CUDA = "12.8"                   # the CUDA every fake host reports
 CAPACITY_DETAIL = ("There are no longer any instances available with the requested specifications. "
                    "Please refresh and try again.")
 DEFAULT_BALANCE = 1000.0
@@ -128,6 +131,11 @@ def parse_faults(text: str) -> dict[str, float]:
                              f"{sorted(FAULT_KEYS)}, e.g. preempt=1,capacity=2")
         out[key] = num
     return out
+
+
+def _cuda(version: str) -> tuple[int, ...]:
+    """'12.11' -> (12, 11): CUDA versions compare numerically, not as decimals."""
+    return tuple(int(x) for x in version.split("."))
 
 
 def iso(t: float) -> str:
@@ -230,7 +238,8 @@ class FakeRunPod:
     """The fake API server and its pods. start() -> base origin for RUNPOD_API_BASE_URL."""
 
     def __init__(self, state_dir: str | Path, faults: str | dict = "", *, api_key: str | None = None,
-                 retry_after_s: int = RETRY_AFTER_S, rate_quota_per_min: int = RATE_QUOTA_PER_MIN):
+                 retry_after_s: int = RETRY_AFTER_S, rate_quota_per_min: int = RATE_QUOTA_PER_MIN,
+                 stock: dict[str, str] | None = None):
         self.root = Path(state_dir).resolve()
         (self.root / "pods").mkdir(parents=True, exist_ok=True)
         (self.root / "volumes").mkdir(exist_ok=True)
@@ -241,6 +250,7 @@ class FakeRunPod:
         self.api_key = api_key
         self.retry_after_s = int(retry_after_s)
         self.rate_quota = int(rate_quota_per_min)
+        self.stock = {d[0]: (stock or {}).get(d[0], "HIGH") for d in DATA_CENTERS}   # per data center
         self.lock = threading.Lock()               # in-memory fault counters and bookkeeping
         self.used = {k: 0 for k in FAULT_KEYS}
         self.n_requests = 0
@@ -416,7 +426,7 @@ class FakeRunPod:
         out = {"id": pod["id"], "name": pod["name"], "image": pod["image"], "args": pod["args"],
                "disk": pod["disk"], "ports": pod["ports"], "env": self.envs.get(pod["id"], {}), "registry": None,
                "status": status, "actions": ACTIONS[status], "mounts": pod["mounts"], "cloud": pod["cloud"],
-               "dataCenterId": pod["dataCenterId"], "cudaVersion": "12.8" if pod.get("gpu") else None,
+               "dataCenterId": pod["dataCenterId"], "cudaVersion": HOST_CUDA if pod.get("gpu") else None,
                "ssh": {"proxy": None, "direct": None}, "template": None,
                "cost": pod["costPerHr"] if status in LIVE else 0.0, "locked": False,
                "globalNetworking": {"enabled": False}, "runtime": runtime, "createdAt": iso(pod["created"]),
@@ -461,6 +471,9 @@ class FakeRunPod:
                 return problem(400, CAPACITY_DETAIL)
         price = self._price(body)
         with self.state.edit() as st:
+            dc = self._place(body, st)
+            if isinstance(dc, Reply):
+                return dc
             spend = sum(p["costPerHr"] for p in st["pods"].values() if self._status(p) in LIVE)
             if spend + price > self.spend_limit + 1e-9:
                 return problem(400, f"Spend limit reached: this pod (${price:.2f}/hr) would bring your account "
@@ -477,9 +490,8 @@ class FakeRunPod:
             ports = list(body.get("ports") or [])
             tcp = {s.split("/")[0]: _free_port() for s in ports if s.endswith("/tcp")}
             key = f"rpa_pod_{secrets.token_hex(16)}"
-            dc = self._place(body, st)
             pod = {"id": pod_id, "name": body["name"], "image": body.get("image") or "", "args": body.get("args") or "",
-                   "disk": int(body.get("disk") or 20), "ports": ports, "tcp": tcp, "cloud": body.get("cloud", "SECURE"),
+                   "disk": int(body.get("disk") or DEFAULT_DISK_GB), "ports": ports, "tcp": tcp, "cloud": body.get("cloud", "SECURE"),
                    "dataCenterId": dc, "mounts": body.get("mounts") or {}, "costPerHr": price, "created": now,
                    "started": None, "pid": None, "proc_start": None, "mark": f"{pod_id}:{secrets.token_hex(8)}",
                    "key_hash": _hash(key), "stuck": flags["stuck"], "preempt": flags["preempt"]}
@@ -524,6 +536,11 @@ class FakeRunPod:
                 return problem(400, f"unknown GPU type {body['gpu']['id']!r}")
             if int(body["gpu"].get("count", 1)) > gpu[5]:
                 return problem(400, f"{gpu[1]} pods have at most {gpu[5]} GPUs in {cloud} cloud")
+            floor, allowed = body["gpu"].get("minCudaVersion"), body["gpu"].get("allowedCudaVersions") or []
+            if floor and allowed:
+                return problem(400, "gpu.minCudaVersion and a non-empty gpu.allowedCudaVersions are mutually exclusive")
+            if (floor and _cuda(floor) > _cuda(HOST_CUDA)) or (allowed and HOST_CUDA not in allowed):
+                return problem(400, CAPACITY_DETAIL)      # no host reports such a CUDA: RunPod's capacity answer
         else:
             flavor = next((c for c in CPUS if c[0] == body["cpu"]["id"]), None)
             n = int(body["cpu"]["vcpuCount"])
@@ -535,6 +552,10 @@ class FakeRunPod:
                 return problem(400, "CPU pods run in SECURE cloud only")
             if (body.get("mounts") or {}).get("persistent"):
                 return problem(400, "mounts.persistent is not allowed on CPU pods")
+            per = CPU_DISK_GB_PER_VCPU.get(flavor[0])
+            if per and int(body.get("disk") or DEFAULT_DISK_GB) > per * n:
+                return problem(400, f"container disk {int(body.get('disk') or DEFAULT_DISK_GB)} GB is over the "
+                                    f"{per * n} GB limit of a {flavor[0]} pod with {n} vCPUs ({per} GB per vCPU)")
         mounts = body.get("mounts") or {}
         if mounts.get("persistent") and mounts.get("network"):
             return problem(400, "mounts.persistent and mounts.network are mutually exclusive")
@@ -547,14 +568,22 @@ class FakeRunPod:
                 return problem(400, f"unknown data center {dc!r}")
         return None
 
-    def _place(self, body: dict, st: dict) -> str:
-        """The data center: the network volume's, else the first one asked for, else the first one."""
+    def _place(self, body: dict, st: dict) -> str | Reply:
+        """The data center, as RunPod places a pod: among dataCenterIds (none: any), only where a network
+        volume lives (NetworkMount: "in the same data center as the pod"; a volume elsewhere is a 400), and
+        only where the shape is in stock (else RunPod's capacity answer)."""
+        allowed = list(body.get("dataCenterIds") or [d[0] for d in DATA_CENTERS])
         net = (body.get("mounts") or {}).get("network") or []
         if net:
             vol = st["volumes"].get(net[0]["volumeId"])
-            if vol is not None:
-                return vol["dataCenter"]
-        return (body.get("dataCenterIds") or [DATA_CENTERS[0][0]])[0]
+            if vol is None:
+                return problem(400, f"network volume {net[0]['volumeId']} not found")
+            if vol["dataCenter"] not in allowed:
+                return problem(400, f"network volume {vol['id']} is in data center {vol['dataCenter']}, not among "
+                                    f"the requested dataCenterIds {allowed}")
+            allowed = [vol["dataCenter"]]
+        placed = next((dc for dc in allowed if self.stock[dc] != "NONE"), None)
+        return placed or problem(400, CAPACITY_DETAIL)
 
     @staticmethod
     def _price(body: dict) -> float:
@@ -749,6 +778,10 @@ class FakeRunPod:
         if ("AVAILABILITY" in include) != bool(product):
             return problem(400, "include=AVAILABILITY and product go together")
         count = int(req.param("count", "1"))
+        floor = req.param("minCudaVersion")
+        if floor and req.param("cudaVersions"):
+            return problem(400, "minCudaVersion and cudaVersions are mutually exclusive")
+        cuda_ok = not floor or _cuda(floor) <= _cuda(HOST_CUDA)[:len(_cuda(floor))]
         with self.lock:
             scarce = self.used["capacity"] < self.faults.get("capacity", 0)
         out = []
@@ -757,11 +790,14 @@ class FakeRunPod:
                  "community": True, "price": {"secure": secure, "community": community},
                  "maxCount": {"secure": most, "community": most}}
             if product:
-                level = "NONE" if count > most else ("LOW" if scarce else "HIGH")
-                g["availability"] = level
-                if level != "NONE":
-                    g["dataCenters"] = [{"id": d, "name": n, "availability": level} for d, n, _ in DATA_CENTERS]
-                g["cudaVersions"] = [{"version": "12.8", "available": level != "NONE"}]
+                fits = count <= most and cuda_ok
+                dcs = [{"id": d, "name": n, "availability": self._level(d, scarce)} for d, n, _ in DATA_CENTERS
+                       if fits and self._level(d, scarce) != "NONE"]
+                g["availability"] = _best(dc["availability"] for dc in dcs)
+                if dcs:
+                    g["dataCenters"] = dcs
+                if cuda_ok:
+                    g["cudaVersions"] = [{"version": HOST_CUDA, "available": bool(dcs)}]
             out.append(g)
         return Reply(200, {"gpus": out})
 
@@ -775,8 +811,11 @@ class FakeRunPod:
             c = {"id": cid, "name": name, "group": cid[:4], "vcpu": {"min": 2, "max": most}, "ramGbPerVcpu": ram,
                  "price": {"securePerVcpu": secure, "serverlessPerVcpu": serverless}}
             if product:
-                c["availability"] = "HIGH"
-                c["dataCenters"] = [{"id": d, "name": n, "availability": "HIGH"} for d, n, _ in DATA_CENTERS]
+                dcs = [{"id": d, "name": n, "availability": self.stock[d]} for d, n, _ in DATA_CENTERS
+                       if self.stock[d] != "NONE"]
+                c["availability"] = _best(dc["availability"] for dc in dcs)
+                if dcs:
+                    c["dataCenters"] = dcs
             out.append(c)
         return Reply(200, {"cpus": out})
 
@@ -787,11 +826,15 @@ class FakeRunPod:
             d = {"id": did, "name": name, "region": region, "networkVolumeTypes": ["STANDARD"],
                  "compliance": ["SOC_2_TYPE_2"], "globalNetwork": False}
             if "GPU_AVAILABILITY" in include:
-                d["gpuAvailability"] = [{"id": g[0], "name": g[1], "availability": "HIGH"} for g in GPUS]
+                d["gpuAvailability"] = [{"id": g[0], "name": g[1], "availability": self.stock[did]} for g in GPUS]
             if "CPU_AVAILABILITY" in include:
-                d["cpuAvailability"] = [{"id": c[0], "name": c[1], "availability": "HIGH"} for c in CPUS]
+                d["cpuAvailability"] = [{"id": c[0], "name": c[1], "availability": self.stock[did]} for c in CPUS]
             out.append(d)
         return Reply(200, {"dataCenters": out})
+
+    def _level(self, dc: str, scarce: bool) -> str:
+        """A data center's stock of GPUs: its own level, LOW while a capacity fault is pending."""
+        return "LOW" if scarce and self.stock[dc] != "NONE" else self.stock[dc]
 
     # ---- billing
     def _op_listPodBilling(self, req: Request, who: str) -> Reply:
@@ -867,6 +910,12 @@ class FakeRunPod:
             del st["volumes"][id]
         shutil.rmtree(self.root / "volumes" / id, ignore_errors=True)
         return Reply(204)
+
+
+def _best(levels) -> str:
+    """The catalog's overall level: the best of its data centers' (NONE when none has any)."""
+    order = ["NONE", "LOW", "MEDIUM", "HIGH"]
+    return max(levels, key=order.index, default="NONE")
 
 
 def _bucket_start(t: float, size: str) -> float:

@@ -123,6 +123,7 @@ class PodShape:
     vcpus: int = 4
     cloud: str = "SECURE"
     data_centers: tuple[str, ...] = ()
+    min_cuda: str | None = None      # the host's CUDA floor (gpu.minCudaVersion): the image's CUDA
 
     def __str__(self) -> str:
         what = f"{self.cpu} x {self.vcpus} vCPU" if self.cpu else f"{self.gpu_count} x {self.gpu_type}"
@@ -132,7 +133,7 @@ class PodShape:
         """The `gpu` or `cpu` part of a create request."""
         if self.cpu:
             return {"cpu": api.CpuRequest(id=self.cpu, vcpu_count=self.vcpus)}
-        return {"gpu": api.GpuRequest(id=self.gpu_type, count=self.gpu_count)}
+        return {"gpu": api.GpuRequest(id=self.gpu_type, count=self.gpu_count, min_cuda_version=self.min_cuda)}
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def offer(client: api.RunPodClient, shape: PodShape, money: Callable[[float], st
                              f"to {flavor.vcpu.max}")
         price, level, dcs = flavor.price_per_hour(n), flavor.availability or "unknown", flavor.data_centers
     else:
-        gpu = client.gpu_type(shape.gpu_type, shape.gpu_count, shape.cloud)
+        gpu = client.gpu_type(shape.gpu_type, shape.gpu_count, shape.cloud, shape.min_cuda)
         if gpu is None:
             raise PgolfError(f"[runpod] gpu_type = {shape.gpu_type!r}: not in RunPod's GPU catalog")
         most = gpu.max_count.community if shape.cloud == "COMMUNITY" else gpu.max_count.secure
@@ -166,9 +167,26 @@ def offer(client: api.RunPodClient, shape: PodShape, money: Callable[[float], st
                              f"in {shape.cloud} cloud")
         price, level, dcs = gpu.price_per_hour(shape.cloud, shape.gpu_count), gpu.availability or "unknown", gpu.data_centers
     where = tuple(d.id for d in dcs if d.availability != "NONE" and (not shape.data_centers or d.id in shape.data_centers))
-    line = (f"RunPod stock for {shape}: {level}" + (f" in {', '.join(where)}" if where else ", in no data center")
+    cuda = f", CUDA >= {shape.min_cuda}" if shape.min_cuda else ""
+    line = (f"RunPod stock for {shape}{cuda}: {level}" + (f" in {', '.join(where)}" if where else ", in no data center")
             + f"; {money(price)}/h list price")
     return Offer(round(price, 4), level, where, line)
+
+
+def volume_placement(client: api.RunPodClient, volume_id: str, data_centers: tuple[str, ...]) -> tuple[str, ...]:
+    """(the network volume's data center,): a pod mounts a volume of its own data center only (v2's
+    NetworkMount). PgolfError, before any pod, when the volume is unknown or [runpod] data_centers leaves
+    its data center out."""
+    try:
+        vol = client.get_volume(volume_id)
+    except api.ApiError as e:
+        raise PgolfError(f"[runpod] network_volume = {volume_id!r}: {e}") from None
+    if vol is None:
+        raise PgolfError(f"[runpod] network_volume = {volume_id!r}: no such network volume on this RunPod account")
+    if data_centers and vol.data_center not in data_centers:
+        raise PgolfError(f"[runpod] data_centers = {list(data_centers)} leaves out {vol.data_center}, where network "
+                         f"volume {volume_id} lives: a pod elsewhere cannot mount it; add it or drop data_centers")
+    return (vol.data_center,)
 
 
 def max_pods_for(price_per_hour: float, spend_limit: float = DEFAULT_SPEND_LIMIT) -> int:
