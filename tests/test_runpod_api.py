@@ -198,8 +198,43 @@ def test_ratelimit_header_holds_the_next_request_until_the_window_resets(fakes):
     c = client(fake)
     c.list_pods()                                         # the answer says r=0 for the minute window
     assert c._not_before > time.time()
-    assert api._windows('"minute";r=0;t=12, "hour";r=5;t=100') == [(0, 12.0), (5, 100.0)]
+    assert api._windows('"minute";r=0;t=12, "hour";r=5;t=100') == [("minute", 0, 12.0), ("hour", 5, 100.0)]
     assert api._windows("garbage ;;") == []
+
+
+def test_a_used_up_daily_window_is_one_line_at_the_cap_and_terminate_and_gc_wait_it_out(fakes):
+    """RunPod's daily window (t=45000 s) is far past the 120 s cap: a call says at once which window and
+    when it resets; a DELETE and a patient client (gc) keep waiting and say so."""
+    fake = fakes("quota_day=1")
+    notes: list[str] = []
+    c = client(fake, notes)
+    t0 = time.time()
+    with pytest.raises(api.QuotaExhausted) as e:
+        c.list_pods()
+    assert time.time() - t0 < 2 and fake.events.count("quota_day") == 1     # no 450 s (scaled 12.5 h) nap
+    line = str(e.value)
+    assert "\n" not in line and "RunPod's day window is used up until" in line and "(in 12.5 h)" in line
+    assert "waits at most 120 s" in line
+    assert isinstance(e.value, api.RateLimited) and e.value.window == "day"
+    # an answer whose RateLimit says the day is used up holds every later call: refused before sending
+    c._track_quota(httpx.Response(200, headers={"RateLimit": '"minute";r=5;t=20, "day";r=0;t=45000'}))
+    sent = fake.n_requests
+    with pytest.raises(api.QuotaExhausted, match="day window is used up"):
+        c.get_pod("whatever")
+    assert fake.n_requests == sent
+    # terminate and gc never give up: the same hold is waited out (time-scaled here), said in a note
+    quick = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=2e-5), notify=notes.append)
+    pod = quick.create_pod(cpu_pod("pgolf-q", "sleep 30"))
+    quick._track_quota(httpx.Response(200, headers={"RateLimit": '"day";r=0;t=45000'}))
+    with pytest.raises(api.QuotaExhausted):
+        quick.get_pod(pod.id)
+    assert quick.delete_pod(pod.id) is True
+    assert any("day window is used up for 12.5 h; terminate pod" in n and "never give up" in n for n in notes)
+    patient = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=2e-5), patient=True)
+    patient._track_quota(httpx.Response(200, headers={"RateLimit": '"day";r=0;t=45000'}))
+    assert pod.id not in [p.id for p in patient.list_pods() if p.status != "TERMINATED"]
+    fake.faults["quota_day"] = 2                                  # a 429 itself, too: waited out by a DELETE
+    assert patient.delete_pod(pod.id) is False and fake.events.count("quota_day") == 2
 
 
 def test_5xx_and_lost_create_answers_never_make_a_second_pod(fakes):

@@ -119,11 +119,14 @@ def confirm(question: str, yes: bool) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
+def _say(msg: str) -> None:
+    print(f"pgolf cluster: {msg}", file=sys.stderr, flush=True)
+
+
 def _terminate(client: api.RunPodClient, pods: list[api.Pod], session: Session) -> tuple[list[str], list[str]]:
     """(verified gone, still there) after terminating `pods`."""
     ids = [p.id for p in pods]
-    left = terminate_verified(client, ids, session.timing,
-                              say=lambda msg: print(f"pgolf cluster: {msg}", file=sys.stderr))
+    left = terminate_verified(client, ids, session.timing, say=_say)
     return [i for i in ids if i not in left], left
 
 
@@ -132,7 +135,7 @@ def gc(runs_dir: Path, yes: bool, rehearse: bool = False, live: Collection[Path]
     rc, seen = 0, False
     for label, session in sessions(runs_dir, rehearse):
         seen = True
-        with session.client() as client:
+        with session.client(notify=_say, patient=True) as client:     # gc never gives up at the quota cap
             rc = max(rc, _gc_one(client, session, label, runs_dir, yes, live))
     if rehearse and not seen:
         print(f"pgolf cluster gc: no rehearsal under {runs_dir}")
@@ -190,7 +193,7 @@ def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, ye
     rc, seen = 0, False
     for label, session in sessions(runs_dir, backend.rehearse, spec.name):
         seen = True
-        with session.client() as client:
+        with session.client(notify=_say, patient=action == "down") as client:
             pods = [p for p in list_ours(client) if p.name.startswith(tuple(prefixes))]
             if action == "status":
                 balance = client.balance()

@@ -36,6 +36,7 @@ Faults (`--rehearse-faults`, KEY=N, comma-separated):
   capacity=K      the first K creates answer 400 "no instances available" (RunPod's capacity answer)
   5xx=K           K answers are 503 problems (every other request until K are spent)
   429=K           the next K requests in a row answer 429 with Retry-After (a rate-limit storm)
+  quota_day=K     the next K requests answer 429 with the daily window used up (RateLimit "day";r=0;t=45000)
   lost_create=K   K creates make their pod but the connection drops before the answer
   slow_start=K    the first K pods take SLOW_START_S to provision
   stuck=K         the first K pods stay PROVISIONING for good (billed all the same, as users report)
@@ -103,11 +104,12 @@ PREEMPT_MARKER = "phase running"
 PREEMPT_MID_MARKER = "collected by the driver"     # a shared pod's bootstrap says so after each seed
 PREEMPT_AFTER_S = 0.5
 RETRY_AFTER_S = 2
+QUOTA_DAY_RESET_S = 45_000           # a used-up daily window: resets in 12.5 h
 RATE_QUOTA_PER_MIN = 6000
 SSE_DROP_AFTER = 3
 SSE_POLL_S = 0.05
 SSE_KEEPALIVE_S = 10.0
-FAULT_KEYS = {"capacity", "5xx", "429", "lost_create", "slow_start", "stuck", "preempt", "preempt_mid", "sse_drop",
+FAULT_KEYS = {"capacity", "5xx", "429", "quota_day", "lost_create", "slow_start", "stuck", "preempt", "preempt_mid", "sse_drop",
               "balance", "spend_limit", "graphql_gone"}
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
@@ -323,6 +325,13 @@ class FakeRunPod:
                 reply = problem(429, "rate limit exceeded for the minute window")
                 reply.headers["Retry-After"] = str(self.retry_after_s)
                 reply.headers["RateLimit"] = http_sf.ser([("minute", {"r": 0, "t": self.retry_after_s})])
+                return self._checked(op, reply)
+            if self._take("quota_day"):
+                self.events.append("quota_day")
+                reply = problem(429, "daily request quota exhausted")
+                reply.headers["Retry-After"] = str(QUOTA_DAY_RESET_S)
+                reply.headers["RateLimit"] = http_sf.ser([("minute", {"r": 100, "t": 30}),
+                                                          ("day", {"r": 0, "t": QUOTA_DAY_RESET_S})])
                 return self._checked(op, reply)
             minute, count = self.window
             now_min = int(time.time() // 60)

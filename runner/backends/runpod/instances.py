@@ -91,12 +91,14 @@ class Session:
             self.origin = self.fake.start()
         return self
 
-    def client(self, env: dict[str, str] | None = None, notify: Say | None = None) -> api.RunPodClient:
-        """A client of this session's API (`env`: the job's environment, where the key may be)."""
+    def client(self, env: dict[str, str] | None = None, notify: Say | None = None,
+               patient: bool = False) -> api.RunPodClient:
+        """A client of this session's API (`env`: the job's environment, where the key may be); `patient`
+        waits out a used-up rate-limit window however long (gc), where others stop at the cap."""
         key = REHEARSAL_KEY if self.rehearse else api.resolve_api_key({**os.environ, **(env or {})})
         pacing = api.Pacing(time_scale=self.timing.time_scale,
                             sse_read_timeout_s=2.0 if self.rehearse else api.Pacing.sse_read_timeout_s)
-        return api.RunPodClient(key, origin=self.origin, pacing=pacing, notify=notify)
+        return api.RunPodClient(key, origin=self.origin, pacing=pacing, notify=notify, patient=patient)
 
     def close(self) -> None:
         if self.fake is not None:
