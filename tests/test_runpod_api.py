@@ -315,6 +315,32 @@ def test_log_stream_survives_drops_with_no_line_lost_or_doubled(fakes):
     assert cursor.last_id == got[-1].id
 
 
+def test_log_stream_skips_heartbeats_and_resumes_amid_lines_sharing_one_id(fakes):
+    """Ids to the whole second (bursts of lines share one), streams dropped right after the second line of
+    an id, a comment and a `heartbeat` event before every line: each line once, in order, none lost."""
+    fake = fakes("sse_drop_shared=3,sse_heartbeat=1")
+    c = client(fake, sse_read_timeout_s=0.5)
+    script = 'for i in 1 2 3 4 5 6; do for w in a b c d e; do echo "$w$i"; done; sleep 0.4; done'
+    pod = c.create_pod(cpu_pod("pgolf-sse-shared", script))
+    got = list(c.stream_logs(pod.id, since=pod.created_at))
+    assert fake.events.count("sse_drop_shared") == 3 and fake.events.count("sse_heartbeat") >= 30
+    assert [e.line for e in got] == fake.container_log(pod.id)
+    assert len(got) == 30 and len({e.id for e in got}) < 30          # ids were shared
+    assert all(e.id.endswith("Z") and "." not in e.id for e in got)
+
+
+def test_log_event_filter_takes_only_log_lines():
+    from httpx_sse import ServerSentEvent
+    ok = ServerSentEvent(event="message", data='{"source": "container", "line": "x", "ts": "t"}', id="t")
+    assert api._log_line(ok) == "x"
+    for other in (ServerSentEvent(event="heartbeat", data="{}", id="t"),     # an unknown event type
+                  ServerSentEvent(event="message", data="", id="t"),         # a comment's empty event (id kept)
+                  ServerSentEvent(event="message", data="ping", id="t"),     # not JSON
+                  ServerSentEvent(event="message", data='{"alive": true}', id="t"),
+                  ServerSentEvent(event="message", data='{"line": "x"}', id="")):   # no id to resume from
+        assert api._log_line(other) is None
+
+
 def test_log_cursor_drops_repeats_of_a_shared_timestamp_either_way_the_server_resumes():
     events = [("t1", "a"), ("t2", "b"), ("t2", "c"), ("t2", "d"), ("t3", "e")]
     for inclusive in (True, False):

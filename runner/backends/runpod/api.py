@@ -26,7 +26,8 @@ A create is never blindly retried: an answer lost on the way back may belong to 
 before trying again `create_pod` adopts a live pod of the same name (pgolf names are unique per attempt).
 
 The pod log is Server-Sent Events; `stream_logs` yields (event id, line) pairs and reconnects after a drop
-with Last-Event-ID. Event ids are timestamps and several lines may share one, so a `LogCursor` counts the
+with Last-Event-ID. Anything but a log line (comments, heartbeats, other event types) is skipped, never
+fatal. Event ids are timestamps and several lines may share one, so a `LogCursor` counts the
 lines it has taken at the last id and drops that many repeats after reconnecting: no line lost or doubled
 whether RunPod resumes at or after the id.
 """
@@ -46,7 +47,7 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import http_sf
 import httpx
-from httpx_sse import SSEError, connect_sse
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
@@ -512,11 +513,12 @@ class RunPodClient:
                         r.read()
                         raise self._error(f"stream the log of pod {pod_id}", r)
                     for event in es.iter_sse():
-                        if not event.data:
+                        line = _log_line(event)
+                        if line is None:              # a heartbeat, an unknown event: not a line, not an id
                             continue
                         if cursor.accept(event.id):
                             failures = quiet = 0
-                            yield LogLine(event.id, json.loads(event.data)["line"])
+                            yield LogLine(event.id, line)
             except NotFound:
                 return
             except httpx.ReadTimeout:
@@ -783,6 +785,20 @@ def _retry_after(r: httpx.Response) -> float:
             pass
     spent = [reset for _name, remaining, reset in _windows(r.headers.get("RateLimit")) if remaining <= 0]
     return max(spent) if spent else 5.0
+
+
+def _log_line(event: ServerSentEvent) -> str | None:
+    """The log line of a pod-log SSE event; None for anything else, which the follower skips: comments
+    and keep-alives (an empty event still carries the last id, by the SSE spec), heartbeats and other event
+    types, data that is not {"line": ...}. Only real lines move the LogCursor."""
+    if event.event != "message" or not event.id or not event.data:
+        return None
+    try:
+        payload = json.loads(event.data)
+    except ValueError:
+        return None
+    line = payload.get("line") if isinstance(payload, dict) else None
+    return line if isinstance(line, str) else None
 
 
 def _scrub(text: str, key: str) -> str:

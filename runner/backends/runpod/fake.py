@@ -44,6 +44,9 @@ Faults (`--rehearse-faults`, KEY=N, comma-separated):
   preempt_mid=K   K pods that run several seeds are lost once the driver collected their first seed's
                   results (their second seed is running then): only the seeds not finished run again
   sse_drop=K      K log streams drop mid-stream (each after sending SSE_DROP_AFTER events)
+  sse_drop_shared=K  event ids are whole seconds (as in the schema's example), so a burst of lines shares
+                  one id, and K streams drop right after the second line sharing an id (amid the burst)
+  sse_heartbeat=1 every log event comes after a comment and a `heartbeat` event (not log lines)
   balance=X       the account balance in dollars (GraphQL clientBalance; a create needs one hour of credit)
   spend_limit=X   the account's spend limit in $/h (default 80, RunPod's default)
   graphql_gone=1  GraphQL answers 410 Gone (it is being retired)
@@ -109,8 +112,8 @@ RATE_QUOTA_PER_MIN = 6000
 SSE_DROP_AFTER = 3
 SSE_POLL_S = 0.05
 SSE_KEEPALIVE_S = 10.0
-FAULT_KEYS = {"capacity", "5xx", "429", "quota_day", "lost_create", "slow_start", "stuck", "preempt", "preempt_mid", "sse_drop",
-              "balance", "spend_limit", "graphql_gone"}
+FAULT_KEYS = {"capacity", "5xx", "429", "quota_day", "lost_create", "slow_start", "stuck", "preempt", "preempt_mid",
+              "sse_drop", "sse_drop_shared", "sse_heartbeat", "balance", "spend_limit", "graphql_gone"}
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
            "ERROR": ["start", "terminate"], "TERMINATED": []}
@@ -190,6 +193,8 @@ class Reply:
     events: Iterator[tuple[str, str]] | None = None    # SSE: (id, data) pairs
     drop: bool = False                        # close the connection without answering
     drop_after: int | None = None             # SSE: drop the stream after this many events
+    drop_shared: bool = False                 # SSE: drop after the second event sharing one id (a fault left)
+    heartbeat: bool = False                   # SSE: a comment and a heartbeat event before each log event
     text: str | None = None                   # a plain-text body (Cloudflare's own answers are not JSON)
 
 
@@ -733,17 +738,25 @@ class FakeRunPod:
         start = _canonical(resume) if resume else None
         tail = int(req.param("tail", "100"))
         headers = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
-        return Reply(200, headers=headers, events=self._log_events(id, source, start, tail),
-                     drop_after=SSE_DROP_AFTER if self.faults.get("sse_drop") else None)
+        coarse = bool(self.faults.get("sse_drop_shared"))
+        return Reply(200, headers=headers, events=self._log_events(id, source, start, tail, coarse),
+                     drop_after=SSE_DROP_AFTER if self.faults.get("sse_drop") else None,
+                     drop_shared=coarse, heartbeat=bool(self.faults.get("sse_heartbeat")))
 
-    def take_drop(self) -> bool:
-        """A stream that has sent SSE_DROP_AFTER events drops if an sse_drop fault is left (mid-stream,
-        whenever that is: a stream that ends or is closed earlier spends none)."""
+    def take_drop(self, fault: str = "sse_drop") -> bool:
+        """A stream that has sent SSE_DROP_AFTER events (or, sse_drop_shared, a second event of one id)
+        drops if such a fault is left (mid-stream, whenever that is: a stream that ends earlier spends none)."""
         with self.lock:
-            return self._take("sse_drop")
+            return self._take(fault)
 
-    def _log_events(self, pod_id: str, source: str | None, start: str | None, tail: int) -> Iterator[tuple[str, str]]:
-        """(id, data) of the pod's log from `start` (inclusive) or its last `tail` lines, then live ones."""
+    def _log_events(self, pod_id: str, source: str | None, start: str | None, tail: int,
+                    coarse: bool = False) -> Iterator[tuple[str, str]]:
+        """(id, data) of the pod's log from `start` (inclusive) or its last `tail` lines, then live ones;
+        `coarse`: ids (and ts) to the whole second, so lines of one second share an id."""
+        def event(e: dict) -> tuple[str, str]:
+            ts = e["ts"][:19] + "Z" if coarse else e["ts"]
+            return ts, json.dumps({"source": "container", "line": e["line"], "ts": ts})
+
         path = self.root / "pods" / pod_id / "container.log"
         offset = 0
         backlog: list[dict] = []
@@ -757,7 +770,7 @@ class FakeRunPod:
         elif source == "system":
             backlog = []            # the fake's host writes no system log lines
         for e in backlog:
-            yield e["ts"], json.dumps({"source": "container", "line": e["line"], "ts": e["ts"]})
+            yield event(e)
         last_beat = time.time()
         while source in (None, "container"):
             pod = self.state.read()["pods"].get(pod_id)
@@ -770,8 +783,7 @@ class FakeRunPod:
                 chunk = chunk[:chunk.rfind(b"\n") + 1]
             offset += len(chunk)
             for raw in chunk.splitlines():
-                e = json.loads(raw)
-                yield e["ts"], json.dumps({"source": "container", "line": e["line"], "ts": e["ts"]})
+                yield event(json.loads(raw))
             if not chunk:
                 if ended:            # gone, or exited with every line sent (the init writes `exit` last)
                     return
@@ -992,7 +1004,7 @@ def _handler(fake: FakeRunPod):
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            sent = 0
+            sent, last_id = 0, None
             try:
                 for event_id, data in reply.events:
                     if not event_id:
@@ -1001,10 +1013,18 @@ def _handler(fake: FakeRunPod):
                     errors = contract().event_errors(event_id, data)
                     if errors:
                         fake.violations += [f"response getPodLogs event: {e}" for e in errors]
+                    if reply.heartbeat:
+                        self._chunk(b": ping\n\nevent: heartbeat\ndata: {\"alive\": true}\n\n")
+                        fake.events.append("sse_heartbeat")
                     self._chunk(f"id: {event_id}\ndata: {data}\n\n".encode())
                     sent += 1
-                    if reply.drop_after is not None and sent == reply.drop_after and fake.take_drop():
-                        fake.events.append("sse_drop")
+                    drop = "sse_drop" if reply.drop_after is not None and sent == reply.drop_after and \
+                        fake.take_drop() else None
+                    if drop is None and reply.drop_shared and event_id == last_id and fake.take_drop("sse_drop_shared"):
+                        drop = "sse_drop_shared"
+                    last_id = event_id
+                    if drop:
+                        fake.events.append(drop)
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)     # no last chunk: the client sees a drop
                         return
