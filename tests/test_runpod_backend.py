@@ -238,9 +238,9 @@ def test_what_is_shipped_to_the_pod_and_what_is_kept(tmp_path, rehearsal):
 
 
 def test_cluster_gc_terminates_orphans_keeps_owned_and_records_it(tmp_path, rehearsal, capsys):
-    """Pods on the rehearsal of run b: one owned by an open attempt (kept), one by an ended attempt and one
-    by no ledger (terminated, verified gone, the ledger updated); a pod without pgolf's prefix is never
-    touched."""
+    """Pods on the rehearsal of run b: one owned by an open attempt of any ledger (kept), one by an ended
+    attempt of b's own ledger and one by no ledger (terminated, verified gone, b's ledger updated); a pod
+    without pgolf's prefix is never touched."""
     from runner.backends.runpod.cluster import gc
     b = rehearsal()
     with b.session.client() as c:
@@ -248,8 +248,8 @@ def test_cluster_gc_terminates_orphans_keeps_owned_and_records_it(tmp_path, rehe
                                                 cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), disk=20)).id
                for name in ("pgolf-live-s1-a1", "pgolf-done-s1-a1", "pgolf-stray-s1-a1", "someone-elses-pod")}
     runs = tmp_path / "runs"
-    for run, pod, ended in (("live", ids["pgolf-live-s1-a1"], None), ("done", ids["pgolf-done-s1-a1"], "x")):
-        (runs / run).mkdir(parents=True)
+    for run, pod, ended in (("live", ids["pgolf-live-s1-a1"], None), ("b", ids["pgolf-done-s1-a1"], "x")):
+        (runs / run).mkdir(parents=True, exist_ok=True)
         (runs / run / "ledger.json").write_text(json.dumps({"seeds": {"1": {"state": "failed", "attempts": [
             {"attempt": 1, "backend": "runpod", "node": None, "pod_id": pod, "started": "x", "ended": ended,
              "exit_code": None, "error": None, "cost_usd": None, "pod_terminated": None}]}}}))
@@ -262,7 +262,7 @@ def test_cluster_gc_terminates_orphans_keeps_owned_and_records_it(tmp_path, rehe
         c.create_pod(api.CreatePod(name="pgolf-stray-s2-a1", image="img", args="sleep 300",
                                    cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), disk=20))
     b.stop()
-    done = json.loads((runs / "done" / "ledger.json").read_text())["seeds"]["1"]["attempts"][0]
+    done = json.loads((runs / "b" / "ledger.json").read_text())["seeds"]["1"]["attempts"][0]
     live = json.loads((runs / "live" / "ledger.json").read_text())["seeds"]["1"]["attempts"][0]
     assert done["pod_terminated"] is True and live["pod_terminated"] is None
     with pytest.raises(PgolfError, match="--yes"):      # no terminal, no --yes: refuse, never assume

@@ -43,7 +43,7 @@ from runner.backends.runpod import api, shipping
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
                                               billed_cost, check_alive, create, max_pods_for, offer, pod_name,
-                                              reap_leftovers, terminate_verified, volume_placement, wait_running)
+                                              terminate_verified, volume_placement, wait_running)
 from runner.ledger import now_iso
 from runner.spec import JobSpec
 
@@ -211,7 +211,6 @@ class RunPodBackend:
         result: AttemptResult | None = None
         try:
             events.meta(started=now_iso())      # when it really starts, not when Ray queued it
-            reap_leftovers(client, attempt.run_dir, events.line)
             pod = create(client, self.create_request(name, attempt, token), self.timing, events.line)
             events.meta(pod_id=pod.id, node=f"runpod:{pod.id}")       # durable before the pod is used
             events.line(f"pgolf-runpod: pod {pod.id} ({name}) created: {self.shape}, {self._money(pod.cost, '/h')}")
@@ -352,7 +351,6 @@ class RunPodBackend:
         pod: api.Pod | None = None
         try:
             events[0].meta(started=now_iso())   # the set-up is the first attempt's (the others start later)
-            reap_leftovers(client, first.run_dir, events[0].line)
             pod = create(client, self.create_request(name, attempts, token), self.timing, events[0].line)
             group.usd_per_hour = pod.cost
             for i, ev in enumerate(events):     # durable in every attempt's entry before the pod is used

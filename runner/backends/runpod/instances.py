@@ -6,7 +6,8 @@ no capacity or the account's spend limit is reached, wait until the pod runs and
 (a pod stuck in PROVISIONING/STARTING past `start_timeout_s` is `Stuck`: the caller terminates it and the
 driver retries on a fresh pod, as for any lost machine), terminate and verify gone, and what the pod cost
 (RunPod's billing records; None while they have nothing yet). Polling intervals are named in `Timing`; the
-rehearsal's are short so tests stay fast. `reap_leftovers` stops the pods a batch's ended attempts left.
+rehearsal's are short so tests stay fast. `reap_dead_driver` stops, verifies and records the pods a dead
+driver left (and their twins), for `pgolf resume` before anything else.
 """
 from __future__ import annotations
 
@@ -320,24 +321,47 @@ def list_ours(client: api.RunPodClient, prefix: str = NAME_PREFIX) -> list[api.P
         raise PgolfError(str(e)) from None
 
 
-def reap_leftovers(client: api.RunPodClient, run_dir: str | Path, say: Say) -> None:
-    """Pods of this batch's ended attempts that may still bill (a dead driver's, closed by `pgolf resume`,
-    or one whose termination was not verified): terminate them now rather than wait for their backstop.
-    A pod an open attempt still uses is kept: a pod shared by several seeds outlives the end of its first
-    ones. Never fails the attempt; `pgolf cluster gc` verifies and records them."""
+def batch_pod_name(run_dir: str | Path) -> re.Pattern:
+    """The deterministic names of a batch's pods (pod_name of any seed and attempt): a live pod carrying
+    one that no ledger entry names is a twin (a create whose answer was lost, then made again)."""
+    return re.compile(re.escape(batch_prefix(run_dir)) + r"s(\d+)-a(\d+)")
+
+
+def reap_dead_driver(run_dir: str | Path, ledger: Ledger, rehearse: bool, say: Say) -> None:
+    """The pods a dead driver left, stopped FIRST by `pgolf resume` (before any check that may refuse: a
+    missing secret must not keep them billing), with the batch's lock held, so no pod of the batch is in
+    use: every attempt's pod not recorded terminated, and every live twin (a pod carrying one of the batch's
+    deterministic names that no entry names). Each is terminated and verified gone once, here, and
+    recorded in the ledger (`pod_terminated`, twins in their attempt's `twin_pods`), so the rerun seeds'
+    tasks find nothing to do. Judged by the API that made them: the batch's own (the rehearsal's fake when
+    `rehearse`). Never raises: the resume goes on, and `pgolf cluster gc` is the fallback."""
+    session = Session(rehearse, state_dir=Path(run_dir) / REHEARSAL_DIR if rehearse else None)
+    if rehearse and not (Path(run_dir) / REHEARSAL_DIR / "state.json").exists():
+        return                                    # the rehearsal never made a pod
+    entries = [(seed, att) for seed, att in ledger.all_attempts() if att.get("pod_id")]
+    named = {att["pod_id"] for _s, att in entries}
     try:
-        ledger = Ledger.load(run_dir)
-    except PgolfError:
+        with session, session.client(notify=say) as client:
+            pattern = batch_pod_name(run_dir)
+            twins = [p for p in list_ours(client, batch_prefix(run_dir))
+                     if pattern.fullmatch(p.name) and p.id not in named and p.status != "TERMINATED"]
+            ids = [att["pod_id"] for _s, att in entries if att.get("pod_terminated") is not True] + [p.id for p in twins]
+            if not ids:
+                return
+            left = set(terminate_verified(client, ids, session.timing, say))
+    except (PgolfError, api.ApiError) as e:
+        say(f"cannot stop the pods the dead driver left ({e}); `pgolf cluster gc` terminates them later")
         return
-    in_use = {a.get("pod_id") for _s, a in ledger.all_attempts() if a.get("ended") is None}
-    for seed, att in ledger.all_attempts():
-        pid = att.get("pod_id")
-        if not pid or pid in in_use or att.get("ended") is None or att.get("pod_terminated") is True:
-            continue
-        try:
-            if client.get_pod(pid) is not None:
-                client.delete_pod(pid)
-                say(f"pgolf-runpod: terminated pod {pid} left by seed {seed} attempt "
-                    f"{att.get('attempt')} ({att.get('error') or 'not verified gone'})")
-        except api.ApiError:
-            pass
+    for seed, att in entries:
+        if att.get("pod_terminated") is not True and att["pod_id"] not in left:
+            att["pod_terminated"] = True
+    for twin in twins:
+        seed, attempt = map(int, pattern.fullmatch(twin.name).groups())
+        att = ledger.attempt(seed, attempt)
+        if att is not None and twin.id not in left:
+            att["twin_pods"] = sorted(set(att.get("twin_pods") or []) | {twin.id})
+    ledger.save()
+    gone = [i for i in ids if i not in left]
+    say(f"terminated {len(gone)} pod(s) the dead driver left, verified gone: {', '.join(gone) or '-'}"
+        + (f" (twins of the batch's pod names: {', '.join(t.id for t in twins)})" if twins else "")
+        + (f"; STILL THERE: {', '.join(sorted(left))}: `pgolf cluster gc` tries again" if left else ""))
