@@ -409,10 +409,13 @@ def test_pods_outlive_their_fake_and_another_fake_on_the_state_can_end_them(fake
 def test_api_key_from_env_or_runpods_config_file(tmp_path):
     cfg = tmp_path / "config.toml"
     assert api.resolve_api_key({"RUNPOD_API_KEY": "from-env"}, cfg) == "from-env"
-    with pytest.raises(PgolfError, match="no RunPod API key"):
+    with pytest.raises(PgolfError, match="no RunPod API key") as e:
         api.resolve_api_key({}, cfg)
+    assert f"RUNPOD_API_KEY, else `api_key` under [default] in {cfg}" in str(e.value)
+    assert "runpod config" not in str(e.value)           # pgolf does not use the runpod package
     cfg.write_text('[default]\napi_key = "from-file"\n')
     assert api.resolve_api_key({}, cfg) == "from-file"
     cfg.write_text("[default\napi_key = ")
-    with pytest.raises(PgolfError, match=str(cfg)):
+    with pytest.raises(PgolfError, match=str(cfg)) as e:
         api.resolve_api_key({}, cfg)
+    assert "runpod config" not in str(e.value)

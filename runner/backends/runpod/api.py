@@ -6,8 +6,8 @@ One concern: talk to RunPod. httpx does the HTTP, tenacity the retries, pydantic
 are ignored). The origin is https://api.runpod.io unless RUNPOD_API_BASE_URL says otherwise (the variable
 runpod-python honours; the rehearsal points it at the fake); pgolf appends /v2/... to it.
 
-The key comes from RUNPOD_API_KEY or RunPod's own config file (~/.runpod/config.toml, `[default] api_key`,
-as `runpod config` writes it; read here with tomllib, so the runpod package is not needed). It lives only
+The key comes from RUNPOD_API_KEY or RunPod's own config file (~/.runpod/config.toml, `[default] api_key`;
+read here with tomllib: pgolf does not use the runpod package, so its errors never send users to it). It lives only
 in the client's Authorization header: never in a URL, a log line or an error text (`_scrub` makes sure).
 
 Errors are sorted the way the create endpoint's description tells clients to act on them:
@@ -394,11 +394,12 @@ def resolve_api_key(env: dict[str, str] | None = None, config_file: Path | None 
     except FileNotFoundError:
         key = None
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise PgolfError(f"{path}: cannot read RunPod's config ({type(e).__name__}: {e}); fix it, run "
-                         "`runpod config` again, or set RUNPOD_API_KEY") from None
+        raise PgolfError(f"{path}: cannot read RunPod's config ({type(e).__name__}: {e}); fix it (TOML: "
+                         "[default] api_key = \"...\") or set RUNPOD_API_KEY") from None
     if not key:
-        raise PgolfError("no RunPod API key: set RUNPOD_API_KEY or run `runpod config` (writes "
-                         "~/.runpod/config.toml); or rehearse for free with --rehearse")
+        raise PgolfError(f"no RunPod API key: pgolf reads RUNPOD_API_KEY, else `api_key` under [default] in {path}; "
+                         "set one (a key from https://www.runpod.io/console/user/settings), or rehearse for free "
+                         "with --rehearse")
     return str(key)
 
 
