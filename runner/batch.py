@@ -166,10 +166,8 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
             raise PgolfError(f"{run_dir / BATCH}: this batch ran on RunPod itself; resume it without --rehearse "
                              f"(a batch never mixes real pods with the fake's)")
         rehearse = bool(batch.get("rehearsal"))
-        if rehearse or batch["spec"].get("backend") == "runpod" or \
-                any(a.get("pod_id") for _s, a in ledger.all_attempts()):
-            from runner.backends.runpod.instances import reap_dead_driver     # first: they bill until stopped
-            reap_dead_driver(run_dir, ledger, rehearse, lambda m: print(f"pgolf resume: {m}", flush=True))
+        from runner.backends import stop_left_machines      # first: they bill until stopped
+        stop_left_machines(run_dir, batch, ledger, lambda m: print(f"pgolf resume: {m}", flush=True))
         spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
         _check_rehearse(spec, rehearse, faults)
         script = frozen_script(run_dir, batch)

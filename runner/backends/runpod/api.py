@@ -552,7 +552,8 @@ class RunPodClient:
         return [GpuType.model_validate(g) for g in self._call("GET", "/v2/catalog/gpus", "GPU catalog",
                                                               params=params).json()["gpus"]]
 
-    def gpu_type(self, gpu_id: str, count: int = 1, cloud: str = "SECURE", min_cuda: str | None = None) -> GpuType | None:
+    def gpu_type(self, gpu_id: str, count: int = 1, cloud: str = "SECURE",
+                 min_cuda: str | None = None) -> GpuType | None:
         return next((g for g in self.gpu_types(count, cloud, min_cuda) if g.id == gpu_id), None)
 
     def cpu_types(self, vcpus: int | None = None) -> list[CpuType]:
@@ -770,7 +771,9 @@ def _spent_window(r: httpx.Response) -> str | None:
 
 def _span(seconds: float) -> str:
     """45000 -> '12.5 h', 90 -> '90 s': a wait said the way a person reads it."""
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds:.0f} s"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds:.0f} s"
 
 
 def _retry_after(r: httpx.Response) -> float:

@@ -505,7 +505,8 @@ class FakeRunPod:
             tcp = {s.split("/")[0]: _free_port() for s in ports if s.endswith("/tcp")}
             key = f"rpa_pod_{secrets.token_hex(16)}"
             pod = {"id": pod_id, "name": body["name"], "image": body.get("image") or "", "args": body.get("args") or "",
-                   "disk": int(body.get("disk") or DEFAULT_DISK_GB), "ports": ports, "tcp": tcp, "cloud": body.get("cloud", "SECURE"),
+                   "disk": int(body.get("disk") or DEFAULT_DISK_GB), "ports": ports, "tcp": tcp,
+                   "cloud": body.get("cloud", "SECURE"),
                    "dataCenterId": dc, "mounts": body.get("mounts") or {}, "costPerHr": price, "created": now,
                    "started": None, "pid": None, "proc_start": None, "mark": f"{pod_id}:{secrets.token_hex(8)}",
                    "key_hash": _hash(key), "stuck": flags["stuck"], "preempt": flags["preempt"]}

@@ -345,7 +345,8 @@ def reap_dead_driver(run_dir: str | Path, ledger: Ledger, rehearse: bool, say: S
             pattern = batch_pod_name(run_dir)
             twins = [p for p in list_ours(client, batch_prefix(run_dir))
                      if pattern.fullmatch(p.name) and p.id not in named and p.status != "TERMINATED"]
-            ids = [att["pod_id"] for _s, att in entries if att.get("pod_terminated") is not True] + [p.id for p in twins]
+            ids = [att["pod_id"] for _s, att in entries if att.get("pod_terminated") is not True]
+            ids += [p.id for p in twins]
             if not ids:
                 return
             left = set(terminate_verified(client, ids, session.timing, say))
