@@ -136,8 +136,15 @@ def test_gc_terminates_a_twin_of_an_ended_attempt_and_records_it(world, capsys):
     attempt(led, 7, first.id, ended=True)
     assert c.delete_pod(first.id)
     twin = pod(c, run, 7)                                 # same deterministic name, another id: still billing
+    dead = runs / "u-open"                                # a dead driver's open attempt: its pod is kept,
+    led_u = batch(dead, False, [3])                       # its twin is not
+    owned = pod(c, dead, 3)
+    attempt(led_u, 3, owned.id, ended=False)
+    twin_u = pod(c, dead, 3)
     assert gc(runs, yes=True) == 0
     out = capsys.readouterr().out
-    assert f"recorded twin pod(s) of an attempt's name: {twin.id}" in out
+    assert f"recorded twin pod(s) of an attempt's name: {twin.id}, {twin_u.id}" in out, out   # run dirs in order
     assert recorded(run) == {first.id: True, twin.id: "twin"}
     assert json.loads((run / "ledger.json").read_text())["seeds"]["7"]["attempts"][0]["twin_pods"] == [twin.id]
+    assert recorded(dead) == {owned.id: None, twin_u.id: "twin"}
+    assert [p.id for p in c.list_pods() if p.status != "TERMINATED"] == [owned.id]

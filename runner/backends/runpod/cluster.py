@@ -95,24 +95,24 @@ def live_batch_pods(pods: list[api.Pod], live: Collection[Path]) -> dict[str, st
 def reconcile(client: api.RunPodClient, dirs: Collection[Path], live: Collection[Path] = (),
               twins: Collection[api.Pod] = ()) -> list[str]:
     """Ended attempts whose pod this API, the one that made them (`dirs`: its batches only), reports gone
-    (404 or TERMINATED) get pod_terminated=true, and `twins` (pods just terminated and verified gone)
-    carrying an attempt's name but not its pod id go into that attempt's `twin_pods`; only in ledgers no
-    driver holds (no attempt open in them, no live process holding the batch: `live`), so each run's ledger
+    (404 or TERMINATED) get pod_terminated=true, in ledgers no driver may be using (no attempt open in them),
+    and `twins` (pods just terminated and verified gone) carrying an attempt's name but not its pod id go
+    into that attempt's `twin_pods`; never in a ledger a live process holds (`live`). So each run's ledger
     tells the truth about its money. Returns the pod ids newly recorded."""
     done = []
     for led in _ledgers(dirs):
-        if led.has_open_attempt() or led.run_dir in live:
+        if led.run_dir in live:
             continue
         changed = False
         pattern = batch_pod_name(led.run_dir)
-        for twin in twins:
+        for twin in twins:          # gone for sure (just verified), so recorded even while attempts are open
             m = pattern.fullmatch(twin.name)
             att = led.attempt(int(m.group(1)), int(m.group(2))) if m else None
             if att is not None and att.get("pod_id") != twin.id and twin.id not in (att.get("twin_pods") or []):
                 att["twin_pods"] = sorted(set(att.get("twin_pods") or []) | {twin.id})
                 done.append(twin.id)
                 changed = True
-        for _seed, att in led.all_attempts():
+        for _seed, att in led.all_attempts() if not led.has_open_attempt() else []:
             if not att.get("pod_id") or att.get("pod_terminated") is True:
                 continue
             try:
