@@ -225,6 +225,8 @@ def create(client: api.RunPodClient, req: api.CreatePod, timing: Timing, say: Sa
                 return client.create_pod(req)
     except (api.CapacityError, api.SpendLimitError) as e:
         raise InfraFailure(f"no pod after {timing.capacity_wait_s / 60:.0f} min of waiting: {e}") from None
+    except api.QuotaExhausted as e:          # hours away: no retry can help, the batch says so and stops
+        raise PgolfError(str(e)) from None
     except (api.TransientError, api.RateLimited) as e:
         raise InfraFailure(f"RunPod API unreachable while creating the pod: {e}") from None
     except (api.BalanceError, api.Refused, api.InvalidRequest, api.Forbidden, api.AuthError) as e:
