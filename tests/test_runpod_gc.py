@@ -148,3 +148,27 @@ def test_gc_terminates_a_twin_of_an_ended_attempt_and_records_it(world, capsys):
     assert json.loads((run / "ledger.json").read_text())["seeds"]["7"]["attempts"][0]["twin_pods"] == [twin.id]
     assert recorded(dead) == {owned.id: None, twin_u.id: "twin"}
     assert [p.id for p in c.list_pods() if p.status != "TERMINATED"] == [owned.id]
+
+
+def test_gc_waits_out_a_used_up_daily_window_and_says_so(world, capsys, monkeypatch):
+    """Where any other call stops at the 120 s cap, gc keeps waiting (here a 1000 s window on a clock
+    1000 times faster) and terminates the orphan all the same."""
+    import dataclasses
+
+    from runner.backends.runpod import fake as fake_module, instances
+    runs, fake, real = world
+    monkeypatch.setattr(fake_module, "QUOTA_DAY_RESET_S", 1000)
+    monkeypatch.setattr(instances, "REAL", dataclasses.replace(instances.REAL, time_scale=0.001, gone_poll_s=0.1))
+    c = api.RunPodClient(SECRET, origin=real.url, pacing=api.Pacing(time_scale=0.001))
+    run = runs / "q-quota"
+    led = batch(run, False, [5])
+    orphan = pod(c, run, 5)
+    attempt(led, 5, orphan.id, ended=True)
+    real.faults["quota_day"] = 1                          # the next request: the day's window is used up
+    with pytest.raises(api.QuotaExhausted, match="day window is used up"):
+        c.list_pods()
+    real.faults["quota_day"] = 2
+    assert gc(runs, yes=True) == 0
+    err = capsys.readouterr().err
+    assert "the day window resets in 17 min; waiting for it (terminating and gc never give up)" in err, err
+    assert recorded(run) == {orphan.id: True} and real.events.count("quota_day") == 2
