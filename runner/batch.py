@@ -162,11 +162,13 @@ def resume(run_dir: str | Path, *, backend: str | None = None, address: str | No
     try:
         batch = load_batch(run_dir)
         ledger = Ledger.load(run_dir)
-        spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
         if rehearse and not batch.get("rehearsal"):
             raise PgolfError(f"{run_dir / BATCH}: this batch ran on RunPod itself; resume it without --rehearse "
                              f"(a batch never mixes real pods with the fake's)")
         rehearse = bool(batch.get("rehearsal"))
+        from runner.backends import stop_left_machines      # first: they bill until stopped
+        stop_left_machines(run_dir, batch, ledger, lambda m: print(f"pgolf resume: {m}", flush=True))
+        spec = spec_from_batch(batch["spec"], str(run_dir / BATCH), os.environ, backend=backend)
         _check_rehearse(spec, rehearse, faults)
         script = frozen_script(run_dir, batch)
         stopped = kill_marked(batch_markers(str(run_dir)))

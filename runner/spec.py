@@ -10,6 +10,7 @@ attempt deadline (`Limits.timeout`), unique seeds, env names, the `[runpod]` key
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -21,6 +22,9 @@ from results.errors import PgolfError
 from results.secrets import Scrubber, is_secret_name, redact
 
 EnvValue = Union[bool, int, float, str]
+DEFAULT_CUDA = "12.8"          # the default image's CUDA
+CPU_DISK_GB, GPU_DISK_GB = 20, 80
+CPU_DISK_GB_PER_VCPU = {"cpu3c": 10, "cpu3g": 10, "cpu5c": 15}   # RunPod's CPU container disk caps (its docs)
 
 
 class _Section(BaseModel):
@@ -115,7 +119,8 @@ class RunPodSettings(_Section):
     max_pods: int | None = Field(None, gt=0)       # pods at once; default: what spend_limit allows at the price
     spend_limit: float = Field(80.0, gt=0)         # $/h the account may spend (RunPod's default limit)
     start_timeout_s: float = Field(1200, gt=0)     # from creation (image pull included) until its bootstrap answers, else replaced
-    container_disk_gb: int = Field(80, gt=0)
+    container_disk_gb: int | None = Field(None, gt=0)   # None: 20 GB on a CPU pod, 80 GB on a GPU pod
+    min_cuda_version: str | None = Field(None, pattern=r"^\d+\.\d+$")   # the host's CUDA floor; None: the image's
     network_volume: str | None = None              # a network volume id: the dataset is downloaded onto it once
     volume_path: str = "/workspace"                # where the network volume is mounted in the pod
     price_per_hour: float | None = Field(None, ge=0)   # $ per pod-hour for the estimate; None: RunPod's list price
@@ -135,6 +140,39 @@ class RunPodSettings(_Section):
         if v & (v - 1):
             raise ValueError("RunPod's CPU pods take a power of two vCPUs (2, 4, 8, ...)")
         return v
+
+    @model_validator(mode="after")
+    def _cpu_disk_fits(self) -> "RunPodSettings":
+        most = self.cpu_disk_limit_gb()
+        if most is not None and self.container_disk_gb is not None and self.container_disk_gb > most:
+            raise ValueError(f"container_disk_gb = {self.container_disk_gb}: a {self.cpu} pod with {self.vcpus} "
+                             f"vCPUs takes at most {most} GB of container disk (RunPod: {most // self.vcpus} GB per "
+                             f"vCPU)")
+        return self
+
+    def cpu_disk_limit_gb(self) -> int | None:
+        """RunPod's container disk cap of a CPU pod: vCPUs x 10 GB (cpu3c, cpu3g) or x 15 GB (cpu5c), as its
+        docs state; None for a GPU pod or a flavor the docs do not size (RunPod then says it)."""
+        per = CPU_DISK_GB_PER_VCPU.get(self.cpu or "")
+        return per * self.vcpus if per else None
+
+    def disk_gb(self) -> int:
+        """The container disk a pod gets: the spec's, else 20 GB for a CPU pod (the job's work folder and
+        caches; RunPod's 80 GB default is over a small CPU pod's cap and reads as "no capacity"), else 80 GB."""
+        if self.container_disk_gb is not None:
+            return self.container_disk_gb
+        return min(CPU_DISK_GB, self.cpu_disk_limit_gb() or CPU_DISK_GB) if self.cpu else GPU_DISK_GB
+
+    def cuda_floor(self) -> str | None:
+        """gpu.minCudaVersion of a GPU pod: the spec's, else the CUDA the image was built for (its tag's
+        cudaX.Y), else 12.8 (the default image's); None on a CPU pod. An older host driver cannot start
+        the image ("OCI runtime create failed")."""
+        if self.cpu:
+            return None
+        if self.min_cuda_version:
+            return self.min_cuda_version
+        tag = re.search(r"cuda-?(\d+\.\d+)", self.image.rpartition(":")[2])
+        return tag.group(1) if tag else DEFAULT_CUDA
 
 
 class JobSpec(_Section):

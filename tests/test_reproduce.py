@@ -2,7 +2,6 @@
 comparison of reproduced against claimed per-seed scores (including a claim that does not reproduce)."""
 import json
 import math
-import shutil
 import tomllib
 from pathlib import Path
 

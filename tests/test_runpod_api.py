@@ -57,7 +57,7 @@ def client(fake: FakeRunPod, notes: list[str] | None = None, key: str = KEY, **p
 
 def cpu_pod(name: str, command: str, **kw) -> api.CreatePod:
     return api.CreatePod(name=name, image="runpod/base:fake", args=f"bash -c {json.dumps(command)}",
-                         cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), **kw)
+                         cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), **{"disk": 20, **kw})
 
 
 def wait_status(c: api.RunPodClient, pod_id: str, *want: str, timeout: float = 10) -> api.Pod | None:
@@ -122,17 +122,60 @@ def test_pod_lifecycle_with_every_message_checked(fakes):
 
 def test_a_request_the_schema_rejects_gets_422_and_is_recorded(fakes):
     fake = fakes()
-    r = httpx.post(f"{fake.url}/v2/pods", headers={"Authorization": f"Bearer {KEY}"},
+    r = httpx.post(f"{fake.url}/v2/pods", headers={"Authorization": f"Bearer {KEY}", "User-Agent": api.USER_AGENT},
                    json={"name": "x", "image": "i", "gpu": {"id": api.GPU_H100_SXM, "count": 0}, "bogus": 1})
     assert r.status_code == 422 and r.headers["Content-Type"] == "application/problem+json"
     assert r.json()["title"] == "Unprocessable Entity" and any("bogus" in e for e in r.json()["errors"])
     r = httpx.get(f"{fake.url}/v2/catalog/gpus", params={"include": "AVAILABILITY", "product": "POD", "cuont": 8},
-                  headers={"Authorization": f"Bearer {KEY}"})
+                  headers={"Authorization": f"Bearer {KEY}", "User-Agent": api.USER_AGENT})
     assert r.status_code == 422
     assert len(fake.violations) >= 3
     fake.violations.clear()
     with pytest.raises(ValueError):
         cpu_pod("x", "true", gpu=api.GpuRequest(id=api.GPU_H100_SXM))     # both gpu and cpu: refused before sending
+
+
+def test_every_request_says_pgolf_and_its_version_and_a_library_agent_is_refused(fakes):
+    """RunPod sits behind Cloudflare, which refuses a library's default User-Agent (403, error 1010)."""
+    fake = fakes()
+    from runner.ledger import pgolf_version
+    assert api.USER_AGENT == f"pgolf/{pgolf_version()}"
+    c = client(fake)
+    c.list_pods()
+    c.balance()
+    assert fake.user_agents == {api.USER_AGENT}
+    for agent in ("", "python-httpx/0.28.1", "Python-urllib/3.11"):
+        r = httpx.get(f"{fake.url}/v2/pods", headers={"Authorization": f"Bearer {KEY}", "User-Agent": agent})
+        assert r.status_code == 403 and r.text == "error code: 1010"
+    with api.http_client({"Authorization": f"Bearer {KEY}"}, base_url=fake.url) as http:
+        assert http.get("/v2/pods").status_code == 200        # the client pgolf uses toward pods, too
+    plain = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=0.01))
+    plain._http.headers["User-Agent"] = "python-httpx/0.28.1"
+    with pytest.raises(api.Forbidden, match="Cloudflare refused the request's User-Agent"):
+        plain.list_pods()
+
+
+def test_fake_places_pods_as_runpod_documents_it(fakes):
+    """A volume mounts only in its own data center; stock is per data center; a CUDA floor no host meets
+    and a CPU pod's disk over its cap are refused; the pod shows where it went."""
+    fake = fakes(stock={"US-KS-2": "NONE"})
+    c = client(fake)
+    vol = c.create_volume("shards", 10, "EU-RO-1")
+    mount = api.Mounts(network=[api.NetworkMount(volume_id=vol.id)])
+    with pytest.raises(api.Refused, match=f"network volume {vol.id} is in data center EU-RO-1"):
+        c.create_pod(cpu_pod("pgolf-far", "true", mounts=mount, data_center_ids=["US-KS-2"]))
+    with pytest.raises(api.CapacityError):
+        c.create_pod(cpu_pod("pgolf-dry", "true", data_center_ids=["US-KS-2"]))      # no stock there
+    assert [d.id for d in c.cpu_types(2)[0].data_centers] == ["EU-RO-1"]
+    assert [d.id for d in c.gpu_type(api.GPU_H100_SXM, 8, min_cuda="12.8").data_centers] == ["EU-RO-1"]
+    assert c.gpu_type(api.GPU_H100_SXM, 8, min_cuda="12.9").availability == "NONE"
+    with pytest.raises(api.CapacityError):
+        c.create_pod(api.CreatePod(name="pgolf-new-cuda", image="i", gpu=api.GpuRequest(
+            id=api.GPU_H100_SXM, min_cuda_version="12.10")))     # 12.10 > 12.8: compared as numbers
+    with pytest.raises(api.Refused, match="container disk 80 GB is over the 20 GB limit of a cpu3c pod with 2"):
+        c.create_pod(cpu_pod("pgolf-fat", "true", disk=80))
+    pod = c.create_pod(cpu_pod("pgolf-near", "sleep 30", mounts=mount))
+    assert pod.data_center_id == "EU-RO-1" and c.delete_pod(pod.id)
 
 
 def test_429_storm_is_waited_out_as_asked(fakes):
@@ -155,8 +198,43 @@ def test_ratelimit_header_holds_the_next_request_until_the_window_resets(fakes):
     c = client(fake)
     c.list_pods()                                         # the answer says r=0 for the minute window
     assert c._not_before > time.time()
-    assert api._windows('"minute";r=0;t=12, "hour";r=5;t=100') == [(0, 12.0), (5, 100.0)]
+    assert api._windows('"minute";r=0;t=12, "hour";r=5;t=100') == [("minute", 0, 12.0), ("hour", 5, 100.0)]
     assert api._windows("garbage ;;") == []
+
+
+def test_a_used_up_daily_window_is_one_line_at_the_cap_and_terminate_and_gc_wait_it_out(fakes):
+    """RunPod's daily window (t=45000 s) is far past the 120 s cap: a call says at once which window and
+    when it resets; a DELETE and a patient client (gc) keep waiting and say so."""
+    fake = fakes("quota_day=1")
+    notes: list[str] = []
+    c = client(fake, notes)
+    t0 = time.time()
+    with pytest.raises(api.QuotaExhausted) as e:
+        c.list_pods()
+    assert time.time() - t0 < 2 and fake.events.count("quota_day") == 1     # no 450 s (scaled 12.5 h) nap
+    line = str(e.value)
+    assert "\n" not in line and "RunPod's day window is used up until" in line and "(in 12.5 h)" in line
+    assert "waits at most 120 s" in line
+    assert isinstance(e.value, api.RateLimited) and e.value.window == "day"
+    # an answer whose RateLimit says the day is used up holds every later call: refused before sending
+    c._track_quota(httpx.Response(200, headers={"RateLimit": '"minute";r=5;t=20, "day";r=0;t=45000'}))
+    sent = fake.n_requests
+    with pytest.raises(api.QuotaExhausted, match="day window is used up"):
+        c.get_pod("whatever")
+    assert fake.n_requests == sent
+    # terminate and gc never give up: the same hold is waited out (time-scaled here), said in a note
+    quick = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=2e-5), notify=notes.append)
+    pod = quick.create_pod(cpu_pod("pgolf-q", "sleep 30"))
+    quick._track_quota(httpx.Response(200, headers={"RateLimit": '"day";r=0;t=45000'}))
+    with pytest.raises(api.QuotaExhausted):
+        quick.get_pod(pod.id)
+    assert quick.delete_pod(pod.id) is True
+    assert any("day window is used up for 12.5 h; terminate pod" in n and "never give up" in n for n in notes)
+    patient = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=2e-5), patient=True)
+    patient._track_quota(httpx.Response(200, headers={"RateLimit": '"day";r=0;t=45000'}))
+    assert pod.id not in [p.id for p in patient.list_pods() if p.status != "TERMINATED"]
+    fake.faults["quota_day"] = 2                                  # a 429 itself, too: waited out by a DELETE
+    assert patient.delete_pod(pod.id) is False and fake.events.count("quota_day") == 2
 
 
 def test_5xx_and_lost_create_answers_never_make_a_second_pod(fakes):
@@ -237,6 +315,32 @@ def test_log_stream_survives_drops_with_no_line_lost_or_doubled(fakes):
     assert cursor.last_id == got[-1].id
 
 
+def test_log_stream_skips_heartbeats_and_resumes_amid_lines_sharing_one_id(fakes):
+    """Ids to the whole second (bursts of lines share one), streams dropped right after the second line of
+    an id, a comment and a `heartbeat` event before every line: each line once, in order, none lost."""
+    fake = fakes("sse_drop_shared=3,sse_heartbeat=1")
+    c = client(fake, sse_read_timeout_s=0.5)
+    script = 'for i in 1 2 3 4 5 6; do for w in a b c d e; do echo "$w$i"; done; sleep 0.4; done'
+    pod = c.create_pod(cpu_pod("pgolf-sse-shared", script))
+    got = list(c.stream_logs(pod.id, since=pod.created_at))
+    assert fake.events.count("sse_drop_shared") == 3 and fake.events.count("sse_heartbeat") >= 30
+    assert [e.line for e in got] == fake.container_log(pod.id)
+    assert len(got) == 30 and len({e.id for e in got}) < 30          # ids were shared
+    assert all(e.id.endswith("Z") and "." not in e.id for e in got)
+
+
+def test_log_event_filter_takes_only_log_lines():
+    from httpx_sse import ServerSentEvent
+    ok = ServerSentEvent(event="message", data='{"source": "container", "line": "x", "ts": "t"}', id="t")
+    assert api._log_line(ok) == "x"
+    for other in (ServerSentEvent(event="heartbeat", data="{}", id="t"),     # an unknown event type
+                  ServerSentEvent(event="message", data="", id="t"),         # a comment's empty event (id kept)
+                  ServerSentEvent(event="message", data="ping", id="t"),     # not JSON
+                  ServerSentEvent(event="message", data='{"alive": true}', id="t"),
+                  ServerSentEvent(event="message", data='{"line": "x"}', id="")):   # no id to resume from
+        assert api._log_line(other) is None
+
+
 def test_log_cursor_drops_repeats_of_a_shared_timestamp_either_way_the_server_resumes():
     events = [("t1", "a"), ("t2", "b"), ("t2", "c"), ("t2", "d"), ("t3", "e")]
     for inclusive in (True, False):
@@ -305,10 +409,13 @@ def test_pods_outlive_their_fake_and_another_fake_on_the_state_can_end_them(fake
 def test_api_key_from_env_or_runpods_config_file(tmp_path):
     cfg = tmp_path / "config.toml"
     assert api.resolve_api_key({"RUNPOD_API_KEY": "from-env"}, cfg) == "from-env"
-    with pytest.raises(PgolfError, match="no RunPod API key"):
+    with pytest.raises(PgolfError, match="no RunPod API key") as e:
         api.resolve_api_key({}, cfg)
+    assert f"RUNPOD_API_KEY, else `api_key` under [default] in {cfg}" in str(e.value)
+    assert "runpod config" not in str(e.value)           # pgolf does not use the runpod package
     cfg.write_text('[default]\napi_key = "from-file"\n')
     assert api.resolve_api_key({}, cfg) == "from-file"
     cfg.write_text("[default\napi_key = ")
-    with pytest.raises(PgolfError, match=str(cfg)):
+    with pytest.raises(PgolfError, match=str(cfg)) as e:
         api.resolve_api_key({}, cfg)
+    assert "runpod config" not in str(e.value)

@@ -142,7 +142,7 @@ def test_nonzero_exit_is_the_jobs_and_the_pod_still_goes(tmp_path, rehearsal):
 def test_preflight_money_lines_for_h100_pods(tmp_path, rehearsal):
     b = rehearsal(spec=job_spec({"cpu": None}))
     notes = b.preflight(3, "test spec")
-    assert "8 x NVIDIA H100 80GB HBM3 (SECURE): HIGH" in notes[1]
+    assert "8 x NVIDIA H100 80GB HBM3 (SECURE), CUDA >= 12.8: HIGH" in notes[1]
     assert any(n.startswith("max_pods 3: what a $80/h spend limit allows at 21.5200/h fake") for n in notes)
     assert b.local_resources(2) == {"runpod_pod": 3.0}
     assert rehearsal(spec=job_spec({"cpu": None, "max_pods": 2})).local_resources(2) == {"runpod_pod": 2.0}
@@ -171,11 +171,43 @@ def test_network_volume_is_mounted_and_places_the_pod(tmp_path, rehearsal):
     with b.session.client() as c:
         vol = c.create_volume("shards", 100, "EU-RO-1")
     v = rehearsal(spec=job_spec({"network_volume": vol.id}))
+    assert "in EU-RO-1;" in v.preflight(1, "x.toml")[1]      # the stock read is the volume's data center's
     req = v.create_request("pgolf-b-s42-a1", [attempt(tmp_path)], "tok")
     assert req.mounts.network[0].volume_id == vol.id and req.mounts.network[0].path == "/workspace"
+    assert req.data_center_ids == ["EU-RO-1"]                # pinned where the volume lives
     assert v.job(attempt(tmp_path))["volume_path"] == "/workspace"
     r = run_one(v, attempt(tmp_path), MemoryEvents())
     assert r.exit_code == 0
+    with b.session.client() as c:
+        assert c.get_volume(vol.id).data_center == "EU-RO-1"
+    elsewhere = rehearsal(spec=job_spec({"network_volume": vol.id, "data_centers": ["US-KS-2"]}))
+    with pytest.raises(PgolfError, match=r"data_centers = \['US-KS-2'\] leaves out EU-RO-1, where network volume"):
+        elsewhere.preflight(1, "x.toml")
+    with pytest.raises(PgolfError, match="no such network volume"):
+        rehearsal(spec=job_spec({"network_volume": "vol-nope"})).preflight(1, "x.toml")
+    empty = rehearsal(spec=job_spec({"network_volume": vol.id}))
+    empty.session.fake.stock["EU-RO-1"] = "NONE"             # stock elsewhere does not help a pod with this volume
+    with pytest.raises(PgolfError, match=f"network volume {vol.id} lives in EU-RO-1, which has no cpu3c x 4 vCPU"):
+        empty.preflight(1, "x.toml")
+    assert empty.session.fake.pod_ids() == []
+
+
+def test_create_pins_the_images_cuda_and_sizes_a_cpu_pods_disk(tmp_path, rehearsal):
+    gpu = rehearsal(spec=job_spec({"cpu": None}))
+    req = gpu.create_request("pgolf-b-s42-a1", attempt(tmp_path), "tok")
+    assert req.payload()["gpu"] == {"id": api.GPU_H100_SXM, "count": 8, "minCudaVersion": "12.8"}   # the image's
+    assert req.disk == 80
+    pinned = RunPodBackend(job_spec({"cpu": None, "min_cuda_version": "12.4"}))
+    assert pinned.create_request("n", attempt(tmp_path), "tok").gpu.min_cuda_version == "12.4"
+    other = RunPodBackend(job_spec({"cpu": None, "image": "me/img:1-cuda12.6.3-devel"}))
+    assert other.create_request("n", attempt(tmp_path), "tok").gpu.min_cuda_version == "12.6"
+    cpu = rehearsal().create_request("n", attempt(tmp_path), "tok")
+    assert cpu.gpu is None and cpu.disk == 20          # RunPod's 80 GB default is over a small CPU pod's cap
+    assert RunPodBackend(job_spec({"container_disk_gb": 30})).create_request("n", attempt(tmp_path), "tok").disk == 30
+    with pytest.raises(PgolfError, match=r"container_disk_gb = 50: a cpu3c pod with 4 vCPUs takes at most 40 GB"):
+        job_spec({"container_disk_gb": 50})
+    newer = rehearsal(spec=job_spec({"cpu": None, "min_cuda_version": "13.0"}))
+    assert "CUDA >= 13.0: NONE, in no data center" in newer.preflight(1, "x.toml")[1]   # no host that new
 
 
 def test_bad_runpod_keys_and_faults_are_one_line_errors():
@@ -194,28 +226,30 @@ def test_what_is_shipped_to_the_pod_and_what_is_kept(tmp_path, rehearsal):
     assert env["HF_TOKEN"] == HF_SECRET and "OTHER_API_KEY" not in env and "RUNPOD_API_KEY" not in env
     job = b.job(a)
     assert job["gpu_count"] == 0 and job["tcp_port"] == 70000 and job["http_port"] is None   # rehearsal: no proxy
+    assert job["user_agent"] == api.USER_AGENT          # the bootstrap's own requests say pgolf/<version>
     assert job["uploads"]["env"] == {"TOKENIZER_PATH": "TOKENIZER_PATH/tokenizer.model"}
     assert b.create_request("n", [a], "tok").ports == ["70000/tcp"]
     real = RunPodBackend(job_spec(), rehearse=False)
     assert real.create_request("n", [a], "tok").ports == ["70000/tcp", "8000/http"]
     run_one(b, a, MemoryEvents())
+    assert b.session.fake.user_agents == {api.USER_AGENT}
     state = (tmp_path / "runs" / "b" / "rehearsal" / "state.json").read_text()
     assert SECRET not in state and HF_SECRET not in state and "tok" not in json.loads(state)["pods"]
 
 
 def test_cluster_gc_terminates_orphans_keeps_owned_and_records_it(tmp_path, rehearsal, capsys):
-    """Pods on the rehearsal of run b: one owned by an open attempt (kept), one by an ended attempt and one
-    by no ledger (terminated, verified gone, the ledger updated); a pod without pgolf's prefix is never
-    touched."""
+    """Pods on the rehearsal of run b: one owned by an open attempt of any ledger (kept), one by an ended
+    attempt of b's own ledger and one by no ledger (terminated, verified gone, b's ledger updated); a pod
+    without pgolf's prefix is never touched."""
     from runner.backends.runpod.cluster import gc
     b = rehearsal()
     with b.session.client() as c:
         ids = {name: c.create_pod(api.CreatePod(name=name, image="img", args="sleep 300",
-                                                cpu=api.CpuRequest(id="cpu3c", vcpu_count=2))).id
+                                                cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), disk=20)).id
                for name in ("pgolf-live-s1-a1", "pgolf-done-s1-a1", "pgolf-stray-s1-a1", "someone-elses-pod")}
     runs = tmp_path / "runs"
-    for run, pod, ended in (("live", ids["pgolf-live-s1-a1"], None), ("done", ids["pgolf-done-s1-a1"], "x")):
-        (runs / run).mkdir(parents=True)
+    for run, pod, ended in (("live", ids["pgolf-live-s1-a1"], None), ("b", ids["pgolf-done-s1-a1"], "x")):
+        (runs / run).mkdir(parents=True, exist_ok=True)
         (runs / run / "ledger.json").write_text(json.dumps({"seeds": {"1": {"state": "failed", "attempts": [
             {"attempt": 1, "backend": "runpod", "node": None, "pod_id": pod, "started": "x", "ended": ended,
              "exit_code": None, "error": None, "cost_usd": None, "pod_terminated": None}]}}}))
@@ -226,9 +260,9 @@ def test_cluster_gc_terminates_orphans_keeps_owned_and_records_it(tmp_path, rehe
     with b.session.open().client() as c:
         assert {p.name for p in c.list_pods()} == {"pgolf-live-s1-a1", "someone-elses-pod"}
         c.create_pod(api.CreatePod(name="pgolf-stray-s2-a1", image="img", args="sleep 300",
-                                   cpu=api.CpuRequest(id="cpu3c", vcpu_count=2)))
+                                   cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), disk=20))
     b.stop()
-    done = json.loads((runs / "done" / "ledger.json").read_text())["seeds"]["1"]["attempts"][0]
+    done = json.loads((runs / "b" / "ledger.json").read_text())["seeds"]["1"]["attempts"][0]
     live = json.loads((runs / "live" / "ledger.json").read_text())["seeds"]["1"]["attempts"][0]
     assert done["pod_terminated"] is True and live["pod_terminated"] is None
     with pytest.raises(PgolfError, match="--yes"):      # no terminal, no --yes: refuse, never assume

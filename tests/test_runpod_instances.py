@@ -34,7 +34,7 @@ def start(tmp_path):
 
 
 def request(name: str, shape: inst.PodShape = CPU, args: str = "sleep 60") -> api.CreatePod:
-    return api.CreatePod(name=name, image="img", args=args, ports=[f"{inst.SYMMETRIC_PORT}/tcp"],
+    return api.CreatePod(name=name, image="img", args=args, ports=[f"{inst.SYMMETRIC_PORT}/tcp"], disk=20,
                          cloud=shape.cloud, **shape.compute())
 
 
@@ -75,6 +75,13 @@ def test_spend_limit_is_one_clear_line_and_balance_stops_the_batch(start):
     with pytest.raises(PgolfError, match="Insufficient balance"):
         inst.create(c, request("pgolf-b-s1-a2"), FAST, notes.append)
     assert fake.pod_ids() == []
+
+
+def test_a_used_up_daily_window_stops_the_batch_in_one_line_not_an_infra_retry(start):
+    fake, c = start("quota_day=1")
+    with pytest.raises(PgolfError, match=r"RunPod's day window is used up until .* \(in 12.5 h\)") as e:
+        inst.create(c, request("pgolf-b-s1-a1"), FAST, print)
+    assert not isinstance(e.value, InfraFailure) and fake.pod_ids() == []
 
 
 def test_a_stuck_pod_is_reported_and_can_be_terminated(start):

@@ -41,7 +41,8 @@ def job(**over) -> dict:
 
 def start_pod(c: api.RunPodClient, name: str, spec: dict, token: str) -> api.Pod:
     req = api.CreatePod(name=name, image="runpod/base:fake", args=shipping.START_COMMAND, ports=["70000/tcp"],
-                        env=shipping.pod_env(spec, token), cpu=api.CpuRequest(id="cpu3c", vcpu_count=2))
+                        env=shipping.pod_env(spec, token), cpu=api.CpuRequest(id="cpu3c", vcpu_count=2),
+                        disk=20)
     pod = c.create_pod(req)
     end = time.time() + 15
     while time.time() < end:
@@ -111,7 +112,7 @@ def test_too_much_local_data_is_refused_before_any_pod(tmp_path):
 
 def test_backstop_terminates_its_own_pod_with_the_pod_key(fake):
     c = api.RunPodClient(KEY, origin=fake.url, pacing=api.Pacing(time_scale=0.01))
-    spec = job(backstop_s=1.0)
+    spec = job(backstop_s=1.0, user_agent=api.USER_AGENT)
     spec["runs"][0]["env"]["FAKE_HANG"] = "1"
     pod = start_pod(c, "pgolf-backstop-s42-a1", spec, secrets.token_hex(16))
     end = time.time() + 20
@@ -119,6 +120,7 @@ def test_backstop_terminates_its_own_pod_with_the_pod_key(fake):
         assert time.time() < end, "the pod did not terminate itself"
         time.sleep(0.1)
     assert f"terminate {pod.id}" in fake.events and fake.alive_pods() == []
+    assert fake.user_agents == {api.USER_AGENT}      # the pod's own DELETE said pgolf/<version>, not urllib's
 
 
 def test_bootstrap_downloads_the_official_variant_once_onto_a_volume(tmp_path, monkeypatch):
@@ -143,7 +145,7 @@ def test_bootstrap_downloads_the_official_variant_once_onto_a_volume(tmp_path, m
         (repo_dir / "datasets" / "fineweb10B_sp1024" / name).write_bytes(name.encode())
     for name in ("fineweb_1024_bpe.model", "fineweb_1024_bpe.vocab"):
         (repo_dir / "tokenizers" / name).write_bytes(b"tok")
-    seen = []
+    seen, agents = [], set()
 
     class Handler(SimpleHTTPRequestHandler):
         def log_message(self, *a):
@@ -151,6 +153,7 @@ def test_bootstrap_downloads_the_official_variant_once_onto_a_volume(tmp_path, m
 
         def do_GET(self):
             seen.append((self.path, self.headers.get("Authorization")))
+            agents.add(self.headers.get("User-Agent"))
             return super().do_GET()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(tmp_path / "hf")))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -170,6 +173,7 @@ def test_bootstrap_downloads_the_official_variant_once_onto_a_volume(tmp_path, m
     got = sorted(p.name for p in (data / "datasets" / "fineweb10B_sp1024").iterdir())
     assert got == ["fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
     assert {auth for _path, auth in seen} == {"Bearer hf_tok"}
+    assert agents == {bootstrap.USER_AGENT} and bootstrap.USER_AGENT.startswith("pgolf")
     assert len(seen) == first                     # the second pod found everything on the volume
 
 

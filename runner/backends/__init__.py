@@ -7,12 +7,13 @@ This factory is the only place that knows the backends by name; everything else 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from results.errors import PgolfError
 
 if TYPE_CHECKING:
     from runner.backends.base import Backend
+    from runner.ledger import Ledger
     from runner.spec import JobSpec
 
 
@@ -43,3 +44,14 @@ def cluster_gc(runs_dir: str | Path, yes: bool, rehearse: bool = False) -> int:
         for d, who in sorted(locks.busy.items()):
             print(f"pgolf cluster gc: {d}: in use by {describe(who)}: its pods are kept")
         return gc(Path(runs_dir), yes=yes, rehearse=rehearse, live=set(locks.busy))
+
+
+def stop_left_machines(run_dir: str | Path, batch: dict, ledger: "Ledger", say: Callable[[str], None]) -> None:
+    """`pgolf resume`, before anything that may refuse: the machines a dead driver left that still bill,
+    stopped and recorded in `ledger`. Of the backends only RunPod leaves any (a Ray node's jobs die with
+    their worker): a RunPod batch, a rehearsal, or any ledger that names a pod."""
+    rehearse = bool(batch.get("rehearsal"))
+    if rehearse or batch["spec"].get("backend") == "runpod" or \
+            any(a.get("pod_id") for _s, a in ledger.all_attempts()):
+        from runner.backends.runpod.instances import reap_dead_driver
+        reap_dead_driver(run_dir, ledger, rehearse, say)

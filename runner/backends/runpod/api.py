@@ -6,8 +6,8 @@ One concern: talk to RunPod. httpx does the HTTP, tenacity the retries, pydantic
 are ignored). The origin is https://api.runpod.io unless RUNPOD_API_BASE_URL says otherwise (the variable
 runpod-python honours; the rehearsal points it at the fake); pgolf appends /v2/... to it.
 
-The key comes from RUNPOD_API_KEY or RunPod's own config file (~/.runpod/config.toml, `[default] api_key`,
-as `runpod config` writes it; read here with tomllib, so the runpod package is not needed). It lives only
+The key comes from RUNPOD_API_KEY or RunPod's own config file (~/.runpod/config.toml, `[default] api_key`;
+read here with tomllib: pgolf does not use the runpod package, so its errors never send users to it). It lives only
 in the client's Authorization header: never in a URL, a log line or an error text (`_scrub` makes sure).
 
 Errors are sorted the way the create endpoint's description tells clients to act on them:
@@ -17,18 +17,23 @@ Errors are sorted the way the create endpoint's description tells clients to act
   402 BalanceError     not enough credit: stop, no candidate will succeed
   SpendLimitError      the account's $/h spend limit (any 4xx whose detail names it): one clear line
   403 Forbidden        this key cannot use that pool or pod: skip it
-  429                  waited out here (Retry-After, else the RateLimit header), then RateLimited if it never ends
+  429                  waited out here (Retry-After, else the RateLimit header), then RateLimited if it never ends;
+                       a window resetting later than Pacing.quota_cap_s (120 s; a day's) is QuotaExhausted at once,
+                       one line naming the window and its reset, except for DELETE and a `patient` client (gc):
+                       they wait however long and say so
   5xx, lost answers    retried here with backoff (TransientError once the tries are spent)
 A create is never blindly retried: an answer lost on the way back may belong to a pod that exists, so
 before trying again `create_pod` adopts a live pod of the same name (pgolf names are unique per attempt).
 
 The pod log is Server-Sent Events; `stream_logs` yields (event id, line) pairs and reconnects after a drop
-with Last-Event-ID. Event ids are timestamps and several lines may share one, so a `LogCursor` counts the
+with Last-Event-ID. Anything but a log line (comments, heartbeats, other event types) is skipped, never
+fatal. Event ids are timestamps and several lines may share one, so a `LogCursor` counts the
 lines it has taken at the last id and drops that many repeats after reconnecting: no line lost or doubled
 whether RunPod resumes at or after the id.
 """
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import json
 import logging
@@ -42,12 +47,13 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import http_sf
 import httpx
-from httpx_sse import SSEError, connect_sse
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from results.errors import PgolfError
+from runner.ledger import pgolf_version
 
 DEFAULT_ORIGIN = "https://api.runpod.io"
 CONFIG_FILE = Path("~/.runpod/config.toml")
@@ -58,6 +64,7 @@ _CAPACITY = re.compile(r"no longer any instances available|no instances? (curren
                        r"(gpus|capacity|machines)|insufficient capacity|could not be placed|no capacity|"
                        r"does not have the resources", re.I)
 _SPEND_LIMIT = re.compile(r"spend(ing)?[ _-]?limit", re.I)
+USER_AGENT = f"pgolf/{pgolf_version()}"   # on every request pgolf makes: Cloudflare refuses library defaults (1010)
 
 log = logging.getLogger("pgolf.runpod")
 
@@ -114,11 +121,24 @@ class Conflict(ApiError):
 
 
 class RateLimited(ApiError):
-    """429, with how long RunPod asked to wait."""
+    """429, with how long RunPod asked to wait and the window that is used up (None: not said)."""
 
-    def __init__(self, what: str, status: int | None, detail: str, retry_after_s: float):
+    def __init__(self, what: str, status: int | None, detail: str, retry_after_s: float, window: str | None = None):
         super().__init__(what, status, detail)
-        self.retry_after_s = retry_after_s
+        self.retry_after_s, self.window = retry_after_s, window
+
+
+class QuotaExhausted(RateLimited):
+    """A rate-limit window (a day's, say) that resets later than pgolf waits for one (Pacing.quota_cap_s):
+    said at once in one line, which window and when it resets, instead of a driver asleep for hours."""
+
+    def __init__(self, what: str, window: str | None, reset_in_s: float, cap_s: float):
+        reset = dt.datetime.fromtimestamp(time.time() + reset_in_s, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        detail = (f"RunPod's {window or 'rate-limit'} window is used up until {reset} (in {_span(reset_in_s)}); "
+                  f"pgolf waits at most {cap_s:.0f} s for a window, so this stops here: run it again after the "
+                  f"reset (terminating pods and `pgolf cluster gc` keep waiting)")
+        super().__init__(what, 429, detail, reset_in_s, window)
+        self.args = (f"RunPod API: {what}: {detail}",)
 
 
 class TransientError(ApiError):
@@ -357,6 +377,7 @@ class Pacing:
     backoff_s: float = 1.0
     backoff_max_s: float = 16.0
     rate_limit_budget_s: float = 900.0     # 429s waited out in one call before giving up
+    quota_cap_s: float = 120.0             # the longest one rate-limit wait: a window resetting later is an error
     timeout_s: float = 60.0
     sse_read_timeout_s: float = 120.0      # a silent log stream is reconnected after this long
 
@@ -373,11 +394,12 @@ def resolve_api_key(env: dict[str, str] | None = None, config_file: Path | None 
     except FileNotFoundError:
         key = None
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise PgolfError(f"{path}: cannot read RunPod's config ({type(e).__name__}: {e}); fix it, run "
-                         "`runpod config` again, or set RUNPOD_API_KEY") from None
+        raise PgolfError(f"{path}: cannot read RunPod's config ({type(e).__name__}: {e}); fix it (TOML: "
+                         "[default] api_key = \"...\") or set RUNPOD_API_KEY") from None
     if not key:
-        raise PgolfError("no RunPod API key: set RUNPOD_API_KEY or run `runpod config` (writes "
-                         "~/.runpod/config.toml); or rehearse for free with --rehearse")
+        raise PgolfError(f"no RunPod API key: pgolf reads RUNPOD_API_KEY, else `api_key` under [default] in {path}; "
+                         "set one (a key from https://www.runpod.io/console/user/settings), or rehearse for free "
+                         "with --rehearse")
     return str(key)
 
 
@@ -385,16 +407,17 @@ class RunPodClient:
     """One account's API, over one HTTP connection pool. Not picklable on purpose: build one per process."""
 
     def __init__(self, api_key: str, origin: str | None = None, pacing: Pacing = Pacing(),
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None, patient: bool = False):
         if not api_key:
             raise PgolfError("RunPod API key is empty")
         self.origin = (origin or os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_ORIGIN).rstrip("/")
         self.pacing = pacing
         self.notify = notify or log.info
         self._key = api_key
-        self._not_before = 0.0
-        self._http = httpx.Client(base_url=self.origin, timeout=pacing.timeout_s,
-                                  headers={"Authorization": f"Bearer {api_key}", "User-Agent": "pgolf"})
+        self._not_before, self._spent_window = 0.0, None
+        self.patient = patient          # wait out any window, however long (`pgolf cluster gc`); DELETEs always do
+        self._http = http_client(base_url=self.origin, timeout=pacing.timeout_s,
+                                 headers={"Authorization": f"Bearer {api_key}"})
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **kw: Any) -> "RunPodClient":
@@ -481,7 +504,7 @@ class RunPodClient:
                 params["since"] = since
             else:
                 params["tail"] = MAX_LOG_TAIL
-            self._respect_quota()
+            self._respect_quota(f"the log stream of pod {pod_id}")
             try:
                 with connect_sse(self._http, "GET", f"/v2/pods/{pod_id}/logs", params=params, headers=headers,
                                  timeout=httpx.Timeout(self.pacing.timeout_s, read=self.pacing.sse_read_timeout_s)) as es:
@@ -491,16 +514,19 @@ class RunPodClient:
                         r.read()
                         raise self._error(f"stream the log of pod {pod_id}", r)
                     for event in es.iter_sse():
-                        if not event.data:
+                        line = _log_line(event)
+                        if line is None:              # a heartbeat, an unknown event: not a line, not an id
                             continue
                         if cursor.accept(event.id):
                             failures = quiet = 0
-                            yield LogLine(event.id, json.loads(event.data)["line"])
+                            yield LogLine(event.id, line)
             except NotFound:
                 return
             except httpx.ReadTimeout:
                 continue                          # a quiet pod, not a failure: resume from the cursor
             except RateLimited as e:
+                if e.retry_after_s > self.pacing.quota_cap_s:
+                    raise QuotaExhausted(e.what, e.window, e.retry_after_s, self.pacing.quota_cap_s) from None
                 self._sleep(e.retry_after_s * self.pacing.time_scale, f"log stream of pod {pod_id} rate limited")
                 continue
             except (httpx.TransportError, SSEError, TransientError) as e:
@@ -517,14 +543,18 @@ class RunPodClient:
             time.sleep(self._backoff(quiet))
 
     # ---- catalog, billing, volumes, balance
-    def gpu_types(self, count: int = 1, cloud: str = "SECURE") -> list[GpuType]:
-        """GPU types with prices and, for pods of `count` GPUs in `cloud`, current stock."""
-        params = {"include": "AVAILABILITY", "product": "POD", "count": count, "cloud": cloud}
+    def gpu_types(self, count: int = 1, cloud: str = "SECURE", min_cuda: str | None = None) -> list[GpuType]:
+        """GPU types with prices and, for pods of `count` GPUs in `cloud` on hosts with CUDA >= `min_cuda`,
+        current stock."""
+        params: dict[str, Any] = {"include": "AVAILABILITY", "product": "POD", "count": count, "cloud": cloud}
+        if min_cuda:
+            params["minCudaVersion"] = min_cuda
         return [GpuType.model_validate(g) for g in self._call("GET", "/v2/catalog/gpus", "GPU catalog",
                                                               params=params).json()["gpus"]]
 
-    def gpu_type(self, gpu_id: str, count: int = 1, cloud: str = "SECURE") -> GpuType | None:
-        return next((g for g in self.gpu_types(count, cloud) if g.id == gpu_id), None)
+    def gpu_type(self, gpu_id: str, count: int = 1, cloud: str = "SECURE",
+                 min_cuda: str | None = None) -> GpuType | None:
+        return next((g for g in self.gpu_types(count, cloud, min_cuda) if g.id == gpu_id), None)
 
     def cpu_types(self, vcpus: int | None = None) -> list[CpuType]:
         params: dict[str, Any] = {"include": "AVAILABILITY", "product": "POD"}
@@ -593,11 +623,23 @@ class RunPodClient:
               transient_retry: bool = True) -> httpx.Response:
         """One request; 429s waited out and (unless transient_retry=False) 5xx/network errors retried."""
         kinds = (RateLimited, TransientError) if transient_retry else (RateLimited,)
-        retrying = Retrying(retry=retry_if_exception_type(kinds), stop=self._stop, wait=self._wait,
-                            before_sleep=self._note, reraise=True, sleep=time.sleep)
+        patient = self.patient or method == "DELETE"     # terminating a pod never gives up at the cap
+        retrying = Retrying(retry=retry_if_exception_type(kinds), stop=lambda st: self._stop(st, patient),
+                            wait=self._wait, before_sleep=self._note, reraise=True, sleep=time.sleep)
+        try:
+            return self._attempts(retrying, method, path, what, json, params, patient)
+        except QuotaExhausted:
+            raise
+        except RateLimited as e:
+            if e.retry_after_s > self.pacing.quota_cap_s:
+                raise QuotaExhausted(what, e.window, e.retry_after_s, self.pacing.quota_cap_s) from None
+            raise
+
+    def _attempts(self, retrying: Retrying, method: str, path: str, what: str, json: Any, params: dict | None,
+                  patient: bool) -> httpx.Response:
         for attempt in retrying:
             with attempt:
-                self._respect_quota()
+                self._respect_quota(what, patient)
                 try:
                     r = self._http.request(method, path, json=json, params=params)
                 except httpx.TransportError as e:
@@ -621,7 +663,7 @@ class RunPodClient:
         if 400 <= status < 500 and _SPEND_LIMIT.search(detail):
             return SpendLimitError(what, status, detail)
         if status == 429:
-            return RateLimited(what, status, detail, _retry_after(r))
+            return RateLimited(what, status, detail, _retry_after(r), _spent_window(r))
         if status >= 500:
             return TransientError(what, status, detail)
         if status == 400:
@@ -630,12 +672,17 @@ class RunPodClient:
                 422: InvalidRequest}.get(status, ApiError)
         if kind is AuthError:
             detail += "; check RUNPOD_API_KEY or ~/.runpod/config.toml"
+        if kind is Forbidden and "1010" in detail:
+            detail += f" (Cloudflare refused the request's User-Agent; pgolf sends {USER_AGENT!r})"
         return kind(what, status, detail)
 
-    def _stop(self, state: RetryCallState) -> bool:
+    def _stop(self, state: RetryCallState, patient: bool = False) -> bool:
         e = state.outcome.exception() if state.outcome else None
         if isinstance(e, RateLimited):
-            return state.idle_for + e.retry_after_s * self.pacing.time_scale > self.pacing.rate_limit_budget_s
+            if patient:
+                return False
+            return (e.retry_after_s > self.pacing.quota_cap_s or
+                    state.idle_for + e.retry_after_s * self.pacing.time_scale > self.pacing.rate_limit_budget_s)
         return state.attempt_number >= self.pacing.transient_tries
 
     def _wait(self, state: RetryCallState) -> float:
@@ -651,7 +698,10 @@ class RunPodClient:
     def _note(self, state: RetryCallState) -> None:
         e = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        if isinstance(e, RateLimited):
+        if isinstance(e, RateLimited) and e.retry_after_s > self.pacing.quota_cap_s:
+            self.notify(f"RunPod rate limit on {e.what}: the {e.window or 'rate-limit'} window resets in "
+                        f"{_span(e.retry_after_s)}; waiting for it (terminating and gc never give up)")
+        elif isinstance(e, RateLimited):
             self.notify(f"RunPod rate limit on {e.what}: waiting {e.retry_after_s:.0f} s as asked (Retry-After)")
         elif isinstance(e, ApiError):
             self.notify(f"{e}; try {state.attempt_number + 1} in {wait:.1f} s")
@@ -662,14 +712,33 @@ class RunPodClient:
 
     def _track_quota(self, r: httpx.Response) -> None:
         """RateLimit on any answer: a window with nothing left holds the next request until it resets."""
-        for remaining, reset in _windows(r.headers.get("RateLimit")):
-            if remaining <= 0:
-                self._not_before = max(self._not_before, time.time() + reset * self.pacing.time_scale)
+        for name, remaining, reset in _windows(r.headers.get("RateLimit")):
+            until = time.time() + reset * self.pacing.time_scale
+            if remaining <= 0 and until > self._not_before:
+                self._not_before, self._spent_window = until, name
 
-    def _respect_quota(self) -> None:
+    def _respect_quota(self, what: str = "the next request", patient: bool = False) -> None:
+        """Hold the request until a used-up window resets: up to Pacing.quota_cap_s, else QuotaExhausted
+        at once (a day's window may be hours away). `patient` callers (terminate, gc) wait however long,
+        and say so."""
         wait = self._not_before - time.time()
-        if wait > 0:
-            self._sleep(wait, "RunPod rate-limit window used up")
+        if wait <= 0:
+            return
+        real = wait / self.pacing.time_scale          # what RunPod said, before a rehearsal's scaling
+        if real > self.pacing.quota_cap_s:
+            if not patient:
+                raise QuotaExhausted(what, self._spent_window, real, self.pacing.quota_cap_s)
+            self._sleep(wait, f"the {self._spent_window or 'rate-limit'} window is used up for {_span(real)}; "
+                              f"{what} waits for it (terminating and gc never give up)")
+            return
+        self._sleep(wait, "RunPod rate-limit window used up")
+
+
+def http_client(headers: dict[str, str] | None = None, **kw: Any) -> httpx.Client:
+    """An httpx client that says who it is (`User-Agent: pgolf/<version>`): RunPod's API and its pod proxy
+    sit behind Cloudflare, which answers 403 (error 1010) to a library's default agent. Every httpx client
+    pgolf opens toward RunPod or a pod comes from here."""
+    return httpx.Client(headers={"User-Agent": USER_AGENT, **(headers or {})}, **kw)
 
 
 class _Attempt:
@@ -679,8 +748,8 @@ class _Attempt:
         self.attempt_number = n
 
 
-def _windows(header: str | None) -> list[tuple[int, float]]:
-    """(remaining, seconds to reset) per window of a RateLimit header; [] when absent or unreadable."""
+def _windows(header: str | None) -> list[tuple[str, int, float]]:
+    """(name, remaining, seconds to reset) per window of a RateLimit header; [] when absent or unreadable."""
     if not header:
         return []
     try:
@@ -688,10 +757,23 @@ def _windows(header: str | None) -> list[tuple[int, float]]:
     except Exception:  # noqa: BLE001 - a header we cannot read is a header we do not act on
         return []
     out = []
-    for _name, params in members:
+    for name, params in members:
         if isinstance(params, dict) and isinstance(params.get("r"), int) and isinstance(params.get("t"), (int, float)):
-            out.append((params["r"], float(params["t"])))
+            out.append((str(name), params["r"], float(params["t"])))
     return out
+
+
+def _spent_window(r: httpx.Response) -> str | None:
+    """The used-up window of a 429 that resets last (the one to wait for), by its RateLimit name."""
+    spent = [(reset, name) for name, remaining, reset in _windows(r.headers.get("RateLimit")) if remaining <= 0]
+    return max(spent)[1] if spent else None
+
+
+def _span(seconds: float) -> str:
+    """45000 -> '12.5 h', 90 -> '90 s': a wait said the way a person reads it."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds:.0f} s"
 
 
 def _retry_after(r: httpx.Response) -> float:
@@ -705,8 +787,22 @@ def _retry_after(r: httpx.Response) -> float:
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             pass
-    spent = [reset for remaining, reset in _windows(r.headers.get("RateLimit")) if remaining <= 0]
+    spent = [reset for _name, remaining, reset in _windows(r.headers.get("RateLimit")) if remaining <= 0]
     return max(spent) if spent else 5.0
+
+
+def _log_line(event: ServerSentEvent) -> str | None:
+    """The log line of a pod-log SSE event; None for anything else, which the follower skips: comments
+    and keep-alives (an empty event still carries the last id, by the SSE spec), heartbeats and other event
+    types, data that is not {"line": ...}. Only real lines move the LogCursor."""
+    if event.event != "message" or not event.id or not event.data:
+        return None
+    try:
+        payload = json.loads(event.data)
+    except ValueError:
+        return None
+    line = payload.get("line") if isinstance(payload, dict) else None
+    return line if isinstance(line, str) else None
 
 
 def _scrub(text: str, key: str) -> str:

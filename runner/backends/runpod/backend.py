@@ -29,6 +29,7 @@ import re
 import secrets
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -42,7 +43,8 @@ from runner.backends.runpod import api, shipping
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX, SERVING_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
                                               billed_cost, check_alive, create, max_pods_for, offer, pod_name,
-                                              _epoch, reap_leftovers, start_limit_s, terminate_verified, wait_ready)
+                                              _epoch, start_limit_s, terminate_verified, volume_placement,
+                                              wait_ready)
 from runner.ledger import now_iso
 from runner.spec import JobSpec
 
@@ -80,7 +82,9 @@ class RunPodBackend:
         self.session = Session(rehearse, faults, Path(run_dir) / REHEARSAL_DIR if rehearse and run_dir else None)
         self.timing = self.session.timing
         self.shape = PodShape(gpu_type=None if s.cpu else s.gpu_type, gpu_count=s.gpu_count, cpu=s.cpu,
-                              vcpus=s.vcpus, cloud=s.cloud_type, data_centers=tuple(s.data_centers))
+                              vcpus=s.vcpus, cloud=s.cloud_type, data_centers=tuple(s.data_centers),
+                              min_cuda=s.cuda_floor())
+        self._placed = not s.network_volume        # with a volume, the shape's data center is the volume's
         self._offer: Offer | None = None
         self._manifest: shipping.Manifest | None = None
 
@@ -88,12 +92,29 @@ class RunPodBackend:
     def offer(self) -> Offer:
         """RunPod's price and stock for this batch's pods (asked once)."""
         if self._offer is None:
+            self.placement()
             with self.session.open().client() as c:
                 try:
                     self._offer = offer(c, self.shape, self._money)
                 except api.ApiError as e:
                     raise PgolfError(str(e)) from None
+            vol = self.settings.network_volume
+            if vol and not self._offer.data_centers:
+                raise PgolfError(f"{self._offer.line}: network volume {vol} lives in {self.shape.data_centers[0]}, "
+                                 f"which has no {self.shape} free now, and a pod elsewhere cannot mount it; try "
+                                 f"later, another [runpod] gpu_type, or a volume in a data center with stock")
         return self._offer
+
+    def placement(self) -> tuple[str, ...]:
+        """The data centers pods may go to: with a network volume, the volume's only (RunPod mounts it on a
+        pod of its own data center, and a pod asked elsewhere is refused in words that read like "no
+        capacity"), else [runpod] data_centers (() is anywhere). Asked once, in the driver."""
+        if not self._placed:
+            with self.session.open().client() as c:
+                self.shape = replace(self.shape, data_centers=volume_placement(
+                    c, self.settings.network_volume, self.shape.data_centers))
+            self._placed = True
+        return self.shape.data_centers
 
     def price(self) -> float:
         return self.settings.price_per_hour or self.offer().price_per_hour
@@ -203,7 +224,7 @@ class RunPodBackend:
         ports = [f"{SYMMETRIC_PORT}/tcp"] + ([] if self.rehearse else [f"{PROXY_PORT}/http"])
         return api.CreatePod(name=name, image=s.image, args=shipping.START_COMMAND,
                              env=self.pod_env(attempts, token), ports=ports,
-                             disk=s.container_disk_gb, cloud=s.cloud_type, data_center_ids=s.data_centers or None,
+                             disk=s.disk_gb(), cloud=s.cloud_type, data_center_ids=list(self.placement()) or None,
                              mounts=mounts, **self.shape.compute())
 
     def pod_env(self, attempts: list[AttemptSpec], token: str, where: str = "job spec") -> dict[str, str]:
@@ -229,7 +250,7 @@ class RunPodBackend:
                 "collect_grace_s": REHEARSAL_COLLECT_GRACE_S if self.rehearse else s.collect_grace_s,
                 "setup_command": s.setup_command, "min_triton": s.min_triton, "rehearse": self.rehearse,
                 "script_name": "train_gpt.py", "script": shipping.SCRIPT_PATH, "tcp_port": SYMMETRIC_PORT,
-                "http_port": None if self.rehearse else PROXY_PORT,
+                "user_agent": api.USER_AGENT, "http_port": None if self.rehearse else PROXY_PORT,
                 "uploads": self.shipment(group[0].script_path).for_pod(),
                 "volume_path": s.volume_path if s.network_volume else None,
                 "data": {"variant": data.variant if data.variant in OFFICIAL_VARIANTS else None,
@@ -287,7 +308,6 @@ class RunPodBackend:
         pod: api.Pod | None = None
         try:
             events[0].meta(started=now_iso())   # the set-up is the first attempt's (the others start later)
-            reap_leftovers(client, first.run_dir, events[0].line)
             pod = create(client, self.create_request(name, attempts, token), self.timing, events[0].line)
             group.usd_per_hour = pod.cost
             for i, ev in enumerate(events):     # durable in every attempt's entry before the pod is used
@@ -311,7 +331,7 @@ class RunPodBackend:
         t, s = self.timing, self.settings
         attempts, events = group.attempts, group.events
         log = _LogFollower(self.session, attempts[0].env, pod, group, runs=len(attempts))   # from its creation
-        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        with api.http_client({"Authorization": f"Bearer {token}"}, timeout=60) as http:
             try:
                 said = _Starting(events[0], pod.id, t.time_scale)
                 pod, base = wait_ready(client, pod, start_limit_s(s.start_timeout_s, t), t,

@@ -63,6 +63,13 @@ DEFAULT_HF_REPO = "willdepueoai/parameter-golf"          # the official download
 HF_REPO_BY_VARIANT = {"sp8192": "kevclark/parameter-golf"}  # where the records fetched sp8192 from
 HF_ROOTS = ("matched_10B_docs2m_seed1337", "matched_100B_train30Btok_even_seed1337")   # export folders seen
 TERMINATE_RETRY_S = 20.0
+USER_AGENT = "pgolf"                   # main() sets "pgolf/<version>" from the job: pgolf is not installed here
+
+
+def http_request(url: str, method: str = "GET", headers: dict | None = None) -> urllib.request.Request:
+    """Every request the pod makes (RunPod's API, Hugging Face) says who it is: Cloudflare-fronted APIs
+    refuse urllib's default User-Agent (403, error 1010), and the backstop's terminate must not be refused."""
+    return urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})})
 
 
 def read_chunks(env: dict, prefix: str) -> bytes:
@@ -421,8 +428,8 @@ def self_terminate(env: dict, log) -> bool:
         log("backstop: RUNPOD_POD_ID/RUNPOD_API_KEY missing; cannot terminate this pod")
         return False
     base = (env.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io").rstrip("/")
-    req = urllib.request.Request(f"{base}/v2/pods/{urllib.parse.quote(pod_id)}", method="DELETE",
-                                 headers={"Authorization": f"Bearer {key}"})
+    req = http_request(f"{base}/v2/pods/{urllib.parse.quote(pod_id)}", method="DELETE",
+                       headers={"Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             ok = r.status in (200, 204)
@@ -449,7 +456,7 @@ def hf_get(repo: str, path: str, dest: str, token: str | None) -> None:
     part = f"{dest}.{os.getpid()}.{threading.get_ident()}.part"   # pods sharing a volume never mix parts
     for attempt in range(4):
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=120) as r, \
+            with urllib.request.urlopen(http_request(url, headers=headers), timeout=120) as r, \
                     open(part, "wb") as f:
                 while True:
                     buf = r.read(1 << 22)
@@ -592,7 +599,9 @@ def listen_ports(env: dict, job: dict) -> list[int]:
 
 
 def main() -> int:
+    global USER_AGENT
     pod = Pod(dict(os.environ))
+    USER_AGENT = pod.job.get("user_agent") or USER_AGENT
     pod.log(f"bootstrap up (pod {os.environ.get('RUNPOD_POD_ID', '?')}, python {sys.version.split()[0]})")
     ports = listen_ports(pod.env, pod.job)
     if not ports:

@@ -3,9 +3,14 @@
 gc is the one that saves money: it lists pods whose name carries pgolf's prefix, keeps those a running
 attempt of some ledger under --runs-dir still owns (attempt not ended), shows the rest with their price,
 asks (or --yes), terminates them and polls until RunPod no longer knows them, then records
-`pod_terminated: true` in the ledgers. With --rehearse it does the same for every rehearsal under
+`pod_terminated: true` in the ledgers (a terminated pod carrying an attempt's name but not its id is that
+attempt's twin: recorded in its `twin_pods`). With --rehearse it does the same for every rehearsal under
 --runs-dir, each on the fake RunPod of its own run directory (RUN_DIR/rehearsal/), so pods left by a killed
 rehearsal driver are found the same way.
+
+A pod is judged only by the API that made it: RunPod's own for the batches that ran there, a rehearsal's
+fake for that rehearsal alone. An API that never heard of a pod says nothing about it (the fake of one
+rehearsal knows none of another batch's pods, and must not mark them gone while they bill).
 """
 from __future__ import annotations
 
@@ -17,8 +22,8 @@ from typing import TYPE_CHECKING, Collection, Iterator
 from results.errors import PgolfError
 from runner.backends.base import ClusterAction
 from runner.backends.runpod import api
-from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, Session, batch_prefix, gone, list_ours,
-                                              terminate_verified)
+from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, Session, batch_pod_name, batch_prefix,
+                                              gone, list_ours, terminate_verified)
 from runner.ledger import Ledger, load_batch
 
 if TYPE_CHECKING:
@@ -30,9 +35,9 @@ def _run_dirs(runs_dir: Path, holding: str) -> list[Path]:
     return sorted({p.parent.resolve() for p in Path(runs_dir).glob(f"*/{holding}") if not p.parent.is_symlink()})
 
 
-def _ledgers(runs_dir: Path) -> list[Ledger]:
+def _ledgers(dirs: Collection[Path]) -> list[Ledger]:
     out = []
-    for run_dir in _run_dirs(runs_dir, "ledger.json"):
+    for run_dir in dirs:
         try:
             out.append(Ledger.load(run_dir))
         except PgolfError:
@@ -40,18 +45,29 @@ def _ledgers(runs_dir: Path) -> list[Ledger]:
     return out
 
 
-def sessions(runs_dir: Path, rehearse: bool, name: str | None = None) -> Iterator[tuple[str, Session]]:
-    """(label, open session): RunPod's API once, or with `rehearse` the fake of each rehearsal under
-    runs_dir (only the batches of spec `name`, when given)."""
+def sessions(runs_dir: Path, rehearse: bool, name: str | None = None) -> Iterator[tuple[str, Session, list[Path]]]:
+    """(label, open session, the run directories whose pods that API made): RunPod's API once with every
+    batch that is not a rehearsal, or with `rehearse` the fake of each rehearsal under runs_dir with its
+    own run directory alone (only the batches of spec `name`, when given)."""
     if not rehearse:
         with Session() as s:
-            yield "RunPod", s
+            yield "RunPod", s, [d for d in _run_dirs(runs_dir, "ledger.json") if not _is_rehearsal(d)]
         return
     for run_dir in _run_dirs(runs_dir, REHEARSAL_DIR):
         if not (run_dir / REHEARSAL_DIR / "state.json").exists() or (name and _batch_name(run_dir) != name):
             continue
         with Session(rehearse=True, state_dir=run_dir / REHEARSAL_DIR) as s:
-            yield f"rehearsal {run_dir.name}", s
+            yield f"rehearsal {run_dir.name}", s, [run_dir]
+
+
+def _is_rehearsal(run_dir: Path) -> bool:
+    """The batch ran on a rehearsal's fake (batch.json says so, or its fake's state is there)."""
+    try:
+        if load_batch(run_dir).get("rehearsal"):
+            return True
+    except PgolfError:
+        pass
+    return (run_dir / REHEARSAL_DIR / "state.json").exists()
 
 
 def _batch_name(run_dir: Path) -> str | None:
@@ -61,10 +77,10 @@ def _batch_name(run_dir: Path) -> str | None:
         return None
 
 
-def owners(runs_dir: Path) -> dict[str, str]:
+def owners(dirs: Collection[Path]) -> dict[str, str]:
     """pod id -> 'run seed S attempt K' for the pods of attempts still open (a driver may be using them)."""
     return {att["pod_id"]: f"{led.run_dir.name} seed {seed} attempt {att.get('attempt')}"
-            for led in _ledgers(runs_dir) for seed, att in led.all_attempts()
+            for led in _ledgers(dirs) for seed, att in led.all_attempts()
             if att.get("pod_id") and att.get("ended") is None}
 
 
@@ -76,25 +92,37 @@ def live_batch_pods(pods: list[api.Pod], live: Collection[Path]) -> dict[str, st
             if pattern.fullmatch(p.name or "")}
 
 
-def reconcile(client: api.RunPodClient, runs_dir: Path, live: Collection[Path] = ()) -> list[str]:
-    """Ended attempts whose pod this API no longer knows get pod_terminated=true (verified gone), in
-    ledgers no driver holds (no attempt open in them, no live process holding the batch: `live`), so each
-    run's ledger tells the truth about its money. Returns the pod ids newly recorded."""
+def reconcile(client: api.RunPodClient, dirs: Collection[Path], live: Collection[Path] = (),
+              twins: Collection[api.Pod] = ()) -> list[str]:
+    """Ended attempts whose pod this API, the one that made them (`dirs`: its batches only), reports gone
+    (404 or TERMINATED) get pod_terminated=true, in ledgers no driver may be using (no attempt open in them),
+    and `twins` (pods just terminated and verified gone) carrying an attempt's name but not its pod id go
+    into that attempt's `twin_pods`; never in a ledger a live process holds (`live`). So each run's ledger
+    tells the truth about its money. Returns the pod ids newly recorded."""
     done = []
-    for led in _ledgers(runs_dir):
-        if led.has_open_attempt() or led.run_dir in live:
+    for led in _ledgers(dirs):
+        if led.run_dir in live:
             continue
         changed = False
-        for _seed, att in led.all_attempts():
+        pattern = batch_pod_name(led.run_dir)
+        for twin in twins:          # gone for sure (just verified), so recorded even while attempts are open
+            m = pattern.fullmatch(twin.name)
+            att = led.attempt(int(m.group(1)), int(m.group(2))) if m else None
+            if att is not None and att.get("pod_id") != twin.id and twin.id not in (att.get("twin_pods") or []):
+                att["twin_pods"] = sorted(set(att.get("twin_pods") or []) | {twin.id})
+                done.append(twin.id)
+                changed = True
+        for _seed, att in led.all_attempts() if not led.has_open_attempt() else []:
             if not att.get("pod_id") or att.get("pod_terminated") is True:
                 continue
             try:
-                if gone(client, att["pod_id"]):         # 404, TERMINATED or unlisted (instances.gone)
-                    att["pod_terminated"] = True
-                    done.append(att["pod_id"])
-                    changed = True
+                if not gone(client, att["pod_id"]):     # 404, TERMINATED or unlisted (instances.gone)
+                    continue
             except api.ApiError:
-                pass
+                continue
+            att["pod_terminated"] = True
+            done.append(att["pod_id"])
+            changed = True
         if changed:
             led.save()
     return done
@@ -119,30 +147,35 @@ def confirm(question: str, yes: bool) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
+def _say(msg: str) -> None:
+    print(f"pgolf cluster: {msg}", file=sys.stderr, flush=True)
+
+
 def _terminate(client: api.RunPodClient, pods: list[api.Pod], session: Session) -> tuple[list[str], list[str]]:
     """(verified gone, still there) after terminating `pods`."""
     ids = [p.id for p in pods]
-    left = terminate_verified(client, ids, session.timing,
-                              say=lambda msg: print(f"pgolf cluster: {msg}", file=sys.stderr))
+    left = terminate_verified(client, ids, session.timing, say=_say)
     return [i for i in ids if i not in left], left
 
 
 def gc(runs_dir: Path, yes: bool, rehearse: bool = False, live: Collection[Path] = ()) -> int:
     """`live`: run directories a live process holds (their pods are kept, their ledgers not touched)."""
     rc, seen = 0, False
-    for label, session in sessions(runs_dir, rehearse):
+    for label, session, dirs in sessions(runs_dir, rehearse):
         seen = True
-        with session.client() as client:
-            rc = max(rc, _gc_one(client, session, label, runs_dir, yes, live))
+        with session.client(notify=_say, patient=True) as client:     # gc never gives up at the quota cap
+            rc = max(rc, _gc_one(client, session, label, runs_dir, dirs, yes, live))
     if rehearse and not seen:
         print(f"pgolf cluster gc: no rehearsal under {runs_dir}")
     return rc
 
 
-def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Path, yes: bool,
+def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Path, dirs: list[Path], yes: bool,
             live: Collection[Path] = ()) -> int:
+    """gc on one API, with the run directories whose pods it made (`dirs`)."""
     pods = list_ours(client)
-    open_ = {**owners(runs_dir), **live_batch_pods(pods, live)}
+    # keeping is always safe: a pod an open attempt of ANY ledger names is kept; judging gone is `dirs`' alone
+    open_ = {**owners(_run_dirs(runs_dir, "ledger.json")), **live_batch_pods(pods, live)}
     kept = [p for p in pods if p.id in open_]
     orphans = [p for p in pods if p.id not in open_]
     if kept:
@@ -150,7 +183,7 @@ def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Pa
         print("  (if that batch's driver is dead, `pgolf resume RUN_DIR` closes its attempts; gc again after)")
     if not orphans:
         print(f"pgolf cluster gc: {label}: no orphaned pgolf pods ({len(kept)} kept)")
-        fixed = reconcile(client, runs_dir, live)
+        fixed = reconcile(client, dirs, live)
         if fixed:
             print(f"pgolf cluster gc: {label}: recorded pod_terminated for {len(fixed)} pod(s) already gone: "
                   f"{', '.join(fixed)}")
@@ -163,7 +196,11 @@ def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Pa
         print("pgolf cluster gc: nothing terminated")
         return 1
     gone, left = _terminate(client, orphans, session)
-    reconcile(client, runs_dir, live)
+    recorded = reconcile(client, dirs, live, [p for p in orphans if p.id in gone])
+    named = {att.get("pod_id") for led in _ledgers(dirs) for _s, att in led.all_attempts()}
+    twins = [i for i in recorded if i not in named]
+    if twins:
+        print(f"pgolf cluster gc: {label}: recorded twin pod(s) of an attempt's name: {', '.join(twins)}")
     print(f"pgolf cluster gc: {label}: terminated {len(gone)} pod(s), verified gone: {', '.join(gone) or '-'}")
     if left:
         print(f"pgolf cluster gc: STILL THERE after {session.timing.gone_timeout_s:.0f} s: {', '.join(left)}; "
@@ -188,9 +225,9 @@ def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, ye
         print("pgolf cluster up: RunPod pods are created per seed attempt by `pgolf run`; nothing to start")
         return 0
     rc, seen = 0, False
-    for label, session in sessions(runs_dir, backend.rehearse, spec.name):
+    for label, session, dirs in sessions(runs_dir, backend.rehearse, spec.name):
         seen = True
-        with session.client() as client:
+        with session.client(notify=_say, patient=action == "down") as client:
             pods = [p for p in list_ours(client) if p.name.startswith(tuple(prefixes))]
             if action == "status":
                 balance = client.balance()
@@ -201,12 +238,12 @@ def run_verb(backend: "RunPodBackend", action: ClusterAction, runs_dir: Path, ye
                     print(f"RunPod balance: unknown (GraphQL gone); spending ${spend:.2f}/h")
                 else:
                     print(f"RunPod balance ${balance:.2f}, spending ${spend:.2f}/h")
-                show(pods, f"{label}: pods of {spec.name}: {len(pods)}", owners(runs_dir), session.rehearse)
+                show(pods, f"{label}: pods of {spec.name}: {len(pods)}", owners(dirs), session.rehearse)
                 continue
             if not pods:
                 print(f"pgolf cluster down: {label}: no pods named {' or '.join(p + '*' for p in prefixes)}")
                 continue
-            show(pods, f"{label}: pods of {spec.name} to terminate", owners(runs_dir), session.rehearse)
+            show(pods, f"{label}: pods of {spec.name} to terminate", owners(dirs), session.rehearse)
             if not confirm(f"Terminate these {len(pods)} pod(s), running attempts included?", yes):
                 rc = 1
                 continue

@@ -32,10 +32,15 @@ schema does not say which way RunPod rounds; inclusive is the side that loses no
 `tail` lines (default 100) are backfilled. The stream ends cleanly once the container has exited and every
 line was sent, and ends when the pod goes away.
 
+Like RunPod's Cloudflare front, it answers 403 "error code: 1010" (plain text, before any API rule) to a
+request with no User-Agent or a library's default one (Python-urllib/..., python-httpx/...); pgolf sends
+pgolf/<version> from the driver and the pod alike. `user_agents` keeps every agent seen, for tests.
+
 Faults (`--rehearse-faults`, KEY=N, comma-separated):
   capacity=K      the first K creates answer 400 "no instances available" (RunPod's capacity answer)
   5xx=K           K answers are 503 problems (every other request until K are spent)
   429=K           the next K requests in a row answer 429 with Retry-After (a rate-limit storm)
+  quota_day=K     the next K requests answer 429 with the daily window used up (RateLimit "day";r=0;t=45000)
   lost_create=K   K creates make their pod but the connection drops before the answer
   slow_start=K    the first K pods take SLOW_START_S to provision
   slow_pull=S     every pod's image pull takes S seconds of rehearsal time (x TIME_SCALE here): RUNNING with
@@ -47,6 +52,9 @@ Faults (`--rehearse-faults`, KEY=N, comma-separated):
   preempt_mid=K   K pods that run several seeds are lost once the driver collected their first seed's
                   results (their second seed is running then): only the seeds not finished run again
   sse_drop=K      K log streams drop mid-stream (each after sending SSE_DROP_AFTER events)
+  sse_drop_shared=K  event ids are whole seconds (as in the schema's example), so a burst of lines shares
+                  one id, and K streams drop right after the second line sharing an id (amid the burst)
+  sse_heartbeat=1 every log event comes after a comment and a `heartbeat` event (not log lines)
   balance=X       the account balance in dollars (GraphQL clientBalance; a create needs one hour of credit)
   spend_limit=X   the account's spend limit in $/h (default 80, RunPod's default)
   graphql_gone=1  GraphQL answers 410 Gone (it is being retired)
@@ -95,6 +103,9 @@ CPUS = [   # id, name, RAM GB per vCPU, $/vCPU/h secure, serverless, max vCPUs
 DATA_CENTERS = [("US-KS-2", "United States (Kansas 2)", "NORTH_AMERICA"),
                 ("EU-RO-1", "Europe (Romania 1)", "EUROPE")]
 DISK_USD_PER_GB_H = 0.10 / 730       # container disk, $0.10 per GB-month
+DEFAULT_DISK_GB = 80                 # container disk when the create names none (RunPod's default)
+CPU_DISK_GB_PER_VCPU = {"cpu3c": 10, "cpu3g": 10, "cpu5c": 15}   # CPU pods' container disk caps (RunPod's docs)
+HOST_CUDA = "12.8"                   # the CUDA every fake host reports
 CAPACITY_DETAIL = ("There are no longer any instances available with the requested specifications. "
                    "Please refresh and try again.")
 DEFAULT_BALANCE = 1000.0
@@ -109,16 +120,20 @@ PREEMPT_MARKER = "phase running"
 PREEMPT_MID_MARKER = "collected by the driver"     # a shared pod's bootstrap says so after each seed
 PREEMPT_AFTER_S = 0.5
 RETRY_AFTER_S = 2
+QUOTA_DAY_RESET_S = 45_000           # a used-up daily window: resets in 12.5 h
 RATE_QUOTA_PER_MIN = 6000
 SSE_DROP_AFTER = 3
 SSE_POLL_S = 0.05
 SSE_KEEPALIVE_S = 10.0
-FAULT_KEYS = {"capacity", "5xx", "429", "lost_create", "slow_start", "slow_pull", "twin", "stuck", "preempt",
-              "preempt_mid", "sse_drop", "balance", "spend_limit", "graphql_gone"}
+FAULT_KEYS = {"capacity", "5xx", "429", "quota_day", "lost_create", "slow_start", "slow_pull", "twin", "stuck",
+              "preempt", "preempt_mid", "sse_drop", "sse_drop_shared", "sse_heartbeat", "balance", "spend_limit",
+              "graphql_gone"}
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
            "ERROR": ["start", "terminate"], "TERMINATED": []}
 LIVE = ("PROVISIONING", "STARTING", "RUNNING")
+LIBRARY_AGENTS = re.compile(r"(python-urllib|python-httpx|python-requests|aiohttp|go-http-client|okhttp|java)/",
+                            re.I)     # what Cloudflare's browser-integrity check refuses (error 1010)
 
 
 def parse_faults(text: str) -> dict[str, float]:
@@ -146,6 +161,11 @@ def pods_root(state_dir: Path) -> Path:
     base = Path(tempfile.gettempdir()) / "pgolf-fake-pods"
     base.mkdir(mode=0o700, exist_ok=True)
     return base / digest
+
+
+def _cuda(version: str) -> tuple[int, ...]:
+    """'12.11' -> (12, 11): CUDA versions compare numerically, not as decimals."""
+    return tuple(int(x) for x in version.split("."))
 
 
 def iso(t: float) -> str:
@@ -198,6 +218,9 @@ class Reply:
     events: Iterator[tuple[str, str]] | None = None    # SSE: (id, data) pairs
     drop: bool = False                        # close the connection without answering
     drop_after: int | None = None             # SSE: drop the stream after this many events
+    drop_shared: bool = False                 # SSE: drop after the second event sharing one id (a fault left)
+    heartbeat: bool = False                   # SSE: a comment and a heartbeat event before each log event
+    text: str | None = None                   # a plain-text body (Cloudflare's own answers are not JSON)
 
 
 def problem(status: int, detail: str, errors: list[str] | None = None) -> Reply:
@@ -247,7 +270,8 @@ class FakeRunPod:
     """The fake API server and its pods. start() -> base origin for RUNPOD_API_BASE_URL."""
 
     def __init__(self, state_dir: str | Path, faults: str | dict = "", *, api_key: str | None = None,
-                 retry_after_s: int = RETRY_AFTER_S, rate_quota_per_min: int = RATE_QUOTA_PER_MIN):
+                 retry_after_s: int = RETRY_AFTER_S, rate_quota_per_min: int = RATE_QUOTA_PER_MIN,
+                 stock: dict[str, str] | None = None):
         self.root = Path(state_dir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "volumes").mkdir(exist_ok=True)
@@ -259,6 +283,7 @@ class FakeRunPod:
         self.api_key = api_key
         self.retry_after_s = int(retry_after_s)
         self.rate_quota = int(rate_quota_per_min)
+        self.stock = {d[0]: (stock or {}).get(d[0], "HIGH") for d in DATA_CENTERS}   # per data center
         self.lock = threading.Lock()               # in-memory fault counters and bookkeeping
         self.used = {k: 0 for k in FAULT_KEYS}
         self.n_requests = 0
@@ -267,6 +292,7 @@ class FakeRunPod:
         self.keys: dict[str, str] = {}             # pod id -> its pod-scoped key (memory only)
         self.events: list[str] = []                # what the fake did (faults, terminations), for tests
         self.requests_seen: list[str] = []         # operation ids, in order
+        self.user_agents: set[str] = set()         # every User-Agent seen, refused ones included (tests)
         self.violations: list[str] = []            # contract violations, requests and responses
         self.final_logs: dict[str, list[str]] = {}  # pod id -> its container log when it was terminated (tests)
         self.server: ThreadingHTTPServer | None = None
@@ -312,6 +338,11 @@ class FakeRunPod:
 
     # ---- one request, start to end
     def dispatch(self, req: Request) -> Reply:
+        agent = (req.header("User-Agent") or "").strip()
+        with self.lock:
+            self.user_agents.add(agent)
+        if not agent or LIBRARY_AGENTS.match(agent):
+            return Reply(403, text="error code: 1010", ctype="text/plain; charset=UTF-8")   # before the API
         if req.path.rstrip("/") == "/graphql":
             return self._graphql(req)
         op, path_params, known = contract().match(req.method, req.path)
@@ -329,6 +360,13 @@ class FakeRunPod:
                 reply = problem(429, "rate limit exceeded for the minute window")
                 reply.headers["Retry-After"] = str(self.retry_after_s)
                 reply.headers["RateLimit"] = http_sf.ser([("minute", {"r": 0, "t": self.retry_after_s})])
+                return self._checked(op, reply)
+            if self._take("quota_day"):
+                self.events.append("quota_day")
+                reply = problem(429, "daily request quota exhausted")
+                reply.headers["Retry-After"] = str(QUOTA_DAY_RESET_S)
+                reply.headers["RateLimit"] = http_sf.ser([("minute", {"r": 100, "t": 30}),
+                                                          ("day", {"r": 0, "t": QUOTA_DAY_RESET_S})])
                 return self._checked(op, reply)
             minute, count = self.window
             now_min = int(time.time() // 60)
@@ -433,7 +471,7 @@ class FakeRunPod:
         out = {"id": pod["id"], "name": pod["name"], "image": pod["image"], "args": pod["args"],
                "disk": pod["disk"], "ports": pod["ports"], "env": self.envs.get(pod["id"], {}), "registry": None,
                "status": status, "actions": ACTIONS[status], "mounts": pod["mounts"], "cloud": pod["cloud"],
-               "dataCenterId": pod["dataCenterId"], "cudaVersion": "12.8" if pod.get("gpu") else None,
+               "dataCenterId": pod["dataCenterId"], "cudaVersion": HOST_CUDA if pod.get("gpu") else None,
                "ssh": {"proxy": None, "direct": None}, "template": None,
                "cost": pod["costPerHr"] if status in LIVE else 0.0, "locked": False,
                "globalNetworking": {"enabled": False}, "runtime": runtime, "createdAt": iso(pod["created"]),
@@ -480,6 +518,9 @@ class FakeRunPod:
                 return problem(400, CAPACITY_DETAIL)
         price = self._price(body)
         with self.state.edit() as st:
+            dc = self._place(body, st)
+            if isinstance(dc, Reply):
+                return dc
             spend = sum(p["costPerHr"] for p in st["pods"].values() if self._status(p) in LIVE)
             if spend + price > self.spend_limit + 1e-9:
                 return problem(400, f"Spend limit reached: this pod (${price:.2f}/hr) would bring your account "
@@ -498,9 +539,9 @@ class FakeRunPod:
             ports = list(body.get("ports") or [])
             tcp = {s.split("/")[0]: _free_port() for s in ports if s.endswith("/tcp")}
             key = f"rpa_pod_{secrets.token_hex(16)}"
-            dc = self._place(body, st)
             pod = {"id": pod_id, "name": body["name"], "image": body.get("image") or "", "args": body.get("args") or "",
-                   "disk": int(body.get("disk") or 20), "ports": ports, "tcp": tcp, "cloud": body.get("cloud", "SECURE"),
+                   "disk": int(body.get("disk") or DEFAULT_DISK_GB), "ports": ports, "tcp": tcp,
+                   "cloud": body.get("cloud", "SECURE"),
                    "dataCenterId": dc, "mounts": body.get("mounts") or {}, "costPerHr": price, "created": now,
                    "started": None, "pid": None, "proc_start": None, "mark": f"{pod_id}:{secrets.token_hex(8)}",
                    "key_hash": _hash(key), "stuck": flags["stuck"], "preempt": flags["preempt"],
@@ -551,6 +592,11 @@ class FakeRunPod:
                 return problem(400, f"unknown GPU type {body['gpu']['id']!r}")
             if int(body["gpu"].get("count", 1)) > gpu[5]:
                 return problem(400, f"{gpu[1]} pods have at most {gpu[5]} GPUs in {cloud} cloud")
+            floor, allowed = body["gpu"].get("minCudaVersion"), body["gpu"].get("allowedCudaVersions") or []
+            if floor and allowed:
+                return problem(400, "gpu.minCudaVersion and a non-empty gpu.allowedCudaVersions are mutually exclusive")
+            if (floor and _cuda(floor) > _cuda(HOST_CUDA)) or (allowed and HOST_CUDA not in allowed):
+                return problem(400, CAPACITY_DETAIL)      # no host reports such a CUDA: RunPod's capacity answer
         else:
             flavor = next((c for c in CPUS if c[0] == body["cpu"]["id"]), None)
             n = int(body["cpu"]["vcpuCount"])
@@ -562,6 +608,10 @@ class FakeRunPod:
                 return problem(400, "CPU pods run in SECURE cloud only")
             if (body.get("mounts") or {}).get("persistent"):
                 return problem(400, "mounts.persistent is not allowed on CPU pods")
+            per = CPU_DISK_GB_PER_VCPU.get(flavor[0])
+            if per and int(body.get("disk") or DEFAULT_DISK_GB) > per * n:
+                return problem(400, f"container disk {int(body.get('disk') or DEFAULT_DISK_GB)} GB is over the "
+                                    f"{per * n} GB limit of a {flavor[0]} pod with {n} vCPUs ({per} GB per vCPU)")
         mounts = body.get("mounts") or {}
         if mounts.get("persistent") and mounts.get("network"):
             return problem(400, "mounts.persistent and mounts.network are mutually exclusive")
@@ -574,14 +624,22 @@ class FakeRunPod:
                 return problem(400, f"unknown data center {dc!r}")
         return None
 
-    def _place(self, body: dict, st: dict) -> str:
-        """The data center: the network volume's, else the first one asked for, else the first one."""
+    def _place(self, body: dict, st: dict) -> str | Reply:
+        """The data center, as RunPod places a pod: among dataCenterIds (none: any), only where a network
+        volume lives (NetworkMount: "in the same data center as the pod"; a volume elsewhere is a 400), and
+        only where the shape is in stock (else RunPod's capacity answer)."""
+        allowed = list(body.get("dataCenterIds") or [d[0] for d in DATA_CENTERS])
         net = (body.get("mounts") or {}).get("network") or []
         if net:
             vol = st["volumes"].get(net[0]["volumeId"])
-            if vol is not None:
-                return vol["dataCenter"]
-        return (body.get("dataCenterIds") or [DATA_CENTERS[0][0]])[0]
+            if vol is None:
+                return problem(400, f"network volume {net[0]['volumeId']} not found")
+            if vol["dataCenter"] not in allowed:
+                return problem(400, f"network volume {vol['id']} is in data center {vol['dataCenter']}, not among "
+                                    f"the requested dataCenterIds {allowed}")
+            allowed = [vol["dataCenter"]]
+        placed = next((dc for dc in allowed if self.stock[dc] != "NONE"), None)
+        return placed or problem(400, CAPACITY_DETAIL)
 
     @staticmethod
     def _price(body: dict) -> float:
@@ -730,17 +788,25 @@ class FakeRunPod:
         start = _canonical(resume) if resume else None
         tail = int(req.param("tail", "100"))
         headers = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
-        return Reply(200, headers=headers, events=self._log_events(id, source, start, tail),
-                     drop_after=SSE_DROP_AFTER if self.faults.get("sse_drop") else None)
+        coarse = bool(self.faults.get("sse_drop_shared"))
+        return Reply(200, headers=headers, events=self._log_events(id, source, start, tail, coarse),
+                     drop_after=SSE_DROP_AFTER if self.faults.get("sse_drop") else None,
+                     drop_shared=coarse, heartbeat=bool(self.faults.get("sse_heartbeat")))
 
-    def take_drop(self) -> bool:
-        """A stream that has sent SSE_DROP_AFTER events drops if an sse_drop fault is left (mid-stream,
-        whenever that is: a stream that ends or is closed earlier spends none)."""
+    def take_drop(self, fault: str = "sse_drop") -> bool:
+        """A stream that has sent SSE_DROP_AFTER events (or, sse_drop_shared, a second event of one id)
+        drops if such a fault is left (mid-stream, whenever that is: a stream that ends earlier spends none)."""
         with self.lock:
-            return self._take("sse_drop")
+            return self._take(fault)
 
-    def _log_events(self, pod_id: str, source: str | None, start: str | None, tail: int) -> Iterator[tuple[str, str]]:
-        """(id, data) of the pod's log from `start` (inclusive) or its last `tail` lines, then live ones."""
+    def _log_events(self, pod_id: str, source: str | None, start: str | None, tail: int,
+                    coarse: bool = False) -> Iterator[tuple[str, str]]:
+        """(id, data) of the pod's log from `start` (inclusive) or its last `tail` lines, then live ones;
+        `coarse`: ids (and ts) to the whole second, so lines of one second share an id."""
+        def event(e: dict) -> tuple[str, str]:
+            ts = e["ts"][:19] + "Z" if coarse else e["ts"]
+            return ts, json.dumps({"source": "container", "line": e["line"], "ts": ts})
+
         path = self.pod_dir(pod_id) / "container.log"
         offset = 0
         backlog: list[dict] = []
@@ -754,7 +820,7 @@ class FakeRunPod:
         elif source == "system":
             backlog = []            # the fake's host writes no system log lines
         for e in backlog:
-            yield e["ts"], json.dumps({"source": "container", "line": e["line"], "ts": e["ts"]})
+            yield event(e)
         last_beat = time.time()
         while source in (None, "container"):
             pod = self.state.read()["pods"].get(pod_id)
@@ -767,8 +833,7 @@ class FakeRunPod:
                 chunk = chunk[:chunk.rfind(b"\n") + 1]
             offset += len(chunk)
             for raw in chunk.splitlines():
-                e = json.loads(raw)
-                yield e["ts"], json.dumps({"source": "container", "line": e["line"], "ts": e["ts"]})
+                yield event(json.loads(raw))
             if not chunk:
                 if ended:            # gone, or exited with every line sent (the init writes `exit` last)
                     return
@@ -784,6 +849,10 @@ class FakeRunPod:
         if ("AVAILABILITY" in include) != bool(product):
             return problem(400, "include=AVAILABILITY and product go together")
         count = int(req.param("count", "1"))
+        floor = req.param("minCudaVersion")
+        if floor and req.param("cudaVersions"):
+            return problem(400, "minCudaVersion and cudaVersions are mutually exclusive")
+        cuda_ok = not floor or _cuda(floor) <= _cuda(HOST_CUDA)[:len(_cuda(floor))]
         with self.lock:
             scarce = self.used["capacity"] < self.faults.get("capacity", 0)
         out = []
@@ -792,11 +861,14 @@ class FakeRunPod:
                  "community": True, "price": {"secure": secure, "community": community},
                  "maxCount": {"secure": most, "community": most}}
             if product:
-                level = "NONE" if count > most else ("LOW" if scarce else "HIGH")
-                g["availability"] = level
-                if level != "NONE":
-                    g["dataCenters"] = [{"id": d, "name": n, "availability": level} for d, n, _ in DATA_CENTERS]
-                g["cudaVersions"] = [{"version": "12.8", "available": level != "NONE"}]
+                fits = count <= most and cuda_ok
+                dcs = [{"id": d, "name": n, "availability": self._level(d, scarce)} for d, n, _ in DATA_CENTERS
+                       if fits and self._level(d, scarce) != "NONE"]
+                g["availability"] = _best(dc["availability"] for dc in dcs)
+                if dcs:
+                    g["dataCenters"] = dcs
+                if cuda_ok:
+                    g["cudaVersions"] = [{"version": HOST_CUDA, "available": bool(dcs)}]
             out.append(g)
         return Reply(200, {"gpus": out})
 
@@ -810,8 +882,11 @@ class FakeRunPod:
             c = {"id": cid, "name": name, "group": cid[:4], "vcpu": {"min": 2, "max": most}, "ramGbPerVcpu": ram,
                  "price": {"securePerVcpu": secure, "serverlessPerVcpu": serverless}}
             if product:
-                c["availability"] = "HIGH"
-                c["dataCenters"] = [{"id": d, "name": n, "availability": "HIGH"} for d, n, _ in DATA_CENTERS]
+                dcs = [{"id": d, "name": n, "availability": self.stock[d]} for d, n, _ in DATA_CENTERS
+                       if self.stock[d] != "NONE"]
+                c["availability"] = _best(dc["availability"] for dc in dcs)
+                if dcs:
+                    c["dataCenters"] = dcs
             out.append(c)
         return Reply(200, {"cpus": out})
 
@@ -822,11 +897,15 @@ class FakeRunPod:
             d = {"id": did, "name": name, "region": region, "networkVolumeTypes": ["STANDARD"],
                  "compliance": ["SOC_2_TYPE_2"], "globalNetwork": False}
             if "GPU_AVAILABILITY" in include:
-                d["gpuAvailability"] = [{"id": g[0], "name": g[1], "availability": "HIGH"} for g in GPUS]
+                d["gpuAvailability"] = [{"id": g[0], "name": g[1], "availability": self.stock[did]} for g in GPUS]
             if "CPU_AVAILABILITY" in include:
-                d["cpuAvailability"] = [{"id": c[0], "name": c[1], "availability": "HIGH"} for c in CPUS]
+                d["cpuAvailability"] = [{"id": c[0], "name": c[1], "availability": self.stock[did]} for c in CPUS]
             out.append(d)
         return Reply(200, {"dataCenters": out})
+
+    def _level(self, dc: str, scarce: bool) -> str:
+        """A data center's stock of GPUs: its own level, LOW while a capacity fault is pending."""
+        return "LOW" if scarce and self.stock[dc] != "NONE" else self.stock[dc]
 
     # ---- billing
     def _op_listPodBilling(self, req: Request, who: str) -> Reply:
@@ -904,6 +983,12 @@ class FakeRunPod:
         return Reply(204)
 
 
+def _best(levels) -> str:
+    """The catalog's overall level: the best of its data centers' (NONE when none has any)."""
+    order = ["NONE", "LOW", "MEDIUM", "HIGH"]
+    return max(levels, key=order.index, default="NONE")
+
+
 def _bucket_start(t: float, size: str) -> float:
     d = dt.datetime.fromtimestamp(t, dt.timezone.utc)
     if size == "hour":
@@ -951,11 +1036,12 @@ def _handler(fake: FakeRunPod):
                 return
             if reply.events is not None:
                 return self._stream(reply)
-            raw = json.dumps(reply.payload).encode() if reply.payload is not None else b""
+            raw = (reply.text.encode() if reply.text is not None else
+                   json.dumps(reply.payload).encode() if reply.payload is not None else b"")
             self.send_response(reply.status)
             for k, v in reply.headers.items():
                 self.send_header(k, v)
-            if reply.payload is not None:
+            if reply.payload is not None or reply.text is not None:
                 self.send_header("Content-Type", reply.ctype)
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
@@ -968,7 +1054,7 @@ def _handler(fake: FakeRunPod):
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            sent = 0
+            sent, last_id = 0, None
             try:
                 for event_id, data in reply.events:
                     if not event_id:
@@ -977,10 +1063,18 @@ def _handler(fake: FakeRunPod):
                     errors = contract().event_errors(event_id, data)
                     if errors:
                         fake.violations += [f"response getPodLogs event: {e}" for e in errors]
+                    if reply.heartbeat:
+                        self._chunk(b": ping\n\nevent: heartbeat\ndata: {\"alive\": true}\n\n")
+                        fake.events.append("sse_heartbeat")
                     self._chunk(f"id: {event_id}\ndata: {data}\n\n".encode())
                     sent += 1
-                    if reply.drop_after is not None and sent == reply.drop_after and fake.take_drop():
-                        fake.events.append("sse_drop")
+                    drop = "sse_drop" if reply.drop_after is not None and sent == reply.drop_after and \
+                        fake.take_drop() else None
+                    if drop is None and reply.drop_shared and event_id == last_id and fake.take_drop("sse_drop_shared"):
+                        drop = "sse_drop_shared"
+                    last_id = event_id
+                    if drop:
+                        fake.events.append(drop)
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)     # no last chunk: the client sees a drop
                         return

@@ -8,7 +8,8 @@ bootstrap has not answered `start_timeout_s` after its creation is `Stuck`: the 
 driver retries on a fresh pod, as for any lost machine), terminate and verify gone (404, TERMINATED or no
 longer listed), and what the pod cost
 (RunPod's billing records; None while they have nothing yet). Polling intervals are named in `Timing`; the
-rehearsal's are short so tests stay fast. `reap_leftovers` stops the pods a batch's ended attempts left.
+rehearsal's are short so tests stay fast. `reap_dead_driver` stops, verifies and records the pods a dead
+driver left (and their twins), for `pgolf resume` before anything else.
 """
 from __future__ import annotations
 
@@ -91,12 +92,14 @@ class Session:
             self.origin = self.fake.start()
         return self
 
-    def client(self, env: dict[str, str] | None = None, notify: Say | None = None) -> api.RunPodClient:
-        """A client of this session's API (`env`: the job's environment, where the key may be)."""
+    def client(self, env: dict[str, str] | None = None, notify: Say | None = None,
+               patient: bool = False) -> api.RunPodClient:
+        """A client of this session's API (`env`: the job's environment, where the key may be); `patient`
+        waits out a used-up rate-limit window however long (gc), where others stop at the cap."""
         key = REHEARSAL_KEY if self.rehearse else api.resolve_api_key({**os.environ, **(env or {})})
         pacing = api.Pacing(time_scale=self.timing.time_scale,
                             sse_read_timeout_s=2.0 if self.rehearse else api.Pacing.sse_read_timeout_s)
-        return api.RunPodClient(key, origin=self.origin, pacing=pacing, notify=notify)
+        return api.RunPodClient(key, origin=self.origin, pacing=pacing, notify=notify, patient=patient)
 
     def close(self) -> None:
         if self.fake is not None:
@@ -124,6 +127,7 @@ class PodShape:
     vcpus: int = 4
     cloud: str = "SECURE"
     data_centers: tuple[str, ...] = ()
+    min_cuda: str | None = None      # the host's CUDA floor (gpu.minCudaVersion): the image's CUDA
 
     def __str__(self) -> str:
         what = f"{self.cpu} x {self.vcpus} vCPU" if self.cpu else f"{self.gpu_count} x {self.gpu_type}"
@@ -133,7 +137,7 @@ class PodShape:
         """The `gpu` or `cpu` part of a create request."""
         if self.cpu:
             return {"cpu": api.CpuRequest(id=self.cpu, vcpu_count=self.vcpus)}
-        return {"gpu": api.GpuRequest(id=self.gpu_type, count=self.gpu_count)}
+        return {"gpu": api.GpuRequest(id=self.gpu_type, count=self.gpu_count, min_cuda_version=self.min_cuda)}
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ def offer(client: api.RunPodClient, shape: PodShape, money: Callable[[float], st
                              f"to {flavor.vcpu.max}")
         price, level, dcs = flavor.price_per_hour(n), flavor.availability or "unknown", flavor.data_centers
     else:
-        gpu = client.gpu_type(shape.gpu_type, shape.gpu_count, shape.cloud)
+        gpu = client.gpu_type(shape.gpu_type, shape.gpu_count, shape.cloud, shape.min_cuda)
         if gpu is None:
             raise PgolfError(f"[runpod] gpu_type = {shape.gpu_type!r}: not in RunPod's GPU catalog")
         most = gpu.max_count.community if shape.cloud == "COMMUNITY" else gpu.max_count.secure
@@ -167,9 +171,26 @@ def offer(client: api.RunPodClient, shape: PodShape, money: Callable[[float], st
                              f"in {shape.cloud} cloud")
         price, level, dcs = gpu.price_per_hour(shape.cloud, shape.gpu_count), gpu.availability or "unknown", gpu.data_centers
     where = tuple(d.id for d in dcs if d.availability != "NONE" and (not shape.data_centers or d.id in shape.data_centers))
-    line = (f"RunPod stock for {shape}: {level}" + (f" in {', '.join(where)}" if where else ", in no data center")
+    cuda = f", CUDA >= {shape.min_cuda}" if shape.min_cuda else ""
+    line = (f"RunPod stock for {shape}{cuda}: {level}" + (f" in {', '.join(where)}" if where else ", in no data center")
             + f"; {money(price)}/h list price")
     return Offer(round(price, 4), level, where, line)
+
+
+def volume_placement(client: api.RunPodClient, volume_id: str, data_centers: tuple[str, ...]) -> tuple[str, ...]:
+    """(the network volume's data center,): a pod mounts a volume of its own data center only (v2's
+    NetworkMount). PgolfError, before any pod, when the volume is unknown or [runpod] data_centers leaves
+    its data center out."""
+    try:
+        vol = client.get_volume(volume_id)
+    except api.ApiError as e:
+        raise PgolfError(f"[runpod] network_volume = {volume_id!r}: {e}") from None
+    if vol is None:
+        raise PgolfError(f"[runpod] network_volume = {volume_id!r}: no such network volume on this RunPod account")
+    if data_centers and vol.data_center not in data_centers:
+        raise PgolfError(f"[runpod] data_centers = {list(data_centers)} leaves out {vol.data_center}, where network "
+                         f"volume {volume_id} lives: a pod elsewhere cannot mount it; add it or drop data_centers")
+    return (vol.data_center,)
 
 
 def max_pods_for(price_per_hour: float, spend_limit: float = DEFAULT_SPEND_LIMIT) -> int:
@@ -205,6 +226,8 @@ def create(client: api.RunPodClient, req: api.CreatePod, timing: Timing, say: Sa
                 return client.create_pod(req)
     except (api.CapacityError, api.SpendLimitError) as e:
         raise InfraFailure(f"no pod after {timing.capacity_wait_s / 60:.0f} min of waiting: {e}") from None
+    except api.QuotaExhausted as e:          # hours away: no retry can help, the batch says so and stops
+        raise PgolfError(str(e)) from None
     except (api.TransientError, api.RateLimited) as e:
         raise InfraFailure(f"RunPod API unreachable while creating the pod: {e}") from None
     except (api.BalanceError, api.Refused, api.InvalidRequest, api.Forbidden, api.AuthError) as e:
@@ -331,27 +354,51 @@ def list_ours(client: api.RunPodClient, prefix: str = NAME_PREFIX) -> list[api.P
         raise PgolfError(str(e)) from None
 
 
-def reap_leftovers(client: api.RunPodClient, run_dir: str | Path, say: Say) -> None:
-    """Pods of this batch's ended attempts that may still bill (a dead driver's, closed by `pgolf resume`,
-    or one whose termination was not verified): terminate them now rather than wait for their backstop.
-    A pod an open attempt still uses is kept: a pod shared by several seeds outlives the end of its first
-    ones. Never fails the attempt; `pgolf cluster gc` verifies and records them."""
+def batch_pod_name(run_dir: str | Path) -> re.Pattern:
+    """The deterministic names of a batch's pods (pod_name of any seed and attempt): a live pod carrying
+    one that no ledger entry names is a twin (a create whose answer was lost, then made again)."""
+    return re.compile(re.escape(batch_prefix(run_dir)) + r"s(\d+)-a(\d+)")
+
+
+def reap_dead_driver(run_dir: str | Path, ledger: Ledger, rehearse: bool, say: Say) -> None:
+    """The pods a dead driver left, stopped FIRST by `pgolf resume` (before any check that may refuse: a
+    missing secret must not keep them billing), with the batch's lock held, so no pod of the batch is in
+    use: every attempt's pod not recorded terminated, and every live twin (a pod carrying one of the batch's
+    deterministic names that no entry names). Each is terminated and verified gone once, here, and
+    recorded in the ledger (`pod_terminated`, twins in their attempt's `twin_pods`), so the rerun seeds'
+    tasks find nothing to do. Judged by the API that made them: the batch's own (the rehearsal's fake when
+    `rehearse`). Never raises: the resume goes on, and `pgolf cluster gc` is the fallback."""
+    session = Session(rehearse, state_dir=Path(run_dir) / REHEARSAL_DIR if rehearse else None)
+    if rehearse and not (Path(run_dir) / REHEARSAL_DIR / "state.json").exists():
+        return                                    # the rehearsal never made a pod
+    entries = [(seed, att) for seed, att in ledger.all_attempts() if att.get("pod_id")]
+    named = {att["pod_id"] for _s, att in entries}
     try:
-        ledger = Ledger.load(run_dir)
-    except PgolfError:
+        with session, session.client(notify=say) as client:
+            pattern = batch_pod_name(run_dir)
+            twins = [p for p in list_ours(client, batch_prefix(run_dir))
+                     if pattern.fullmatch(p.name) and p.id not in named and p.status != "TERMINATED"]
+            ids = [att["pod_id"] for _s, att in entries if att.get("pod_terminated") is not True]
+            ids += [p.id for p in twins]
+            if not ids:
+                return
+            left = set(terminate_verified(client, ids, session.timing, say))
+    except (PgolfError, api.ApiError) as e:
+        say(f"cannot stop the pods the dead driver left ({e}); `pgolf cluster gc` terminates them later")
         return
-    in_use = {a.get("pod_id") for _s, a in ledger.all_attempts() if a.get("ended") is None}
-    for seed, att in ledger.all_attempts():
-        pid = att.get("pod_id")
-        if not pid or pid in in_use or att.get("ended") is None or att.get("pod_terminated") is True:
-            continue
-        try:
-            if client.get_pod(pid) is not None:
-                client.delete_pod(pid)
-                say(f"pgolf-runpod: terminated pod {pid} left by seed {seed} attempt "
-                    f"{att.get('attempt')} ({att.get('error') or 'not verified gone'})")
-        except api.ApiError:
-            pass
+    for seed, att in entries:
+        if att.get("pod_terminated") is not True and att["pod_id"] not in left:
+            att["pod_terminated"] = True
+    for twin in twins:
+        seed, attempt = map(int, pattern.fullmatch(twin.name).groups())
+        att = ledger.attempt(seed, attempt)
+        if att is not None and twin.id not in left:
+            att["twin_pods"] = sorted(set(att.get("twin_pods") or []) | {twin.id})
+    ledger.save()
+    gone = [i for i in ids if i not in left]
+    say(f"terminated {len(gone)} pod(s) the dead driver left, verified gone: {', '.join(gone) or '-'}"
+        + (f" (twins of the batch's pod names: {', '.join(t.id for t in twins)})" if twins else "")
+        + (f"; STILL THERE: {', '.join(sorted(left))}: `pgolf cluster gc` tries again" if left else ""))
 
 
 def _epoch(iso: str | None) -> float | None:
