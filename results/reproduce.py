@@ -224,7 +224,7 @@ def sentence(rep: dict | None) -> str:
                 f"p = {rep['p']:.3g}, α = {rep['alpha']}")
     verdict = {"consistent": "consistent with the claim (cannot reject it; within the tolerance on average)",
                "inconclusive": "inconclusive: cannot reject the claim, but the reproduction is worse than it "
-                               f"by more than the tolerance on average; more seeds would settle it",
+                               "by more than the tolerance on average; more seeds would settle it",
                "not reproduced": "the claim does NOT stand (significantly worse than claimed beyond the "
                                  "tolerance)"}[verdict_of(rep)]
     return f"{head}; {test} → {verdict}."
