@@ -56,11 +56,10 @@ def costing(spec, seeds_per_pod: int) -> dict[str, Any]:
     """How one seed is priced on the spec's backend (the parts `seed_cost` needs, and what to print)."""
     seed_h = (spec.limits.train_seconds + spec.limits.eval_seconds) / 3600.0
     if spec.backend == "runpod":
-        from runner.backends.runpod.instances import max_pods_for
         usd, source = price(spec)
         s = spec.runpod
         pods, why = ((s.max_pods, "[runpod] max_pods") if s.max_pods else
-                     (max_pods_for(usd, s.spend_limit), f"what a ${s.spend_limit:g}/h spend limit allows at "
+                     (s.pods_at_once(usd), f"what a ${s.spend_limit:g}/h spend limit allows at "
                                                          f"${usd:.2f}/h; set [runpod] max_pods to change it"))
         return {"backend": "runpod", "usd_per_hour": usd, "price_source": source, "hours_per_seed": seed_h,
                 "setup_hours": s.setup_s / 3600.0, "seeds_per_pod": seeds_per_pod, "max_pods": pods,

@@ -194,16 +194,16 @@ def test_network_volume_is_mounted_and_places_the_pod(tmp_path, rehearsal):
 
 def test_create_pins_the_images_cuda_and_sizes_a_cpu_pods_disk(tmp_path, rehearsal):
     gpu = rehearsal(spec=job_spec({"cpu": None}))
-    req = gpu.create_request("pgolf-b-s42-a1", attempt(tmp_path), "tok")
+    req = gpu.create_request("pgolf-b-s42-a1", [attempt(tmp_path)], "tok")
     assert req.payload()["gpu"] == {"id": api.GPU_H100_SXM, "count": 8, "minCudaVersion": "12.8"}   # the image's
     assert req.disk == 80
     pinned = RunPodBackend(job_spec({"cpu": None, "min_cuda_version": "12.4"}))
-    assert pinned.create_request("n", attempt(tmp_path), "tok").gpu.min_cuda_version == "12.4"
+    assert pinned.create_request("n", [attempt(tmp_path)], "tok").gpu.min_cuda_version == "12.4"
     other = RunPodBackend(job_spec({"cpu": None, "image": "me/img:1-cuda12.6.3-devel"}))
-    assert other.create_request("n", attempt(tmp_path), "tok").gpu.min_cuda_version == "12.6"
-    cpu = rehearsal().create_request("n", attempt(tmp_path), "tok")
+    assert other.create_request("n", [attempt(tmp_path)], "tok").gpu.min_cuda_version == "12.6"
+    cpu = rehearsal().create_request("n", [attempt(tmp_path)], "tok")
     assert cpu.gpu is None and cpu.disk == 20          # RunPod's 80 GB default is over a small CPU pod's cap
-    assert RunPodBackend(job_spec({"container_disk_gb": 30})).create_request("n", attempt(tmp_path), "tok").disk == 30
+    assert RunPodBackend(job_spec({"container_disk_gb": 30})).create_request("n", [attempt(tmp_path)], "tok").disk == 30
     with pytest.raises(PgolfError, match=r"container_disk_gb = 50: a cpu3c pod with 4 vCPUs takes at most 40 GB"):
         job_spec({"container_disk_gb": 50})
     newer = rehearsal(spec=job_spec({"cpu": None, "min_cuda_version": "13.0"}))

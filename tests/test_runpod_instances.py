@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from runner.spec import RunPodSettings
+
 from results.errors import PgolfError
 from runner.backends.runpod import api, instances as inst
 from runner.backends.runpod.fake import FakeRunPod
@@ -44,7 +46,7 @@ def test_offer_says_stock_and_price_and_the_spend_limit_sets_max_pods(start):
     assert h100.price_per_hour == pytest.approx(21.52) and h100.availability == "HIGH"
     assert h100.line == ("RunPod stock for 8 x NVIDIA H100 80GB HBM3 (SECURE): HIGH in US-KS-2, EU-RO-1; "
                          "$21.52/h list price")
-    assert inst.max_pods_for(h100.price_per_hour) == 3                  # $80/h default: 3 pods of 8 x H100
+    assert RunPodSettings().pods_at_once(h100.price_per_hour) == 3      # $80/h default: 3 pods of 8 x H100
     assert inst.offer(c, CPU).price_per_hour == pytest.approx(0.12)
     for bad, match in ((inst.PodShape(cpu="cpu3c", vcpus=3), "power of two"),
                        (inst.PodShape(cpu="cpu9z"), "no such CPU flavor"),

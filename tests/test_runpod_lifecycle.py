@@ -254,7 +254,7 @@ def test_the_fake_answers_terminated_for_a_while_then_404(backend):
     b = backend(1)
     with b.session.client() as c:
         pod = c.create_pod(api.CreatePod(name="pgolf-b-s9-a1", image="img", args="sleep 30",
-                                         cpu=api.CpuRequest(id="cpu3c", vcpu_count=2)))
+                                         cpu=api.CpuRequest(id="cpu3c", vcpu_count=2), disk=20))
         assert c.delete_pod(pod.id)
         assert c.get_pod(pod.id).status == "TERMINATED" and gone(c, pod.id)
         assert pod.id not in {p.id for p in c.list_pods()} and b.session.fake.alive_pods() == []

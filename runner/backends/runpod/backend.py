@@ -42,7 +42,7 @@ from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Even
 from runner.backends.runpod import api, shipping
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX, SERVING_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
-                                              billed_cost, check_alive, create, max_pods_for, offer, pod_name,
+                                              billed_cost, check_alive, create, offer, pod_name,
                                               _epoch, start_limit_s, terminate_verified, volume_placement,
                                               wait_ready)
 from runner.ledger import now_iso
@@ -120,7 +120,7 @@ class RunPodBackend:
         return self.settings.price_per_hour or self.offer().price_per_hour
 
     def max_pods(self) -> int:
-        return self.settings.max_pods or max_pods_for(self.price(), self.settings.spend_limit)
+        return self.settings.pods_at_once(self.price())
 
     def local_resources(self, cpus: int) -> dict[str, float]:
         """A logical resource on the driver's node: at most `max_pods` attempts (pods) at once."""

@@ -45,8 +45,9 @@ Faults (`--rehearse-faults`, KEY=N, comma-separated):
   slow_start=K    the first K pods take SLOW_START_S to provision
   slow_pull=S     every pod's image pull takes S seconds of rehearsal time (x TIME_SCALE here): RUNNING with
                   `runtime: null`, its bootstrap silent, until then
-  twin=K          K creates make their pod, lose the answer, and the pod shows in the list only TWIN_LAG_S
-                  later: the client's retry makes a same-name twin (the schema has no idempotency key)
+  twin=K          K creates make their pod, lose the answer, and the pod shows in the list only once the
+                  next create of that name has come, or TWIN_LAG_S later (list lag): the client's retry
+                  makes a same-name twin (the schema has no idempotency key); the pod's end finds it by name
   stuck=K         the first K pods stay PROVISIONING for good (billed all the same, as users report)
   preempt=K       the first K pods are lost once their log shows the job running
   preempt_mid=K   K pods that run several seeds are lost once the driver collected their first seed's
@@ -115,7 +116,6 @@ MAX_ENV_VARS = 50                   # RunPod docs (environment-variables.mdx): "
 SLOW_START_S = 2.0
 TIME_SCALE = REHEARSAL.time_scale   # a rehearsal's seconds (slow_pull=600: 6 s here), as the client scales its waits
 TERMINATED_S = 1.0                  # after DELETE: answered TERMINATED this long, then 404
-TWIN_LAG_S = 1.0                    # a lost create's pod is listed only this long after it was made
 PREEMPT_MARKER = "phase running"
 PREEMPT_MID_MARKER = "collected by the driver"     # a shared pod's bootstrap says so after each seed
 PREEMPT_AFTER_S = 0.5
@@ -134,6 +134,7 @@ ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminat
 LIVE = ("PROVISIONING", "STARTING", "RUNNING")
 LIBRARY_AGENTS = re.compile(r"(python-urllib|python-httpx|python-requests|aiohttp|go-http-client|okhttp|java)/",
                             re.I)     # what Cloudflare's browser-integrity check refuses (error 1010)
+TWIN_LAG_S = 30.0                   # a lost create's pod is listed at its retry, else this long after
 
 
 def parse_faults(text: str) -> dict[str, float]:
@@ -529,6 +530,9 @@ class FakeRunPod:
             if self.balance < price:
                 return problem(402, f"Insufficient balance: deploying needs at least one hour of credit "
                                     f"(${price:.2f}); your balance is ${self.balance:.2f}.")
+            for other in st["pods"].values():      # list lag, made deterministic: a lost create's pod is
+                if other["name"] == body["name"]:   # listed once the retry of its create has come
+                    other["listed_from"] = min(other.get("listed_from", 0), time.time())
             with self.lock:        # a twin is nobody's pod: the other faults go to the pods that serve
                 flags = {"twin": self._take("twin")}
                 flags.update({k: not flags["twin"] and self._take(k)

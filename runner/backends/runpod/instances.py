@@ -31,7 +31,6 @@ from runner.ledger import Ledger
 NAME_PREFIX = "pgolf-"
 SYMMETRIC_PORT = 70000           # "70000/tcp": RunPod gives the pod one port number used inside and out
 PROXY_PORT = 8000                # "8000/http": RunPod's HTTPS proxy, when the pod has no public address
-DEFAULT_SPEND_LIMIT = 80.0       # $/h: RunPod's default account spend limit
 LIVE = ("PROVISIONING", "STARTING", "RUNNING")
 REHEARSAL_DIR = "rehearsal"      # a rehearsal keeps its fake RunPod's state in RUN_DIR/rehearsal/
 REHEARSAL_KEY = "pgolf-rehearsal"   # the key every rehearsal uses: the user's real key never meets the fake
@@ -191,11 +190,6 @@ def volume_placement(client: api.RunPodClient, volume_id: str, data_centers: tup
         raise PgolfError(f"[runpod] data_centers = {list(data_centers)} leaves out {vol.data_center}, where network "
                          f"volume {volume_id} lives: a pod elsewhere cannot mount it; add it or drop data_centers")
     return (vol.data_center,)
-
-
-def max_pods_for(price_per_hour: float, spend_limit: float = DEFAULT_SPEND_LIMIT) -> int:
-    """How many such pods the account's spend limit allows at once (at least 1: RunPod refuses the rest)."""
-    return max(1, int(spend_limit // price_per_hour)) if price_per_hour > 0 else 1
 
 
 def pod_name(run_dir: str, seed: int, attempt: int) -> str:
