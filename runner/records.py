@@ -123,7 +123,7 @@ def fetch(dest: str | Path | None = None, url: str | None = None) -> dict:
             tmp.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             _git(["clone", "--quiet", "--depth", "1", "--filter=blob:none", "--no-checkout", url, str(tmp)])
-            _git(["sparse-checkout", "set", SUBDIR], cwd=tmp)
+            _git(["sparse-checkout", "set", "--no-cone", f"/{SUBDIR}/"], cwd=tmp)   # records/ only, no top-level files
             _git(["checkout", "--quiet"], cwd=tmp)
             if not (tmp / SUBDIR).is_dir():
                 raise PgolfError(f"{url}: has no {SUBDIR}/ folder; is it the Parameter Golf repository?")

@@ -355,16 +355,21 @@ def validate_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> 
         if spec.reproduces:
             spec.reproduces = resolve_path(base, spec.reproduces)
         if isinstance(spec.baseline.ref, str) and not _is_number(spec.baseline.ref):
-            spec.baseline.ref = _record_path(base, spec.baseline.ref)
+            spec.baseline.ref = _record_path(base, spec.baseline.ref, f"{where}: [baseline] ref")
         if spec.abort is not None and spec.abort.curve:
-            spec.abort.curve = _record_path(base, spec.abort.curve)
+            spec.abort.curve = _record_path(base, spec.abort.curve, f"{where}: [abort] curve")
     return spec
 
 
-def _record_path(base: Path, ref: str) -> str:
+def _record_path(base: Path, ref: str, where: str) -> str:
     """A record reference: `records:track_.../NAME` (the public records, runner/records.py) or a path."""
     from runner import records
-    return records.resolve(ref) if records.is_ref(ref) else resolve_path(base, ref)
+    if not records.is_ref(ref):
+        return resolve_path(base, ref)
+    try:
+        return records.resolve(ref)
+    except PgolfError as e:
+        raise PgolfError(f"{where}: {e}") from None
 
 
 def _is_number(s: str) -> bool:
