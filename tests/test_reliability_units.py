@@ -410,3 +410,21 @@ def test_an_attempts_end_never_overtakes_its_last_lines():
             ("lines", 3, 2, ["step:5/5 train_loss:3.5", "pgolf-pod: DONE 0"]), ("ended", 3, 2, 0)]
     finally:
         ray.shutdown()
+
+
+def test_scratch_of_a_dead_task_is_swept_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """Issue 20: the suite left /tmp/pgolf-s*-a1-* folders: a task killed with its node (or force-cancelled)
+    never ran its clean-up. Their names carry the task's pid; the next task there and the batch's end sweep
+    the ones whose process is gone."""
+    import tempfile
+    from runner import driver
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"pgolf-s1-a1-p{dead.pid}-abc"
+    live = tmp_path / f"pgolf-s2-a1-p{os.getpid()}-def"
+    other = tmp_path / "pgolf-s3-a1-xyz"                  # not ours by name: never touched
+    for d in (stale, live, other):
+        (d / "attempt").mkdir(parents=True)
+    assert driver.sweep_scratch() == [stale]
+    assert not stale.exists() and live.is_dir() and other.is_dir()
