@@ -114,8 +114,11 @@ def cmd_status(args) -> int:
     try:
         batch = load_batch(run_dir)
         rehearsal = bool(batch.get("rehearsal"))
-        head = f"{batch.get('name')}  script {batch['script']['file']} sha256 {batch['script']['sha256'][:12]}…  " \
-               f"created {batch.get('created_at')}"
+        created = str(batch.get("created_at") or "?")
+        created = f"{created[:10]} {created[11:19]} UTC" if len(created) >= 19 else created
+        # two short lines, so that an 80-column terminal never wraps them
+        head = f"{batch.get('name')}  created {created}\nscript {batch['script']['file']}  sha256 " \
+               f"{batch['script']['sha256'][:12]}…"
         if rehearsal:
             head += "\nREHEARSAL: fake RunPod on this machine; its costs are fake, no money was spent"
     except PgolfError:

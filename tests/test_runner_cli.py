@@ -153,3 +153,19 @@ def test_unreachable_address_fails_fast_with_one_line(tmp_path):
     assert time.monotonic() - t0 < 60 and not (tmp_path / "runs").exists()
     r = pgolf("resume", tmp_path / "nowhere", "--address", "not-an-address")
     assert r.returncode == 2 and "not HOST:PORT" in r.stderr
+
+
+def test_status_fits_80_columns(tmp_path):
+    """Issue 20: the status head (name, script, sha256, created) wrapped on an 80-column terminal; pod ids
+    of a rehearsal fit their column whole."""
+    run = _batch(tmp_path)
+    led = json.loads((run / "ledger.json").read_text())
+    led["seeds"]["1"]["attempts"][0].update(pod_id="fake003a1b2c3d4", pod_terminated=True, cost_usd=0.01,
+                                            shared_pod={"position": 2, "attempts": [1, 2, 3]})
+    (run / "ledger.json").write_text(json.dumps(led))
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "status", run], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, COLUMNS="80"), timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and all(len(line.rstrip()) <= 80 for line in lines), r.stdout
+    assert lines[0].startswith("b  created ") and lines[1].startswith("script ") and "sha256" in lines[1], r.stdout
+    assert "fake003a1b2c3d4 [2/3]" in r.stdout                    # the pod id on one line, never folded
