@@ -1,6 +1,6 @@
 """Adaptive batches on the current record: the chance of a pass, the seeds and the money, against a fixed batch.
 
-For the current record (../shared/records/track_10min_16mb/2026-04-29_SmearGateBOSFix_3Seed_1.06141, three
+For the current record (tests/data/records/track_10min_16mb/2026-04-29_SmearGateBOSFix_3Seed_1.06141, three
 seeds) and candidates whose true mean improvement is 0 (no better than the record) up to clearly better, this
 simulates adaptive batches exactly as the runner runs them (runner/waves.py): seeds drawn from
 N(record mean − improvement, record seed std²), a look after each wave with `results.sequential.decide`
@@ -33,9 +33,7 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-RECORD = ROOT.parent / "shared" / "records" / "track_10min_16mb" / "2026-04-29_SmearGateBOSFix_3Seed_1.06141"
-if not RECORD.is_dir():
-    RECORD = ROOT.parents[1] / "shared" / "records" / RECORD.relative_to(ROOT.parent / "shared" / "records")
+RECORD = ROOT / "tests" / "data" / "records" / "track_10min_16mb" / "2026-04-29_SmearGateBOSFix_3Seed_1.06141"
 USD_PER_SEED = 21.52 * (600 + 600 + 900) / 3600
 # (policy, adaptive min, max, wave, true improvements in bpb)
 ROWS = [("progression", 2, 4, 1, (0.0, 0.0005, 0.001, 0.002)),

@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_the_synopsis_names_every_option():
 
 
 @pytest.fixture
-def scratch(tmp_path) -> tuple[Path, dict]:
+def scratch(tmp_path):
     """A folder that looks like a fresh clone (links to the repository's files) and the environment the
     examples run in: no PGOLF_RECORDS, a cache of its own, the public repository replaced by a local one."""
     work = tmp_path / "clone"
@@ -106,7 +107,32 @@ def scratch(tmp_path) -> tuple[Path, dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("PGOLF_RECORDS", "PGOLF_RECORDS_URL")}
     env.update(GIT_ENV, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT), COLUMNS="200",
                XDG_CACHE_HOME=str(tmp_path / "cache"), PGOLF_RECORDS_URL=upstream.as_uri())
-    return work, env
+    yield work, env
+    # a command cut short (a timeout) leaves its processes and rehearsal pods: none may outlive the test
+    from runner.backends.runpod.fake import FakeRunPod
+    from runner.proctree import batch_markers, kill_marked
+    for run in (work / "runs").glob("*/ledger.json") if (work / "runs").is_dir() else []:
+        if not run.parent.is_symlink():
+            kill_marked(batch_markers(str(run.parent)))
+            if (run.parent / "rehearsal").is_dir():
+                FakeRunPod(run.parent / "rehearsal").terminate_all()
+
+
+def sh(cmd: str, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """`bash -c cmd` in its own session; on a timeout the whole session is killed, not only bash."""
+    p = subprocess.Popen(["bash", "-c", cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGINT)          # pgolf's Ctrl-C path stops its attempts and pods
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+        raise AssertionError(f"`{cmd}` still running after {timeout} s:\n{out[-2000:]}\n{err[-2000:]}") from None
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def adapted(cmd: str) -> str | None:
@@ -121,6 +147,7 @@ def adapted(cmd: str) -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)          # two runs of the payload (the smoke batch, the rehearsal), one seed each
 def test_every_example_works_pasted_in_order(scratch):
     work, env = scratch
     ran = []
@@ -128,7 +155,7 @@ def test_every_example_works_pasted_in_order(scratch):
         run = adapted(cmd)
         if run is None:
             continue
-        r = subprocess.run(["bash", "-c", run], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        r = sh(run, work, env, timeout=600)
         expect = 1 if re.search(r"\bexit 1:", note) else 0
         assert r.returncode == expect, f"README example `{cmd}` (run as `{run}`) exit {r.returncode}:\n" \
                                   f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
