@@ -169,5 +169,5 @@ def test_every_example_works_pasted_in_order(scratch):
     assert status[0] == f"{PGOLF} status runs/latest"
     assert "lost (TERMINATED)" in status[1].stdout and "pod gone" in status[1].stdout, status[1].stdout
     assert (work / "my-record" / "submission.json").is_file() and (work / "smoke-vs-record" / "report.md").is_file()
-    assert (work / "cache" / "pgolf" / "parameter-golf" / "records" / "track_10min_16mb").is_dir()
+    assert (Path(env["XDG_CACHE_HOME"]) / "pgolf" / "parameter-golf" / "records" / "track_10min_16mb").is_dir()
     assert not any(p.name.startswith("latest") for p in ROOT.iterdir())      # nothing written in the repository
