@@ -19,6 +19,7 @@ updated in place. `PGOLF_RECORDS_URL` (or `--url`) replaces the repository's add
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -119,6 +120,7 @@ def fetch(dest: str | Path | None = None, url: str | None = None) -> dict:
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise PgolfError(f"{dest}: exists and is not a clone of the records; pick an empty or new --dest")
         tmp = dest.parent / f".{dest.name}.fetch-{os.getpid()}"
+        made = [p for p in [*reversed(dest.parents)] if not p.exists()]    # folders to remove if it fails
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -134,6 +136,10 @@ def fetch(dest: str | Path | None = None, url: str | None = None) -> dict:
             raise PgolfError(f"{dest}: cannot write the clone ({e.strerror or e})") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if not dest.exists():
+                for p in reversed(made):
+                    with contextlib.suppress(OSError):
+                        p.rmdir()
         action = "fetched"
     records = dest / SUBDIR
     return {"action": action, "dest": str(dest), "records": str(records.resolve()),

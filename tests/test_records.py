@@ -114,6 +114,8 @@ def test_errors_are_one_line(upstream, tmp_path):
     r = pgolf("records", "fetch", "--dest", dest, "--url", (tmp_path / "missing").as_uri())
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "git clone failed" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["upstream"]
+    r = pgolf("records", "fetch", "--url", (tmp_path / "missing").as_uri(), env={"XDG_CACHE_HOME": str(tmp_path / "c")})
+    assert r.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["upstream"]     # no empty cache left
     # a repository without records/
     other = tmp_path / "other"
     other.mkdir()
