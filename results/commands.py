@@ -107,8 +107,8 @@ def cmd_submit(args) -> int:
           + (f" ± {std:.8f}" if std is not None else "") + f", audit {rep.get('verdict')}")
     sig = rep.get("significance")
     if sig is None:
-        print("pgolf submit: note: no baseline known (set [baseline] in the job spec): no significance in the record",
-              file=sys.stderr)
+        print("pgolf submit: note: no baseline known (pass --baseline RECORD|submission.json|BPB, or set [baseline] "
+              "ref in the job spec): no significance in the record", file=sys.stderr)
     elif not sig.get("passes"):
         print(f"pgolf submit: note: the result does not pass the {sig['policy']} test against {sig['baseline']} "
               f"(p = {sig['p']}); submit it as a non-record or run more seeds", file=sys.stderr)

@@ -61,8 +61,8 @@ class Scrubber:
             for k, v in env.items():
                 if is_secret_name(k) and v is not None and len(str(v)) >= MIN_SECRET_LEN:
                     vals.add(str(v))
-        self._values = (re.compile("|".join(re.escape(v) for v in sorted(vals, key=len, reverse=True)))
-                        if vals else None)
+        self.values = tuple(sorted(vals, key=len, reverse=True))     # the known secret values, longest first
+        self._values = re.compile("|".join(re.escape(v) for v in self.values)) if vals else None
 
     @classmethod
     def from_environ(cls, *extra: Mapping[str, Any]) -> "Scrubber":

@@ -115,6 +115,10 @@ def submit(run_dir, out, author: str | None = None, github_id: str | None = None
         raise PgolfError(f"{script}:{leaks[0]}: looks like a secret (a secret-named NAME=value); the shipped script "
                          "must not hold one and cannot be edited after the run: remove it, rerun, then submit")
 
+    if not any(r.val_bpb is not None for r in runset.runs):
+        # nothing scored: no record to write, whatever the audit of an empty run says (val_bpb would be null)
+        raise PgolfError(f"{run_dir}: no seed finished with a score (see `pgolf status {run_dir}`); nothing to "
+                         f"submit: finish the batch with `pgolf resume {run_dir}` or run it again")
     report, _ = build(runset, baseline, policy)
     if report.get("verdict") != "pass":
         raise PgolfError(f"{run_dir}: the audit fails, a reviewer would reject this record ({_failures(report)}); "

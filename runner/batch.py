@@ -207,7 +207,7 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
     from runner import preflight
     from runner.backends import make_backend
     from runner.abort import AbortPolicy
-    from runner.driver import Driver, connect
+    from runner.driver import Driver, connect, sweep_scratch
     from runner.progress import BatchProgress
     from runner.waves import Waves
 
@@ -263,6 +263,7 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
         finally:
             if ray.is_initialized():
                 ray.shutdown()
+            sweep_scratch()           # scratch of this host's tasks that died without their clean-up
             signal.signal(signal.SIGTERM, old_term)
     batch = Batch(run_dir, spec, ledger, rc, scrub=scrub)
     if rc == EXIT_STORAGE:

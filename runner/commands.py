@@ -6,6 +6,7 @@ only turn parsed arguments into calls and a Batch into what the terminal shows a
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -16,8 +17,26 @@ from runner.ledger import Ledger, load_batch
 DRIVERS = ("pgolf run", "pgolf resume")
 
 
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """`--address HOST:PORT` (or `ray://HOST:PORT`) must answer on TCP before anything starts: Ray itself
+    retries an unreachable address for minutes and prints its own warnings; a refused or silent port is
+    the user's input, and one line saying so. `auto` and `local` are left to Ray."""
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise PgolfError(f"--address {address}: not HOST:PORT (e.g. 10.0.0.5:6379, or ray://10.0.0.5:10001)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise PgolfError(f"--address {address}: no Ray cluster answers there ({why}); start one with `ray start "
+                         f"--head` on that machine, or leave --address out to run on a local one") from None
+
+
 def cmd_run(args) -> int:
     from runner.batch import run
+    check_address(args.address)
     return _outcome(run(args.job, runs_dir=args.runs_dir, name=args.name, seeds=args.seeds, backend=args.backend,
                         address=args.address, progress=not args.no_progress, rehearse=args.rehearse,
                         faults=args.rehearse_faults))
@@ -25,6 +44,7 @@ def cmd_run(args) -> int:
 
 def cmd_resume(args) -> int:
     from runner.batch import resume
+    check_address(args.address)
     return _outcome(resume(args.run_dir, backend=args.backend, address=args.address, progress=not args.no_progress,
                            rehearse=args.rehearse, faults=args.rehearse_faults))
 
@@ -94,8 +114,11 @@ def cmd_status(args) -> int:
     try:
         batch = load_batch(run_dir)
         rehearsal = bool(batch.get("rehearsal"))
-        head = f"{batch.get('name')}  script {batch['script']['file']} sha256 {batch['script']['sha256'][:12]}…  " \
-               f"created {batch.get('created_at')}"
+        created = str(batch.get("created_at") or "?")
+        created = f"{created[:10]} {created[11:19]} UTC" if len(created) >= 19 else created
+        # two short lines, so that an 80-column terminal never wraps them
+        head = f"{batch.get('name')}  created {created}\nscript {batch['script']['file']}  sha256 " \
+               f"{batch['script']['sha256'][:12]}…"
         if rehearsal:
             head += "\nREHEARSAL: fake RunPod on this machine; its costs are fake, no money was spent"
     except PgolfError:
@@ -158,6 +181,7 @@ def cmd_reproduce(args) -> int:
     if args.dry_run:
         print(json.dumps(spec.model_dump(mode="json", exclude_defaults=True), indent=2))
         return 0
+    check_address(args.address)
     return _outcome(run(spec, runs_dir=args.runs_dir, name=args.name, backend=args.backend, address=args.address,
                         progress=not args.no_progress, rehearse=args.rehearse, faults=args.rehearse_faults))
 

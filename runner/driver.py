@@ -32,6 +32,7 @@ import errno
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -232,7 +233,8 @@ def _task_setup(attempts: list[AttemptSpec], script_blob: bytes, driver_node: st
     scratch = None
     if ray.get_runtime_context().get_node_id() != driver_node:
         first = attempts[0]
-        scratch = Path(tempfile.mkdtemp(prefix=f"pgolf-s{first.seed}-a{first.attempt}-"))
+        sweep_scratch()
+        scratch = Path(tempfile.mkdtemp(prefix=f"pgolf-s{first.seed}-a{first.attempt}-p{os.getpid()}-"))
         script = scratch / Path(first.script_path).name
         script.write_bytes(script_blob)
         folders = ["attempt"] if len(attempts) == 1 else [f"s{a.seed}-a{a.attempt}" for a in attempts]
@@ -241,6 +243,29 @@ def _task_setup(attempts: list[AttemptSpec], script_blob: bytes, driver_node: st
     for a in attempts:
         Path(a.attempt_dir).mkdir(parents=True, exist_ok=True)
     return attempts, scratch
+
+
+SCRATCH_GLOB = "pgolf-s*-a*-p*-*"
+
+
+def sweep_scratch() -> list[Path]:
+    """Remove this host's scratch folders whose task process is gone: a worker killed with its node, by a
+    forced cancel or by kill -9 never runs its `finally`. The folder's name carries its process id."""
+    gone = []
+    for d in Path(tempfile.gettempdir()).glob(SCRATCH_GLOB):
+        pid = d.name.split("-p", 1)[1].split("-", 1)[0] if "-p" in d.name else ""
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                                  # alive (or someone else's, which we may not signal)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(d)
+    return gone
 
 
 def _shipped(attempt: AttemptSpec, result: AttemptResult, scratch: Path | None) -> dict[str, bytes]:
@@ -258,8 +283,8 @@ def _shipped(attempt: AttemptSpec, result: AttemptResult, scratch: Path | None) 
 def group_task(backend, attempts: list[AttemptSpec], script_blob: bytes, driver_node: str, channel) -> None:
     """One or more seed attempts on one machine (`Backend.run_group`; one seed is a group of one): each
     one's end reaches the driver, and its ledger, as it happens; an exception ends the rest (the driver
-    finishes them from it). On a node other than the driver's it works in scratch and ships artifacts back."""
-    import shutil
+    finishes them from it). On a node other than the driver's it works in scratch and ships artifacts back;
+    the scratch goes on every way out, a cancel included."""
     attempts, scratch = _task_setup(attempts, script_blob, driver_node)
     events = [TaskEvents(channel, a.seed, a.attempt) for a in attempts]
     runs = backend.run_group(attempts, events)

@@ -20,7 +20,9 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from results.errors import PgolfError
 from results.files import atomic_write_json, sha256_file
@@ -34,6 +36,85 @@ ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exi
                 "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort", "shared_pod", "twin_pods")
 INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
 INTERRUPTED = "interrupted"
+
+
+# ---- the typed model ledger.json is read through ----------------------------------------------------
+# pydantic (as the spec): a ledger edited by hand or by a broken tool is one line naming the file and the
+# key (rc 2), never an internal error later. Keys the model does not name are kept (a newer pgolf's).
+Number = StrictInt | float
+
+
+class AttemptModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    attempt: StrictInt = Field(ge=1)
+    backend: StrictStr | None = None
+    node: StrictStr | None = None
+    pod_id: StrictStr | None = None
+    started: StrictStr | None = None
+    ended: StrictStr | None = None
+    exit_code: StrictInt | None = None
+    error: StrictStr | None = None
+    cost_usd: Number | None = None
+    cost_source: StrictStr | None = None
+    cost_estimate_usd: Number | None = None
+    pod_terminated: StrictBool | None = None
+    abort: dict[str, Any] | None = None
+    shared_pod: dict[str, Any] | None = None
+
+    def succeeded(self) -> bool:
+        """Ended whole with exit code 0: not an interrupted one (a dead driver's, a full disk's)."""
+        return self.ended is not None and self.exit_code == 0 and not (self.error or "").startswith(INTERRUPTED)
+
+
+class SeedModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state: Literal[STATES]   # type: ignore[valid-type]
+    attempts: list[AttemptModel]
+
+
+class LedgerModel(BaseModel):
+    model_config = ConfigDict(extra="allow")       # sections beside "seeds" (e.g. "adaptive")
+    seeds: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], SeedModel]
+
+
+def check(data: Any, path: Path) -> LedgerModel:
+    """ledger.json's content through the model, then its states against its attempts: one line or the model."""
+    try:
+        led = LedgerModel.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f", got {err['input']!r}" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
+        more = f" (and {e.error_count() - 1} more problem(s))" if e.error_count() > 1 else ""
+        raise PgolfError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}{got}{more}; "
+                         f"it was not written by pgolf (or was edited)") from None
+    for seed, entry in led.seeds.items():
+        numbers = [a.attempt for a in entry.attempts]
+        if len(set(numbers)) != len(numbers):
+            raise PgolfError(f"{path}: seed {seed}: attempt numbers repeat ({numbers}); it was not written by pgolf")
+        if entry.state == "succeeded" and not any(a.succeeded() for a in entry.attempts):
+            last = entry.attempts[-1].error if entry.attempts else None
+            why = f"its last attempt ended {last!r}" if last else "no attempt of it ended with exit code 0"
+            raise PgolfError(f"{path}: seed {seed} is \"succeeded\" but {why}; its result cannot be trusted: set its "
+                             f"\"state\" to \"pending\" and `pgolf resume` runs it again")
+    return led
+
+
+def check_seeds(ledger_seeds: list[int], batch: dict[str, Any], path: Path) -> None:
+    """batch.json's seeds are the ledger's: a seed batch.json lists is never silently dropped. (An adaptive
+    batch's ledger starts empty and each wave adds its seeds after recording the wave, so a driver killed
+    in between leaves fewer: not checked there.)"""
+    spec = batch.get("spec") or {}
+    listed = spec.get("seeds")
+    if not isinstance(listed, list) or spec.get("adaptive"):
+        return
+    missing = [s for s in listed if s not in ledger_seeds]
+    extra = [s for s in ledger_seeds if s not in listed]
+    if missing or extra:
+        what = "; ".join(x for x in (f"batch.json's seed(s) {missing} are missing from it" if missing else "",
+                                     f"seed(s) {extra} are not batch.json's" if extra else "") if x)
+        raise PgolfError(f"{path}: {what} (edited by hand?); pgolf never drops a seed: restore ledger.json, or "
+                         f"start a new batch with `pgolf run`")
 
 
 def now_iso() -> str:
@@ -57,7 +138,14 @@ class Ledger:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Ledger":
-        return cls(run_dir, _read(Path(run_dir), LEDGER, "no ledger here", ("seeds",)))
+        """ledger.json read through the typed model, its states checked against its attempts and its seeds
+        against batch.json's (when there is one): anything off is one line (PgolfError, rc 2)."""
+        run_dir = Path(run_dir)
+        data = _read(run_dir, LEDGER, "no ledger here", ("seeds",))
+        led = check(data, run_dir / LEDGER)
+        if (run_dir / BATCH).is_file():
+            check_seeds([int(s) for s in led.seeds], load_batch(run_dir), run_dir / LEDGER)
+        return cls(run_dir, data)
 
     def save(self) -> None:
         """Write the whole ledger; on failure (OSError naming ledger.json) memory keeps the change."""

@@ -341,12 +341,13 @@ def status_table(ledger, rehearsal: bool = False, driver_alive: bool = True) -> 
     With no live driver (runner/lock.py), a seed the ledger still calls running shows as `running (driver
     dead)`. An attempt on a pod shared by several seeds shows its place there (`[2/3]`: the second of
     three) and its share of the pod's cost; `ledger_notes` says who shared each pod. Fits 80 columns."""
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
-    for col in ("seed", "state", "att", "time", "exit"):
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0), show_edge=False)   # one space apart (the box)
+    t.add_column("seed", no_wrap=True)
+    # on a narrow terminal the state's words wrap ("running (driver dead)"), never a pod id or node: it is
+    # what `pgolf cluster gc` and RunPod's console show
+    t.add_column("state", min_width=9)
+    for col in ("att", "time", "exit", "node / pod", "cost", "pod gone"):
         t.add_column(col, no_wrap=True)
-    t.add_column("node / pod", overflow="fold")
-    t.add_column("cost", no_wrap=True)
-    t.add_column("pod gone", no_wrap=True)
     errors = []
     for s in ledger.seeds():
         e = ledger.entry(s)

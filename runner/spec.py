@@ -14,7 +14,7 @@ import re
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
@@ -182,11 +182,17 @@ class RunPodSettings(_Section):
         return tag.group(1) if tag else DEFAULT_CUDA
 
 
+SEED_LIMIT = 2 ** 32
+# a seed the payload can use: numpy and the data loader take 0 <= seed < 2**32 (a negative or larger one
+# would pass here, start Ray and fail in the payload)
+Seed = Annotated[StrictInt, Field(ge=0, lt=SEED_LIMIT)]
+
+
 class JobSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     script: str
     env: dict[str, EnvValue] = Field(default_factory=dict)
-    seeds: list[StrictInt] = Field(min_length=1)     # "42" is a typo worth a line, not a seed
+    seeds: list[Seed] = Field(min_length=1)          # "42" is a typo worth a line, not a seed
     nproc_per_node: int = Field(1, gt=0)
     gpus_per_seed: int = Field(8, ge=0)
     backend: Literal["ray", "runpod"] = "ray"
@@ -229,6 +235,9 @@ class JobSpec(_Section):
                 raise ValueError("[adaptive] needs [baseline] ref and policy: the waves stop on that test")
             if len(self.seeds) > self.adaptive.max:
                 raise ValueError(f"[adaptive] max is {self.adaptive.max} but {len(self.seeds)} seeds are listed")
+            if self.seed_sequence(self.adaptive.max)[-1] >= SEED_LIMIT:
+                raise ValueError(f"[adaptive] max {self.adaptive.max}: the later waves' seeds (after "
+                                 f"{max(self.seeds)}) would reach 2**32; list smaller seeds")
         if self.abort is not None and self.abort.curve is None and not isinstance(self.baseline.ref, str):
             raise ValueError("[abort] needs the record's curve: set [abort] curve or [baseline] ref to a record folder")
         return self
@@ -293,6 +302,7 @@ def _message(err: dict[str, Any]) -> str:
     msg = msg.removeprefix("Value error, ")
     msg = msg.replace("Input should be greater than or equal to", "must be >=")
     msg = msg.replace("Input should be greater than", "must be >")
+    msg = msg.replace("Input should be less than", "must be <")
     if "input" in err and kind not in ("missing",):
         got = err["input"]
         if not isinstance(got, (dict, list)) or len(str(got)) < 60:
@@ -390,10 +400,21 @@ def validate_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> 
         if spec.reproduces:
             spec.reproduces = resolve_path(base, spec.reproduces)
         if isinstance(spec.baseline.ref, str) and not _is_number(spec.baseline.ref):
-            spec.baseline.ref = resolve_path(base, spec.baseline.ref)
+            spec.baseline.ref = _record_path(base, spec.baseline.ref, f"{where}: [baseline] ref")
         if spec.abort is not None and spec.abort.curve:
-            spec.abort.curve = resolve_path(base, spec.abort.curve)
+            spec.abort.curve = _record_path(base, spec.abort.curve, f"{where}: [abort] curve")
     return spec
+
+
+def _record_path(base: Path, ref: str, where: str) -> str:
+    """A record reference: `records:track_.../NAME` (the public records, runner/records.py) or a path."""
+    from runner import records
+    if not records.is_ref(ref):
+        return resolve_path(base, ref)
+    try:
+        return records.resolve(ref)
+    except PgolfError as e:
+        raise PgolfError(f"{where}: {e}") from None
 
 
 def _is_number(s: str) -> bool:

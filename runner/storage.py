@@ -7,10 +7,11 @@ space again). A seed's log (`AttemptLog`) never raises: lines the disk refuses w
 with the next write that succeeds; past MAX_PENDING_BYTES they are dropped, counted, and a note in the log
 says how many and where, so a job that keeps printing never runs the driver out of memory.
 
-Secrets: a job may print a secret into any file it writes, whatever its name (`env.dat`). Every text file
-is scrubbed, text being decided by content (no NUL byte in the first 8 KiB and valid UTF-8 there), never
-by extension; binary files (weights) are never touched: masking bytes inside them would corrupt them.
-Standard library only.
+Secrets: a job may print a secret into any file it writes, whatever its name (`env.dat`), in any encoding,
+or put one in a file name. Every text file is scrubbed as text in its own encoding (UTF-8, UTF-16 or
+latin-1, decided by content, never by extension); every file, binary ones too, is then searched as bytes
+for each secret's UTF-8, UTF-16 and latin-1 forms, masked with as many `*` bytes (a binary file keeps its
+length, so weights stay loadable); names holding a secret are renamed. Standard library only.
 """
 from __future__ import annotations
 
@@ -137,27 +138,79 @@ class AttemptLog:
         return whole
 
 
-def is_text(path: str | Path) -> bool:
-    """Text by content: no NUL byte in the first 8 KiB, and those bytes are valid UTF-8 (a multi-byte
-    character cut by the 8 KiB boundary is fine)."""
+ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be", "latin-1")   # the forms a secret is searched in, as bytes
+CHUNK_BYTES = 1 << 20
+
+
+def text_encoding(path: str | Path) -> str | None:
+    """The encoding of a text file, decided by its first 8 KiB, or None for a binary one: UTF-8 (no NUL byte
+    and valid UTF-8; a character cut at the probe's end is fine), UTF-16 (a byte-order mark, or the NUL
+    byte of nearly every ASCII character on one side), else latin-1 when nearly every byte is printable."""
     with open(path, "rb") as f:
         head = f.read(TEXT_PROBE_BYTES)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (b"\0" in head and len(head) >= 2):
+        if head.startswith(codecs.BOM_UTF16_LE):
+            enc = "utf-16-le"
+        elif head.startswith(codecs.BOM_UTF16_BE):
+            enc = "utf-16-be"
+        else:
+            even, odd = head[0::2], head[1::2]
+            if odd.count(0) >= 0.9 * len(odd) and even.count(0) <= 0.1 * len(even):
+                enc = "utf-16-le"
+            elif even.count(0) >= 0.9 * len(even) and odd.count(0) <= 0.1 * len(odd):
+                enc = "utf-16-be"
+            else:
+                return None
+        try:
+            codecs.getincrementaldecoder(enc)().decode(head[:len(head) // 2 * 2], final=False)
+        except UnicodeDecodeError:
+            return None
+        return enc
     if b"\0" in head:
-        return False
+        return None
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        return "utf-8"
     except UnicodeDecodeError:
-        return False
-    return True
+        pass
+    controls = sum(1 for b in head if b < 0x20 and b not in b"\t\n\r\f" or b == 0x7f)
+    return "latin-1" if controls <= 0.01 * len(head) else None
+
+
+def is_text(path: str | Path) -> bool:
+    """Text by content, in any encoding `text_encoding` recognises."""
+    return text_encoding(path) is not None
 
 
 def scrub_file(path: str | Path, scrub: Callable[[str], str]) -> bool:
-    """Mask secrets in one text file, line by line (any size); True when it changed. The new content is
-    written beside it and renamed over it; when the disk has no room for that copy, the file is rewritten
-    in place (the scrubbed text is never longer), so a full disk never keeps a secret."""
+    """Mask secrets in one file; True when it changed. A text file (UTF-8, UTF-16 or latin-1) is scrubbed as
+    text, in its own encoding (secret values and secret-looking assignments become `***`). Then every file,
+    text or binary, is searched as bytes for the UTF-8, UTF-16 (LE and BE) and latin-1 forms of each known
+    secret value (`scrub.values`), each replaced by as many `*` as it had bytes: a binary file keeps its
+    length and layout, so a secret inside weights or a pickle is masked without corrupting the rest. The new
+    content is written beside the file and renamed over it; when the disk has no room for that copy, the
+    file is rewritten in place (scrubbed content is never longer), so a full disk never keeps a secret."""
     path = Path(path)
-    if path.is_symlink() or not path.is_file() or not is_text(path):
+    if path.is_symlink() or not path.is_file():
         return False
+    enc = text_encoding(path)
+    changed = False
+    if enc == "utf-8":
+        changed = _scrub_utf8(path, scrub)
+    elif enc is not None:
+        data = path.read_bytes()
+        try:
+            text = data.decode(enc)
+        except UnicodeDecodeError:          # not text after all (the probe saw only its start)
+            text = None
+        if text is not None and scrub(text) != text:
+            _replace(path, scrub(text).encode(enc))
+            changed = True
+    return _mask_values(path, getattr(scrub, "values", ())) or changed
+
+
+def _scrub_utf8(path: Path, scrub: Callable[[str], str]) -> bool:
+    """A UTF-8 text file, line by line (any size)."""
     with open(path, "rb") as f:
         if not any(_scrub_line(line, scrub) != line for line in f):
             return False
@@ -177,6 +230,83 @@ def scrub_file(path: str | Path, scrub: Callable[[str], str]) -> bool:
         if e.errno not in NO_SPACE:
             raise named(e, path) from e
         _scrub_in_place(path, scrub)
+    return True
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """The file's new content (never longer than the old): beside it and renamed, else over itself."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if e.errno not in NO_SPACE:
+            raise named(e, path) from e
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate(len(data))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _byte_forms(values) -> list[tuple[bytes, bytes]]:
+    """(pattern, same-length mask) for each secret value in each encoding it can be written in."""
+    forms: dict[bytes, bytes] = {}
+    for v in values:
+        for enc in ENCODINGS:
+            try:
+                pat = v.encode(enc)
+            except UnicodeEncodeError:      # latin-1 cannot write every value
+                continue
+            unit = 2 if enc.startswith("utf-16") else 1
+            forms.setdefault(pat, ("*" * (len(pat) // unit)).encode(enc))
+    return sorted(forms.items(), key=lambda pm: -len(pm[0]))
+
+
+def _mask_values(path: Path, values) -> bool:
+    """Replace every byte form of the secret values in the file, in place (same length); True if any."""
+    forms = _byte_forms(values)
+    if not forms:
+        return False
+    overlap = max(len(p) for p, _ in forms) - 1
+    hits: dict[int, bytes] = {}
+    with open(path, "rb") as f:
+        pos, carry = 0, b""
+        while True:
+            chunk = f.read(CHUNK_BYTES)
+            if not chunk:
+                break
+            buf, base = carry + chunk, pos - len(carry)
+            for pat, mask in forms:
+                i = buf.find(pat)
+                while i >= 0:
+                    hits.setdefault(base + i, mask)
+                    i = buf.find(pat, i + 1)
+            pos += len(chunk)
+            carry = buf[-overlap:] if overlap else b""
+    if not hits:
+        return False
+    try:
+        with open(path, "r+b") as f:
+            for off, mask in sorted(hits.items()):
+                f.seek(off)
+                f.write(mask)
+            f.flush()
+            os.fsync(f.fileno())
+    except PermissionError:                 # a read-only file (the frozen script): a patched copy over it
+        data = bytearray(path.read_bytes())
+        for off, mask in sorted(hits.items()):
+            data[off:off + len(mask)] = mask
+        _replace(path, bytes(data))
+    except OSError as e:
+        raise named(e, path) from e
     return True
 
 
@@ -204,11 +334,29 @@ def _scrub_in_place(path: Path, scrub: Callable[[str], str]) -> None:
 
 
 def scrub_tree(root: str | Path, scrub: Callable[[str], str]) -> list[Path]:
-    """Scrub every text file under `root` (symlinks never followed); the files that changed."""
+    """Scrub every file under `root` (symlinks never followed), and every file or folder NAME holding a
+    secret (renamed with it masked; a name already taken gets a `.N` suffix). The paths that changed, as
+    they are now."""
     changed = []
-    for folder, _dirs, files in os.walk(root):          # os.walk never descends into symlinked folders
+    for folder, dirs, files in os.walk(root, topdown=False):      # inner names first; links not followed
         for name in sorted(files):
             p = Path(folder) / name
             if scrub_file(p, scrub):
                 changed.append(p)
+        for name in sorted(files) + sorted(dirs):
+            clean = scrub(name)
+            if clean == name:
+                continue
+            old = Path(folder) / name
+            new = Path(folder) / clean
+            n = 1
+            while new.exists() or new.is_symlink():
+                new, n = Path(folder) / f"{clean}.{n}", n + 1
+            try:
+                os.rename(old, new)
+            except OSError as e:
+                raise named(e, old) from e
+            changed = [new / q.relative_to(old) if q == old or old in q.parents else q for q in changed]
+            if new not in changed:
+                changed.append(new)
     return changed

@@ -31,7 +31,6 @@ def test_mean_curve_interpolates_in_time_within_the_common_span():
     assert c.scaled_to(2.0005)[1] is None                                     # the same tokenizer
 
 
-@pytest.mark.skipif(not CURRENT_RECORD.is_dir(), reason="../shared/records not present")
 def test_record_curve_of_the_current_record():
     c = record_curve(CURRENT_RECORD)                    # `N/M train_loss: X train_time: Ym` lines, three seeds
     assert c.seeds == 3 and c.end_s == pytest.approx(534) and c.bytes_per_token == pytest.approx(3.1572, abs=1e-4)

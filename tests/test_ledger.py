@@ -110,3 +110,65 @@ def test_write_result_says_what_memory_holds_scrubbed(tmp_path):
     result = json.loads(text)
     assert result["state"] == "failed" and result["ended"] and result["artifacts"] == ["artifacts/x"]
     assert "s3cr3t" not in text
+
+
+def _ledger_file(tmp_path, seeds: dict, batch_seeds=None) -> None:
+    (tmp_path / "ledger.json").write_text(json.dumps({"seeds": seeds}))
+    if batch_seeds is not None:
+        (tmp_path / "batch.json").write_text(json.dumps({"spec": {"seeds": batch_seeds}, "script": {}}))
+
+
+def _att(k=1, **kw):
+    return {**{key: None for key in ATTEMPT_KEYS}, "attempt": k, "started": "t", "ended": "t", **kw}
+
+
+@pytest.mark.parametrize("seeds, needle", [
+    ({"42": {"state": "pending", "attempts": "x"}}, "seeds.42.attempts: Input should be a valid list, got 'x'"),
+    ({"42": {"state": "failed", "attempts": [_att("1", exit_code=1)]}}, "seeds.42.attempts.0.attempt: "
+                                                                        "Input should be a valid integer, got '1'"),
+    ({"42": {"state": "banana", "attempts": []}}, "seeds.42.state: Input should be 'pending', 'running'"),
+    ({"x": {"state": "pending", "attempts": []}}, "seeds.x.[key]: String should match pattern"),
+    ({"42": {"state": "failed", "attempts": [_att(exit_code="1")]}}, "seeds.42.attempts.0.exit_code"),
+    ({"42": {"state": "pending", "attempts": [_att(1), _att(1)]}}, "seed 42: attempt numbers repeat"),
+])
+def test_ledger_contents_are_typed_and_wrong_ones_are_one_line(tmp_path, seeds, needle):
+    """Issue 20: `attempts: "x"` or a string attempt number were internal errors (rc 3); "banana" passed."""
+    _ledger_file(tmp_path, seeds)
+    with pytest.raises(PgolfError) as e:
+        Ledger.load(tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "ledger.json")) and needle in msg and "\n" not in msg, msg
+
+
+def test_a_succeeded_seed_needs_a_succeeded_attempt(tmp_path):
+    """A seed marked succeeded whose only attempt was interrupted was trusted (the batch ended "succeeded,
+    audit: pass" with no score for it)."""
+    _ledger_file(tmp_path, {"1": {"state": "succeeded", "attempts": [_att(error="interrupted: driver lost")]}})
+    with pytest.raises(PgolfError, match=r"seed 1 is \"succeeded\" but its last attempt ended 'interrupted: "
+                                         r"driver lost'; its result cannot be trusted"):
+        Ledger.load(tmp_path)
+    for attempts in ([], [_att(exit_code=1, error="exit code 1")], [_att(exit_code=0, ended=None)]):
+        _ledger_file(tmp_path, {"1": {"state": "succeeded", "attempts": attempts}})
+        with pytest.raises(PgolfError, match="cannot be trusted"):
+            Ledger.load(tmp_path)
+    _ledger_file(tmp_path, {"1": {"state": "succeeded", "attempts": [_att(1, exit_code=1, error="exit code 1"),
+                                                                      _att(2, exit_code=0, cost_usd=1)]}})
+    assert Ledger.load(tmp_path).state(1) == "succeeded"
+
+
+def test_the_ledger_and_batch_json_agree_on_the_seeds(tmp_path, capsys):
+    """A seed deleted from the ledger was dropped without a word although batch.json lists it."""
+    from runner.cli import main
+    _ledger_file(tmp_path, {"1": {"state": "pending", "attempts": []}}, batch_seeds=[1, 2])
+    with pytest.raises(PgolfError, match=r"ledger.json: batch.json's seed\(s\) \[2\] are missing from it"):
+        Ledger.load(tmp_path)
+    assert main(["status", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[2] are missing" in err[0]
+    _ledger_file(tmp_path, {"1": {"state": "pending", "attempts": []}, "3": {"state": "pending", "attempts": []}},
+                 batch_seeds=[1])
+    with pytest.raises(PgolfError, match=r"seed\(s\) \[3\] are not batch.json's"):
+        Ledger.load(tmp_path)
+    _ledger_file(tmp_path, {"2": {"state": "pending", "attempts": []}, "1": {"state": "pending", "attempts": []}},
+                 batch_seeds=[1, 2])
+    assert Ledger.load(tmp_path).seeds() == [2, 1]

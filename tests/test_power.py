@@ -36,8 +36,6 @@ def _significance_power(baseline: Sample, improvement: float, std: float, policy
 ])
 def test_power_matches_monte_carlo_of_significance(baseline, std, policy, improvement, n80):
     if baseline == "folder":
-        if not CURRENT_RECORD.is_dir():
-            pytest.skip("../shared/records not present")
         base = baseline_sample(CURRENT_RECORD)
         assert len(base.bpb) == 3 and base.loss is not None         # Welch against 3 fixed seeds, in nats
         tokenizer, bpt, std_mc, test, metric = base.tokenizer, base.bytes_per_token, None, "welch", "val_loss"
@@ -69,8 +67,6 @@ def _vectorised_power(s, n: int, draws: int, seed: int) -> float:
 @pytest.mark.parametrize("policy", ["rule", "progression"])
 def test_power_is_exact_at_every_n(baseline, std, policy):
     if baseline == "folder":
-        if not CURRENT_RECORD.is_dir():
-            pytest.skip("../shared/records not present")
         baseline = CURRENT_RECORD
     improvement = 0.004 if policy == "rule" else 0.0004
     out = plan(baseline, improvement, std, policy, max_seeds=8)

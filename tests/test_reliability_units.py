@@ -188,25 +188,46 @@ def test_attempt_log_complete_when_the_disk_came_back_in_time(tmp_path, monkeypa
 SECRET = "sk-unit-SECRETVALUE"
 
 
-def test_scrub_every_text_file_whatever_its_name_never_a_binary_one(tmp_path, monkeypatch):
+def test_scrub_every_file_whatever_its_name_and_encoding(tmp_path, monkeypatch):
+    """Text in UTF-8, UTF-16 and latin-1 is scrubbed in its own encoding; a binary file has each byte form of
+    the secret masked with as many `*` (same length: weights stay loadable); names holding it are renamed
+    (issue 20: latin-1 and UTF-16 text, binary files and file names kept the secret)."""
     scrub = Scrubber({"MY_API_KEY": SECRET})
     art = tmp_path / "artifacts"
     (art / "sub").mkdir(parents=True)
     (art / "env.dat").write_text(f"MY_API_KEY {SECRET}\nok\n")
     (art / "sub" / "noext").write_text(f"token={SECRET}")
-    weights = b"\0" + f"MY_API_KEY {SECRET}".encode() + bytes(range(256))
+    weights = b"\0" + f"MY_API_KEY {SECRET}".encode() + bytes(range(256)) + SECRET.encode("utf-16-be") + b"\0\1"
     (art / "weights.bin").write_bytes(weights)
-    latin = f"caf\xe9 {SECRET}\n".encode("latin-1")          # not UTF-8: not text, left alone
-    (art / "latin.txt").write_bytes(latin)
+    (art / "latin.txt").write_bytes(f"caf\xe9 {SECRET}\n".encode("latin-1"))
+    (art / "utf16.txt").write_text(f"caf\xe9 {SECRET}\nline two\n", encoding="utf-16")          # with a BOM
+    (art / "utf16le.log").write_bytes(f"step 1 {SECRET} done\n".encode("utf-16-le"))           # without one
+    (art / "utf16be.log").write_bytes(f"MY_API_KEY={SECRET}\n".encode("utf-16-be"))
+    (art / f"dump-{SECRET}.txt").write_text("nothing secret inside\n")
+    (art / f"ckpt_{SECRET}").mkdir()
+    (art / f"ckpt_{SECRET}" / "model.pt").write_bytes(b"\0\0weights")
     outside = tmp_path / "outside.txt"
     outside.write_text(SECRET)
     (art / "link.txt").symlink_to(outside)
     changed = storage.scrub_tree(art, scrub)
-    assert sorted(p.name for p in changed) == ["env.dat", "noext"]
+    assert sorted(p.name for p in changed) == ["ckpt_***", "dump-***.txt", "env.dat", "latin.txt", "noext",
+                                               "utf16.txt", "utf16be.log", "utf16le.log", "weights.bin"]
     assert (art / "env.dat").read_text() == "MY_API_KEY ***\nok\n"
     assert SECRET not in (art / "sub" / "noext").read_text()
-    assert (art / "weights.bin").read_bytes() == weights and (art / "latin.txt").read_bytes() == latin
+    assert (art / "latin.txt").read_bytes() == "caf\xe9 ***\n".encode("latin-1")
+    assert (art / "utf16.txt").read_text(encoding="utf-16") == "caf\xe9 ***\nline two\n"
+    assert (art / "utf16le.log").read_bytes() == "step 1 *** done\n".encode("utf-16-le")
+    assert (art / "utf16be.log").read_bytes() == "MY_API_KEY=***\n".encode("utf-16-be")
+    masked = (art / "weights.bin").read_bytes()
+    assert len(masked) == len(weights) and masked == weights.replace(SECRET.encode(), b"*" * len(SECRET)).replace(
+        SECRET.encode("utf-16-be"), ("*" * len(SECRET)).encode("utf-16-be"))
+    assert (art / "dump-***.txt").read_text() == "nothing secret inside\n"
+    assert (art / "ckpt_***" / "model.pt").read_bytes() == b"\0\0weights"
+    every = b"".join(p.read_bytes() for p in art.rglob("*") if p.is_file() and not p.is_symlink())
+    names = " ".join(str(p) for p in art.rglob("*"))
+    assert all(SECRET.encode(enc) not in every for enc in storage.ENCODINGS) and SECRET not in names
     assert outside.read_text() == SECRET                       # a symlink is never followed
+    assert storage.scrub_tree(art, scrub) == []                # nothing left to change
 
     (art / "env.dat").write_text(f"a {SECRET} b\n" * 3 + "tail")      # no room for a scrubbed copy: in place
 
@@ -215,6 +236,19 @@ def test_scrub_every_text_file_whatever_its_name_never_a_binary_one(tmp_path, mo
     monkeypatch.setattr(storage.tempfile, "mkstemp", no_room)
     assert storage.scrub_file(art / "env.dat", scrub)
     assert (art / "env.dat").read_text() == "a *** b\n" * 3 + "tail"
+
+
+def test_binary_masking_finds_a_secret_across_read_chunks_and_in_a_read_only_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 7)              # the secret straddles several chunks
+    scrub = Scrubber({"MY_API_KEY": SECRET})
+    blob = b"\0\xff" * 5 + SECRET.encode() + b"\0" * 9 + SECRET.encode("utf-16-le")
+    p = tmp_path / "model.bin"
+    p.write_bytes(blob)
+    os.chmod(p, 0o444)
+    assert storage.scrub_file(p, scrub)
+    out = p.read_bytes()
+    assert len(out) == len(blob) and SECRET.encode() not in out and SECRET.encode("utf-16-le") not in out
+    assert out.startswith(b"\0\xff" * 5 + b"*" * len(SECRET)) and os.stat(p).st_mode & 0o777 == 0o444
 
 
 def test_is_text_tolerates_a_character_cut_at_the_probe_boundary(tmp_path):
@@ -376,3 +410,21 @@ def test_an_attempts_end_never_overtakes_its_last_lines():
             ("lines", 3, 2, ["step:5/5 train_loss:3.5", "pgolf-pod: DONE 0"]), ("ended", 3, 2, 0)]
     finally:
         ray.shutdown()
+
+
+def test_scratch_of_a_dead_task_is_swept_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """Issue 20: the suite left /tmp/pgolf-s*-a1-* folders: a task killed with its node (or force-cancelled)
+    never ran its clean-up. Their names carry the task's pid; the next task there and the batch's end sweep
+    the ones whose process is gone."""
+    import tempfile
+    from runner import driver
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"pgolf-s1-a1-p{dead.pid}-abc"
+    live = tmp_path / f"pgolf-s2-a1-p{os.getpid()}-def"
+    other = tmp_path / "pgolf-s3-a1-xyz"                  # not ours by name: never touched
+    for d in (stale, live, other):
+        (d / "attempt").mkdir(parents=True)
+    assert driver.sweep_scratch() == [stale]
+    assert not stale.exists() and live.is_dir() and other.is_dir()

@@ -114,3 +114,58 @@ def test_every_option_has_help():
                 yield parser.prog, action
     missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(build_parser()) if not a.help]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "."])
+def test_run_name_is_one_plain_folder_name(tmp_path, name):
+    """Issue 20: `--name ../escape` wrote outside the runs directory (and a `latest` link beside it)."""
+    r = pgolf("run", ROOT / "jobs" / "smoke.toml", "--runs-dir", tmp_path / "runs", "--name", name, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "--name" in lines[0] and "not a plain folder name" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_argparse_errors_are_one_line():
+    """The README promises one line for a wrong flag; argparse printed the usage block too."""
+    for args in (["run"], ["audit", "--bogus"], ["status", "--json", "--what"], ["nope"], ["plan"]):
+        r = pgolf(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], (args, r.stderr)
+
+
+def test_unusable_runs_dir_is_one_line(tmp_path):
+    """`--runs-dir /proc/nope` was an internal error (rc 3)."""
+    r = pgolf("run", ROOT / "jobs" / "smoke.toml", "--runs-dir", "/proc/nope", "--name", "x")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("pgolf run: error: /proc/nope"), r.stderr
+    assert "internal error" not in r.stderr
+
+
+def test_unreachable_address_fails_fast_with_one_line(tmp_path):
+    """`--address 127.0.0.1:1` hung 400 s+ with raw Ray warnings; now one pgolf line before anything is written."""
+    import time
+    t0 = time.monotonic()
+    r = pgolf("run", ROOT / "jobs" / "smoke.toml", "--runs-dir", tmp_path / "runs", "--address", "127.0.0.1:1")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "--address 127.0.0.1:1: no Ray cluster answers there" in lines[0]
+    assert time.monotonic() - t0 < 60 and not (tmp_path / "runs").exists()
+    r = pgolf("resume", tmp_path / "nowhere", "--address", "not-an-address")
+    assert r.returncode == 2 and "not HOST:PORT" in r.stderr
+
+
+def test_status_fits_80_columns(tmp_path):
+    """Issue 20: the status head (name, script, sha256, created) wrapped on an 80-column terminal; pod ids
+    of a rehearsal fit their column whole."""
+    run = _batch(tmp_path)
+    led = json.loads((run / "ledger.json").read_text())
+    led["seeds"]["1"]["attempts"][0].update(pod_id="fake003a1b2c3d4", pod_terminated=True, cost_usd=0.01,
+                                            shared_pod={"position": 2, "attempts": [1, 2, 3]})
+    (run / "ledger.json").write_text(json.dumps(led))
+    r = subprocess.run([sys.executable, "-m", "runner.cli", "status", run], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, COLUMNS="80"), timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and all(len(line.rstrip()) <= 80 for line in lines), r.stdout
+    assert lines[0].startswith("b  created ") and lines[1].startswith("script ") and "sha256" in lines[1], r.stdout
+    assert "fake003a1b2c3d4 [2/3]" in r.stdout                    # the pod id on one line, never folded

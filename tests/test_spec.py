@@ -37,6 +37,20 @@ def test_shipped_specs_validate():
     assert Path(smoke.data.paths["DATA_PATH"]).is_dir()
     rec = load_spec(ROOT / "jobs" / "record_k_kvshare_wider.toml")
     assert rec.nproc_per_node == 8 and rec.gpus_per_seed == 8 and rec.runpod.max_pods == 3
+    # its baseline is a `records:` reference, found under the records root (tests/conftest.py: tests/data/records)
+    assert Path(rec.baseline.ref).is_dir() and (Path(rec.baseline.ref) / "submission.json").is_file()
+
+
+@pytest.mark.parametrize("seed, needle", [(-1, "must be >= 0, got -1"), (2 ** 32, "must be < 4294967296")])
+def test_seeds_the_payload_cannot_use_are_refused(tmp_path, seed, needle):
+    """Issue 20: a negative seed or one >= 2**32 passed the check, started Ray and failed in the payload."""
+    with pytest.raises(PgolfError, match=rf"job.toml: seeds: {needle}"):
+        load_spec(write(tmp_path, GOOD.replace("seeds = [1, 2]", f"seeds = [1, {seed}]")))
+    assert load_spec(write(tmp_path, GOOD.replace("seeds = [1, 2]", f"seeds = [0, {2 ** 32 - 1}]"))).seeds[1] == 2 ** 32 - 1
+    adaptive = GOOD.replace("seeds = [1, 2]", f"seeds = [{2 ** 32 - 2}]") + \
+        '[baseline]\nref = 1.1\npolicy = "rule"\n[adaptive]\nmin = 2\nmax = 4\n'
+    with pytest.raises(PgolfError, match=r"later waves' seeds .* would reach 2\*\*32"):
+        load_spec(write(tmp_path, adaptive))
 
 
 def test_paths_relative_to_spec_and_env_strings(tmp_path):

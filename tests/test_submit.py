@@ -149,7 +149,7 @@ def test_cli_submit_and_refusal_exit_codes(tmp_path, capsys):
     run = make_run_dir(tmp_path)
     out = tmp_path / "rec"
     assert main(["submit", str(run), "--out", str(out), "--name", "CLI record"]) == 0
-    assert "no baseline known" in capsys.readouterr().err
+    assert "--baseline" in capsys.readouterr().err      # the note says how to give one
     assert json.loads((out / "submission.json").read_text())["name"] == "CLI record"
     assert main(["submit", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -182,3 +182,19 @@ def test_submit_refuses_a_script_holding_a_secret(tmp_path):
     (run / "batch.json").write_text(json.dumps(batch))
     with pytest.raises(PgolfError, match=r"train_gpt.py:4: looks like a secret"):
         submit(run, tmp_path / "rec")
+
+
+def test_submit_refuses_a_run_whose_only_seed_failed_and_writes_nothing(tmp_path, capsys):
+    """Issue 20: a run with no scored seed wrote a record (val_bpb null, audit_passed true), then TypeError rc 3."""
+    run = make_run_dir(tmp_path, {42: 1.08})
+    led = json.loads((run / "ledger.json").read_text())
+    led["seeds"]["42"]["state"] = "failed"
+    led["seeds"]["42"]["attempts"] = led["seeds"]["42"]["attempts"][:1]       # only the failed attempt
+    (run / "ledger.json").write_text(json.dumps(led))
+    import shutil
+    shutil.rmtree(run / "seeds" / "42" / "attempt-2")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["submit", str(run), "--out", str(tmp_path / "rec")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no seed finished with a score" in err[0] and "nothing to submit" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before           # no record, no temporary folder

@@ -12,7 +12,7 @@ FAKE_PRINT     comma list of environment variables whose values the job prints (
 FAKE_BPB       the final val_bpb (default 1.10 + (seed % 7) * 0.001)
 FAKE_LOSS      added to every train loss (default 0; the losses are 4.0 - 0.1 * step)
 FAKE_DUMP      comma list of environment variables written to $ARTIFACT_DIR/env.dat (text) and, with a NUL
-               first, to $ARTIFACT_DIR/weights.bin (binary: must come back untouched)
+               first, to $ARTIFACT_DIR/weights.bin (binary: the secret's bytes come back masked, same length)
 FAKE_RAISE     raise ValueError(this text) before the first step line (a configuration error)
 FAKE_UNTIL     a path: after the step lines, wait (up to 300 s) until it exists (tests hold a job running)
 FAKE_DAEMON    1: leave a daemon behind (fork, setsid, fork; stdio to /dev/null) that sleeps for an hour;
