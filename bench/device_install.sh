@@ -4,10 +4,10 @@
 # lacks), unpacked into /tmp/site (put it first on PYTHONPATH; the image's torch keeps its own Triton 3.6,
 # which fla refuses on Hopper: docs/GPU.md).
 # A device call carries the checkout (~24 MB of tracked files) plus at most 64 MiB in all, so the wheels
-# travel trimmed (`zip -d`: no AMD backend, Blackwell ptxas, proton, cupti static libraries, Ray's Java jars
+# travel trimmed (`zip -d`: no Blackwell ptxas, proton, cupti static libraries, Ray's Java jars
 # and source maps: nothing the payload or pgolf imports) as one tar split into parts of PART_MB (default 40)
 # MB, one part per call, and are unzipped into /tmp/site there; /tmp survives between calls while the
-# machine stays warm.
+# machine stays warm. (Triton imports its AMD backend even on NVIDIA: it stays in.)
 #
 #   here, with PyPI:   bash bench/device_install.sh pack DEST      # -> DEST/p1 .. DEST/pN (git-ignored;
 #                                                                  # WHEEL_DIR=dir: wheels already there)
@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 WHEELS=(triton==3.7.1 flash-linear-attention==0.6.0 fla-core==0.6.0 ray==2.60.0 pydantic==2.14.4
         pydantic-core==2.50.5 annotated-types typing-inspection typing-extensions tenacity==9.2.1
         zstandard==0.25.0 brotli==1.2.1 jsonschema==4.26.0 jsonschema-specifications referencing==0.37.0 rpds-py)
-TRIM=('triton/backends/amd/*' triton/backends/nvidia/bin/ptxas-blackwell triton/_C/libproton.so
+TRIM=(triton/backends/nvidia/bin/ptxas-blackwell triton/_C/libproton.so
       triton/instrumentation/libGPUInstrumentationTestLib.so 'triton/backends/nvidia/lib/cupti/*static*'
       triton/backends/nvidia/lib/cupti/libnvperf_host.so 'triton/backends/nvidia/lib/cupti/libcupti.so.*'
       triton/backends/nvidia/lib/cupti/libpcsamplingutil.so 'ray/jars/*' 'ray/dashboard/client/build/static/js/*.map')
@@ -62,6 +62,7 @@ if [ "$have" = "$want" ] && [ ! -f /tmp/site/.done ]; then
         || { echo "site.tar: sha256 mismatch"; exit 1; }
     mkdir -p /tmp/site /tmp/wheels && tar xf /tmp/site.tar -C /tmp/wheels && rm /tmp/site.tar
     for w in /tmp/wheels/*.whl; do "$PY" -m zipfile -e "$w" /tmp/site; done
+    chmod -R +x /tmp/site/triton/backends/nvidia/bin /tmp/site/ray/core   # zipfile drops the exec bits
     touch /tmp/site/.done
 fi
 if [ -f /tmp/site/.done ]; then

@@ -21,9 +21,9 @@ run() {  # name limit env... -- runs bench/model_step.py with BENCH_OUT=$R/model
         | grep -v "^USDT" | tee $R/model_step_$name.log | grep -E "versions|checks|ms/step \(|fwd\+bwd|optimizer|MFU|first step|loss first|^\| |peak|target|Error|error" 
 }
 if [ "$stage" = bench ]; then
-    run before 280 BENCH_PAYLOAD=$BEFORE BENCH_WARMUP=4 BENCH_STEPS=15 BENCH_PROFILE=3
-    run after 280 ${AFTER_ENV:-} BENCH_CHECK=1 BENCH_WARMUP=4 BENCH_STEPS=15 BENCH_PROFILE=3
-    for v in ${VARIANTS:-}; do run "${v%%:*}" 200 $(echo "${v#*:}" | tr , ' ') BENCH_WARMUP=4 BENCH_STEPS=15; done
+    run before 290 BENCH_PAYLOAD=$BEFORE BENCH_WARMUP=4 BENCH_STEPS=${STEPS:-15} BENCH_PROFILE=3
+    run after 290 ${AFTER_ENV:-} BENCH_CHECK=1 BENCH_WARMUP=4 BENCH_STEPS=${STEPS:-15} BENCH_PROFILE=3
+    for v in ${VARIANTS:-}; do run "${v%%:*}" 200 $(echo "${v#*:}" | tr , ' ') BENCH_WARMUP=4 BENCH_STEPS=${STEPS:-15}; done
 elif [ "$stage" = loss ]; then
     D=${DATA:-/tmp/pgolf_sp8192}
     n=${LOSS_STEPS:-200}

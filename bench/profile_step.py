@@ -34,7 +34,7 @@ from benchlib import RESULTS, write_result  # noqa: E402  (bench/ is the script'
 import model_step  # noqa: E402
 
 KINDS = [
-    ("loss (log-softmax / CE)", re.compile(r"log_softmax|nll_loss|cross_entropy|logsumexp", re.I)),
+    ("loss (log-softmax / CE)", re.compile(r"log_softmax|softmax|nll_loss|cross_entropy|logsumexp", re.I)),
     ("inductor pointwise/reduction", re.compile(r"^triton_(poi|red|per|tem|for)_|^triton_", re.I)),
     ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|sm90_|wgmma|^aten::(mm|addmm|bmm|matmul|linear)$",
                           re.I)),
@@ -55,12 +55,16 @@ def classify(name: str) -> str:
     return "other"
 
 
+ANNOTATION = re.compile(r"^(Optimizer\.|ProfilerStep|## )")   # GPU-side ranges that span kernels, not kernels
+
+
 def kernel_times(prof, cuda: bool) -> dict[str, float]:
-    """Total time in microseconds per kernel name: GPU activity on CUDA, CPU self time of ops on CPU."""
+    """Total time in microseconds per kernel name: GPU activity on CUDA (annotation ranges such as
+    `Optimizer.step#Muon.step` left out: they span kernels already counted), CPU self time of ops on CPU."""
     times: dict[str, float] = defaultdict(float)
     if cuda:
         for e in prof.events():
-            if e.device_type == torch.autograd.DeviceType.CUDA:
+            if e.device_type == torch.autograd.DeviceType.CUDA and not ANNOTATION.search(e.name):
                 times[e.name] += e.time_range.elapsed_us()
     else:
         for e in prof.key_averages():

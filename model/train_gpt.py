@@ -119,7 +119,7 @@ _HPARAMS = [
     ("fused_ce", int, 1),               # training loss: chunked linear + softcap + CE, no [tokens, vocab] logits
     ("ce_chunk_tokens", int, 8192),     # tokens per chunk of the fused loss
     ("gate_in_kernel", int, 1),         # CUDA: fla computes the GDN decay and beta from the raw projections
-    ("bf16_residual", int, 0),          # CUDA: the residual stream in bf16 instead of fp32
+    ("bf16_residual", int, 1),          # CUDA: the residual stream in bf16 instead of fp32
 ]
 
 

@@ -106,3 +106,28 @@ def test_bf16_residual_switch_sets_the_block_input_dtype():
         assert torch.isfinite(loss)
     assert seen["0"] == (torch.float32, torch.float32)
     assert seen["1"] == (torch.bfloat16, torch.bfloat16)
+
+
+def test_profile_kinds_of_the_kernels_seen_on_the_h100():
+    """bench/profile_step.py's table: kernel names from the H100 profile land in the right kind, and the
+    kinds' shares add up to the whole."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import profile_step as ps
+    seen = {
+        "triton_poi_fused__to_copy_add_mul_select_silu_silu_backward_0": "inductor pointwise/reduction",
+        "triton_red_fused__to_copy_arange_div_eq_exp_logsumexp_mul_rs_3": "loss (log-softmax / CE)",
+        "void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float>": "loss (log-softmax / CE)",
+        "nvjet_sm90_tst_192x192_64x3_1x2_h_bz_coopB_NNN": "matmul",
+        "prepare_wy_repr_bwd_kernel": "fla GatedDeltaNet",
+        "chunk_bwd_kernel_dqkwg": "fla GatedDeltaNet",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::mul>": "eager elementwise",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>": "optimizer foreach/fused",
+        "Memset (Device)": "memset/memcpy",
+    }
+    assert ps.ANNOTATION.search("Optimizer.step#Muon.step") and not ps.ANNOTATION.search("chunk_bwd_kernel_dqkwg")
+    for name, kind in seen.items():
+        assert ps.classify(name) == kind, name
+    summary = ps.summarize({name: 1000.0 * (i + 1) for i, name in enumerate(seen)}, steps=2)
+    assert summary["total_ms_per_step"] == pytest.approx(sum(range(1, len(seen) + 1)) / 2)
+    assert sum(k["share"] for k in summary["kinds"]) == pytest.approx(1.0)
+    assert summary["kinds"][0]["ms_per_step"] >= summary["kinds"][-1]["ms_per_step"]
