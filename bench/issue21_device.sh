@@ -4,7 +4,9 @@
 #   bash bench/issue21_device.sh bench    # before/after model_step (+ in-process profile), path checks
 #   bash bench/issue21_device.sh loss     # before vs after on real data, same init and batches, N steps
 #   (the 300 s pgolf run is bench/record_run.sh 1 300)
-# BEFORE: the old payload file (default .devcarry/train_gpt_before.py, main at 18633b5). AFTER_ENV: extra
+# BEFORE: the old payload file (default .devcarry/train_gpt_before.py, made here with
+# `git show 18633b5:model/train_gpt.py`: main before issue 21). BENCH_DATA + STEPS=196: real batches, so the
+# before/after runs also give the equal-step loss comparison (docs/GPU.md). AFTER_ENV: extra
 # payload variables for the "after" runs (e.g. "GATE_IN_KERNEL=0"). VARIANTS: more "name:ENV=V,ENV=V"
 # after-runs in the bench stage. LOSS_STEPS (200).
 set -u

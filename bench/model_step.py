@@ -15,7 +15,10 @@ The published K_KVShare_Wider step on the same H100 stack: 304 ms (196 fwd+bwd +
 
 Env: BENCH_SEQS (96), BENCH_ACCUM (1 micro-batch), BENCH_WARMUP (5 steps, compile included),
 BENCH_STEPS (20), BENCH_QAT (0; 1 times the late-QAT phase), BENCH_OUT (bench/results/model_step.json),
-plus any train_gpt.py variable (NUM_LAYERS, MODEL_DIM, TRAIN_SEQ_LEN, VOCAB_SIZE, COMPILE, ...).
+BENCH_PAYLOAD (another payload file, e.g. the "before" of a change), BENCH_DATA (a dataset folder: real
+batches, every step's loss in the JSON), BENCH_CHECK (1: the fused paths against the plain ones on this
+device first), BENCH_PROFILE (N: profile N more steps in-process, bench/profile_step.py's table),
+plus any train_gpt.py variable (NUM_LAYERS, MODEL_DIM, TRAIN_SEQ_LEN, VOCAB_SIZE, COMPILE, FUSED_CE, ...).
 CPU smoke: BENCH_SEQS=2 BENCH_STEPS=2 BENCH_WARMUP=1 NUM_LAYERS=2 MODEL_DIM=128 NUM_HEADS=2 TRAIN_SEQ_LEN=128
 VOCAB_SIZE=1024 BIGRAM_VOCAB_SIZE=512 BIGRAM_DIM=32 python bench/model_step.py
 """
