@@ -1,58 +1,71 @@
 #!/usr/bin/env bash
-# Everything the payload and `pgolf run` need on a bare lent GPU machine, which has no network:
-#   - Triton 3.7.1 + fla 0.6.0 into /tmp/site (put it first on PYTHONPATH; the image's torch keeps its own
-#     Triton 3.6, which fla refuses on Hopper: docs/GPU.md);
-#   - Ray, pydantic, tenacity, zstandard, brotli, jsonschema (+ the dependencies the image lacks) into the
-#     image's python3 (pip --no-index --find-links).
-# The wheels travel as one tar split into ~55 MB parts, one part per device call (a call carries at most
-# 64 MiB); /tmp survives between calls while the machine stays warm.
+# Everything the payload and `pgolf run` need on a bare lent GPU machine, which has no network: Triton
+# 3.7.1, fla 0.6.0, Ray, pydantic, tenacity, zstandard, brotli, jsonschema (+ the dependencies the image
+# lacks), unpacked into /tmp/site (put it first on PYTHONPATH; the image's torch keeps its own Triton 3.6,
+# which fla refuses on Hopper: docs/GPU.md).
+# A device call carries the checkout (~24 MB of tracked files) plus at most 64 MiB in all, so the wheels
+# travel trimmed (`zip -d`: no Blackwell ptxas, proton, cupti static libraries, Ray's Java jars
+# and source maps: nothing the payload or pgolf imports) as one tar split into parts of PART_MB (default 40)
+# MB, one part per call, and are unzipped into /tmp/site there; /tmp survives between calls while the
+# machine stays warm. (Triton imports its AMD backend even on NVIDIA: it stays in.)
 #
-#   here, with PyPI:   bash bench/device_install.sh pack /work/main     # -> /work/main/.p1 .. .p5 (git-ignored)
-#   there, each call:  bash bench/device_install.sh                     # collects the parts carried (.p*);
-#                                                                       # installs once all have arrived
+#   here, with PyPI:   bash bench/device_install.sh pack DEST      # -> DEST/p1 .. DEST/pN (git-ignored;
+#                                                                  # WHEEL_DIR=dir: wheels already there)
+#   there, each call:  bash bench/device_install.sh [DIR ...]      # collects the parts carried (DIR/p*,
+#                                                                  # default .devcarry/parts and .); installs
+#                                                                  # once all N have arrived
 set -euo pipefail
 PY=${PYTHON:-python3}
 WHEELS=(triton==3.7.1 flash-linear-attention==0.6.0 fla-core==0.6.0 ray==2.60.0 pydantic==2.14.4
         pydantic-core==2.50.5 annotated-types typing-inspection typing-extensions tenacity==9.2.1
         zstandard==0.25.0 brotli==1.2.1 jsonschema==4.26.0 jsonschema-specifications referencing==0.37.0 rpds-py)
+TRIM=(triton/backends/nvidia/bin/ptxas-blackwell triton/_C/libproton.so
+      triton/instrumentation/libGPUInstrumentationTestLib.so 'triton/backends/nvidia/lib/cupti/*static*'
+      triton/backends/nvidia/lib/cupti/libnvperf_host.so 'triton/backends/nvidia/lib/cupti/libcupti.so.*'
+      triton/backends/nvidia/lib/cupti/libpcsamplingutil.so 'ray/jars/*' 'ray/dashboard/client/build/static/js/*.map')
 
 if [ "${1:-}" = pack ]; then
-    dest=${2:?usage: device_install.sh pack DEST_REPO}
+    dest=${2:?usage: device_install.sh pack DEST}
     tmp=$(mktemp -d)
-    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    mkdir -p "$tmp/w"
+    [ -n "${WHEEL_DIR:-}" ] && cp "$WHEEL_DIR"/*.whl "$tmp/w"/   # wheels downloaded before (the same pins)
+    [ -n "${WHEEL_DIR:-}" ] || "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$tmp/w" "${WHEELS[@]}"
-    tar cf "$tmp/wheels.tar" -C "$tmp/w" .
-    rm -rf "$dest"/.p[0-9]*
-    split -n 5 -d -a 1 "$tmp/wheels.tar" "$tmp/part."
+    for w in "$tmp"/w/triton-*.whl "$tmp"/w/ray-*.whl; do   # drop what nothing here imports (no recompression)
+        zip -q -d "$w" "${TRIM[@]}" >/dev/null || true
+    done
+    tar cf "$tmp/site.tar" -C "$tmp/w" .
+    rm -rf "$dest"/p[0-9]*
+    split -b "${PART_MB:-40}M" -d -a 2 "$tmp/site.tar" "$tmp/part."
+    n=$(ls "$tmp"/part.* | wc -l)
     i=1
-    for f in "$tmp"/part.*; do mkdir -p "$dest/.p$i"; mv "$f" "$dest/.p$i/wheels.tar.part$((i - 1))"; i=$((i + 1)); done
-    echo "$(ls "$tmp"/w | wc -l) wheels, 5 parts, sha256 $(sha256sum "$tmp/wheels.tar" | cut -c1-64)" \
-        > "$dest/.p1/wheels.tar.manifest"
-    sha256sum "$tmp/wheels.tar" | cut -c1-64 > "$dest/.p1/wheels.tar.sha256"
-    cat "$dest/.p1/wheels.tar.manifest"; du -sh "$dest"/.p[0-9]*
+    for f in "$tmp"/part.*; do mkdir -p "$dest/p$i"; mv "$f" "$dest/p$i/site.tar.part$(printf %02d $((i - 1)))"; i=$((i + 1)); done
+    sha=$(sha256sum "$tmp/site.tar" | cut -c1-64)
+    echo "$n $sha" > "$dest/p1/site.tar.manifest"
+    echo "$(ls "$tmp"/w | wc -l) wheels, $n parts, sha256 $sha"; du -sh "$dest"/p[0-9]*
     rm -rf "$tmp"
     exit 0
 fi
 
-P=/tmp/pgolf_parts W=/tmp/pgolf_wheels
+P=/tmp/pgolf_parts
 mkdir -p "$P"
-for d in .p[0-9]*; do [ -d "$d" ] && cp -n "$d"/wheels.tar.* "$P"/ 2>/dev/null || true; done
+for d in "${@:-.devcarry/parts}"; do
+    for f in "$d"/p[0-9]*/site.tar.*; do [ -f "$f" ] && cp -n "$f" "$P"/; done
+done
 have=$(ls "$P" | grep -c 'part' || true)
-echo "wheel parts present: $have/5"
-if [ "$have" -eq 5 ] && [ ! -f /tmp/site/.done ]; then
-    cat "$P"/wheels.tar.part{0,1,2,3,4} > /tmp/wheels.tar
-    [ "$(sha256sum /tmp/wheels.tar | cut -c1-64)" = "$(cat "$P/wheels.tar.sha256")" ] || { echo "wheels.tar: sha256 mismatch"; exit 1; }
-    mkdir -p "$W" && tar xf /tmp/wheels.tar -C "$W" && rm /tmp/wheels.tar
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
-        "$W"/triton-3.7.1-*.whl "$W"/flash_linear_attention-*.whl "$W"/fla_core-*.whl
-    # ray without its dependency list (its aiohttp pins are for the dashboard; the image has what the core
-    # imports); the rest with their dependencies, from the wheels or the image
-    "$PY" -m pip install -q --no-index --no-deps --find-links "$W" ray==2.60.0
-    "$PY" -m pip install -q --no-index --find-links "$W" pydantic tenacity zstandard brotli jsonschema
+want=$(cut -d' ' -f1 "$P/site.tar.manifest" 2>/dev/null || echo '?')
+echo "parts present: $have/$want"
+if [ "$have" = "$want" ] && [ ! -f /tmp/site/.done ]; then
+    cat "$P"/site.tar.part* > /tmp/site.tar
+    [ "$(sha256sum /tmp/site.tar | cut -c1-64)" = "$(cut -d' ' -f2 "$P/site.tar.manifest")" ] \
+        || { echo "site.tar: sha256 mismatch"; exit 1; }
+    mkdir -p /tmp/site /tmp/wheels && tar xf /tmp/site.tar -C /tmp/wheels && rm /tmp/site.tar
+    for w in /tmp/wheels/*.whl; do "$PY" -m zipfile -e "$w" /tmp/site; done
+    chmod -R +x /tmp/site/triton/backends/nvidia/bin /tmp/site/ray/core   # zipfile drops the exec bits
     touch /tmp/site/.done
 fi
 if [ -f /tmp/site/.done ]; then
-    PYTHONPATH=/tmp/site "$PY" -c "import triton, fla, torch; print('in /tmp/site: triton', triton.__version__, 'fla', fla.__version__, '| torch', torch.__version__)"
-    "$PY" -c "import ray, pydantic, tenacity, zstandard, brotli, jsonschema; print('in the image: ray', ray.__version__, 'pydantic', pydantic.VERSION)"
+    PYTHONPATH=/tmp/site "$PY" -c "import triton, fla, torch, ray, pydantic, tenacity, zstandard, brotli, jsonschema
+print('in /tmp/site: triton', triton.__version__, 'fla', fla.__version__, 'ray', ray.__version__, '| torch', torch.__version__)"
 fi

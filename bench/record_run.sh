@@ -15,6 +15,7 @@
 # - Results: the run directory's train.log, report.md, report.json, ledger.json (+ audit.json and this
 #   script's own log) are copied to $OUT/record_run/ when OUT is set, else to $RECORD_DEST
 #   (default bench/results/record_run/).
+# - RECORD_ENV="K=V ..." adds payload variables to the spec's [env] (e.g. "GATE_IN_KERNEL=0").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-$(nvidia-smi -L 2>/dev/null | wc -l)}
@@ -53,6 +54,7 @@ gpus_per_seed = $N
 VOCAB_SIZE = 8192
 TRAIN_BATCH_TOKENS = $((98304 * N))
 GRAD_ACCUM_STEPS = 1
+$(for kv in ${RECORD_ENV:-}; do echo "${kv%%=*} = ${kv#*=}"; done)
 
 [limits]
 train_seconds = $TRAIN

@@ -115,6 +115,11 @@ _HPARAMS = [
     ("matrix_bits", int, 6),
     ("artifact_target_bytes", int, 16_000_000),   # code + artifact cap; the grid coarsens to fit (0 = off)
     ("fla_triton_check", int, 1),       # 0 = run despite a known-bad fla/Triton pair (benchmarks only)
+    # speed paths (issue 21; each switchable so one benchmark can measure it on and off)
+    ("fused_ce", int, 1),               # training loss: chunked linear + softcap + CE, no [tokens, vocab] logits
+    ("ce_chunk_tokens", int, 8192),     # tokens per chunk of the fused loss
+    ("gate_in_kernel", int, 1),         # CUDA: fla computes the GDN decay and beta from the raw projections
+    ("bf16_residual", int, 1),          # CUDA: the residual stream in bf16 instead of fp32
 ]
 
 
@@ -843,18 +848,30 @@ def chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=None, initial_state=Non
 _FLA_OP = None
 
 
-def gated_delta_rule(q, k, v, g, beta, scale):
-    """fla's Triton kernel on CUDA (imported only there), our chunked PyTorch version elsewhere.
-    q and k are L2-normalised here (in-kernel on CUDA)."""
+def gdn_gates(a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """(log decay g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b)), both fp32."""
+    return -A_log.float().exp() * F.softplus(a.float() + dt_bias), torch.sigmoid(b.float())
+
+
+def gated_delta_rule(q, k, v, a, b, A_log, dt_bias, scale, gate_in_kernel=False):
+    """The gated delta rule on the raw gate projections a, b ([B, T, H]): fla's Triton kernel on CUDA
+    (imported only there), our chunked PyTorch version elsewhere; q and k are L2-normalised here (in-kernel
+    on CUDA). `gate_in_kernel` (CUDA): fla computes the decay (fused with its chunk cumsum) and beta inside
+    its kernels, gradients of A_log and dt_bias included, instead of separate gate kernels here."""
     global _FLA_OP
     if q.is_cuda:
         if _FLA_OP is None:
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule
             _FLA_OP = chunk_gated_delta_rule
         dt = torch.bfloat16
-        o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), g.float(), beta.to(dt), scale=scale,
-                       use_qk_l2norm_in_kernel=True)
+        if gate_in_kernel:
+            o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), a, b, scale=scale, use_qk_l2norm_in_kernel=True,
+                           use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, use_beta_sigmoid_in_kernel=True)
+            return o
+        g, beta = gdn_gates(a, b, A_log, dt_bias)
+        o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), g, beta.to(dt), scale=scale, use_qk_l2norm_in_kernel=True)
         return o
+    g, beta = gdn_gates(a, b, A_log, dt_bias)
     o, _ = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=scale, use_qk_l2norm_in_kernel=True)
     return o
 
@@ -882,6 +899,59 @@ class CastedLinear(nn.Linear):
         return F.linear(x, self.effective_weight().to(x.dtype))
 
 
+class SoftcapLinearCrossEntropy(torch.autograd.Function):
+    """mean CE(softcap * tanh(x @ w.T / softcap), y) over the rows of x, chunked over rows, with the
+    gradients computed in the forward pass chunk by chunk (the loss is the graph's last node, so its
+    upstream gradient is a scalar that only rescales them). No [rows, vocab] tensor outlives its chunk:
+    the unfused loss writes the full fp32 logits (98,304 x 8,192 x 4 B = 3.2 GB at the record config) and
+    reads them back several times. Matmuls run in `dtype` (bf16 under autocast); softcap, log-sum-exp and
+    the softmax gradient in fp32; dW accumulates in fp32 over chunks."""
+
+    @staticmethod
+    def forward(ctx, x, w, y, softcap: float, chunk: int, dtype):
+        n = x.size(0)
+        xd, wd = x.to(dtype), w.to(dtype)
+        loss, dxs, dw = x.new_zeros((), dtype=torch.float32), [], None
+        for s in range(0, n, chunk):
+            xc, yc = xd[s:s + chunk], y[s:s + chunk]
+            z = (xc @ wd.t()).float()
+            t = torch.tanh(z / softcap) if softcap > 0 else None
+            if t is not None:
+                z = softcap * t
+            lse = torch.logsumexp(z, dim=-1)
+            loss = loss + (lse - z.gather(1, yc[:, None]).squeeze(1)).sum()
+            onehot = torch.arange(z.size(1), device=z.device)[None, :] == yc[:, None]
+            g = torch.exp(z - lse[:, None]) - onehot.float()
+            if t is not None:
+                g = g * (1.0 - t * t)
+            g = (g / n).to(dtype)
+            dxs.append(g @ wd)
+            dwc = (g.t() @ xc).float()
+            dw = dwc if dw is None else dw + dwc
+        ctx.save_for_backward(torch.cat(dxs).to(x.dtype), dw.to(w.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad):
+        dx, dw = ctx.saved_tensors
+        return dx * grad.to(dx.dtype), dw * grad.to(dw.dtype), None, None, None, None
+
+
+def softcap_cross_entropy(x: Tensor, w: Tensor, y: Tensor, softcap: float, reduction: str = "mean",
+                          chunk: int = 0) -> Tensor:
+    """The loss of logits = softcap * tanh(x @ w.T / softcap) against y (x [..., D], w [V, D], y [...]).
+    `chunk` > 0 with reduction "mean": the fused chunked path above; otherwise full logits (evaluation and
+    TTT need per-token losses). Matmuls in the autocast dtype when autocast is on."""
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    if chunk > 0 and reduction == "mean":
+        return SoftcapLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), w, y.reshape(-1), softcap, chunk, dtype)
+    logits = F.linear(x.to(dtype), w.to(dtype)).float()
+    if softcap > 0:
+        logits = softcap * torch.tanh(logits / softcap)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction=reduction)
+    return loss.view(y.shape) if reduction == "none" else loss
+
+
 def rms_norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=eps)
 
@@ -902,9 +972,9 @@ class GatedDeltaNet(nn.Module):
     SiLU, L2-normalised q/k, beta = sigmoid(b), log decay g = -exp(A_log) * softplus(a + dt_bias),
     gated RMSNorm on the output, o_proj. k_proj/v_proj may be module objects shared with another layer."""
 
-    def __init__(self, dim, num_heads, head_dim, conv_size, output_gate, kv=None):
+    def __init__(self, dim, num_heads, head_dim, conv_size, output_gate, kv=None, gate_in_kernel=False):
         super().__init__()
-        self.h, self.d = num_heads, head_dim
+        self.h, self.d, self.gate_in_kernel = num_heads, head_dim, bool(gate_in_kernel)
         inner = num_heads * head_dim
         self.q_proj = CastedLinear(dim, inner)
         if kv is None:
@@ -936,9 +1006,8 @@ class GatedDeltaNet(nn.Module):
         q = F.silu(causal_depthwise_conv(parts[0], self.conv_q)).view(B, T, self.h, self.d)
         k = F.silu(causal_depthwise_conv(parts[1], self.conv_k)).view(B, T, self.h, self.d)
         v = F.silu(causal_depthwise_conv(parts[2], self.conv_v)).view(B, T, self.h, self.d)
-        g = -self.A_log.float().exp() * F.softplus(parts[3].float() + self.dt_bias)
-        beta = torch.sigmoid(parts[4].float())
-        o = gated_delta_rule(q, k, v, g, beta, self.d ** -0.5)
+        o = gated_delta_rule(q, k, v, parts[3], parts[4], self.A_log, self.dt_bias, self.d ** -0.5,
+                             self.gate_in_kernel)
         o = rms_norm(o.float()) * self.norm_weight
         if self.g_proj is not None:
             o = o * F.silu(parts[5].float().view(B, T, self.h, self.d))
@@ -959,7 +1028,7 @@ class Block(nn.Module):
     def __init__(self, args, kv=None):
         super().__init__()
         self.mixer = GatedDeltaNet(args.model_dim, args.num_heads, args.head_dim, args.conv_size,
-                                   args.gdn_output_gate, kv)
+                                   args.gdn_output_gate, kv, args.gate_in_kernel)
         self.mlp = MLP(args.model_dim, args.mlp_mult)
         self.mix_scale = nn.Parameter(torch.ones(args.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(args.model_dim))
@@ -1001,6 +1070,8 @@ class GPT(nn.Module):
     def __init__(self, args, bos_id: int = 1):
         super().__init__()
         self.softcap, self.bos_id = args.logit_softcap, bos_id
+        self.ce_chunk = args.ce_chunk_tokens if args.fused_ce else 0
+        self.bf16_residual = bool(args.bf16_residual)
         self.tok_emb = nn.Parameter(torch.randn(args.vocab_size, args.model_dim) * args.tied_embed_init_std)
         self.embed_bits = args.embed_bits
         self.register_buffer("qat", torch.zeros(()), persistent=False)
@@ -1031,15 +1102,15 @@ class GPT(nn.Module):
         gate = torch.sigmoid(self.smear) * (ids != self.bos_id)[..., None]
         x = x + gate * (F.pad(x, (0, 0, 1, 0))[:, :-1] - x)
         x = rms_norm(x)
+        if self.bf16_residual and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))   # half the residual stream's memory traffic
         for blk in self.blocks:
             x = blk(x)
         x = rms_norm(x)
-        logits = F.linear(x, emb.to(x.dtype)).float()
-        logits = self.softcap * torch.tanh(logits / self.softcap)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
-        return loss.view(targets.shape) if reduction == "none" else loss
+            logits = F.linear(x, emb.to(x.dtype)).float()
+            return self.softcap * torch.tanh(logits / self.softcap)
+        return softcap_cross_entropy(x, emb, targets, self.softcap, reduction, self.ce_chunk)
 
 
 def split_params(model: GPT):
