@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import math
 import shlex
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ CLIENT_PORT = "70001/tcp"         # symmetrical public TCP port of the primary: 
 RECORD = "cluster.json"           # RUN_DIR/cluster.json: the clusters of the batch, written before use
 NCCL_IFACE = "ens1"
 JOIN_TIMEOUT_S = {False: 900.0, True: 120.0}
+REHEARSAL_RAY_TMP = "/tmp/pgolf-ray-"   # + the head's port: the rehearsal's nodes' Ray folder (Unix sockets
+                                        # must stay under 108 bytes: never inside the run directory)
 
 
 def nodes_for(launches: list[int], max_pods: int) -> int:
@@ -78,9 +81,9 @@ def start_command(ray_version: str, backstop_s: float, rehearse: bool) -> str:
     common = (f"--num-gpus=${{NUM_TRAINERS}} --resources='{{\"{NODE_RESOURCE}\": 1}}' --node-ip-address=${{NODE_ADDR}} "
               f"--dashboard-agent-listen-port=$({free}) --metrics-export-port=$({free}) "
               f"--min-worker-port=0 --max-worker-port=0 --disable-usage-stats --block"
-              + (" --object-store-memory=100000000" if rehearse else ""))
-    head = ("--head --port=${PGOLF_RAY_PORT} --include-dashboard=false "
-            "--ray-client-server-port=${RUNPOD_TCP_PORT_70001:-" + f"$({free})" + "}")
+              + (f" --object-store-memory=100000000 --temp-dir={REHEARSAL_RAY_TMP}${{PGOLF_RAY_PORT}}" if rehearse else ""))
+    head = "--head --port=${PGOLF_RAY_PORT} --include-dashboard=false" + (
+        "" if rehearse else " --ray-client-server-port=${RUNPOD_TCP_PORT_70001}")   # the driver joins the GCS here
     wait = ("for i in $(seq 600); do python3 -c 'import socket,sys; socket.create_connection((sys.argv[1], "
             "int(sys.argv[2])), 2)' ${PRIMARY_ADDR} ${PGOLF_RAY_PORT} 2>/dev/null && break; sleep 1; done")
     lines += [f'if [ "${{NODE_RANK}}" = 0 ]; then exec timeout {int(backstop_s)} ray start {head} {common}; fi',
@@ -306,6 +309,7 @@ class InstantClusterBackend(RayNodeBackend):
             if self.session is not None:
                 self.session.close()
             return
+        gone = False
         try:
             with self.session.client() as c:
                 gone = delete_verified(c, self.cluster.id, self.session.timing)
@@ -335,13 +339,18 @@ class InstantClusterBackend(RayNodeBackend):
             print(f"pgolf: cluster {self.cluster.id}: clean-up failed ({e}); run `pgolf cluster gc`", flush=True)
         finally:
             self.session.close()
+            if self.rehearse and gone and self.entry and self.entry.get("address"):   # the fake nodes' Ray folder
+                shutil.rmtree(REHEARSAL_RAY_TMP + self.entry["address"].rsplit(":", 1)[1], ignore_errors=True)
 
     def _charge(self, cost: float, source: str, estimate: float, gone: bool, lifetime: float) -> None:
         """The cluster's cost shared across the attempts that ran on it (those started since it was made),
         as RunPod's shared pods are (`split_cost`: own run time plus an equal part of the rest)."""
         from runner.backends.runpod.backend import split_cost
         since = (_epoch(self.cluster.created_at) or 0.0) - 1.0
-        led = Ledger.load(self.run_dir)
+        try:
+            led = Ledger.load(self.run_dir)
+        except PgolfError:
+            return                        # the batch never started (a preflight refused it): nothing ran
         mine = [a for _s, a in led.all_attempts() if (_epoch(a.get("started")) or 0.0) >= since
                 and a.get("cost_usd") is None]
         if not mine:
