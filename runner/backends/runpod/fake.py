@@ -431,8 +431,8 @@ class FakeRunPod(InstantRoutes):
     def _op_listPods(self, req: Request, who: str) -> Reply:
         pods = self.state.read()["pods"].values()
         members = req.param("includeClusterPods") == "true"      # cluster members only when asked
-        return Reply(200, {"pods": [self._view(p) for p in pods if not p.get("terminated")
-                                    and (members or not p.get("cluster"))]})
+        return Reply(200, {"pods": [self._member_view(p) if p.get("cluster") else self._view(p) for p in pods
+                                    if not p.get("terminated") and (members or not p.get("cluster"))]})
 
     def _op_getPod(self, req: Request, who: str, id: str) -> Reply:
         pod = self.state.read()["pods"].get(id)

@@ -382,11 +382,19 @@ def make_cluster_backend(spec, rehearse: bool = False, faults: str = "",
 
 
 def gc_clusters(runs_dir: Path, yes: bool, rehearse: bool = False, live=()) -> int:
-    """`pgolf cluster gc`, clusters: pgolf's clusters (by name) that no live batch holds are deleted and
-    verified gone, and their batch's cluster.json says so. With --rehearse, on each rehearsal's fake."""
+    """`pgolf cluster gc`, clusters: pgolf's clusters (by name) are deleted and verified gone, and their
+    batch's cluster.json says so, unless a live process holds their batch or its ledger has attempts a dead
+    driver left open (`pgolf resume` reattaches to that cluster; resume it, then gc). With --rehearse, on
+    each rehearsal's fake RunPod."""
     from runner.backends.runpod.cluster import _run_dirs, confirm, sessions
     from runner.backends.runpod.instances import NAME_PREFIX
-    live_names = {batch_prefix(d) for d in live}
+    keep = {batch_prefix(d): "its batch is in use (live driver)" for d in live}
+    for d in _run_dirs(Path(runs_dir), "ledger.json"):           # a dead driver's batch: `pgolf resume` reattaches
+        try:
+            if Ledger.load(d).has_open_attempt():
+                keep.setdefault(batch_prefix(d), "its batch has open attempts: `pgolf resume` reattaches to it")
+        except PgolfError:
+            continue
     rc = 0
     for label, session in sessions(Path(runs_dir), rehearse):
         with session.client() as c:
@@ -394,10 +402,11 @@ def gc_clusters(runs_dir: Path, yes: bool, rehearse: bool = False, live=()) -> i
                 ours = [cl for cl in ia.list_clusters(c) if cl.name.startswith(NAME_PREFIX)]
             except api.ApiError as e:
                 raise PgolfError(str(e)) from None
-            orphans = [cl for cl in ours if not any(cl.name.startswith(p) for p in live_names)]
+            why = {cl.id: next((w for p, w in keep.items() if cl.name.startswith(p)), None) for cl in ours}
+            orphans = [cl for cl in ours if why[cl.id] is None]
             for cl in ours:
-                if cl not in orphans:
-                    print(f"pgolf cluster gc: {label}: cluster {cl.id} ({cl.name}) kept: its batch is in use")
+                if why[cl.id]:
+                    print(f"pgolf cluster gc: {label}: cluster {cl.id} ({cl.name}) kept: {why[cl.id]}")
             if not orphans:
                 print(f"pgolf cluster gc: {label}: no orphaned pgolf clusters")
                 continue
