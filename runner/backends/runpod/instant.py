@@ -52,7 +52,7 @@ RAY_PORT = 6379                   # the head's GCS port on the cluster's private
 CLIENT_PORT = "70001/tcp"         # symmetrical public TCP port of the primary: Ray Client (ray://)
 RECORD = "cluster.json"           # RUN_DIR/cluster.json: the clusters of the batch, written before use
 NCCL_IFACE = "ens1"
-JOIN_TIMEOUT_S = {False: 900.0, True: 120.0}
+JOIN_TIMEOUT_S = {False: 900.0, True: 300.0}    # a rehearsal on a busy 2-core CI machine is slow
 REHEARSAL_RAY_TMP = "/tmp/pgolf-ray-"   # + the head's port: the rehearsal's nodes' Ray folder (Unix sockets
                                         # must stay under 108 bytes: never inside the run directory)
 
@@ -284,6 +284,19 @@ class InstantClusterBackend(RayNodeBackend):
         """One node per attempt (its `pgolf_node`), with the spec's GPUs on it."""
         gpus = min(self.spec.gpus_per_seed, self.settings.gpu_count)
         return {"num_gpus": gpus, "num_cpus": 1 if gpus else self.spec.nproc_per_node, "resources": {NODE_RESOURCE: 1}}
+
+    def runtime_env(self) -> dict[str, Any] | None:
+        """What RunPod's nodes need to run pgolf's Ray tasks: runner/ and results/ (shipped by Ray) and
+        pgolf's own dependencies but Ray and torch (the image's). None in a rehearsal: its nodes share this
+        machine's environment."""
+        if self.rehearse:
+            return None
+        import importlib.metadata as md
+        import results
+        import runner
+        deps = [r for r in (md.requires("pgolf") or []) if "extra ==" not in r
+                and not r.split(">")[0].split("=")[0].strip() in ("ray", "torch")]
+        return {"py_modules": [runner, results], "pip": deps}
 
     def preflight(self, n_seeds: int, where: str) -> list[str]:
         """Every node joined (Ray sees `nodes` x pgolf_node), then the Ray backend's GPU-stack check."""
