@@ -16,8 +16,8 @@ from runner.backends.runpod import instant_api as ia
 from runner.backends.runpod.api import InvalidRequest, Refused, RunPodClient
 from runner.backends.runpod.backend import RunPodBackend
 from runner.backends.runpod.fake import GPUS, FakeRunPod
-from runner.backends.runpod.instant import (RECORD, _epoch, InstantClusterBackend, cluster_name, gc_clusters, nodes_for,
-                                            read_record, write_record)
+from runner.backends.runpod.instant import (RECORD, InstantClusterBackend, _epoch, cluster_name, gc_clusters,
+                                            nodes_for, read_record, start_command, write_record)
 from runner.ledger import Ledger
 from runner.spec import load_spec
 
@@ -216,3 +216,49 @@ def test_gc_deletes_orphaned_clusters_and_keeps_a_resumable_batchs(tmp_path):
     finally:
         f.terminate_clusters()
         f.stop()
+
+
+def run_start_command(tmp: Path, rank: int, rehearse: bool, ray_version: str, extra_env: dict) -> tuple[str, list[str]]:
+    """A node's start command under bash, with `ray` and `pip` stand-ins that log their arguments: the
+    first `ray start` fails at once (a raylet that missed Ray's 30 s), the second ends as the backstop would."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    bin_dir = tmp / f"bin{rank}{rehearse}"
+    bin_dir.mkdir()
+    log = tmp / f"calls{rank}{rehearse}.txt"
+    for name, body in (("ray", f'echo "ray $*" >> {log}; n=$(grep -c "^ray" {log}); [ "$n" = 1 ] && exit 1; exit 124'),
+                       ("pip", f'echo "pip $*" >> {log}')):
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    env = {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin", "NODE_RANK": str(rank),
+           "NODE_ADDR": "127.0.0.1", "PRIMARY_ADDR": "127.0.0.1", "NUM_TRAINERS": "8", **extra_env}
+    import shlex
+    out = subprocess.run(shlex.split(start_command(ray_version, 600, rehearse)), env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 124, out.stdout + out.stderr
+    return out.stdout, log.read_text().splitlines()
+
+
+def test_node_start_command_joins_one_ray_cluster_and_retries_a_failed_start(tmp_path):
+    import socket
+    import ray
+    with socket.socket() as head:                         # the primary's GCS port, for the worker to wait on
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        port = str(head.getsockname()[1])
+        out, calls = run_start_command(tmp_path, 0, True, ray.__version__, {"PGOLF_RAY_PORT": port})
+        assert "ray start failed (exit 1), try 1 of 5" in out and len(calls) == 2      # tried again, fresh ports
+        assert calls[0].split(" --dashboard")[0] == calls[1].split(" --dashboard")[0]
+        assert calls[0].startswith(f"ray start --head --port={port} ")
+        for arg in ('--resources={"pgolf_node": 1}', "--num-gpus=8", "--node-ip-address=127.0.0.1", "--block",
+                    f"--temp-dir=/tmp/pgolf-ray-{port}"):
+            assert arg in calls[0]
+        _, calls = run_start_command(tmp_path, 1, True, ray.__version__, {"PGOLF_RAY_PORT": port})
+        assert calls[0].startswith(f"ray start --address=127.0.0.1:{port} ") and "--head" not in calls[0]
+        # on RunPod: this machine's Ray version is installed first, Ray Client listens on the public port
+        _, calls = run_start_command(tmp_path, 0, False, "0.0.0", {"PGOLF_RAY_PORT": "6379",
+                                                                   "RUNPOD_TCP_PORT_70001": "70001"})
+        assert calls[0] == "pip install -q ray[default,client]==0.0.0"
+        assert "--ray-client-server-port=70001" in calls[1] and "--temp-dir" not in calls[1]

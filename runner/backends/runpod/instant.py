@@ -52,6 +52,7 @@ RAY_PORT = 6379                   # the head's GCS port on the cluster's private
 CLIENT_PORT = "70001/tcp"         # symmetrical public TCP port of the primary: Ray Client (ray://)
 RECORD = "cluster.json"           # RUN_DIR/cluster.json: the clusters of the batch, written before use
 NCCL_IFACE = "ens1"
+START_RETRY_S = 150               # a node's `ray start` that fails sooner is tried again
 JOIN_TIMEOUT_S = {False: 900.0, True: 300.0}    # a rehearsal on a busy 2-core CI machine is slow
 REHEARSAL_RAY_TMP = "/tmp/pgolf-ray-"   # + the head's port: the rehearsal's nodes' Ray folder (Unix sockets
                                         # must stay under 108 bytes: never inside the run directory)
@@ -86,8 +87,16 @@ def start_command(ray_version: str, backstop_s: float, rehearse: bool) -> str:
         "" if rehearse else " --ray-client-server-port=${RUNPOD_TCP_PORT_70001}")   # the driver joins the GCS here
     wait = ("for i in $(seq 600); do python3 -c 'import socket,sys; socket.create_connection((sys.argv[1], "
             "int(sys.argv[2])), 2)' ${PRIMARY_ADDR} ${PGOLF_RAY_PORT} 2>/dev/null && break; sleep 1; done")
-    lines += [f'if [ "${{NODE_RANK}}" = 0 ]; then exec timeout {int(backstop_s)} ray start {head} {common}; fi',
-              wait, f"exec timeout {int(backstop_s)} ray start --address=${{PRIMARY_ADDR}}:${{PGOLF_RAY_PORT}} {common}"]
+    # `ray start` gives its raylet 30 s to register (hard-coded in Ray): on a loaded machine a node may miss
+    # it. A start that fails within START_RETRY_S is tried again (up to 5 times) after killing what it left
+    # (its own process group, made by setsid); one that ran longer (stopped, or the backstop) ends the node.
+    lines += [f'if [ "${{NODE_RANK}}" = 0 ]; then ARGS="{head}"; else {wait}; '
+              f'ARGS="--address=${{PRIMARY_ADDR}}:${{PGOLF_RAY_PORT}}"; fi',
+              f"for try in 1 2 3 4 5; do t0=$SECONDS; setsid timeout $(({int(backstop_s)} - SECONDS)) "
+              f"ray start $ARGS {common} & p=$!; wait $p; rc=$?; kill -9 -- -$p 2>/dev/null; "
+              f'if [ $((SECONDS - t0)) -gt {START_RETRY_S} ] || [ $rc = 124 ]; then exit $rc; fi; '
+              f'echo "pgolf-node: ray start failed (exit $rc), try $try of 5"; sleep 3; done',
+              "exit 1"]
     return shlex.join(["bash", "-c", "; ".join(lines)])
 
 
