@@ -310,8 +310,15 @@ class InstantClusterBackend(RayNodeBackend):
     def preflight(self, n_seeds: int, where: str) -> list[str]:
         """Every node joined (Ray sees `nodes` x pgolf_node), then the Ray backend's GPU-stack check."""
         import ray
-        until = time.time() + JOIN_TIMEOUT_S[self.rehearse]
+        until, polls = time.time() + JOIN_TIMEOUT_S[self.rehearse], 0
         while ray.cluster_resources().get(NODE_RESOURCE, 0) < self.nodes:
+            polls += 1
+            if polls % 10 == 0 and self.cluster is not None:      # a node whose Ray gave up: say so now
+                with self.session.client() as c:
+                    now = ia.get_cluster(c, self.cluster.id)
+                if now is None or not now.running():
+                    raise PgolfError(f"{where}: cluster {self.cluster.id} lost a node while its Ray started "
+                                     f"({now.pods.by_status if now else 'cluster gone'}); run again")
             if time.time() > until:
                 raise PgolfError(f"{where}: only {ray.cluster_resources().get(NODE_RESOURCE, 0):.0f} of the cluster's "
                                  f"{self.nodes} nodes joined its Ray within {JOIN_TIMEOUT_S[self.rehearse]:.0f} s")
