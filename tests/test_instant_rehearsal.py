@@ -192,7 +192,7 @@ def test_cli_killed_the_cluster_waits_gc_keeps_it_and_resume_reattaches(tmp_path
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
     assert f"reattached to cluster {cid}" in out.stdout
     atts = attempts(run)
-    assert [a["error"] for a in atts if a["attempt"] == 1] == ["interrupted", "interrupted"]
+    assert all(a["error"].startswith("interrupted") for a in atts if a["attempt"] == 1)   # closed by resume
     assert all(a["exit_code"] == 0 for a in atts if a["attempt"] == 2) and len(atts) == 4
     assert len(json.loads((run / "cluster.json").read_text())["clusters"]) == 1         # no second cluster
     assert_cluster_gone(run)
