@@ -4,6 +4,7 @@ and `pgolf cluster gc` for clusters."""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -262,3 +263,34 @@ def test_node_start_command_joins_one_ray_cluster_and_retries_a_failed_start(tmp
                                                                    "RUNPOD_TCP_PORT_70001": "70001"})
         assert calls[0] == "pip install -q ray[default,client]==0.0.0"
         assert "--ray-client-server-port=70001" in calls[1] and "--temp-dir" not in calls[1]
+
+
+def test_cluster_status_and_down_act_on_the_specs_clusters_only(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    run = runs / "ic-1"
+    run.mkdir(parents=True)
+    (run / "batch.json").write_text(json.dumps({"name": "ic", "spec": {}, "script": {}}))
+    f = FakeRunPod(run / "rehearsal", faults="spend_limit=500")
+    f.start()
+    try:
+        with RunPodClient("k", origin=f.url) as c:
+            mine = ia.create_cluster(c, request(cluster_name(run, 1), 2, "sleep 60"))
+            other = ia.create_cluster(c, request("pgolf-other-c1", 2, "sleep 60"))
+        write_record(run, {"clusters": [{"id": mine.id, "name": mine.name, "deleted": False}]})
+    finally:
+        f.stop()
+    backend = make_backend(load_spec(write_spec(tmp_path, [1, 2], "cluster = true")), rehearse=True)
+    assert backend.cluster("status", runs, False) == 0
+    out = capsys.readouterr().out
+    assert f"cluster {mine.id} (pgolf-ic-1-c1): 2 nodes" in out and other.id not in out
+    assert backend.cluster("down", runs, True) == 0
+    assert "deleted, verified gone" in capsys.readouterr().out and read_record(run)["clusters"][0]["gone"] is True
+    f = FakeRunPod(run / "rehearsal")
+    f.start()
+    try:
+        with RunPodClient("k", origin=f.url) as c:
+            assert [x.id for x in ia.list_clusters(c)] == [other.id]
+        assert f.violations == []
+    finally:
+        f.terminate_clusters()
+        f.stop()

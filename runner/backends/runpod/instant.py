@@ -41,9 +41,10 @@ from typing import Any
 
 from results.errors import PgolfError
 from results.files import atomic_write
+from runner.backends.base import ClusterAction
 from runner.backends.ray_node import RayNodeBackend
 from runner.backends.runpod import api, instant_api as ia
-from runner.backends.runpod.instances import (REHEARSAL_DIR, PodShape, Session, Timing, batch_prefix, max_pods_for,
+from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, PodShape, Session, Timing, batch_prefix, max_pods_for,
                                               offer)
 from runner.ledger import Ledger, now_iso
 
@@ -154,7 +155,7 @@ class InstantClusterBackend(RayNodeBackend):
         self.session = Session(rehearse, faults, self.run_dir / REHEARSAL_DIR if rehearse and self.run_dir else None)
         self.shape = PodShape(gpu_type=s.gpu_type, gpu_count=s.gpu_count, cloud="SECURE",
                               data_centers=tuple(s.data_centers))
-        self.cluster: ia.Cluster | None = None
+        self.made: ia.Cluster | None = None
         self.entry: dict[str, Any] | None = None
         self._notes: list[str] = []
 
@@ -218,7 +219,7 @@ class InstantClusterBackend(RayNodeBackend):
                 continue
             cl = ia.get_cluster(c, entry["id"])
             if cl is not None and cl.running() and cl.compute.pod_count >= self.nodes:
-                self.cluster, self.entry, self.nodes = cl, entry, cl.compute.pod_count
+                self.made, self.entry, self.nodes = cl, entry, cl.compute.pod_count
                 self._notes.append(f"pgolf: reattached to cluster {cl.id} ({cl.name}, {self.nodes} nodes) left by "
                                    f"the earlier driver")
                 return entry["address"]
@@ -240,7 +241,7 @@ class InstantClusterBackend(RayNodeBackend):
             disk=s.container_disk_gb, data_center_ids=s.data_centers or None, mounts=mounts,
             compute=ia.ClusterCompute(gpu_type_id=s.gpu_type, gpu_count_per_pod=s.gpu_count, pod_count=self.nodes))
         cl = ia.create_cluster(c, req)
-        self.cluster = cl
+        self.made = cl
         self.entry = {"id": cl.id, "name": cl.name, "nodes": self.nodes, "created_at": cl.created_at,
                       "usd_per_hour": round(per_node * self.nodes, 4), "address": None, "deleted": False}
         record["clusters"].append(self.entry)
@@ -313,41 +314,86 @@ class InstantClusterBackend(RayNodeBackend):
         until, polls = time.time() + JOIN_TIMEOUT_S[self.rehearse], 0
         while ray.cluster_resources().get(NODE_RESOURCE, 0) < self.nodes:
             polls += 1
-            if polls % 10 == 0 and self.cluster is not None:      # a node whose Ray gave up: say so now
+            if polls % 10 == 0 and self.made is not None:      # a node whose Ray gave up: say so now
                 with self.session.client() as c:
-                    now = ia.get_cluster(c, self.cluster.id)
+                    now = ia.get_cluster(c, self.made.id)
                 if now is None or not now.running():
-                    raise PgolfError(f"{where}: cluster {self.cluster.id} lost a node while its Ray started "
+                    raise PgolfError(f"{where}: cluster {self.made.id} lost a node while its Ray started "
                                      f"({now.pods.by_status if now else 'cluster gone'}); run again")
             if time.time() > until:
                 raise PgolfError(f"{where}: only {ray.cluster_resources().get(NODE_RESOURCE, 0):.0f} of the cluster's "
                                  f"{self.nodes} nodes joined its Ray within {JOIN_TIMEOUT_S[self.rehearse]:.0f} s")
             time.sleep(0.5)
         notes, self._notes = list(self._notes), []
-        notes.append(f"pgolf: Ray on cluster {self.cluster.id if self.cluster else '?'}: {self.nodes} nodes joined, "
+        notes.append(f"pgolf: Ray on cluster {self.made.id if self.made else '?'}: {self.nodes} nodes joined, "
                      f"one seed per node")
         return notes + super().preflight(n_seeds, where)
 
     def start(self) -> None:
         pass
 
+    def cluster(self, action: ClusterAction, runs_dir: Path, yes: bool) -> int:
+        """`pgolf cluster up|status|down SPEC`: up makes nothing (`pgolf run` makes each batch's cluster) but
+        says the stock, price and estimate; status lists the spec's clusters; down deletes them, verified
+        gone (the CLI refuses while a driver holds one of the spec's batches)."""
+        from runner.backends.runpod.cluster import _batch_name, _run_dirs, confirm, sessions
+        spec = self.spec
+        prefixes = tuple({batch_prefix(d) for d in _run_dirs(runs_dir, "batch.json") if _batch_name(d) == spec.name}
+                         | {f"{NAME_PREFIX}{spec.name}-"})
+        if action == "up":
+            if self.rehearse:
+                raise PgolfError("pgolf cluster up --rehearse: a rehearsal's fake RunPod lives in its run directory; "
+                                 "`pgolf run SPEC --rehearse` makes one")
+            with self.session.open().client() as c:
+                try:
+                    got = offer(c, self.shape, lambda usd: self.money(usd))
+                    _, line = self.estimate(c, len(spec.seeds), self.settings.price_per_hour or got.price_per_hour)
+                except api.ApiError as e:
+                    raise PgolfError(str(e)) from None
+            print(got.line, line, sep="\n")
+            print("pgolf cluster up: `pgolf run` makes the batch's Instant Cluster and deletes it at the end; "
+                  "nothing to start")
+            return 0
+        rc = 0
+        for label, session in sessions(runs_dir, self.rehearse, spec.name):
+            with session.client() as c:
+                mine = [cl for cl in ia.list_clusters(c) if cl.name.startswith(prefixes)]
+                for cl in mine:
+                    print(f"{label}: cluster {cl.id} ({cl.name}): {cl.compute.pod_count} nodes of "
+                          f"{cl.compute.gpu_count_per_pod} x {cl.compute.gpu_type_id}, {cl.pods.by_status}, "
+                          f"since {cl.created_at}")
+                if not mine:
+                    print(f"pgolf cluster {action}: {label}: no clusters of {spec.name}")
+                if action != "down" or not mine:
+                    continue
+                if not confirm(f"Delete these {len(mine)} cluster(s), running seeds included?", yes):
+                    rc = 1
+                    continue
+                for cl in mine:
+                    gone = delete_verified(c, cl.id, session.timing)
+                    mark_gone(runs_dir, cl.id, gone)
+                    print(f"pgolf cluster down: {label}: cluster {cl.id} " + ("deleted, verified gone" if gone else
+                                                                           "STILL THERE"))
+                    rc = max(rc, 0 if gone else 1)
+        return rc
+
     def stop(self) -> None:
         """Delete the cluster and poll until RunPod no longer knows it; its billed cost (else the estimate)
         into cluster.json and, shared, into the ledger's attempts that ran on it. Never raises."""
-        if self.cluster is None or self.session is None:
+        if self.made is None or self.session is None:
             if self.session is not None:
                 self.session.close()
             return
         gone = False
         try:
             with self.session.client() as c:
-                gone = delete_verified(c, self.cluster.id, self.session.timing)
-                lifetime = time.time() - (_epoch(self.cluster.created_at) or time.time())
+                gone = delete_verified(c, self.made.id, self.session.timing)
+                lifetime = time.time() - (_epoch(self.made.created_at) or time.time())
                 estimate = self.entry["usd_per_hour"] * lifetime / 3600
                 billed = None
                 for _ in range(self.session.timing.billing_tries if gone else 0):
                     try:
-                        billed = ia.cluster_cost(c, self.cluster.id, self.cluster.created_at)
+                        billed = ia.cluster_cost(c, self.made.id, self.made.created_at)
                     except api.ApiError:
                         billed = None
                     if billed is not None:
@@ -356,16 +402,16 @@ class InstantClusterBackend(RayNodeBackend):
             cost, source = (billed, "billed") if billed is not None else (estimate, "estimate")
             record = read_record(self.run_dir)
             for e in record["clusters"]:
-                if e["id"] == self.cluster.id:
+                if e["id"] == self.made.id:
                     e.update(deleted=gone, gone=gone, ended=now_iso(), cost_usd=round(cost, 6), cost_source=source,
                              cost_estimate_usd=round(estimate, 6))
             write_record(self.run_dir, record)
             self._charge(cost, source, estimate, gone, lifetime)
-            print(f"pgolf: cluster {self.cluster.id} " + ("deleted (verified gone)" if gone else
+            print(f"pgolf: cluster {self.made.id} " + ("deleted (verified gone)" if gone else
                   "NOT verified deleted: run `pgolf cluster gc`") +
                   f", cost {self.money(cost)} ({source}; estimate {self.money(estimate)})", flush=True)
         except Exception as e:  # noqa: BLE001 - stop runs on every way out; gc finds what is left by name
-            print(f"pgolf: cluster {self.cluster.id}: clean-up failed ({e}); run `pgolf cluster gc`", flush=True)
+            print(f"pgolf: cluster {self.made.id}: clean-up failed ({e}); run `pgolf cluster gc`", flush=True)
         finally:
             self.session.close()
             if self.rehearse and gone and self.entry and self.entry.get("address"):   # the fake nodes' Ray folder
@@ -375,7 +421,7 @@ class InstantClusterBackend(RayNodeBackend):
         """The cluster's cost shared across the attempts that ran on it (those started since it was made),
         as RunPod's shared pods are (`split_cost`: own run time plus an equal part of the rest)."""
         from runner.backends.runpod.backend import split_cost
-        since = (_epoch(self.cluster.created_at) or 0.0) - 1.0
+        since = (_epoch(self.made.created_at) or 0.0) - 1.0
         try:
             led = Ledger.load(self.run_dir)
         except PgolfError:
@@ -416,7 +462,6 @@ def gc_clusters(runs_dir: Path, yes: bool, rehearse: bool = False, live=()) -> i
     driver left open (`pgolf resume` reattaches to that cluster; resume it, then gc). With --rehearse, on
     each rehearsal's fake RunPod."""
     from runner.backends.runpod.cluster import _run_dirs, confirm, sessions
-    from runner.backends.runpod.instances import NAME_PREFIX
     keep = {batch_prefix(d): "its batch is in use (live driver)" for d in live}
     for d in _run_dirs(Path(runs_dir), "ledger.json"):           # a dead driver's batch: `pgolf resume` reattaches
         try:
@@ -449,11 +494,17 @@ def gc_clusters(runs_dir: Path, yes: bool, rehearse: bool = False, live=()) -> i
                 gone = delete_verified(c, cl.id, session.timing)
                 print(f"pgolf cluster gc: {label}: cluster {cl.id} " + ("deleted, verified gone" if gone else "STILL THERE"))
                 rc = max(rc, 0 if gone else 1)
-                for d in _run_dirs(Path(runs_dir), RECORD):
-                    record = read_record(d)
-                    hit = [e for e in record["clusters"] if e["id"] == cl.id]
-                    for e in hit:
-                        e.update(deleted=gone, gone=gone)
-                    if hit:
-                        write_record(d, record)
+                mark_gone(Path(runs_dir), cl.id, gone)
     return rc
+
+
+def mark_gone(runs_dir: Path, cluster_id: str, gone: bool) -> None:
+    """Say in the cluster.json that records the cluster (under runs_dir) whether it is verified gone."""
+    from runner.backends.runpod.cluster import _run_dirs
+    for d in _run_dirs(runs_dir, RECORD):
+        record = read_record(d)
+        hit = [e for e in record["clusters"] if e["id"] == cluster_id]
+        for e in hit:
+            e.update(deleted=gone, gone=gone)
+        if hit:
+            write_record(d, record)
