@@ -294,3 +294,25 @@ def test_cluster_status_and_down_act_on_the_specs_clusters_only(tmp_path, capsys
     finally:
         f.terminate_clusters()
         f.stop()
+
+
+def test_resume_reattaches_to_a_whole_cluster_and_deletes_one_that_lost_a_node(tmp_path):
+    from runner.backends.runpod import fake_container as container
+    run = tmp_path / "run"
+    spec = load_spec(write_spec(tmp_path, [1, 2], "cluster = true"))
+    with served(run / "rehearsal", "spend_limit=500") as c:
+        whole = ia.create_cluster(c, request(cluster_name(run, 1), 2, "sleep 60"))
+        broken = ia.create_cluster(c, request(cluster_name(run, 2), 2, "sleep 60"))
+        for cl in (whole, broken):
+            wait_running(c, cl.id)
+        node = ia.cluster_pods(c, broken.id)[1]
+        pod = json.loads((run / "rehearsal" / "state.json").read_text())["pods"][node.id]
+        assert container.kill_pod(pod["mark"], pod["pid"], pod["proc_start"])   # a node lost with the driver
+        write_record(run, {"clusters": [{"id": cl.id, "name": cl.name, "deleted": False, "address": f"127.0.0.1:{k}"}
+                                        for k, cl in enumerate((whole, broken), 1)]})
+        b = InstantClusterBackend(spec, rehearse=True, run_dir=run, nodes=2)
+        assert b._reattach(c) == "127.0.0.1:1" and b.made.id == whole.id    # the whole one is used ...
+        assert ia.get_cluster(c, broken.id) is None and read_record(run)["clusters"][1]["gone"] is True  # ... not this
+        assert ia.get_cluster(c, whole.id).running()
+        ia.delete_cluster(c, whole.id)
+        assert InstantClusterBackend(spec, rehearse=True, run_dir=run, nodes=2)._reattach(c) is None   # none left

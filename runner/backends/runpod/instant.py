@@ -223,6 +223,13 @@ class InstantClusterBackend(RayNodeBackend):
                 self._notes.append(f"pgolf: reattached to cluster {cl.id} ({cl.name}, {self.nodes} nodes) left by "
                                    f"the earlier driver")
                 return entry["address"]
+            # gone, or no longer whole (a node lost): ours and of no use, so it stops billing now
+            gone = cl is None or delete_verified(c, cl.id, self.session.timing)
+            entry.update(deleted=gone, gone=gone)
+            write_record(self.run_dir, record)
+            if cl is not None:
+                self._notes.append(f"pgolf: deleted cluster {cl.id} left by the earlier driver: "
+                                   f"{cl.pods.by_status} of {cl.compute.pod_count} nodes")
         return None
 
     def _create(self, c: api.RunPodClient, per_node: float) -> str:
