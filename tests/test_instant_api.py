@@ -177,10 +177,17 @@ def test_money_spend_limit_per_cluster_and_balance_twice_the_estimate(tmp_path):
         est, line = InstantClusterBackend(spec, rehearse=True, run_dir=tmp_path / "r", nodes=2).estimate(c, 3, 1.0)
         assert est == pytest.approx(2 * (spec.runpod.setup_s + 2 * (lim.train_seconds + lim.eval_seconds)) / 3600)
         assert "2 nodes" in line and "2 round(s)" in line and "balance 5.0000 fake" in line
-    spec = load_spec(write_spec(tmp_path, [1, 2, 3, 4], "cluster = true\nspend_limit = 60"))
-    with served(tmp_path / "s2", "") as c:
+    spec = load_spec(write_spec(tmp_path, [1, 2, 3, 4], "cluster = true\nmax_pods = 4\nspend_limit = 60"))
+    with served(tmp_path / "s2", "") as c:       # max_pods asks for more than the limit allows: refused
         with pytest.raises(PgolfError, match=r"above the \$60/h spend limit.*max_pods = 2"):
             InstantClusterBackend(spec, rehearse=True, run_dir=tmp_path / "r", nodes=4).estimate(c, 4, H100_NODE)
+    # without max_pods the spend limit sets the nodes (4 seeds, $80/h: 3 nodes of 8 x H100), or refuses a cluster
+    b = InstantClusterBackend(load_spec(write_spec(tmp_path, [1, 2, 3, 4], "cluster = true")), rehearse=True, nodes=4)
+    assert "nodes 3: what a $80/h spend limit allows" in b.fit_spend_limit(H100_NODE) and b.nodes == 3
+    assert b.fit_spend_limit(H100_NODE) is None
+    b = InstantClusterBackend(load_spec(write_spec(tmp_path, [1, 2], "cluster = true\nspend_limit = 30")), nodes=2)
+    with pytest.raises(PgolfError, match=r"two nodes cost \$43.04/h, above the \$30/h spend limit"):
+        b.fit_spend_limit(H100_NODE)
 
 
 def test_gc_deletes_orphaned_clusters_and_keeps_a_resumable_batchs(tmp_path):

@@ -190,6 +190,21 @@ class InstantClusterBackend(RayNodeBackend):
             raise PgolfError(f"{line}: under twice the estimate ({m(2 * est)}); add funds or run fewer seeds")
         return est, line
 
+    def fit_spend_limit(self, per_node: float) -> str | None:
+        """Without [runpod] max_pods, the nodes the account's spend limit allows at this price (as max_pods
+        defaults for pods): fewer nodes, each running more seeds one after another. A note when it cut
+        them; PgolfError when not even two nodes fit (one node is a pod: cluster = false)."""
+        s = self.settings
+        fit = max_pods_for(per_node, s.spend_limit)
+        if s.max_pods is not None or fit >= self.nodes:
+            return None
+        if fit < ia.MIN_NODES:
+            raise PgolfError(f"RunPod: two nodes cost {self.money(2 * per_node, '/h')}, above the ${s.spend_limit:.0f}/h "
+                             f"spend limit: run on pods ([runpod] cluster = false) or ask RunPod to raise the limit")
+        self.nodes = fit
+        return (f"nodes {fit}: what a ${s.spend_limit:.0f}/h spend limit allows at {self.money(per_node, '/h')} per node "
+                f"([runpod] max_pods or spend_limit to change it)")
+
     def provision(self, n_seeds: int, where: str, address: str | None) -> str:
         """Before Ray: stock, price, spend limit and balance, then this batch's live cluster (resume) or a
         new one, written to cluster.json before use; returns the Ray address the driver joins."""
@@ -202,8 +217,9 @@ class InstantClusterBackend(RayNodeBackend):
             try:
                 got = offer(c, self.shape, lambda usd: self.money(usd))
                 per_node = self.settings.price_per_hour or got.price_per_hour
+                capped = self.fit_spend_limit(per_node)
                 _, line = self.estimate(c, n_seeds, per_node)
-                self._notes = [got.line, line]
+                self._notes = [got.line] + ([capped] if capped else []) + [line]
                 if self.rehearse:
                     self._notes.insert(0, f"rehearsal: a fake RunPod on 127.0.0.1 with its state in "
                                           f"{self.session.state_dir}; its nodes are local Ray nodes, no money is spent")
