@@ -25,6 +25,8 @@ PRIMARY_PORT = 29500          # RunPod's PRIMARY_PORT for torch.distributed rend
 CIDR = "127.0.0.0/8"
 
 
+# fake.py imports this module for its class; the fake's helpers (Reply, problem, prices) are imported from it
+# inside the methods, once both modules are loaded.
 class InstantRoutes:
     """The cluster operations of the fake (a mixin of FakeRunPod: its state, lock, faults and pod helpers)."""
 
