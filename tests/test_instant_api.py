@@ -323,3 +323,14 @@ def test_resume_reattaches_to_a_whole_cluster_and_deletes_one_that_lost_a_node(t
         assert ia.get_cluster(c, whole.id).running()
         ia.delete_cluster(c, whole.id)
         assert InstantClusterBackend(spec, rehearse=True, run_dir=run, nodes=2)._reattach(c) is None   # none left
+
+
+def test_runpods_nodes_get_pgolf_through_rays_runtime_env_and_a_rehearsals_share_this_machine(tmp_path):
+    import results
+    import runner
+    spec = load_spec(write_spec(tmp_path, [1, 2], "cluster = true"))
+    env = InstantClusterBackend(spec, rehearse=False, nodes=2).runtime_env()
+    assert env["py_modules"] == [runner, results]
+    names = {d.split(">")[0].split("=")[0] for d in env["pip"]}
+    assert {"pydantic", "httpx", "tenacity"} <= names and not names & {"ray", "torch", "pytest"}
+    assert InstantClusterBackend(spec, rehearse=True, nodes=2).runtime_env() is None
