@@ -334,3 +334,19 @@ def test_runpods_nodes_get_pgolf_through_rays_runtime_env_and_a_rehearsals_share
     names = {d.split(">")[0].split("=")[0] for d in env["pip"]}
     assert {"pydantic", "httpx", "tenacity"} <= names and not names & {"ray", "torch", "pytest"}
     assert InstantClusterBackend(spec, rehearse=True, nodes=2).runtime_env() is None
+
+
+def test_no_capacity_for_a_cluster_is_waited_out_then_said_in_one_line(tmp_path, capsys):
+    import dataclasses
+    spec = load_spec(write_spec(tmp_path, [1, 2], "cluster = true"))
+    with served(tmp_path / "s", "capacity=2") as c:
+        b = InstantClusterBackend(spec, rehearse=True, run_dir=tmp_path / "r", nodes=2)
+        cl = b._create_waiting(c, request("pgolf-r-c1", 2, "sleep 60"))
+        assert capsys.readouterr().out.count("pgolf: no cluster yet (There are no longer any instances") == 2
+        assert ia.delete_cluster(c, cl.id)
+    with served(tmp_path / "s2", "capacity=1000") as c:
+        b = InstantClusterBackend(spec, rehearse=True, run_dir=tmp_path / "r", nodes=2)
+        b.session.timing = dataclasses.replace(b.session.timing, capacity_wait_s=0.5)
+        with pytest.raises(PgolfError, match="no 2-node cluster after 0 min of waiting: There are no longer"):
+            b._create_waiting(c, request("pgolf-r-c2", 2, "sleep 60"))
+        assert ia.list_clusters(c) == []

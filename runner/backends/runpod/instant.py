@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
 from results.errors import PgolfError
 from results.files import atomic_write
 from runner.backends.base import ClusterAction
@@ -263,7 +265,7 @@ class InstantClusterBackend(RayNodeBackend):
             env={"PGOLF_RAY_PORT": str(port)}, ports=[] if self.rehearse else [CLIENT_PORT],
             disk=s.container_disk_gb, data_center_ids=s.data_centers or None, mounts=mounts,
             compute=ia.ClusterCompute(gpu_type_id=s.gpu_type, gpu_count_per_pod=s.gpu_count, pod_count=self.nodes))
-        cl = ia.create_cluster(c, req)
+        cl = self._create_waiting(c, req)
         self.made = cl
         self.entry = {"id": cl.id, "name": cl.name, "nodes": self.nodes, "created_at": cl.created_at,
                       "usd_per_hour": round(per_node * self.nodes, 4), "address": None, "deleted": False}
@@ -274,6 +276,25 @@ class InstantClusterBackend(RayNodeBackend):
         self.entry["address"] = self._address(c, cl, port)
         write_record(self.run_dir, record)
         return self.entry["address"]
+
+    def _create_waiting(self, c: api.RunPodClient, req: ia.CreateCluster) -> ia.Cluster:
+        """The cluster; while RunPod has no capacity for it (or the spend limit is reached: other machines may
+        end), back off doubling for up to the pods' capacity wait, saying so; then one clear line."""
+        t = self.session.timing
+
+        def note(state) -> None:
+            print(f"pgolf: no cluster yet ({state.outcome.exception().detail}); trying again in "
+                  f"{state.next_action.sleep:.0f} s", flush=True)
+        try:
+            for try_ in Retrying(retry=retry_if_exception_type((api.CapacityError, api.SpendLimitError)), reraise=True,
+                                 stop=stop_after_delay(t.capacity_wait_s), before_sleep=note,
+                                 wait=wait_exponential(multiplier=t.capacity_backoff_s, max=t.capacity_backoff_max_s)):
+                with try_:
+                    return ia.create_cluster(c, req)
+        except (api.CapacityError, api.SpendLimitError) as e:
+            raise PgolfError(f"no {self.nodes}-node cluster after {t.capacity_wait_s / 60:.0f} min of waiting: {e.detail}; "
+                             f"try fewer nodes ([runpod] max_pods), other data centers, or pods") from None
+        raise AssertionError("unreachable")
 
     def _address(self, c: api.RunPodClient, cl: ia.Cluster, port: int) -> str:
         """Wait until every node runs, then the address the driver joins: the head's GCS on this host (a
