@@ -222,11 +222,13 @@ def _execute(run_dir: Path, spec: JobSpec, *, spec_file: str | None, ledger: Led
     old_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     rc = EXIT_OK
     try:
+        n_seeds = spec.max_seeds() if ledger is None else \
+            waves.remaining_seeds(ledger) if waves else len(ledger.unfinished())
+        if hasattr(backend, "provision"):   # a backend that makes its Ray cluster first (an Instant Cluster)
+            address = backend.provision(n_seeds, where, address)
         connect(address, backend)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)   # ray.init may install its own
         preflight.check_cluster(backend.ray_options(), where)
-        n_seeds = spec.max_seeds() if ledger is None else \
-            waves.remaining_seeds(ledger) if waves else len(ledger.unfinished())
         for note in backend.preflight(n_seeds, where):
             print(note, flush=True)
         if ledger is None:

@@ -69,7 +69,8 @@ def connect(address: str | None, backend: Backend) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kw: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     if address:
-        ray.init(address=address, **kw)
+        env = getattr(backend, "runtime_env", lambda: None)()   # what the nodes need of pgolf (an Instant Cluster)
+        ray.init(address=address, **kw, **({"runtime_env": env} if env else {}))
     else:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False,

@@ -133,6 +133,15 @@ class RunPodSettings(_Section):
     min_triton: str = "3.7.1"                      # fla with an older Triton miscompiles GDN on Hopper (fla #640)
     backstop_grace_s: float = Field(900, ge=0)     # the pod kills itself this long after its deadline
     collect_grace_s: float = Field(1800, ge=0)     # ... or this long after its job ended, nobody collecting
+    cluster: bool = False                          # each batch on one Instant Cluster, a seed per node, via Ray
+
+    @model_validator(mode="after")
+    def _cluster_shape(self) -> "RunPodSettings":
+        if self.cluster and self.cpu:
+            raise ValueError("cluster = true: Instant Clusters are GPU nodes only; drop cpu (or cluster)")
+        if self.cluster and self.seeds_per_pod > 1:
+            raise ValueError("cluster = true runs one seed per node; drop seeds_per_pod (or cluster)")
+        return self
 
     @field_validator("vcpus")
     @classmethod

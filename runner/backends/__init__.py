@@ -27,6 +27,11 @@ def make_backend(spec: "JobSpec", rehearse: bool = False, faults: str = "",
     if spec.backend == "ray":
         from runner.backends.ray_node import RayNodeBackend
         return RayNodeBackend(spec)
+    if spec.backend == "runpod" and spec.runpod.cluster:
+        from runner.backends.runpod.instant import make_cluster_backend
+        backend = make_cluster_backend(spec, rehearse=rehearse, faults=faults, run_dir=run_dir)
+        if backend is not None:          # None: a batch of one node runs on a pod
+            return backend
     if spec.backend == "runpod":
         from runner.backends.runpod.backend import RunPodBackend
         return RunPodBackend(spec, rehearse=rehearse, faults=faults, run_dir=run_dir)
@@ -39,11 +44,13 @@ def cluster_gc(runs_dir: str | Path, yes: bool, rehearse: bool = False) -> int:
     of every idle batch under `runs_dir` while it works (no driver starts on them meanwhile), and keeps
     every machine of a batch a live process holds."""
     from runner.backends.runpod.cluster import gc
+    from runner.backends.runpod.instant import gc_clusters
     from runner.lock import LockSet, describe
     with LockSet(runs_dir, "pgolf cluster gc") as locks:
         for d, who in sorted(locks.busy.items()):
             print(f"pgolf cluster gc: {d}: in use by {describe(who)}: its pods are kept")
-        return gc(Path(runs_dir), yes=yes, rehearse=rehearse, live=set(locks.busy))
+        rc = gc(Path(runs_dir), yes=yes, rehearse=rehearse, live=set(locks.busy))
+        return max(rc, gc_clusters(Path(runs_dir), yes=yes, rehearse=rehearse, live=set(locks.busy)))
 
 
 def stop_left_machines(run_dir: str | Path, batch: dict, ledger: "Ledger", say: Callable[[str], None]) -> None:

@@ -88,6 +88,7 @@ import http_sf
 from results.errors import PgolfError
 from runner.backends.runpod import fake_container as container
 from runner.backends.runpod.contract import Operation, contract
+from runner.backends.runpod.fake_instant import InstantRoutes
 from runner.backends.runpod.instances import REHEARSAL
 
 GPUS = [   # id, name, memory GB, $/GPU/h secure, community, max count per pod
@@ -267,8 +268,8 @@ class _State:
             return json.loads(json.dumps(data))
 
 
-class FakeRunPod:
-    """The fake API server and its pods. start() -> base origin for RUNPOD_API_BASE_URL."""
+class FakeRunPod(InstantRoutes):
+    """The fake API server and its pods (and Instant Clusters of them: fake_instant.py). start() -> base origin for RUNPOD_API_BASE_URL."""
 
     def __init__(self, state_dir: str | Path, faults: str | dict = "", *, api_key: str | None = None,
                  retry_after_s: int = RETRY_AFTER_S, rate_quota_per_min: int = RATE_QUOTA_PER_MIN,
@@ -499,14 +500,16 @@ class FakeRunPod:
     def _op_listPods(self, req: Request, who: str) -> Reply:
         pods = self.state.read()["pods"].values()
         now = time.time()
-        return Reply(200, {"pods": [self._view(p) for p in pods
-                                    if not p.get("terminated") and now >= p.get("listed_from", 0)]})
+        members = req.param("includeClusterPods") == "true"      # cluster members only when asked
+        return Reply(200, {"pods": [self._member_view(p) if p.get("cluster") else self._view(p) for p in pods
+                                    if not p.get("terminated") and now >= p.get("listed_from", 0)
+                                    and (members or not p.get("cluster"))]})
 
     def _op_getPod(self, req: Request, who: str, id: str) -> Reply:
         pod = self.state.read()["pods"].get(id)
         if pod is None:
             return problem(404, f"pod {id} not found")
-        return Reply(200, self._view(pod))
+        return Reply(200, self._member_view(pod) if pod.get("cluster") else self._view(pod))
 
     def _op_createPod(self, req: Request, who: str) -> Reply:
         body = req.json()
@@ -675,6 +678,7 @@ class FakeRunPod:
             env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home),
                    "LANG": "C.UTF-8", "TMPDIR": str(rootfs / "tmp"), "PYTHONUNBUFFERED": "1"}
             env.update(env_in)
+            env.update(pod.get("env_extra") or {})          # a cluster member's NODE_RANK, PRIMARY_ADDR, ...
             env.update({"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": self.keys[pod_id],
                         "RUNPOD_API_BASE_URL": self.url, "RUNPOD_PUBLIC_IP": "127.0.0.1",
                         "RUNPOD_DC_ID": pod["dataCenterId"], "PGOLF_POD_ROOT": str(rootfs)})
@@ -755,6 +759,8 @@ class FakeRunPod:
         return exit_file.stat().st_mtime if exit_file.exists() else None
 
     def _op_deletePod(self, req: Request, who: str, id: str) -> Reply:
+        if (self.state.read()["pods"].get(id) or {}).get("cluster"):
+            return problem(400, f"pod {id} is a cluster member: delete its cluster (/v2/clusters/{{id}})")
         if not self._terminate(id):
             return problem(404, f"pod {id} not found")
         return Reply(204)
