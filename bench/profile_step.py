@@ -26,7 +26,6 @@ import os
 import re
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
@@ -92,7 +91,7 @@ def summarize(times_us: dict[str, float], steps: int, top: int = 3) -> dict:
 
 
 def table(summary: dict, title: str) -> str:
-    lines = [title, f"| kind | ms/step | share | kernels | top kernels (ms/step) |", "|---|---|---|---|---|"]
+    lines = [title, "| kind | ms/step | share | kernels | top kernels (ms/step) |", "|---|---|---|---|---|"]
     for k in summary["kinds"]:
         tops = "; ".join(f"{t['name'][:60]} {t['ms_per_step']:.2f}" for t in k["top"])
         lines.append(f"| {k['kind']} | {k['ms_per_step']:.1f} | {100 * k['share']:.0f}% | {k['kernels']} | {tops} |")

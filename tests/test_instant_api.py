@@ -229,7 +229,6 @@ def test_gc_deletes_orphaned_clusters_and_keeps_a_resumable_batchs(tmp_path):
 def run_start_command(tmp: Path, rank: int, rehearse: bool, ray_version: str, extra_env: dict) -> tuple[str, list[str]]:
     """A node's start command under bash, with `ray` and `pip` stand-ins that log their arguments: the
     first `ray start` fails at once (a raylet that missed Ray's 30 s), the second ends as the backstop would."""
-    import os
     import stat
     import subprocess
     import sys

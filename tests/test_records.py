@@ -51,7 +51,7 @@ def test_fetch_clones_records_only_then_updates_and_commands_find_them(upstream,
     env = {"PGOLF_RECORDS_URL": upstream.as_uri(), "XDG_CACHE_HOME": str(home)}
     r = pgolf("records", "fetch", "--dest", dest, env=env)
     assert r.returncode == 0, r.stderr
-    assert f"fetched 2 record folders" in r.stdout and str(dest / "records") in r.stdout
+    assert "fetched 2 record folders" in r.stdout and str(dest / "records") in r.stdout
     assert (dest / "records" / TEN / REC / "submission.json").is_file()
     assert not (dest / "train_gpt.py").exists()                     # sparse: records/ only
     assert subprocess.run(["git", "-C", dest, "rev-parse", "--is-shallow-repository"], capture_output=True,
