@@ -214,32 +214,22 @@ def _scrub_utf8(path: Path, scrub: Callable[[str], str]) -> bool:
     with open(path, "rb") as f:
         if not any(_scrub_line(line, scrub) != line for line in f):
             return False
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as f:
+    def fill(out) -> None:
+        with open(path, "rb") as f:
             for line in f:
                 out.write(_scrub_line(line, scrub))
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, os.stat(path).st_mode & 0o777)
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if e.errno not in NO_SPACE:
-            raise named(e, path) from e
-        _scrub_in_place(path, scrub)
+    _rewrite(path, fill, lambda: _scrub_in_place(path, scrub))
     return True
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """The file's new content (never longer than the old): beside it and renamed, else over itself."""
+def _rewrite(path: Path, fill: Callable, in_place: Callable[[], None]) -> None:
+    """The file's new content, written by `fill(out)` beside it, fsynced and renamed over it; when the disk
+    has no room for that copy, `in_place()` rewrites it over itself (scrubbed content is never longer)."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            fill(out)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, os.stat(path).st_mode & 0o777)
@@ -249,11 +239,18 @@ def _replace(path: Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
         if e.errno not in NO_SPACE:
             raise named(e, path) from e
+        in_place()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """The file's new content (never longer than the old): beside it and renamed, else over itself."""
+    def over() -> None:
         with open(path, "r+b") as f:
             f.write(data)
             f.truncate(len(data))
             f.flush()
             os.fsync(f.fileno())
+    _rewrite(path, lambda out: out.write(data), over)
 
 
 def _byte_forms(values) -> list[tuple[bytes, bytes]]:
