@@ -165,12 +165,15 @@ class RunPodSettings(_Section):
         per = CPU_DISK_GB_PER_VCPU.get(self.cpu or "")
         return per * self.vcpus if per else None
 
-    def pods_at_once(self, usd_per_hour: float) -> int:
-        """`max_pods`, else how many pods at this price the spend limit allows at once (at least 1: RunPod
-        refuses the rest). The one rule for the backend, its estimate and `pgolf plan`."""
-        if self.max_pods:
-            return self.max_pods
+    def within_spend_limit(self, usd_per_hour: float) -> int:
+        """How many machines at this price the account's spend limit allows at once (at least 1: RunPod
+        refuses the rest)."""
         return max(1, int(self.spend_limit // usd_per_hour)) if usd_per_hour > 0 else 1
+
+    def pods_at_once(self, usd_per_hour: float) -> int:
+        """`max_pods`, else what the spend limit allows: the one rule for the backend, its estimate and
+        `pgolf plan`."""
+        return self.max_pods or self.within_spend_limit(usd_per_hour)
 
     def disk_gb(self) -> int:
         """The container disk a pod gets: the spec's, else 20 GB for a CPU pod (the job's work folder and

@@ -46,7 +46,7 @@ from results.files import atomic_write
 from runner.backends.base import ClusterAction
 from runner.backends.ray_node import RayNodeBackend
 from runner.backends.runpod import api, instant_api as ia
-from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, PodShape, Session, Timing, batch_prefix, max_pods_for,
+from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, PodShape, Session, Timing, batch_prefix,
                                               offer)
 from runner.ledger import Ledger, now_iso
 
@@ -180,7 +180,7 @@ class InstantClusterBackend(RayNodeBackend):
         if hourly > s.spend_limit + 1e-9:
             raise PgolfError(f"RunPod: a {self.nodes}-node cluster costs {m(hourly, '/h')}, above the ${s.spend_limit:.0f}/h "
                              f"spend limit ([runpod] spend_limit); set [runpod] max_pods = "
-                             f"{max_pods_for(per_node, s.spend_limit)} or ask RunPod to raise the limit")
+                             f"{s.within_spend_limit(per_node)} or ask RunPod to raise the limit")
         line = (f"RunPod Instant Cluster: {self.nodes} nodes x {m(per_node, '/h')} = {m(hourly, '/h')}; {n_seeds} seed(s) "
                 f"in {rounds} round(s): ({setup_h:.2f} h set-up + {rounds} x {seed_h:.2f} h) x {m(hourly, '/h')} = "
                 f"{m(est)} estimated")
@@ -197,7 +197,7 @@ class InstantClusterBackend(RayNodeBackend):
         defaults for pods): fewer nodes, each running more seeds one after another. A note when it cut
         them; PgolfError when not even two nodes fit (one node is a pod: cluster = false)."""
         s = self.settings
-        fit = max_pods_for(per_node, s.spend_limit)
+        fit = s.within_spend_limit(per_node)
         if s.max_pods is not None or fit >= self.nodes:
             return None
         if fit < ia.MIN_NODES:
