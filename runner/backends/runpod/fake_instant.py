@@ -15,6 +15,7 @@ openapi-v2.json like the pod routes.
 """
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -142,7 +143,8 @@ class InstantRoutes:
         for pod_id, key in members:
             self.envs[pod_id] = dict(body.get("env") or {})
             self.keys[pod_id] = key
-            (self.root / "pods" / pod_id / "rootfs" / "root").mkdir(parents=True, exist_ok=True)
+            (self.pod_dir(pod_id) / "rootfs" / "root").mkdir(parents=True, exist_ok=True)
+            os.chmod(self.pod_dir(pod_id), 0o700)
             from runner.backends.runpod.fake import PROVISION_S
             timer = threading.Timer(PROVISION_S, self._boot, args=(pod_id,))
             timer.daemon = True

@@ -399,7 +399,7 @@ class InstantClusterBackend(RayNodeBackend):
                   "nothing to start")
             return 0
         rc = 0
-        for label, session in sessions(runs_dir, self.rehearse, spec.name):
+        for label, session, _dirs in sessions(runs_dir, self.rehearse, spec.name):
             with session.client() as c:
                 mine = [cl for cl in ia.list_clusters(c) if cl.name.startswith(prefixes)]
                 for cl in mine:
@@ -514,7 +514,7 @@ def gc_clusters(runs_dir: Path, yes: bool, rehearse: bool = False, live=()) -> i
         except PgolfError:
             continue
     rc = 0
-    for label, session in sessions(Path(runs_dir), rehearse):
+    for label, session, _dirs in sessions(Path(runs_dir), rehearse):
         with session.client() as c:
             try:
                 ours = [cl for cl in ia.list_clusters(c) if cl.name.startswith(NAME_PREFIX)]
