@@ -47,7 +47,7 @@ from runner.backends.base import ClusterAction
 from runner.backends.ray_node import RayNodeBackend
 from runner.backends.runpod import api, instant_api as ia
 from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, PodShape, Session, Timing, batch_prefix,
-                                              offer)
+                                              offer, start_limit_s)
 from runner.ledger import Ledger, now_iso
 
 NODE_RESOURCE = "pgolf_node"      # one per node, one per attempt: one seed per node
@@ -299,7 +299,9 @@ class InstantClusterBackend(RayNodeBackend):
     def _address(self, c: api.RunPodClient, cl: ia.Cluster, port: int) -> str:
         """Wait until every node runs, then the address the driver joins: the head's GCS on this host (a
         rehearsal) or Ray Client on the primary's public port."""
-        limit = min(self.settings.start_timeout_s, self.session.timing.start_timeout_cap_s * 4)
+        # start_timeout_s on RunPod; a rehearsal's clock runs faster, but its nodes' `ray start` takes real
+        # seconds: at least 20 s there
+        limit = max(start_limit_s(self.settings.start_timeout_s, self.session.timing), 20.0)
         up_by = time.time() + limit
         while True:
             now = ia.get_cluster(c, cl.id)
