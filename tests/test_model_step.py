@@ -132,8 +132,12 @@ def test_accumulation_all_reduces_once_per_step_and_matches_one_process(tmp_path
     for _ in range(2):
         it = iter(_batches(6))
         tg.train_step(model, params, opts, lambda: next(it), 6, 1, 1.0, 0.9)
+    # float32 sums in another order (2 ranks x 3 micro-batches vs 6 in one process) differ by ~1e-7; Adam's
+    # and Muon's normalised updates can blow that up to ~1e-5 on a gradient element near zero (seen: 9.3e-6
+    # on 1 of 256). A wrong accumulation (a micro-batch or a rank's gradients lost) moves most elements
+    # far outside this bound (one micro-batch of 6 dropped: 94% of elements off by > 1e-4, up to 0.14).
     for a, b in zip(torch.load(out), params):
-        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
