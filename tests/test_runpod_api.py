@@ -90,6 +90,10 @@ def test_pod_lifecycle_with_every_message_checked(fakes):
     pod = c.create_pod(req)
     assert pod.status == "PROVISIONING" and pod.cost == pytest.approx(0.06) and pod.data_center_id == "EU-RO-1"
     pod = wait_status(c, pod.id, "RUNNING")
+    end = time.time() + 10            # RUNNING comes before the runtime (RunPod: "may not be ready to use")
+    while pod.tcp_endpoint() is None and time.time() < end:
+        time.sleep(0.05)
+        pod = c.get_pod(pod.id)
     ip, port = pod.tcp_endpoint()
     assert ip == "127.0.0.1" and port > 1024
     assert pod.proxy_url(8000) == f"https://{pod.id}-8000.proxy.runpod.net"
