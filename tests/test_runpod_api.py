@@ -399,6 +399,9 @@ def test_pods_outlive_their_fake_and_another_fake_on_the_state_can_end_them(fake
     secret = "hf_SECRET_VALUE_123456"
     pod = client(first).create_pod(cpu_pod("pgolf-orphaned", "sleep 300", env={"HF_TOKEN": secret}))
     wait_status(client(first), pod.id, "RUNNING")
+    end = time.time() + 10                    # RUNNING comes before the container runs: wait for its process
+    while first.alive_pods() != [pod.id] and time.time() < end:
+        time.sleep(0.05)
     first.stop()                                               # the driver (and its fake) died
     state = (tmp_path / "fake" / "state.json").read_text()
     assert secret not in state and KEY not in state and first.keys[pod.id] not in state
