@@ -1,4 +1,4 @@
-"""Folder loading: record folders from ../shared/records, run directories built in tmp_path, bad input."""
+"""Folder loading: the public record folders in tests/data/records, run directories built in tmp_path, bad input."""
 import hashlib
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Log parsing against the real records in ../shared/records and small synthetic logs."""
+"""Log parsing against the public records in tests/data/records and small synthetic logs."""
 import pytest
 
 from corpus import NON, TEN, needs_records
