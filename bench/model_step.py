@@ -90,6 +90,8 @@ def make_bench() -> Bench:
                 versions[name] = f"unavailable: {type(e).__name__}"
     print("versions: " + " ".join(f"{k}={v}" for k, v in versions.items()), flush=True)
 
+    if cuda and hasattr(tg, "load_cuda_ops"):
+        tg.load_cuda_ops()   # the payload's custom ops, registered before torch.compile traces the model
     base = tg.GPT(args, bos_id=1).to(device)
     base.set_qat(qat)
     if hasattr(tg, "_compile_enabled"):
@@ -166,7 +168,8 @@ def make_bench() -> Bench:
                 "micro_batches": accum, "compile": use_compile, "qat": qat, "params": b.n_params,
                 "payload": payload or "model/train_gpt.py", "data": data,
                 "switches": {k: getattr(args, k) for k in ("fused_ce", "gate_in_kernel", "bf16_residual",
-                                                           "ce_chunk_tokens") if hasattr(args, k)}}
+                                                           "fused_conv", "gdn_in_graph", "ce_chunk_tokens")
+                             if hasattr(args, k)}}
     return b
 
 
@@ -255,8 +258,8 @@ def _rel(a, b) -> float:
 
 def check_paths(bench) -> dict:
     """On this device, at the record shapes: the fused loss against full logits (loss and both gradients),
-    and the GDN layer with the gate computed inside fla's kernel against the gate computed outside
-    (output and every gradient), relative L2 differences."""
+    and the GDN layer with each fused path (gate inside fla's kernel; our conv kernels; fla as a custom op;
+    both) against the plain one (output and every gradient), relative L2 differences."""
     tg, args, cuda = bench.tg, bench.args, bench.cuda
     dev = next(bench.base.parameters()).device
     out = {}
@@ -280,16 +283,27 @@ def check_paths(bench) -> dict:
                                  args.gdn_output_gate).to(dev)
         x = torch.randn(8, bench.T, args.model_dim, device=dev)
         res = {}
-        for flag in (False, True):
-            layer.gate_in_kernel = flag
+        # the plain path (gate outside, torch conv, fla's public op), then each fused path switched on in turn
+        variants = {"plain": {}, "gate_in_kernel": {"gate_in_kernel": True}}
+        if hasattr(tg, "load_cuda_ops"):
+            variants["fused_conv"] = {"gate_in_kernel": True, "fused_conv": True}
+            variants["gdn_in_graph"] = {"gate_in_kernel": True, "in_graph": True}
+            variants["both"] = {"gate_in_kernel": True, "fused_conv": True, "in_graph": True}
+        for name, flags in variants.items():
+            for attr in ("gate_in_kernel", "fused_conv", "in_graph"):
+                setattr(layer, attr, flags.get(attr, False))
             layer.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 o = layer(x)
             (o.float() * torch.linspace(-1, 1, o.numel(), device=dev).view_as(o)).sum().backward()
-            res[flag] = (o.detach(), {n: p.grad.detach().clone() for n, p in layer.named_parameters()})
-        out["gate_in_kernel"] = {"out_rel": _rel(res[True][0], res[False][0]),
-                                 **{f"d{n}_rel": _rel(res[True][1][n], res[False][1][n]) for n in ("A_log", "dt_bias")},
-                                 "max_grad_rel": max(_rel(res[True][1][n], res[False][1][n]) for n in res[False][1])}
+            res[name] = (o.detach(), {n: p.grad.detach().clone() for n, p in layer.named_parameters()})
+        ref = res["plain"]
+        for name in list(variants)[1:]:
+            got = res[name]
+            out[name] = {"out_rel": _rel(got[0], ref[0]),
+                         **{f"d{n}_rel": _rel(got[1][n], ref[1][n]) for n in ("A_log", "dt_bias", "conv_q")},
+                         "max_grad_rel": max(_rel(got[1][n], ref[1][n]) for n in ref[1]),
+                         "worst_grad": max(ref[1], key=lambda n: _rel(got[1][n], ref[1][n]))}
     print("checks: " + json.dumps(out), flush=True)
     return out
 

@@ -120,6 +120,8 @@ _HPARAMS = [
     ("ce_chunk_tokens", int, 8192),     # tokens per chunk of the fused loss
     ("gate_in_kernel", int, 1),         # CUDA: fla computes the GDN decay and beta from the raw projections
     ("bf16_residual", int, 1),          # CUDA: the residual stream in bf16 instead of fp32
+    ("fused_conv", int, 1),             # CUDA: q/k/v conv + SiLU + q/k L2 norm in our Triton kernels
+    ("gdn_in_graph", int, 1),           # CUDA: fla's GDN kernels as a custom op inside the compiled graph
 ]
 
 
@@ -853,27 +855,221 @@ def gdn_gates(a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor) -> tuple[Ten
     return -A_log.float().exp() * F.softplus(a.float() + dt_bias), torch.sigmoid(b.float())
 
 
-def gated_delta_rule(q, k, v, a, b, A_log, dt_bias, scale, gate_in_kernel=False):
-    """The gated delta rule on the raw gate projections a, b ([B, T, H]): fla's Triton kernel on CUDA
-    (imported only there), our chunked PyTorch version elsewhere; q and k are L2-normalised here (in-kernel
-    on CUDA). `gate_in_kernel` (CUDA): fla computes the decay (fused with its chunk cumsum) and beta inside
-    its kernels, gradients of A_log and dt_bias included, instead of separate gate kernels here."""
+def gated_delta_rule(q, k, v, a, b, A_log, dt_bias, scale, gate_in_kernel=False, qk_normed=False, in_graph=False):
+    """The gated delta rule on the raw gate projections a, b ([B, T, H]): fla's Triton kernels on CUDA
+    (imported only there), our chunked PyTorch version elsewhere. q and k are L2-normalised here unless
+    `qk_normed` (the fused conv did it); on CUDA inside fla's kernel. `gate_in_kernel` (CUDA): fla computes
+    the decay (fused with its chunk cumsum) and beta inside its kernels, gradients of A_log and dt_bias
+    included. `in_graph` (CUDA, with gate_in_kernel): through our custom op, so torch.compile keeps the
+    whole model in one graph (load_cuda_ops)."""
     global _FLA_OP
     if q.is_cuda:
+        dt = torch.bfloat16
+        if in_graph and gate_in_kernel:
+            if not qk_normed:
+                q, k = _l2norm(q), _l2norm(k)
+            return load_cuda_ops().gdn(q.to(dt), k.to(dt), v.to(dt), a.contiguous(), b.contiguous(), A_log,
+                                       dt_bias, scale)[0]
         if _FLA_OP is None:
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule
             _FLA_OP = chunk_gated_delta_rule
-        dt = torch.bfloat16
         if gate_in_kernel:
-            o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), a, b, scale=scale, use_qk_l2norm_in_kernel=True,
+            o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), a, b, scale=scale, use_qk_l2norm_in_kernel=not qk_normed,
                            use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, use_beta_sigmoid_in_kernel=True)
             return o
         g, beta = gdn_gates(a, b, A_log, dt_bias)
-        o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), g, beta.to(dt), scale=scale, use_qk_l2norm_in_kernel=True)
+        o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), g, beta.to(dt), scale=scale,
+                       use_qk_l2norm_in_kernel=not qk_normed)
         return o
     g, beta = gdn_gates(a, b, A_log, dt_bias)
-    o, _ = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=scale, use_qk_l2norm_in_kernel=True)
+    o, _ = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=scale, use_qk_l2norm_in_kernel=not qk_normed)
     return o
+
+
+_CUDA_OPS = None
+
+
+def load_cuda_ops():
+    """The mixer's CUDA kernels as torch custom ops, registered once per process (CUDA only; issue 21).
+    `qkv_conv`: the short causal conv + SiLU of q, k, v, with q and k L2-normalised per head, in one Triton
+    kernel forward and two backward (the gradient at the conv output, recomputing the conv from its input,
+    with the conv-weight sums; then the shifted sum for the input gradient), where torch.compile made five
+    kernels plus a concatenation of it and fla normalised q and k in kernels of its own.
+    `gdn`: fla's chunked gated delta rule (gate and beta computed in its kernels) called through its
+    forward and backward functions; as a custom op it sits inside the compiled graph, where fla's own entry
+    point (`torch.compiler.disable`) broke the graph at every layer and left the gradient glue around it to
+    eager kernels."""
+    global _CUDA_OPS
+    if _CUDA_OPS is None and hasattr(torch.ops.pgolf, "gdn"):   # registered by another copy of this file
+        _CUDA_OPS = torch.ops.pgolf
+    if _CUDA_OPS is not None:
+        return _CUDA_OPS
+    import triton
+    import triton.language as tl
+    from fla.ops.common.gate import fused_beta_sigmoid_bwd, fused_beta_sigmoid_fwd
+    from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
+
+    # tiles of 32 time steps x one head; warps autotuned on the GPU (before the timer, in the warm-up); one
+    # config under TRITON_INTERPRET=1 (the CPU interpreter, for checking the kernels without a GPU)
+    configs = [triton.Config({}, num_warps=w) for w in ((4,) if os.environ.get("TRITON_INTERPRET") == "1"
+                                                        else (4, 8))]
+
+    @triton.autotune(configs=configs, key=["T", "C", "NORM"])
+    @triton.jit
+    def conv_fwd_kernel(x, w, out, T, C, sxb, sxt, K: tl.constexpr, D: tl.constexpr, NORM: tl.constexpr,
+                        BT: tl.constexpr):
+        t = tl.program_id(0) * BT + tl.arange(0, BT)
+        c = tl.program_id(1) * D + tl.arange(0, D)
+        xb = x + tl.program_id(2).to(tl.int64) * sxb
+        u = tl.zeros((BT, D), dtype=tl.float32)
+        for i in tl.static_range(K):
+            ts = t - (K - 1) + i
+            xv = tl.load(xb + ts[:, None] * sxt + c[None, :], mask=((ts >= 0) & (ts < T))[:, None], other=0.0)
+            u += xv.to(tl.float32) * tl.load(w + i * C + c).to(tl.float32)[None, :]
+        y = u * tl.sigmoid(u)
+        if NORM:
+            y = y / tl.sqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
+        ob = out + tl.program_id(2).to(tl.int64) * T * C
+        tl.store(ob + t[:, None] * C + c[None, :], y.to(out.dtype.element_ty), mask=(t < T)[:, None])
+
+    @triton.autotune(configs=configs, key=["T", "C", "NORM"])
+    @triton.jit
+    def conv_bwd_du_kernel(x, w, dout, du, dw, T, C, NT, sxb, sxt, K: tl.constexpr, D: tl.constexpr,
+                           NORM: tl.constexpr, BT: tl.constexpr):
+        # the gradient at the conv's output (through SiLU and the L2 norm), and this block's conv-weight sums
+        t = tl.program_id(0) * BT + tl.arange(0, BT)
+        c = tl.program_id(1) * D + tl.arange(0, D)
+        xb = x + tl.program_id(2).to(tl.int64) * sxb
+        u = tl.zeros((BT, D), dtype=tl.float32)
+        for i in tl.static_range(K):
+            ts = t - (K - 1) + i
+            xv = tl.load(xb + ts[:, None] * sxt + c[None, :], mask=((ts >= 0) & (ts < T))[:, None], other=0.0)
+            u += xv.to(tl.float32) * tl.load(w + i * C + c).to(tl.float32)[None, :]
+        off = tl.program_id(2).to(tl.int64) * T * C + t[:, None] * C + c[None, :]
+        g = tl.load(dout + off, mask=(t < T)[:, None], other=0.0).to(tl.float32)
+        s = tl.sigmoid(u)
+        if NORM:
+            y = u * s
+            r = 1.0 / tl.sqrt(tl.sum(y * y, 1) + 1e-6)
+            yn = y * r[:, None]
+            g = (g - yn * tl.sum(g * yn, 1)[:, None]) * r[:, None]
+        d = g * s * (1.0 + u * (1.0 - s))
+        tl.store(du + off, d.to(du.dtype.element_ty), mask=(t < T)[:, None])
+        row = (tl.program_id(2) * NT + tl.program_id(0)) * K
+        for i in range(K):   # not unrolled: one reduction at a time (half the registers at 8 warps)
+            ts = t - (K - 1) + i
+            xv = tl.load(xb + ts[:, None] * sxt + c[None, :], mask=((ts >= 0) & (ts < T))[:, None], other=0.0)
+            tl.store(dw + (row + i) * C + c, tl.sum(d * xv.to(tl.float32), 0))
+
+    @triton.autotune(configs=configs, key=["T", "C"])
+    @triton.jit
+    def conv_bwd_dx_kernel(du, w, dx, T, C, sdb, sdt, K: tl.constexpr, D: tl.constexpr, BT: tl.constexpr):
+        # dx[t] = sum_j w[K-1-j] du[t+j]
+        t = tl.program_id(0) * BT + tl.arange(0, BT)
+        c = tl.program_id(1) * D + tl.arange(0, D)
+        db = du + tl.program_id(2).to(tl.int64) * T * C
+        acc = tl.zeros((BT, D), dtype=tl.float32)
+        for j in tl.static_range(K):
+            tj = t + j
+            g = tl.load(db + tj[:, None] * C + c[None, :], mask=(tj < T)[:, None], other=0.0)
+            acc += g.to(tl.float32) * tl.load(w + (K - 1 - j) * C + c).to(tl.float32)[None, :]
+        dxb = dx + tl.program_id(2).to(tl.int64) * sdb
+        tl.store(dxb + t[:, None] * sdt + c[None, :], acc.to(dx.dtype.element_ty), mask=(t < T)[:, None])
+
+    BT = 32
+
+    @torch.library.custom_op("pgolf::qkv_conv", mutates_args=())
+    def qkv_conv(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C3 = x.shape
+        C = C3 // 3
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        outs = []
+        for p, w in enumerate((wq, wk, wv)):
+            o = x.new_empty(B, T, C)
+            conv_fwd_kernel[(triton.cdiv(T, BT), C // head_dim, B)](
+                x[..., p * C:(p + 1) * C], w.contiguous(), o, T, C, x.stride(0), x.stride(1),
+                K=w.size(0), D=head_dim, NORM=p < 2, BT=BT)
+            outs.append(o)
+        return tuple(outs)
+
+    @qkv_conv.register_fake
+    def _(x, wq, wk, wv, head_dim):
+        B, T, C3 = x.shape
+        return tuple(x.new_empty(B, T, C3 // 3) for _ in range(3))
+
+    @torch.library.custom_op("pgolf::qkv_conv_bwd", mutates_args=())
+    def qkv_conv_bwd(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, dq: Tensor, dk: Tensor, dv: Tensor,
+                     head_dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        B, T, C3 = x.shape
+        C, NT = C3 // 3, triton.cdiv(T, BT)
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dws = []
+        for p, (w, g) in enumerate(((wq, dq), (wk, dk), (wv, dv))):
+            xp, w, du = x[..., p * C:(p + 1) * C], w.contiguous(), torch.empty_like(g, memory_format=torch.contiguous_format)
+            part = x.new_empty(B * NT, w.size(0), C, dtype=torch.float32)
+            grid = (NT, C // head_dim, B)
+            conv_bwd_du_kernel[grid](xp, w, g.contiguous(), du, part, T, C, NT, x.stride(0), x.stride(1),
+                                     K=w.size(0), D=head_dim, NORM=p < 2, BT=BT)
+            dxp = dx[..., p * C:(p + 1) * C]
+            conv_bwd_dx_kernel[grid](du, w, dxp, T, C, dx.stride(0), dx.stride(1), K=w.size(0), D=head_dim, BT=BT)
+            dws.append(part.sum(0).to(w.dtype))
+        return dx, *dws
+
+    @qkv_conv_bwd.register_fake
+    def _(x, wq, wk, wv, dq, dk, dv, head_dim):
+        return torch.empty_like(x), torch.empty_like(wq), torch.empty_like(wk), torch.empty_like(wv)
+
+    def qkv_conv_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:4])
+        ctx.head_dim = inputs[4]
+
+    def qkv_conv_backward(ctx, dq, dk, dv):
+        return *torch.ops.pgolf.qkv_conv_bwd(*ctx.saved_tensors, dq, dk, dv, ctx.head_dim), None
+
+    qkv_conv.register_autograd(qkv_conv_backward, setup_context=qkv_conv_setup)
+
+    @torch.library.custom_op("pgolf::gdn", mutates_args=())
+    def gdn(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor,
+            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        beta = fused_beta_sigmoid_fwd(b)
+        g, o, A, *_ = chunk_gated_delta_rule_fwd(q=q, k=k, v=v, g=a, beta=beta, scale=scale, initial_state=None,
+                                                 output_final_state=False, use_gate_in_kernel=True, A_log=A_log,
+                                                 dt_bias=dt_bias)
+        return o, g, beta, A
+
+    @gdn.register_fake
+    def _(q, k, v, a, b, A_log, dt_bias, scale):
+        B, T, H, _ = q.shape
+        return (torch.empty_like(v), a.new_empty(B, T, H, dtype=torch.float32),
+                b.new_empty(B, T, H, dtype=torch.float32), k.new_empty(B, T, H, 64))
+
+    @torch.library.custom_op("pgolf::gdn_bwd", mutates_args=())
+    def gdn_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log: Tensor,
+                dt_bias: Tensor, g: Tensor, beta: Tensor, A: Tensor,
+                scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        dq, dk, dv, dbeta, da, _, dA_log, ddt_bias = chunk_gated_delta_rule_bwd(
+            q=q, k=k, v=v, g=g, beta=beta, A=A, scale=scale, initial_state=None, do=do.contiguous(), dht=None,
+            use_gate_in_kernel=True, g_input=a, A_log=A_log, dt_bias=dt_bias)
+        db = fused_beta_sigmoid_bwd(b, dbeta)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), da.to(a.dtype), db.to(b.dtype),
+                dA_log.to(A_log.dtype), ddt_bias.to(dt_bias.dtype))
+
+    @gdn_bwd.register_fake
+    def _(do, q, k, v, a, b, A_log, dt_bias, g, beta, A, scale):
+        return tuple(torch.empty_like(t) for t in (q, k, v, a, b, A_log, dt_bias))
+
+    def gdn_setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*inputs[:7], *output[1:])
+        ctx.scale = inputs[7]
+
+    def gdn_backward(ctx, do, *_):
+        return *torch.ops.pgolf.gdn_bwd(do, *ctx.saved_tensors, ctx.scale), None
+
+    gdn.register_autograd(gdn_backward, setup_context=gdn_setup)
+    _CUDA_OPS = torch.ops.pgolf
+    return _CUDA_OPS
 
 
 class CastedLinear(nn.Linear):
@@ -972,9 +1168,13 @@ class GatedDeltaNet(nn.Module):
     SiLU, L2-normalised q/k, beta = sigmoid(b), log decay g = -exp(A_log) * softplus(a + dt_bias),
     gated RMSNorm on the output, o_proj. k_proj/v_proj may be module objects shared with another layer."""
 
-    def __init__(self, dim, num_heads, head_dim, conv_size, output_gate, kv=None, gate_in_kernel=False):
+    def __init__(self, dim, num_heads, head_dim, conv_size, output_gate, kv=None, gate_in_kernel=False,
+                 fused_conv=False, in_graph=False):
         super().__init__()
         self.h, self.d, self.gate_in_kernel = num_heads, head_dim, bool(gate_in_kernel)
+        # the fused conv normalises whole heads inside one Triton tile: a power-of-two head dim
+        self.fused_conv = bool(fused_conv) and head_dim & (head_dim - 1) == 0 and head_dim <= 256
+        self.in_graph = bool(in_graph)
         inner = num_heads * head_dim
         self.q_proj = CastedLinear(dim, inner)
         if kv is None:
@@ -995,22 +1195,24 @@ class GatedDeltaNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        # one GEMM for every input projection (separate parameters, so sharing, QAT and int6 are unchanged);
-        # the split happens before the conv so that q, k, v come out of their fused kernels contiguous
-        projs = [self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj]
-        if self.g_proj is not None:
-            projs.append(self.g_proj)
-        y = F.linear(x, torch.cat([p.effective_weight() for p in projs]).to(x.dtype))
-        inner = self.h * self.d
-        parts = y.split([inner, inner, inner, self.h, self.h] + ([inner] if self.g_proj is not None else []), -1)
-        q = F.silu(causal_depthwise_conv(parts[0], self.conv_q)).view(B, T, self.h, self.d)
-        k = F.silu(causal_depthwise_conv(parts[1], self.conv_k)).view(B, T, self.h, self.d)
-        v = F.silu(causal_depthwise_conv(parts[2], self.conv_v)).view(B, T, self.h, self.d)
-        o = gated_delta_rule(q, k, v, parts[3], parts[4], self.A_log, self.dt_bias, self.d ** -0.5,
-                             self.gate_in_kernel)
+        # two GEMMs: q|k|v, which the conv reads whole (its gradient needs no concatenation with the others'),
+        # and a|b|g (separate parameters, so sharing, QAT and int6 are unchanged)
+        qkv = F.linear(x, torch.cat([p.effective_weight() for p in (self.q_proj, self.k_proj, self.v_proj)])
+                       .to(x.dtype))
+        rest = [self.a_proj, self.b_proj] + ([self.g_proj] if self.g_proj is not None else [])
+        y = F.linear(x, torch.cat([p.effective_weight() for p in rest]).to(x.dtype))
+        a, b = y[..., :self.h], y[..., self.h:2 * self.h]
+        if self.fused_conv and x.is_cuda:
+            q, k, v = load_cuda_ops().qkv_conv(qkv, self.conv_q, self.conv_k, self.conv_v, self.d)
+        else:
+            q, k, v = (F.silu(causal_depthwise_conv(t, w)) for t, w in
+                       zip(qkv.split(self.h * self.d, -1), (self.conv_q, self.conv_k, self.conv_v)))
+        q, k, v = (t.view(B, T, self.h, self.d) for t in (q, k, v))
+        o = gated_delta_rule(q, k, v, a, b, self.A_log, self.dt_bias, self.d ** -0.5, self.gate_in_kernel,
+                             qk_normed=self.fused_conv and x.is_cuda, in_graph=self.in_graph)
         o = rms_norm(o.float()) * self.norm_weight
         if self.g_proj is not None:
-            o = o * F.silu(parts[5].float().view(B, T, self.h, self.d))
+            o = o * F.silu(y[..., 2 * self.h:].float().view(B, T, self.h, self.d))
         return self.o_proj(o.reshape(B, T, -1).to(x.dtype))
 
 
@@ -1028,7 +1230,8 @@ class Block(nn.Module):
     def __init__(self, args, kv=None):
         super().__init__()
         self.mixer = GatedDeltaNet(args.model_dim, args.num_heads, args.head_dim, args.conv_size,
-                                   args.gdn_output_gate, kv, args.gate_in_kernel)
+                                   args.gdn_output_gate, kv, args.gate_in_kernel, args.fused_conv,
+                                   args.gdn_in_graph)
         self.mlp = MLP(args.model_dim, args.mlp_mult)
         self.mix_scale = nn.Parameter(torch.ones(args.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(args.model_dim))
@@ -1286,6 +1489,7 @@ def main() -> None:
             importlib.import_module("fla.ops.gated_delta_rule")  # fail before any work, with a clear message
         except ImportError as e:
             sys.exit(f"CUDA run needs flash-linear-attention: pip install flash-linear-attention==0.6.0 ({e})")
+        load_cuda_ops()   # registered before torch.compile traces the model
     if distributed:
         dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
     os.makedirs(args.artifact_dir, exist_ok=True)
