@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Everything the payload and `pgolf run` need on a bare lent GPU machine, which has no network: Triton
 # 3.7.1, fla 0.6.0, Ray, pydantic, tenacity, zstandard, brotli, jsonschema (+ the dependencies the image
-# lacks), unpacked into /tmp/site (put it first on PYTHONPATH; the image's torch keeps its own Triton 3.6,
-# which fla refuses on Hopper: docs/GPU.md).
-# A device call carries the checkout (~24 MB of tracked files) plus at most 64 MiB in all, so the wheels
-# travel trimmed (`zip -d`: no Blackwell ptxas, proton, cupti static libraries, Ray's Java jars
-# and source maps: nothing the payload or pgolf imports) as one tar split into parts of PART_MB (default 40)
-# MB, one part per call, and are unzipped into /tmp/site there; /tmp survives between calls while the
-# machine stays warm. (Triton imports its AMD backend even on NVIDIA: it stays in.)
+# lacks), as an installed site tree in /tmp/site (put it first on PYTHONPATH; the image's torch keeps its own
+# Triton 3.6, which fla refuses on Hopper: docs/GPU.md).
+# A device call carries the checkout (~23 MiB of tracked files) plus at most 64 MiB in all, so the tree
+# travels small: the wheels are unpacked here, trimmed (no Blackwell ptxas, proton, cupti static libraries,
+# nvdisasm, Ray's Java jars, dashboard UI, rllib, serve and llm: nothing the payload or pgolf imports or
+# runs), libtriton.so stripped of its debug
+# information (461 -> 180 MB), then tarred (exec bits kept), xz-compressed and split into equal parts of at
+# most PART_MB (default 40) MiB, one part per call (2 parts: 76 MiB); /tmp survives between calls while the machine stays warm. (Triton
+# imports its AMD backend even on NVIDIA: it stays in.)
 #
 #   here, with PyPI:   bash bench/device_install.sh pack DEST      # -> DEST/p1 .. DEST/pN (git-ignored;
 #                                                                  # WHEEL_DIR=dir: wheels already there)
@@ -22,7 +24,9 @@ WHEELS=(triton==3.7.1 flash-linear-attention==0.6.0 fla-core==0.6.0 ray==2.60.0 
 TRIM=(triton/backends/nvidia/bin/ptxas-blackwell triton/_C/libproton.so
       triton/instrumentation/libGPUInstrumentationTestLib.so 'triton/backends/nvidia/lib/cupti/*static*'
       triton/backends/nvidia/lib/cupti/libnvperf_host.so 'triton/backends/nvidia/lib/cupti/libcupti.so.*'
-      triton/backends/nvidia/lib/cupti/libpcsamplingutil.so 'ray/jars/*' 'ray/dashboard/client/build/static/js/*.map')
+      triton/backends/nvidia/lib/cupti/libpcsamplingutil.so triton/backends/nvidia/bin/nvdisasm 'ray/jars/*'
+      ray/dashboard/client/build ray/rllib ray/serve ray/llm)   # nvdisasm: SASS listings only; pgolf's
+                                                                # local Ray runs without its dashboard
 
 if [ "${1:-}" = pack ]; then
     dest=${2:?usage: device_install.sh pack DEST}
@@ -32,18 +36,21 @@ if [ "${1:-}" = pack ]; then
     [ -n "${WHEEL_DIR:-}" ] || "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$tmp/w" "${WHEELS[@]}"
-    for w in "$tmp"/w/triton-*.whl "$tmp"/w/ray-*.whl; do   # drop what nothing here imports (no recompression)
-        zip -q -d "$w" "${TRIM[@]}" >/dev/null || true
-    done
-    tar cf "$tmp/site.tar" -C "$tmp/w" .
+    mkdir -p "$tmp/site"
+    for w in "$tmp"/w/*.whl; do "$PY" -m zipfile -e "$w" "$tmp/site"; done
+    (cd "$tmp/site" && rm -rf ${TRIM[@]})
+    strip --strip-unneeded "$tmp/site/triton/_C/libtriton.so"
+    chmod -R +x "$tmp/site/triton/backends/nvidia/bin" "$tmp/site/ray/core"   # zipfile drops the exec bits
+    tar cf - -C "$tmp/site" . | xz -9 -T0 > "$tmp/site.tar"
     rm -rf "$dest"/p[0-9]*
-    split -b "${PART_MB:-40}M" -d -a 2 "$tmp/site.tar" "$tmp/part."
+    size=$(stat -c %s "$tmp/site.tar"); max=$((${PART_MB:-40} * 1048576))
+    split -b $(( (size + (size + max - 1) / max - 1) / ((size + max - 1) / max) )) -d -a 2 "$tmp/site.tar" "$tmp/part."
     n=$(ls "$tmp"/part.* | wc -l)
     i=1
     for f in "$tmp"/part.*; do mkdir -p "$dest/p$i"; mv "$f" "$dest/p$i/site.tar.part$(printf %02d $((i - 1)))"; i=$((i + 1)); done
     sha=$(sha256sum "$tmp/site.tar" | cut -c1-64)
     echo "$n $sha" > "$dest/p1/site.tar.manifest"
-    echo "$(ls "$tmp"/w | wc -l) wheels, $n parts, sha256 $sha"; du -sh "$dest"/p[0-9]*
+    echo "$(ls "$tmp"/w | wc -l) wheels, $(du -sh "$tmp/site" | cut -f1) unpacked, $n parts, sha256 $sha"; du -sh "$dest"/p[0-9]*
     rm -rf "$tmp"
     exit 0
 fi
@@ -60,9 +67,8 @@ if [ "$have" = "$want" ] && [ ! -f /tmp/site/.done ]; then
     cat "$P"/site.tar.part* > /tmp/site.tar
     [ "$(sha256sum /tmp/site.tar | cut -c1-64)" = "$(cut -d' ' -f2 "$P/site.tar.manifest")" ] \
         || { echo "site.tar: sha256 mismatch"; exit 1; }
-    mkdir -p /tmp/site /tmp/wheels && tar xf /tmp/site.tar -C /tmp/wheels && rm /tmp/site.tar
-    for w in /tmp/wheels/*.whl; do "$PY" -m zipfile -e "$w" /tmp/site; done
-    chmod -R +x /tmp/site/triton/backends/nvidia/bin /tmp/site/ray/core   # zipfile drops the exec bits
+    mkdir -p /tmp/site && "$PY" -c "import tarfile; tarfile.open('/tmp/site.tar', 'r:xz').extractall('/tmp/site', filter='tar')" \
+        && rm /tmp/site.tar
     touch /tmp/site/.done
 fi
 if [ -f /tmp/site/.done ]; then
