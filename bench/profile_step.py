@@ -1,13 +1,14 @@
 """Where the training step's GPU time goes: torch.profiler over a few steps of bench/model_step.py's step.
 
 Builds exactly what model_step.py times (record config by default, any train_gpt.py variable from the
-environment: FUSED_CE, GATE_IN_KERNEL, BF16_RESIDUAL, VOCAB_SIZE, ...), warms up (compile + autotune),
-then profiles PROFILE_STEPS steps and sums the GPU kernel time (CUDA activity; on a CPU-only machine the
+environment: FUSED_CE, GATE_IN_KERNEL, BF16_RESIDUAL, FUSED_CONV, GDN_IN_GRAPH, VOCAB_SIZE, ...), warms up
+(compile + autotune), then profiles PROFILE_STEPS steps and sums the GPU kernel time (CUDA activity; on a CPU-only machine the
 CPU self time of the aten ops, a smoke test whose numbers mean nothing) by kind:
 
   inductor pointwise / reduction  torch.compile's generated Triton kernels (triton_poi_/triton_red_/...)
   loss (log-softmax / CE)          kernels whose name says log_softmax, nll, cross_entropy, logsumexp
   matmul                           cuBLAS / CUTLASS / nvjet GEMMs
+  q/k/v conv (ours)                the payload's conv + SiLU + L2-norm Triton kernels (FUSED_CONV=1)
   fla GatedDeltaNet                fla's Triton kernels (chunk_*, solve_tril, recompute_w_u, l2norm, ...)
   eager elementwise                ATen's own elementwise / reduction kernels (not compiled)
   optimizer foreach / fused        multi_tensor_apply / fused Adam kernels
@@ -37,6 +38,7 @@ KINDS = [
     ("inductor pointwise/reduction", re.compile(r"^triton_(poi|red|per|tem|for)_|^triton_", re.I)),
     ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|sm90_|wgmma|^aten::(mm|addmm|bmm|matmul|linear)$",
                           re.I)),
+    ("q/k/v conv (ours)", re.compile(r"^conv_(fwd|bwd_du|bwd_dx)_kernel")),
     ("fla GatedDeltaNet", re.compile(r"chunk_|solve_tril|recompute_w_u|l2norm|prepare_wy|merge_16x16|"
                                      r"gdn_gate|fused_recurrent|wy_fast|cumsum_.*kernel", re.I)),
     ("optimizer foreach/fused", re.compile(r"multi_tensor_apply|foreach|fused_adam|adam", re.I)),

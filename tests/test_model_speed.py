@@ -120,6 +120,8 @@ def test_profile_kinds_of_the_kernels_seen_on_the_h100():
         "nvjet_sm90_tst_192x192_64x3_1x2_h_bz_coopB_NNN": "matmul",
         "prepare_wy_repr_bwd_kernel": "fla GatedDeltaNet",
         "chunk_bwd_kernel_dqkwg": "fla GatedDeltaNet",
+        "conv_bwd_du_kernel": "q/k/v conv (ours)",
+        "conv_fwd_kernel": "q/k/v conv (ours)",
         "void at::native::vectorized_elementwise_kernel<4, at::native::mul>": "eager elementwise",
         "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>": "optimizer foreach/fused",
         "Memset (Device)": "memset/memcpy",
