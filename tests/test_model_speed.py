@@ -1,6 +1,7 @@
 """The payload's speed paths (issue 21) compute what the plain paths compute: the chunked linear + softcap +
 cross-entropy (gradients made in the forward pass) against full logits, inside the model and on its own,
-in fp32 and under bf16 autocast; and the bf16 residual switch really changes the stream's dtype."""
+in fp32 and under bf16 autocast; the bf16 residual switch really changes the stream's dtype; the fused
+conv switch's rule."""
 import sys
 from pathlib import Path
 
@@ -106,6 +107,23 @@ def test_bf16_residual_switch_sets_the_block_input_dtype():
         assert torch.isfinite(loss)
     assert seen["0"] == (torch.float32, torch.float32)
     assert seen["1"] == (torch.bfloat16, torch.bfloat16)
+
+
+def test_fused_conv_switch_needs_a_power_of_two_head_dim_and_leaves_the_cpu_path_alone():
+    """FUSED_CONV normalises whole heads inside one Triton tile, so it takes a power-of-two head dim (else
+    the layer keeps the torch conv); on CPU the switches change nothing (the kernels are CUDA-only: their
+    checks are bench/mixer_ops_check.py under Triton's interpreter and model_step's BENCH_CHECK on a GPU)."""
+    assert tg.GatedDeltaNet(96, 2, 48, 4, True, fused_conv=True).fused_conv is False
+    assert tg.GatedDeltaNet(64, 2, 32, 4, True, fused_conv=True).fused_conv is True
+    losses = []
+    for flags in ("0", "1"):
+        args = tg.Hyperparameters({**SMALL, "FUSED_CONV": flags, "GDN_IN_GRAPH": flags})
+        assert (args.fused_conv, args.gdn_in_graph) == (int(flags), int(flags))
+        torch.manual_seed(0)
+        model = tg.GPT(args)
+        ids = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(1))
+        losses.append(model(ids[:, :-1], ids[:, 1:]))
+    assert torch.equal(losses[0], losses[1])
 
 
 def test_profile_kinds_of_the_kernels_seen_on_the_h100():
