@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site:$PWD TRITON_CACHE_DIR=/tmp/triton-cache PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
 PY=${PYTHON:-python3}
 BEFORE=${BEFORE:-.devcarry/train_gpt_before.py}
-DATA=/tmp/pgolf_sp8192
+DATA=${DATA:-/tmp/pgolf_sp8192}   # the batches of the after/before runs (any dataset folder)
 R=bench/results
 stage=${1:?stage: check | after | before | variants}
 run() {  # name limit env... -- bench/model_step.py on real batches, BENCH_OUT=$R/model_step_<name>.json
