@@ -85,7 +85,8 @@ def fla_stand_ins(tg):
 
     chunk.chunk_gated_delta_rule_fwd, chunk.chunk_gated_delta_rule_bwd = fwd, bwd
     gate.fused_beta_sigmoid_fwd = lambda b, scale=1.0: torch.sigmoid(b.float())
-    gate.fused_beta_sigmoid_bwd = lambda b, dy, scale=1.0: (dy * torch.sigmoid(b.float()) * torch.sigmoid(-b.float())).to(b.dtype)
+    gate.fused_beta_sigmoid_bwd = lambda b, dy, scale=1.0: (dy * torch.sigmoid(b.float())
+                                                            * torch.sigmoid(-b.float())).to(b.dtype)
 
 
 def check_gdn_wiring(tg, ops) -> dict:

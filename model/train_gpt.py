@@ -120,8 +120,8 @@ _HPARAMS = [
     ("ce_chunk_tokens", int, 8192),     # tokens per chunk of the fused loss
     ("gate_in_kernel", int, 1),         # CUDA: fla computes the GDN decay and beta from the raw projections
     ("bf16_residual", int, 1),          # CUDA: the residual stream in bf16 instead of fp32
-    ("fused_conv", int, 1),             # CUDA: q/k/v conv + SiLU + q/k L2 norm in our Triton kernels
-    ("gdn_in_graph", int, 1),           # CUDA: fla's GDN kernels as a custom op inside the compiled graph
+    ("fused_conv", int, 1),             # CUDA, with gdn_in_graph: q/k/v conv + SiLU + q/k L2 norm in our kernels
+    ("gdn_in_graph", int, 1),           # CUDA, with gate_in_kernel: fla's GDN as a custom op inside the graph
 ]
 
 
@@ -1006,7 +1006,8 @@ def load_cuda_ops():
         dx = torch.empty_like(x, memory_format=torch.contiguous_format)
         dws = []
         for p, (w, g) in enumerate(((wq, dq), (wk, dk), (wv, dv))):
-            xp, w, du = x[..., p * C:(p + 1) * C], w.contiguous(), torch.empty_like(g, memory_format=torch.contiguous_format)
+            xp, w = x[..., p * C:(p + 1) * C], w.contiguous()
+            du = torch.empty_like(g, memory_format=torch.contiguous_format)
             part = x.new_empty(B * NT, w.size(0), C, dtype=torch.float32)
             grid = (NT, C // head_dim, B)
             conv_bwd_du_kernel[grid](xp, w, g.contiguous(), du, part, T, C, NT, x.stride(0), x.stride(1),
@@ -1172,9 +1173,11 @@ class GatedDeltaNet(nn.Module):
                  fused_conv=False, in_graph=False):
         super().__init__()
         self.h, self.d, self.gate_in_kernel = num_heads, head_dim, bool(gate_in_kernel)
-        # the fused conv normalises whole heads inside one Triton tile: a power-of-two head dim
-        self.fused_conv = bool(fused_conv) and head_dim & (head_dim - 1) == 0 and head_dim <= 256
-        self.in_graph = bool(in_graph)
+        # the fused conv normalises whole heads inside one Triton tile (a power-of-two head dim), and runs only
+        # with the in-graph GDN op: compiled with fla's own entry point (a graph break right after our op), a
+        # run of the record config died with SIGSEGV on the H100 (torch 2.11; eager was right)
+        self.in_graph = bool(in_graph) and self.gate_in_kernel
+        self.fused_conv = bool(fused_conv) and self.in_graph and head_dim & (head_dim - 1) == 0 and head_dim <= 256
         inner = num_heads * head_dim
         self.q_proj = CastedLinear(dim, inner)
         if kv is None:

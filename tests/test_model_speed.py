@@ -110,11 +110,16 @@ def test_bf16_residual_switch_sets_the_block_input_dtype():
 
 
 def test_fused_conv_switch_needs_a_power_of_two_head_dim_and_leaves_the_cpu_path_alone():
-    """FUSED_CONV normalises whole heads inside one Triton tile, so it takes a power-of-two head dim (else
-    the layer keeps the torch conv); on CPU the switches change nothing (the kernels are CUDA-only: their
+    """FUSED_CONV normalises whole heads inside one Triton tile, so it takes a power-of-two head dim, and the
+    in-graph GDN op (else the layer keeps the torch conv); on CPU the switches change nothing (the kernels are CUDA-only: their
     checks are bench/mixer_ops_check.py under Triton's interpreter and model_step's BENCH_CHECK on a GPU)."""
-    assert tg.GatedDeltaNet(96, 2, 48, 4, True, fused_conv=True).fused_conv is False
-    assert tg.GatedDeltaNet(64, 2, 32, 4, True, fused_conv=True).fused_conv is True
+    on = {"gate_in_kernel": True, "fused_conv": True, "in_graph": True}
+    assert tg.GatedDeltaNet(96, 2, 48, 4, True, **on).fused_conv is False
+    assert tg.GatedDeltaNet(64, 2, 32, 4, True, **on).fused_conv is True
+    # only with the in-graph GDN op (itself only with the gate in fla's kernel): the combination that
+    # compiled with a graph break after our op died with SIGSEGV on the H100
+    assert tg.GatedDeltaNet(64, 2, 32, 4, True, **{**on, "in_graph": False}).fused_conv is False
+    assert tg.GatedDeltaNet(64, 2, 32, 4, True, **{**on, "gate_in_kernel": False}).fused_conv is False
     losses = []
     for flags in ("0", "1"):
         args = tg.Hyperparameters({**SMALL, "FUSED_CONV": flags, "GDN_IN_GRAPH": flags})
