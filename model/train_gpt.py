@@ -904,8 +904,12 @@ def load_cuda_ops():
         _CUDA_OPS = torch.ops.pgolf
     if _CUDA_OPS is not None:
         return _CUDA_OPS
+    import fla
     import triton
     import triton.language as tl
+    if not fla.__version__.startswith("0.6."):   # the gdn op calls fla's internal functions, as of 0.6
+        raise RuntimeError(f"FUSED_CONV/GDN_IN_GRAPH call fla 0.6's internal functions; fla {fla.__version__} is "
+                           "installed: pip install flash-linear-attention==0.6.0, or FUSED_CONV=0 GDN_IN_GRAPH=0")
     from fla.ops.common.gate import fused_beta_sigmoid_bwd, fused_beta_sigmoid_fwd
     from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
 
@@ -1492,7 +1496,11 @@ def main() -> None:
             importlib.import_module("fla.ops.gated_delta_rule")  # fail before any work, with a clear message
         except ImportError as e:
             sys.exit(f"CUDA run needs flash-linear-attention: pip install flash-linear-attention==0.6.0 ({e})")
-        load_cuda_ops()   # registered before torch.compile traces the model
+        if args.fused_conv or args.gdn_in_graph:
+            try:
+                load_cuda_ops()   # registered before torch.compile traces the model
+            except RuntimeError as e:
+                sys.exit(str(e))
     if distributed:
         dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
     os.makedirs(args.artifact_dir, exist_ok=True)

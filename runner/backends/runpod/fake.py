@@ -117,6 +117,8 @@ MAX_ENV_VARS = 50                   # RunPod docs (environment-variables.mdx): "
 SLOW_START_S = 2.0
 TIME_SCALE = REHEARSAL.time_scale   # a rehearsal's seconds (slow_pull=600: 6 s here), as the client scales its waits
 TERMINATED_S = 1.0                  # after DELETE: answered TERMINATED this long, then 404
+LOST_TERMINATED_S = 5.0             # a lost pod (preempt): TERMINATED this long, so that a driver polling
+                                    # on a loaded machine reads it, as RunPod's record stays for a while
 PREEMPT_MARKER = "phase running"
 PREEMPT_MID_MARKER = "collected by the driver"     # a shared pod's bootstrap says so after each seed
 PREEMPT_AFTER_S = 0.5
@@ -702,7 +704,7 @@ class FakeRunPod(InstantRoutes):
 
     def _lose_when(self, pod_id: str, marker: str, fault: str | None) -> None:
         """Lose the pod mid-run: once its log shows `marker` (and, with `fault`, one of those faults is
-        left then), kill it and drop it from the API."""
+        left then), kill it; the API answers TERMINATED for LOST_TERMINATED_S, then 404."""
         log = self.pod_dir(pod_id) / "container.log"
         while True:
             pod = self.state.read()["pods"].get(pod_id)
@@ -717,11 +719,11 @@ class FakeRunPod(InstantRoutes):
                     return
         time.sleep(PREEMPT_AFTER_S)
         self.events.append(f"{fault or 'preempt'} {pod_id}")
-        self._terminate(pod_id, wait=True)
+        self._terminate(pod_id, linger=LOST_TERMINATED_S)
 
-    def _terminate(self, pod_id: str, wait: bool = False) -> bool:
+    def _terminate(self, pod_id: str, wait: bool = False, linger: float = TERMINATED_S) -> bool:
         """DELETE: the pod's processes die and it shows TERMINATED at once (no longer listed); its disk goes
-        and it answers 404 TERMINATED_S later (`wait`: at once, for a pod lost or the tests' clean-up)."""
+        and it answers 404 `linger` seconds later (`wait`: at once, for the tests' and gc's clean-up)."""
         with self.state.edit() as st:
             pod = st["pods"].get(pod_id)
             if pod is None:
@@ -742,7 +744,7 @@ class FakeRunPod(InstantRoutes):
             with contextlib.suppress(OSError):
                 self.pods_root.rmdir()                                  # the last pod of this state dir
             if not wait:
-                time.sleep(TERMINATED_S)
+                time.sleep(linger)
             with self.state.edit() as st:
                 st["pods"].pop(pod_id, None)
                 st["gone"] = (st["gone"] + [pod_id])[-1000:]
