@@ -855,13 +855,13 @@ def gdn_gates(a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor) -> tuple[Ten
     return -A_log.float().exp() * F.softplus(a.float() + dt_bias), torch.sigmoid(b.float())
 
 
-def gated_delta_rule(q, k, v, a, b, A_log, dt_bias, scale, gate_in_kernel=False, qk_normed=False, in_graph=False):
+def gated_delta_rule(q, k, v, a, b, A_log, dt_bias, scale, gate_in_kernel=False, in_graph=False, qk_normed=False):
     """The gated delta rule on the raw gate projections a, b ([B, T, H]): fla's Triton kernels on CUDA
-    (imported only there), our chunked PyTorch version elsewhere. q and k are L2-normalised here unless
-    `qk_normed` (the fused conv did it); on CUDA inside fla's kernel. `gate_in_kernel` (CUDA): fla computes
-    the decay (fused with its chunk cumsum) and beta inside its kernels, gradients of A_log and dt_bias
-    included. `in_graph` (CUDA, with gate_in_kernel): through our custom op, so torch.compile keeps the
-    whole model in one graph (load_cuda_ops)."""
+    (imported only there), our chunked PyTorch version elsewhere; q and k are L2-normalised here (on CUDA
+    inside fla's kernel). `gate_in_kernel` (CUDA): fla computes the decay (fused with its chunk cumsum) and
+    beta inside its kernels, gradients of A_log and dt_bias included. `in_graph` (CUDA, with gate_in_kernel):
+    through our custom op, so torch.compile keeps the whole model in one graph (load_cuda_ops); there q and k
+    may come `qk_normed` by the fused conv."""
     global _FLA_OP
     if q.is_cuda:
         dt = torch.bfloat16
@@ -874,15 +874,14 @@ def gated_delta_rule(q, k, v, a, b, A_log, dt_bias, scale, gate_in_kernel=False,
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule
             _FLA_OP = chunk_gated_delta_rule
         if gate_in_kernel:
-            o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), a, b, scale=scale, use_qk_l2norm_in_kernel=not qk_normed,
+            o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), a, b, scale=scale, use_qk_l2norm_in_kernel=True,
                            use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, use_beta_sigmoid_in_kernel=True)
             return o
         g, beta = gdn_gates(a, b, A_log, dt_bias)
-        o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), g, beta.to(dt), scale=scale,
-                       use_qk_l2norm_in_kernel=not qk_normed)
+        o, _ = _FLA_OP(q.to(dt), k.to(dt), v.to(dt), g, beta.to(dt), scale=scale, use_qk_l2norm_in_kernel=True)
         return o
     g, beta = gdn_gates(a, b, A_log, dt_bias)
-    o, _ = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=scale, use_qk_l2norm_in_kernel=not qk_normed)
+    o, _ = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=scale, use_qk_l2norm_in_kernel=True)
     return o
 
 
@@ -905,11 +904,11 @@ def load_cuda_ops():
     if _CUDA_OPS is not None:
         return _CUDA_OPS
     import fla
-    import triton
-    import triton.language as tl
     if not fla.__version__.startswith("0.6."):   # the gdn op calls fla's internal functions, as of 0.6
         raise RuntimeError(f"FUSED_CONV/GDN_IN_GRAPH call fla 0.6's internal functions; fla {fla.__version__} is "
                            "installed: pip install flash-linear-attention==0.6.0, or FUSED_CONV=0 GDN_IN_GRAPH=0")
+    import triton
+    import triton.language as tl
     from fla.ops.common.gate import fused_beta_sigmoid_bwd, fused_beta_sigmoid_fwd
     from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
 
@@ -918,18 +917,25 @@ def load_cuda_ops():
     configs = [triton.Config({}, num_warps=w) for w in ((4,) if os.environ.get("TRITON_INTERPRET") == "1"
                                                         else (4, 8))]
 
+    global _conv_tile   # a module global: Triton finds the jit functions a kernel calls in its globals
+
+    @triton.jit
+    def _conv_tile(xb, w, t, c, T, C, sxt, K: tl.constexpr, D: tl.constexpr, BT: tl.constexpr):
+        # the causal conv's output at rows t, channels c, in fp32: sum_i w[i] x[t - (K-1) + i], x = 0 before 0
+        u = tl.zeros((BT, D), dtype=tl.float32)
+        for i in tl.static_range(K):
+            ts = t - (K - 1) + i
+            xv = tl.load(xb + ts[:, None] * sxt + c[None, :], mask=((ts >= 0) & (ts < T))[:, None], other=0.0)
+            u += xv.to(tl.float32) * tl.load(w + i * C + c).to(tl.float32)[None, :]
+        return u
+
     @triton.autotune(configs=configs, key=["T", "C", "NORM"])
     @triton.jit
     def conv_fwd_kernel(x, w, out, T, C, sxb, sxt, K: tl.constexpr, D: tl.constexpr, NORM: tl.constexpr,
                         BT: tl.constexpr):
         t = tl.program_id(0) * BT + tl.arange(0, BT)
         c = tl.program_id(1) * D + tl.arange(0, D)
-        xb = x + tl.program_id(2).to(tl.int64) * sxb
-        u = tl.zeros((BT, D), dtype=tl.float32)
-        for i in tl.static_range(K):
-            ts = t - (K - 1) + i
-            xv = tl.load(xb + ts[:, None] * sxt + c[None, :], mask=((ts >= 0) & (ts < T))[:, None], other=0.0)
-            u += xv.to(tl.float32) * tl.load(w + i * C + c).to(tl.float32)[None, :]
+        u = _conv_tile(x + tl.program_id(2).to(tl.int64) * sxb, w, t, c, T, C, sxt, K, D, BT)
         y = u * tl.sigmoid(u)
         if NORM:
             y = y / tl.sqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
@@ -944,11 +950,7 @@ def load_cuda_ops():
         t = tl.program_id(0) * BT + tl.arange(0, BT)
         c = tl.program_id(1) * D + tl.arange(0, D)
         xb = x + tl.program_id(2).to(tl.int64) * sxb
-        u = tl.zeros((BT, D), dtype=tl.float32)
-        for i in tl.static_range(K):
-            ts = t - (K - 1) + i
-            xv = tl.load(xb + ts[:, None] * sxt + c[None, :], mask=((ts >= 0) & (ts < T))[:, None], other=0.0)
-            u += xv.to(tl.float32) * tl.load(w + i * C + c).to(tl.float32)[None, :]
+        u = _conv_tile(xb, w, t, c, T, C, sxt, K, D, BT)
         off = tl.program_id(2).to(tl.int64) * T * C + t[:, None] * C + c[None, :]
         g = tl.load(dout + off, mask=(t < T)[:, None], other=0.0).to(tl.float32)
         s = tl.sigmoid(u)
@@ -1216,7 +1218,7 @@ class GatedDeltaNet(nn.Module):
                        zip(qkv.split(self.h * self.d, -1), (self.conv_q, self.conv_k, self.conv_v)))
         q, k, v = (t.view(B, T, self.h, self.d) for t in (q, k, v))
         o = gated_delta_rule(q, k, v, a, b, self.A_log, self.dt_bias, self.d ** -0.5, self.gate_in_kernel,
-                             qk_normed=self.fused_conv and x.is_cuda, in_graph=self.in_graph)
+                             self.in_graph, qk_normed=self.fused_conv and x.is_cuda)
         o = rms_norm(o.float()) * self.norm_weight
         if self.g_proj is not None:
             o = o * F.silu(y[..., 2 * self.h:].float().view(B, T, self.h, self.d))
