@@ -131,6 +131,21 @@ def test_fused_conv_switch_needs_a_power_of_two_head_dim_and_leaves_the_cpu_path
     assert torch.equal(losses[0], losses[1])
 
 
+def test_cuda_ops_refuse_an_fla_other_than_0_6_in_one_line(monkeypatch):
+    """The gdn op calls fla 0.6's internal functions: another version is refused before anything is
+    registered, with the pin and the switches that avoid it (main() exits with this line)."""
+    import types
+    monkeypatch.setitem(sys.modules, "fla", types.SimpleNamespace(__version__="0.7.1"))
+    monkeypatch.setattr(tg, "_CUDA_OPS", None)
+    if hasattr(torch.ops.pgolf, "gdn"):
+        pytest.skip("the ops are registered in this process already")   # never in CI: no Triton there
+    with pytest.raises(RuntimeError) as e:
+        tg.load_cuda_ops()
+    msg = str(e.value)
+    assert "\n" not in msg and "fla 0.7.1" in msg and "flash-linear-attention==0.6.0" in msg \
+        and "FUSED_CONV=0 GDN_IN_GRAPH=0" in msg
+
+
 def test_profile_kinds_of_the_kernels_seen_on_the_h100():
     """bench/profile_step.py's table: kernel names from the H100 profile land in the right kind, and the
     kinds' shares add up to the whole."""

@@ -387,9 +387,14 @@ def test_stuck_pod_stays_provisioning_and_is_billed(fakes):
 
 
 def test_preempted_pod_vanishes_once_its_job_runs(fakes):
+    """A lost pod reads TERMINATED for a while (LOST_TERMINATED_S, long enough for a driver on a loaded
+    machine: the README's `lost (TERMINATED)`), unlisted, and 404 after that."""
     fake = fakes("preempt=1")
     c = client(fake)
     pod = c.create_pod(cpu_pod("pgolf-preempt", "echo phase running; sleep 300"))
+    wait_status(c, pod.id, "TERMINATED")
+    time.sleep(0.5)                      # a slow poll still reads it
+    assert c.get_pod(pod.id).status == "TERMINATED" and pod.id not in [p.id for p in c.list_pods()]
     wait_status(c, pod.id, None)
     assert f"preempt {pod.id}" in fake.events and fake.alive_pods() == []
 
