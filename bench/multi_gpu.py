@@ -4,6 +4,7 @@ the in-window stall, evaluation and serialisation times, peak memory, artifact b
 
     python bench/multi_gpu.py run --gpus 4 --seconds 90 [--name NAME] [ENV=VALUE ...]
     python bench/multi_gpu.py analyze LOG [LOG ...]        # any train.log: ours, or one from `pgolf run`
+    python bench/multi_gpu.py compare BASE_LOG NEW_LOG [--name NAME]   # train loss at equal steps
 
 `run` starts `torchrun --standalone --nproc_per_node=N model/train_gpt.py` with the record architecture
 (every default of the payload) and `MAX_WALLCLOCK_SECONDS=--seconds`, `TRAIN_LOG_EVERY=10`, TTT off
@@ -16,6 +17,14 @@ The analysis reads the payload's own `step_time` summary line (every step's wall
 stall = the time by which steps slower than 1.5x the median exceed the median) when the log has one,
 and otherwise estimates the same numbers from the logged cumulative train_time of consecutive step
 lines, so it also reads logs of older payloads and of other scripts with `step:N/M ... train_time:Xms`.
+
+`compare` puts two runs' logged train losses side by side at the steps both logged (the issue-21 rule: a
+payload change must train to the same loss at equal steps) and says how far apart they are: mean signed and
+largest relative difference, and the difference at the last common step. The payload's learning-rate
+warm-down, QAT and SWA follow the larger of elapsed time / time budget and step / iterations, so two
+wall-clock-capped runs at different speeds see different learning rates at the same step once the earlier
+one's warm-down has begun; `compare` says so when it sees it. For a clean comparison give the faster payload
+the slower run's step count as `ITERATIONS` and a wall-clock budget it does not reach.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ from pathlib import Path
 from benchlib import ROOT, RESULTS, write_result  # noqa: E402  (bench/ is the script's folder)
 
 _STEP = re.compile(r"^step:(\d+)/\d+ train_loss:\S+ train_time:(\d+)ms")
+_LOSS = re.compile(r"^step:(\d+)/(\d+) train_loss:([\d.]+)")
 _MS = r"([\d.]+)ms"
 
 
@@ -165,6 +175,74 @@ def cmd_analyze(a) -> int:
     return 0
 
 
+def train_losses(text: str) -> dict[int, float]:
+    """Every logged step's train loss, by step."""
+    return {int(m.group(1)): float(m.group(3)) for m in map(_LOSS.match, text.splitlines()) if m}
+
+
+def _schedule(text: str) -> dict:
+    """What the payload's schedule followed: the iterations and wall-clock budget it printed, and whether the
+    wall clock stopped it."""
+    return {"iterations": _num(r"^\s*iterations: (\d+)", text, int),
+            "max_wallclock_seconds": _num(r"^\s*max_wallclock_seconds: ([\d.]+)", text),
+            "stopped_by_wallclock": "stopping_early: wallclock_cap" in text}
+
+
+def compare_logs(base: str, new: str) -> dict:
+    """The two runs' train losses at their common logged steps (step 1's identity included), and a summary.
+    Differences are relative to the base run, in percent."""
+    a, b = train_losses(base), train_losses(new)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two logs have no logged step in common")
+    rows = [{"step": s, "base": a[s], "new": b[s], "diff_pct": 100 * (b[s] / a[s] - 1) if a[s] else None}
+            for s in common]
+    diffs = [r["diff_pct"] for r in rows if r["diff_pct"] is not None]
+    sa, sb = _schedule(base), _schedule(new)
+    out = {"steps": rows, "common_steps": len(rows), "last_common_step": common[-1],
+           "last_diff_pct": rows[-1]["diff_pct"], "mean_diff_pct": statistics.fmean(diffs),
+           "mean_abs_diff_pct": statistics.fmean(abs(d) for d in diffs), "max_abs_diff_pct": max(map(abs, diffs)),
+           "base_schedule": sa, "new_schedule": sb,
+           "base_steps": max(a), "new_steps": max(b), "notes": []}
+    if (sa["stopped_by_wallclock"] or sb["stopped_by_wallclock"]) and max(a) != max(b):
+        out["notes"].append(
+            "a wall-clock cap stopped a run and the step counts differ: the learning-rate warm-down, QAT and SWA "
+            "follow the wall clock, so once the warm-down has begun equal steps are not equal learning rates "
+            "(run the faster payload with ITERATIONS = the other's steps for a like-for-like comparison)")
+    return out
+
+
+def cmd_compare(a) -> int:
+    texts = []
+    for p in (a.base, a.new):
+        try:
+            texts.append(Path(p).read_text(errors="replace"))
+        except OSError as e:
+            print(f"{p}: cannot read ({e.strerror})", file=sys.stderr)
+            return 2
+    try:
+        res = compare_logs(*texts)
+    except ValueError as e:
+        print(f"{a.base}, {a.new}: {e}", file=sys.stderr)
+        return 2
+    print(f"{'step':>6}  {'base loss':>9}  {'new loss':>9}  {'diff':>7}")
+    for r in res["steps"]:
+        print(f"{r['step']:>6}  {r['base']:>9.4f}  {r['new']:>9.4f}  {r['diff_pct']:>+6.2f}%")
+    print(f"{res['common_steps']} common steps: mean {res['mean_diff_pct']:+.2f}%, mean |diff| "
+          f"{res['mean_abs_diff_pct']:.2f}%, largest |diff| {res['max_abs_diff_pct']:.2f}%; at step "
+          f"{res['last_common_step']} (base ran {res['base_steps']}, new {res['new_steps']}): "
+          f"{res['last_diff_pct']:+.2f}%")
+    for n in res["notes"]:
+        print("note:", n)
+    print_table([row(Path(p).name + (" (base)" if i == 0 else " (new)"), analyze_log(t))
+                 for i, (p, t) in enumerate(zip((a.base, a.new), texts))])
+    if a.name:
+        res = {"bench": "multi_gpu compare", "base": a.base, "new": a.new,
+               "base_run": analyze_log(texts[0]), "new_run": analyze_log(texts[1]), **res}
+        write_result(RESULTS / f"compare_{a.name}.json", res)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -176,8 +254,12 @@ def main(argv=None) -> int:
     an = sub.add_parser("analyze")
     an.add_argument("logs", nargs="+")
     an.add_argument("--json", action="store_true")
+    c = sub.add_parser("compare")
+    c.add_argument("base")
+    c.add_argument("new")
+    c.add_argument("--name", help="also write bench/results/compare_NAME.json")
     a = p.parse_args(argv)
-    return cmd_run(a) if a.cmd == "run" else cmd_analyze(a)
+    return {"run": cmd_run, "analyze": cmd_analyze, "compare": cmd_compare}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -171,3 +171,27 @@ def test_profile_kinds_of_the_kernels_seen_on_the_h100():
     assert summary["total_ms_per_step"] == pytest.approx(sum(range(1, len(seen) + 1)) / 2)
     assert sum(k["share"] for k in summary["kinds"]) == pytest.approx(1.0)
     assert summary["kinds"][0]["ms_per_step"] >= summary["kinds"][-1]["ms_per_step"]
+
+
+def test_equal_step_comparison_of_the_h100_runs():
+    """bench/multi_gpu.py compare on the committed 300 s logs of issue 21 (one H100): the fused payload run
+    with ITERATIONS = the old run's 2,378 steps lands -0.39% from its final train loss, and step 1 is the
+    same loss; the wall-clock-capped pair (2,378 vs 2,763 steps) is flagged, since its warm-down follows the
+    clock and equal steps there are not equal learning rates. A log pair with no common step is refused."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import multi_gpu as mg
+    R = ROOT / "bench" / "results"
+    base = (R / "record_run_1gpu_300s" / "train.log").read_text()
+    same_steps = mg.compare_logs(base, (R / "record_run_1gpu_2378steps_fused" / "train.log").read_text())
+    assert same_steps["last_common_step"] == 2378 == same_steps["base_steps"] == same_steps["new_steps"]
+    assert same_steps["steps"][0] == {"step": 1, "base": 9.0007, "new": 9.0007, "diff_pct": 0.0}
+    assert same_steps["last_diff_pct"] == pytest.approx(100 * (0.4086 / 0.4102 - 1)) and \
+        abs(same_steps["last_diff_pct"]) < 0.5
+    assert same_steps["new_schedule"] == {"iterations": 2378, "max_wallclock_seconds": 600.0,
+                                          "stopped_by_wallclock": False}
+    assert same_steps["notes"] == []
+    capped = mg.compare_logs(base, (R / "record_run_1gpu_300s_fused" / "train.log").read_text())
+    assert (capped["base_steps"], capped["new_steps"]) == (2378, 2763)
+    assert len(capped["notes"]) == 1 and "wall clock" in capped["notes"][0]
+    with pytest.raises(ValueError, match="no logged step in common"):
+        mg.compare_logs(base, "step:7/9 train_loss:1.0 train_time:5ms\n")
