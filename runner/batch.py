@@ -74,6 +74,16 @@ class Batch:
         return self.exit_code == EXIT_INTERRUPTED
 
 
+def check_run_name(name: str) -> str:
+    """A run directory's name: one plain path component, so the run directory stays inside the runs
+    directory (`../x` would write a batch, and a `latest` link, beside it). The CLI's `--name` and the
+    library's `run(name=...)` share this one rule."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise PgolfError(f"{name!r} is not a plain folder name (no '/', not '.' or '..'); the run directory goes "
+                         f"under the runs directory")
+    return name
+
+
 def run(spec: JobSpec | str | Path, *, run_dir: str | Path | None = None, runs_dir: str | Path = "runs",
         name: str | None = None, seeds: list[int] | None = None, backend: str | None = None,
         address: str | None = None, progress: bool = True, rehearse: bool = False, faults: str = "") -> Batch:
@@ -83,8 +93,11 @@ def run(spec: JobSpec | str | Path, *, run_dir: str | Path | None = None, runs_d
     is `run_dir`, else `runs_dir/name` (default name: spec name + timestamp); it must be new or empty
     (BatchBusy when another process holds it). `address` joins a Ray cluster (default: start a local one).
     `progress` shows live bars (plain lines when false or when stdout is not a terminal). `rehearse` and
-    `faults` are the RunPod rehearsal's.
+    `faults` are the RunPod rehearsal's. A `name` that is not one plain folder name is refused before
+    anything is written.
     """
+    if name is not None:
+        check_run_name(name)
     if isinstance(spec, JobSpec):
         spec_file = None
         spec = with_overrides(spec, "job spec", seeds=seeds, backend=backend)

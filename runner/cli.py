@@ -40,10 +40,11 @@ class Parser(argparse.ArgumentParser):
 
 def run_name(value: str) -> str:
     """`--name`: one plain path component, so the run directory stays inside --runs-dir."""
-    if not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a plain folder name (no '/', not '.' or '..'); the run "
-                                         f"directory goes under --runs-dir")
-    return value
+    from runner.batch import check_run_name
+    try:
+        return check_run_name(value)
+    except PgolfError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("the runs directory", "--runs-dir")) from None
 
 
 def _version() -> str:

@@ -33,3 +33,14 @@ def test_run_then_resume_returns_batches(tmp_path, monkeypatch):
     assert again.exit_code == 0 and again.states == {1: "succeeded", 2: "succeeded"}
     assert len(again.ledger.attempts(1)) == 1 and [a["exit_code"] for a in again.ledger.attempts(2)] == [3, 0]
     assert [r["seed"] for r in again.report["runs"]] == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ""])
+def test_run_name_from_python_stays_under_runs_dir(tmp_path, name):
+    """Issue 20's `--name ../escape` rule holds for the library too: `runner.run(name=...)` with anything but
+    one plain folder name is refused before Ray starts or a folder is made."""
+    job = tmp_path / "job.toml"
+    job.write_text(f'name = "lib"\nscript = "{FAKE}"\nseeds = [9]\nlauncher = "python"\ngpus_per_seed = 0\n')
+    with pytest.raises(PgolfError, match="not a plain folder name"):
+        runner.run(job, runs_dir=tmp_path / "runs", name=name, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.toml"]
