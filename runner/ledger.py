@@ -33,7 +33,8 @@ BATCH = "batch.json"
 STATES = ("pending", "running", "succeeded", "failed", "aborted")
 DONE_STATES = ("succeeded", "aborted")   # never run again (an aborted seed is not retried, issue 12)
 ATTEMPT_KEYS = ("attempt", "backend", "node", "pod_id", "started", "ended", "exit_code", "error",
-                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort", "shared_pod", "twin_pods")
+                "cost_usd", "cost_source", "cost_estimate_usd", "pod_terminated", "abort", "shared_pod", "twin_pods",
+                "twin_cost_usd")
 INFRA_PREFIX = "infrastructure: "     # errors of infra failures start with this (counted apart on retry)
 INTERRUPTED = "interrupted"
 

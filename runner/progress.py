@@ -294,7 +294,8 @@ class BatchProgress:
 
 def ledger_notes(ledger, rehearsal: bool = False) -> list[str]:
     """`pgolf status` below the table: an adaptive batch's waves and outcome, the pods shared by several
-    seeds and how their cost was split, and what early aborts saved."""
+    seeds and how their cost was split, twin pods (a lost create answer's) and their cost, and what early
+    aborts saved."""
     out = []
     st = ledger.data.get("adaptive")
     if st:
@@ -316,6 +317,12 @@ def ledger_notes(ledger, rehearsal: bool = False) -> list[str]:
         out.append(f"pod {pod} shared by {len(atts)} seeds one after another: cost "
                    + (f"{_usd(total, rehearsal)} split as {shares} (each its own run time plus an equal share "
                       f"of the set-up)" if total is not None else "not known yet (the pod is not gone)"))
+    for s, a in ledger.all_attempts():
+        if a.get("twin_pods"):
+            out.append(f"seed {s} attempt {a['attempt']}: twin pod(s) {', '.join(a['twin_pods'])} of its pod (a create "
+                       f"answer lost, the create retried), terminated by pgolf; they cost "
+                       + (_usd(a["twin_cost_usd"], rehearsal) + ", counted in this attempt's cost"
+                          if a.get("twin_cost_usd") is not None else "an amount not recorded (found by gc or resume)"))
     for s, a in ledger.all_attempts():
         ab = a.get("abort")
         if ab:

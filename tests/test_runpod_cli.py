@@ -225,3 +225,7 @@ def test_smoke_job_rehearsed_on_runpod_with_a_slow_pull_a_twin_and_a_lost_pod(tm
             pass
     assert left == []
     assert "audit: pass" in out.stdout
+    twin_att = next(a for a in atts if a.get("twin_pods"))
+    status = " ".join(pgolf(tmp_path, env, "status", run).stdout.split())     # rich wraps at 80 columns
+    assert f"twin pod(s) {twins[0]} of its pod (a create answer lost, the create retried), terminated by pgolf; " \
+           f"they cost fake {twin_att['twin_cost_usd']:.2f}, counted in this attempt's cost" in status, status

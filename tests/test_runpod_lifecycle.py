@@ -122,8 +122,9 @@ def test_terminated_is_gone_and_its_billing_is_read(tmp_path, backend, monkeypat
 @pytest.mark.parametrize("k", K)
 def test_a_twin_from_a_lost_create_is_terminated_and_recorded(tmp_path, backend, k):
     """twin=1: the first create makes its pod but its answer is lost, and the pod is listed only a moment
-    later, so the client's retry makes a second pod of the same name. At the pod's end the twin is
-    terminated and verified gone too, and the first attempt's ledger entry names it."""
+    later, so the client's retry makes a second pod of the same name. The twin is terminated and verified
+    gone as soon as the pod is up, before the script is sent (not at the pod's end: it would bill the whole
+    run), and the first attempt's ledger entry names it and counts what RunPod billed for it."""
     b = backend(k, "twin=1")
     out, evs = run(b, group(tmp_path, k))
     assert all(r.exit_code == 0 for r in out.values())
@@ -131,10 +132,19 @@ def test_a_twin_from_a_lost_create_is_terminated_and_recorded(tmp_path, backend,
     twin = next(e.split()[1] for e in fake.events if e.startswith("twin "))
     meta = evs[0].merged()
     assert meta["twin_pods"] == [twin] and meta["pod_id"] != twin
-    assert all("twin_pods" not in ev.merged() for ev in evs[1:])
-    assert any(f"twin pod(s) {twin} of " in line and "terminated (verified gone)" in line
-               for ev in evs for line in ev.lines)
-    assert f"terminate {twin}" in fake.events and fake.requests_seen.count("createPod") == 2
+    assert all("twin_pods" not in ev.merged() and "twin_cost_usd" not in ev.merged() for ev in evs[1:])
+    lines = evs[0].lines
+    said = next(i for i, line in enumerate(lines) if f"twin pod(s) {twin} of " in line)
+    assert "terminated (verified gone)" in lines[said] and "seed 1's" in lines[said]
+    assert said < next(i for i, line in enumerate(lines) if line.startswith("pgolf-runpod: uploaded the script"))
+    assert fake.events.index(f"terminate {twin}") < fake.events.index(f"terminate {meta['pod_id']}")
+    assert fake.requests_seen.count("createPod") == 2
+    with b.session.client() as c:
+        billed = c.pod_cost(twin, "2000-01-01T00:00:00Z")
+        pod_billed = c.pod_cost(meta["pod_id"], "2000-01-01T00:00:00Z")
+    assert billed and meta["twin_cost_usd"] == pytest.approx(billed, abs=1e-6)
+    share = 1.0 if k == 1 else meta["shared_pod"]["share"]
+    assert meta["cost_usd"] == pytest.approx(pod_billed * share + billed, abs=1e-5)
     assert_all_gone(b)
 
 

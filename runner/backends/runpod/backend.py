@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import httpx
 
@@ -339,6 +339,7 @@ class RunPodBackend:
                 up_after = said.since(time.time() - (_epoch(pod.created_at) or time.time()))
                 events[0].line(f"pgolf-runpod: pod {pod.id} up {up_after} after its creation (its bootstrap "
                                f"answered); its server at {base}")
+                self._drop_twins(client, pod, group)
                 self._status(http, base, client, pod.id, time.time())   # answering here too (the log may say first)
                 shipping.upload(http, base, self.shipment(attempts[0].script_path), events[0].line)
                 give_up = time.time() + s.setup_s + attempts[0].timeout_s + s.backstop_grace_s
@@ -397,11 +398,15 @@ class RunPodBackend:
     def _finish(self, client: api.RunPodClient, pod: api.Pod | None, name: str, group: "_Group") -> None:
         """Terminate the pod (and any twin of it) and verify it gone, once for the group; its cost (billed,
         else estimated) split across its attempts (`split_cost`), each told through its own events; twins
-        found go into the first attempt's ledger entry (`twin_pods`), whose name the pod has."""
-        end = self._end_pod(client, pod, name, group.line)
+        found (here or once the pod was up) go into the first attempt's ledger entry, whose name the pod
+        has: their ids (`twin_pods`) and their cost (`twin_cost_usd`, counted in its `cost_usd` too: money
+        spent for that attempt)."""
+        end = self._end_pod(client, pod, name, group)
         if end is None:
             return
-        gone, cost, source, estimate, lifetime, twins = end
+        gone, cost, source, estimate, lifetime = end
+        twins = sorted(group.twins)
+        twin_cost = self._twin_cost(client, group) if twins else 0.0
         shares = split_cost([r.get("seconds") or 0.0 for r in group.runs], lifetime)
         group.line(f"pgolf-runpod: pod {pod.id} " + ("terminated (verified gone)" if gone else
                    "NOT verified terminated: run `pgolf cluster gc`") +
@@ -410,31 +415,29 @@ class RunPodBackend:
                    (" [rehearsal: no money]" if self.rehearse else ""))
         for i, ev in enumerate(group.events):
             try:
-                ev.meta(pod_terminated=gone, cost_usd=round(cost * shares[i], 6), cost_source=source,
-                        cost_estimate_usd=round(estimate * shares[i], 6),
+                first_twins = twins and i == 0    # the twins carry the pod's name: the first attempt's
+                ev.meta(pod_terminated=gone, cost_usd=round(cost * shares[i] + (twin_cost if first_twins else 0), 6),
+                        cost_source=source, cost_estimate_usd=round(estimate * shares[i], 6),
                         **group.shared(i, round(cost, 6), round(shares[i], 4)),
-                        **({"twin_pods": twins} if twins and i == 0 else {}))
+                        **({"twin_pods": twins, "twin_cost_usd": round(twin_cost, 6)} if first_twins else {}))
             except NotRecorded:
                 pass                   # the driver's disk refused: it knows, and stops what it can
 
 
     def _end_pod(self, client: api.RunPodClient, pod: api.Pod | None, name: str,
-                 say: Callable[[str], None]) -> tuple[bool, float, str, float, float, list[str]] | None:
-        """Terminate the pod and every live pod of its name (a twin a lost create answer left: the schema
-        has no idempotency key, so a retried create can make a second pod; one whose answer was lost is
-        found the same way), and verify them gone; then (gone, cost, cost source, estimate, lifetime s,
-        twins) with the billed cost when RunPod's records have it. None when there was no pod of ours."""
+                 group: "_Group") -> tuple[bool, float, str, float, float] | None:
+        """Terminate the pod and every live pod of its name (a twin a lost create answer left that
+        `_drop_twins` did not see), and verify them gone; then (gone, cost, cost source, estimate, lifetime s)
+        with the billed cost when RunPod's records have it. None when there was no pod of ours."""
         try:
-            named = [p.id for p in client.find_pods(name)]
+            named = client.find_pods(name)
         except Exception:  # noqa: BLE001 - the API is down; gc will find them by name
             named = []
-        ids = list(dict.fromkeys(([pod.id] if pod else []) + named))
-        twins = [i for i in ids if pod is not None and i != pod.id]
-        left = terminate_verified(client, ids, self.timing)
+        twins = [p for p in named if pod is not None and p.id != pod.id]
+        left = terminate_verified(client, list(dict.fromkeys(([pod.id] if pod else []) + [p.id for p in named])),
+                                  self.timing)
         if twins:
-            say(f"pgolf-runpod: twin pod(s) {', '.join(twins)} of {name} (a create answer lost, the create "
-                f"retried) " + ("terminated (verified gone)" if not set(twins) & set(left) else
-                               "NOT verified terminated: run `pgolf cluster gc`"))
+            self._record_twins(group, twins, left, name)
         if pod is None:
             return None
         gone = pod.id not in left
@@ -442,8 +445,43 @@ class RunPodBackend:
         estimate = (pod.cost or self.price()) * lifetime / 3600
         billed = billed_cost(client, pod.id, pod.created_at, self.timing) if pod.created_at else None
         if billed is not None:
-            return gone, billed, "billed", estimate, lifetime, twins
-        return gone, estimate, "estimate", estimate, lifetime, twins
+            return gone, billed, "billed", estimate, lifetime
+        return gone, estimate, "estimate", estimate, lifetime
+
+    def _drop_twins(self, client: api.RunPodClient, pod: api.Pod, group: "_Group") -> None:
+        """As soon as the pod is up, terminate any other live pod of its name: the twin a lost create answer
+        left (the schema has no idempotency key, and a pod can be missing from the list when the retry
+        looks). Minutes of image pull have passed by then, so the list shows it; caught here it bills those
+        minutes, not the whole run. The pod's end looks again (`_end_pod`)."""
+        try:
+            twins = [p for p in client.find_pods(pod.name) if p.id != pod.id]
+        except Exception:  # noqa: BLE001 - the API is down: the pod's end and gc look again
+            return
+        if twins:
+            self._record_twins(group, twins, terminate_verified(client, [p.id for p in twins], self.timing),
+                               pod.name)
+
+    def _record_twins(self, group: "_Group", twins: list[api.Pod], left: list[str], name: str) -> None:
+        """Say what became of the twins and keep them (with when they were verified gone) for the ledger."""
+        for p in twins:
+            group.twins[p.id] = (p, None if p.id in left else time.time())
+        group.events[0].line(
+            f"pgolf-runpod: twin pod(s) {', '.join(p.id for p in twins)} of {name} (a create answer lost, the "
+            f"create retried) " + ("terminated (verified gone)" if not {p.id for p in twins} & set(left) else
+                                   "NOT verified terminated: run `pgolf cluster gc`")
+            + f"; its cost goes into seed {group.attempts[0].seed}'s")
+
+    def _twin_cost(self, client: api.RunPodClient, group: "_Group") -> float:
+        """What the twins cost: billed when RunPod's records have it, else their price times their lifetime
+        (to when they were verified gone, or now)."""
+        total = 0.0
+        for twin, ended in group.twins.values():
+            billed = billed_cost(client, twin.id, twin.created_at, self.timing) if twin.created_at else None
+            if billed is None:
+                life = (ended or time.time()) - (_epoch(twin.created_at) or ended or time.time())
+                billed = (twin.cost or self.price()) * max(0.0, life) / 3600
+            total += billed
+        return total
 
     def _money(self, usd: float, per: str = "") -> str:
         """Dollars, or a rehearsal's fake figure (never shown as money)."""
@@ -473,6 +511,7 @@ class _Group:
         self.current = 0
         self.cancelled: set[int] = set()
         self.usd_per_hour: float | None = None
+        self.twins: dict[str, tuple[api.Pod, float | None]] = {}   # twin id -> (pod, when verified gone)
 
     def names(self, upto: int | None = None) -> str:
         return ", ".join(f"seed {a.seed}" for a in self.attempts[:upto])
