@@ -19,6 +19,12 @@ pod ends). The price is the spec's [runpod] price_per_hour, else a documented de
 for the H100 SXM on SECURE cloud at the time of writing, $2.69 per GPU-hour (8 GPUs: $21.52/h); the output
 says which. On the Ray backend there is no price: node-hours, and the wall-clock if the cluster holds every
 seed at once (pgolf does not know its size).
+With `[runpod] cluster = true` the seeds run on one Instant Cluster of N nodes, N = the batch's largest
+launch (all its seeds, or an adaptive batch's largest wave) capped by max_pods (else the spend limit) and
+RunPod's self-serve 8, as the backend sizes it (`instant.nodes_for`); every node is billed from the
+cluster's set-up until its batch ends, idle ones too, so n seeds cost N x (set-up + ⌈n/N⌉ rounds of a seed),
+an adaptive batch's waves running one after another on the same cluster. A batch that would get one node
+runs on a pod and is priced as one.
 
 An adaptive spec's success chance, and where the batch stops, are simulated with the whole procedure the
 runner applies (`results.sequential.simulate`: the calibrated boundaries AND the futility stop, with the
@@ -27,6 +33,7 @@ runner's own conditional-power draws); their Monte-Carlo standard error is print
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ H100_SXM_SECURE_USD_PER_GPU_HOUR = 2.69       # RunPod list price, SECURE cloud,
 SIMULATION_BATCHES = 10_000                   # adaptive: batches simulated through the whole procedure
 MAX_SEEDS = 100                              # --max-seeds above this: an error (records run 3-10 seeds)
 SIGMA_FACTORS = (0.5, 2.0)                    # the sensitivity line: power if σ is half or twice the planned
+MAX_CLUSTER_NODES = 8                         # RunPod's self-serve Instant Cluster size (instant_api.MAX_NODES)
 
 
 def price(spec) -> tuple[float, str]:
@@ -61,14 +69,19 @@ def costing(spec, seeds_per_pod: int) -> dict[str, Any]:
         pods, why = ((s.max_pods, "[runpod] max_pods") if s.max_pods else
                      (s.pods_at_once(usd), f"what a ${s.spend_limit:g}/h spend limit allows at "
                                                          f"${usd:.2f}/h; set [runpod] max_pods to change it"))
-        return {"backend": "runpod", "usd_per_hour": usd, "price_source": source, "hours_per_seed": seed_h,
-                "setup_hours": s.setup_s / 3600.0, "seeds_per_pod": seeds_per_pod, "max_pods": pods,
-                "max_pods_source": why,
-                "hours_meaning": f"hours: pod-hours billed (set-ups included); wall_hours: until the last pod "
-                                 f"ends, at most {pods} pod(s) at once"}
+        out = {"backend": "runpod", "usd_per_hour": usd, "price_source": source, "hours_per_seed": seed_h,
+               "setup_hours": s.setup_s / 3600.0, "seeds_per_pod": seeds_per_pod, "max_pods": pods,
+               "max_pods_source": why, "cluster": s.cluster,
+               "hours_meaning": f"hours: pod-hours billed (set-ups included); wall_hours: until the last pod "
+                                f"ends, at most {pods} pod(s) at once"}
+        if s.cluster:
+            out["hours_meaning"] = (f"hours: node-hours billed (every node of the Instant Cluster from its set-up "
+                                    f"until the batch ends, idle ones too; at most {min(pods, MAX_CLUSTER_NODES)} "
+                                    f"nodes); wall_hours: until the batch ends. A batch of one node runs on a pod")
+        return out
     return {"backend": spec.backend, "usd_per_hour": None, "price_source": "no price on the Ray backend",
             "hours_per_seed": seed_h, "setup_hours": 0.0, "seeds_per_pod": 1, "max_pods": None,
-            "max_pods_source": None,
+            "max_pods_source": None, "cluster": False,
             "hours_meaning": "hours: node-hours (train + eval budget per seed); wall_hours: if the cluster "
                              "runs every seed at once (pgolf does not know its size)"}
 
@@ -91,15 +104,31 @@ def launches(spec, n: int) -> list[int]:
     return out
 
 
-def seed_cost(c: dict, n: int, seeds_per_pod: int | None = None, waves: list[int] | None = None
-              ) -> dict[str, float | None]:
+def cluster_nodes(c: dict, waves: list[int]) -> int:
+    """The nodes of the Instant Cluster the backend would make for these launches (`instant.nodes_for`, with
+    the spend limit's cap as `pgolf run` applies it); under 2, the batch runs on a pod."""
+    return min(max(waves, default=0), c["max_pods"], MAX_CLUSTER_NODES)
+
+
+def seed_cost(c: dict, n: int, seeds_per_pod: int | None = None, waves: list[int] | None = None,
+              batch_waves: list[int] | None = None) -> dict[str, float | None]:
     """{cost_usd, hours, wall_hours} of n seeds under costing `c` (K seeds per pod: `seeds_per_pod`),
     launched all at once or in `waves` (counts adding up to n, one wave after another: seeds of different
-    waves never share a pod, and the wall-clock adds up)."""
+    waves never share a pod, and the wall-clock adds up). On an Instant Cluster (`c["cluster"]`) the
+    cluster is sized for the whole batch's launches (`batch_waves`, default `waves`) and bills every node
+    for as long as it runs."""
     from results.power import cost
     k = c["seeds_per_pod"] if seeds_per_pod is None else seeds_per_pod
+    ws = waves or [n]
+    nodes = cluster_nodes(c, batch_waves or ws) if c.get("cluster") else 0
+    if nodes >= 2:
+        wall = c["setup_hours"] + sum(math.ceil(w / nodes) for w in ws) * c["hours_per_seed"]
+        hours = nodes * wall
+        usd = None if c["usd_per_hour"] is None else hours * c["usd_per_hour"]
+        return {"cost_usd": None if usd is None else round(usd, 2), "hours": round(hours, 3),
+                "wall_hours": round(wall, 3), "nodes": nodes}
     hours = wall = 0.0
-    for size in waves or [n]:
+    for size in ws:
         h, w = cost(size, c["hours_per_seed"], 1.0, k, c["setup_hours"], c["max_pods"])  # $1/h: $ = hours
         hours, wall = hours + h, wall + w
     usd = None if c["usd_per_hour"] is None else hours * c["usd_per_hour"]
@@ -117,6 +146,10 @@ def plan_batch(baseline, improvement: float, std: float | None = None, policy: s
     from results.power import plan
     if seeds_per_pod is not None and spec is None:
         raise PgolfError("--seeds-per-pod prices seeds on a spec's backend: give --spec JOB.toml with it")
+    if seeds_per_pod is not None and spec is not None and spec.backend == "runpod" and spec.runpod.cluster \
+            and seeds_per_pod != 1:
+        raise PgolfError(f"--seeds-per-pod {seeds_per_pod}: the spec runs on an Instant Cluster ([runpod] cluster = "
+                         f"true), one seed per node")
     if seeds_per_pod is None:
         seeds_per_pod = spec.runpod.seeds_per_pod if spec is not None else 1
     if isinstance(seeds_per_pod, bool) or not isinstance(seeds_per_pod, int) or seeds_per_pod < 1:
@@ -175,7 +208,7 @@ def adaptive_plan(spec, baseline, improvement: float, std: float | None, policy:
     for k, (row, stop) in enumerate(zip(table, sim["looks"])):
         looks.append({**row, "p_success_here": stop["success"], "p_futility_here": stop["futility"],
                       "p_stop_here": stop["success"] + stop["futility"] + stop["max"],
-                      **seed_cost(c, row["n"], waves=waves[:k + 1])})       # the waves up to this look
+                      **seed_cost(c, row["n"], waves=waves[:k + 1], batch_waves=waves)})   # waves up to this look
     expected = {k: sum(l[k] * l["p_stop_here"] for l in looks) if looks[0][k] is not None else None
                 for k in ("n", "cost_usd", "hours", "wall_hours")}
     return {"rule": design.rule(), "looks": looks, "p_success": sim["p_success"], "se": sim["se"],
@@ -257,13 +290,20 @@ def render(out: dict, console) -> None:
     if out.get("sensitivity"):
         say("(the power above treats the seed std as known; it is estimated, often from 3 seeds)", style="dim")
     if c:
-        if priced:
+        if priced and c.get("cluster"):
+            say(f"price: ${c['usd_per_hour']:.2f}/h per node ({c['price_source']}); per seed "
+                f"{c['hours_per_seed']:.3f} h of train + eval budget, set-up {c['setup_hours']:.3f} h per node, "
+                f"one seed per node of an Instant Cluster")
+        elif priced:
             say(f"price: ${c['usd_per_hour']:.2f}/h ({c['price_source']}); per seed {c['hours_per_seed']:.3f} h "
                 f"of train + eval budget, set-up {c['setup_hours']:.3f} h per pod, {c['seeds_per_pod']} seed(s) "
                 f"per pod")
         else:
             say(f"{c['backend']} backend: no price, hours only")
-        if c.get("max_pods"):
+        if c.get("max_pods") and c.get("cluster"):
+            say(f"at most {min(c['max_pods'], MAX_CLUSTER_NODES)} node(s) per cluster ({c['max_pods_source']}; "
+                f"RunPod's self-serve clusters: {MAX_CLUSTER_NODES}): more seeds run in rounds on the same nodes")
+        elif c.get("max_pods"):
             say(f"at most {c['max_pods']} pod(s) at once ({c['max_pods_source']}): the others queue")
         say(c["hours_meaning"], style="dim")
         if out["hours"] is not None:

@@ -166,6 +166,51 @@ def test_wall_clock_under_max_pods(tmp_path, capsys):
             f"{out['wall_hours']:.2f} h wall-clock") in text and n80
 
 
+def test_an_instant_cluster_spec_is_priced_as_the_cluster_runs(tmp_path, capsys):
+    """Issue 22's leftover: `[runpod] cluster = true` was priced as one-seed pods. A cluster has the nodes
+    the backend gives it (the batch's largest launch, capped by what the $80/h spend limit allows at
+    $21.52/h: 3, as `fit_spend_limit` computes), and bills every node from its set-up to the batch's end,
+    idle ones too: 5 seeds are 3 nodes x (15 min + 2 rounds of 20 min) = 2.75 node-hours in 0.92 h, where
+    five pods are 2.92 pod-hours in 1.17 h; one seed runs on a pod. An adaptive batch's waves run one
+    after another on one cluster sized for its largest wave."""
+    from runner.backends.runpod.instant import make_cluster_backend
+    from runner.spec import load_spec
+    body = ('backend = "runpod"\n[limits]\ntrain_seconds = 600\neval_seconds = 600\n'
+            '[runpod]\nsetup_s = 900\ncluster = true\n')
+    job = tmp_path / "cluster.toml"
+    job.write_text(f'name = "p"\nscript = "{ROOT / "model" / "train_gpt.py"}"\nseeds = [1, 2, 3, 4, 5]\n{body}')
+    c = run_json(capsys, "--baseline", 1.0614, "--std", 0.0007, "--improvement", 0.0035, "--spec", job,
+                 "--max-seeds", 5)["cost"]
+    setup, seed = 0.25, 1 / 3
+    assert c["cluster"] is True and c["max_pods"] == 3
+    b = make_cluster_backend(load_spec(job))
+    b.fit_spend_limit(c["usd_per_hour"])
+    assert b.nodes == c["by_n"]["5"]["nodes"] == 3
+    assert c["by_n"]["5"]["hours"] == pytest.approx(3 * (setup + 2 * seed), abs=1e-3)
+    assert c["by_n"]["5"]["wall_hours"] == pytest.approx(setup + 2 * seed, abs=1e-3)
+    assert c["by_n"]["5"]["cost_usd"] == pytest.approx(3 * (setup + 2 * seed) * 21.52, abs=0.01)
+    assert c["by_n"]["2"]["nodes"] == 2 and c["by_n"]["2"]["hours"] == pytest.approx(2 * (setup + seed), abs=1e-3)
+    assert "nodes" not in c["by_n"]["1"] and c["by_n"]["1"]["hours"] == pytest.approx(setup + seed, abs=1e-3)
+    pods = run_json(capsys, "--baseline", 1.0614, "--std", 0.0007, "--improvement", 0.0035, "--max-seeds", 5,
+                    "--spec", spec(tmp_path, body.replace("cluster = true\n", "")))["cost"]
+    assert pods["by_n"]["5"]["hours"] == pytest.approx(5 * (setup + seed), abs=1e-3)
+    assert pods["by_n"]["5"]["wall_hours"] == pytest.approx(2 * (setup + seed), abs=1e-3)
+
+    job.write_text(job.read_text() + '[baseline]\nref = 1.0614\npolicy = "rule"\n[adaptive]\nmin = 3\nmax = 8\n')
+    looks = run_json(capsys, "--std", 0.0007, "--improvement", 0.0035, "--spec", job)["adaptive"]["looks"]
+    assert [l["n"] for l in looks] == [3, 6, 8]                     # waves of 3, 3, 2 on 3 nodes: one round each
+    assert [l["nodes"] for l in looks] == [3, 3, 3]
+    assert [l["hours"] for l in looks] == [pytest.approx(3 * (setup + r * seed), abs=1e-3) for r in (1, 2, 3)]
+
+    capsys.readouterr()
+    assert main(["plan", "--std", "0.0007", "--improvement", "0.0035", "--spec", str(job)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "per node" in text and "Instant Cluster" in text and "at most 3 node(s) per cluster" in text
+    assert main(["plan", "--std", "0.0007", "--improvement", "0.0035", "--spec", str(job), "--seeds-per-pod", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "one seed per node" in err
+
+
 def test_sigma_sensitivity_replaces_the_integration_error(capsys):
     """The planner treats σ as known; the plan shows power at σ × 0.5 and × 2 instead of a 1e-9 error."""
     out = run_json(capsys, "--baseline", CURRENT_RECORD, "--improvement", 0.0055, "--policy", "rule")
