@@ -580,22 +580,22 @@ def check_provenance(rs: RunSet):
                            f"script ({', '.join(s.path.name for s in shipped)}){side}")
         elif r.source_text is not None:
             if not shipped:
-                unverifiable.append(f"{r.log}:1 embeds its source")
+                unverifiable.append(f"{_at(r, 'source')} embeds its source")
                 continue
             norm = _normalize_source(r.source_text)
             hit = next((s for s in shipped if s.norm == norm), None)
             if hit:
-                oks.append(f"{r.log}:1 embedded source = {hit.path.name}")
+                oks.append(f"{_at(r, 'source')} embedded source = {hit.path.name}")
                 continue
             bare = _no_space(norm)
             spaced = next((s for s in shipped if s.bare == bare), None)
             if spaced:
-                warns.append(f"{r.log}:1 embedded source differs from {spaced.path.name} in whitespace only "
+                warns.append(f"{_at(r, 'source')} embedded source differs from {spaced.path.name} in whitespace only "
                              f"(first at line {_first_difference(norm, spaced.norm)} of the source){side}")
                 continue
             lines = set(norm.splitlines())
             near = min(shipped, key=lambda s: len(lines.symmetric_difference(s.norm.splitlines())))
-            bad.append(f"{r.log}:1 embedded source differs from every shipped script (closest {near.path.name}, "
+            bad.append(f"{_at(r, 'source')} embedded source differs from every shipped script (closest {near.path.name}, "
                        f"first at line {_first_difference(norm, near.norm)}){side}")
         elif r.source_sha16:
             hit = next((s for s in shipped if r.source_sha16 in (s.digest[:16], s.norm_sha16)), None)

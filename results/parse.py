@@ -558,14 +558,21 @@ def parse_text(text: str, log: str, file_warnings: list[str] | None = None) -> l
     p = _Parser(log)
     start = _embedded_source_end(lines) or 0
     if start:
-        src = "\n".join(lines[:start])
-        p.b.run.source_text = src
-        p.b.run.source_sha16 = hashlib.sha256((src + "\n").encode()).hexdigest()[:16]
-        p.b.ref("source", 1)
+        _attach_source(p.b, lines[:start], 1)
+    skip_to = start
     for i in range(start, len(lines)):
+        if i < skip_to:
+            continue
         line = lines[i]
         if not line:
             continue
+        if line.startswith(_SOURCE_OPENERS) and _scored(p.b):   # logs concatenated: the next run's own source
+            end = _embedded_source_end(lines[i:])
+            if end:
+                p.new_run(i + 1)
+                _attach_source(p.b, lines[i:i + end], i + 1)
+                skip_to = i + end
+                continue
         if line[0].isdigit():
             m = _TS_PREFIX.match(line)
             if m:
@@ -656,6 +663,23 @@ def _fold(runs: list[Run]) -> Run:
     return first
 
 
+def _scored(b: _Builder) -> bool:
+    """The run has printed a final score: a source block after it starts the next run (logs of several
+    runs concatenated, each opening with the source its script logs)."""
+    return any(metric_tier(m.label) > 0 for m in b.run.metrics)
+
+
+def _attach_source(b: _Builder, source: list[str], n: int) -> None:
+    """The source a run logged before its own lines (from line n): its text and the hash of its text."""
+    src = "\n".join(source)
+    b.run.source_text = src
+    b.run.source_sha16 = hashlib.sha256((src + "\n").encode()).hexdigest()[:16]
+    b.ref("source", n)
+
+
+_SOURCE_OPENERS = ("import ", "from ", "def ", '"""')
+
+
 def _embedded_source_end(lines: list[str]) -> int | None:
     """The official script logs its own source, then a line of 100 '='. Index after that line."""
     limit = min(len(lines), 20000)
@@ -663,7 +687,7 @@ def _embedded_source_end(lines: list[str]) -> int | None:
         return None
     for i in range(limit):
         if lines[i] == _SEPARATOR:
-            if i >= 20 and any(l.startswith(("import ", "from ", "def ", '"""')) for l in lines[: min(i, 200)]):
+            if i >= 20 and any(l.startswith(_SOURCE_OPENERS) for l in lines[: min(i, 200)]):
                 return i
             return None
         if lines[i].startswith(("step:", "seed:", "val_bpb:")):

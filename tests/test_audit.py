@@ -195,6 +195,41 @@ def test_provenance_embedded_source(tmp_path):
     assert c["provenance"]["status"] == "fail" and "train_seed5.log:1" in c["provenance"]["detail"]
 
 
+def _run_block(source: str, seed: int, bpb: float) -> str:
+    return (source + "=" * 100 + f"\nseed:{seed}\nstep:10/10 train_loss:2.0 train_time:1000ms step_avg:100ms\n"
+            f"final_int8_zlib_roundtrip_exact val_loss:2.06 val_bpb:{bpb}\n")
+
+
+def test_provenance_of_every_run_of_a_concatenated_log(tmp_path):
+    """#19's leftover: a log holding several runs, each opening with the source its script logged (as
+    2026-03-19_MixedQuant_Int6Int8_SlidingWindow's train.log does), gave only its first run a source; the
+    runs after it had no provenance at all. Each run now carries its own source, from its own line: the
+    claimed third run that ran an edited script fails, naming that run's source line; when all three ran
+    the shipped script it passes."""
+    from results.parse import parse_log
+    d = tmp_path / "rec"
+    d.mkdir()
+    (d / "train_gpt.py").write_text(SOURCE)
+    (d / "submission.json").write_text('{"val_bpb": 1.203}')
+    edited = SOURCE + "y = 1\n"
+    (d / "train.log").write_text(_run_block(SOURCE, 1, 1.201) + _run_block(SOURCE, 2, 1.202)
+                                 + _run_block(edited, 3, 1.203))
+    runs = parse_log(d / "train.log")
+    block = len(_run_block(SOURCE, 1, 1.201).splitlines())
+    assert [r.header_seed for r in runs] == [1, 2, 3]
+    assert [r.first_line for r in runs] == [1, block + 1, 2 * block + 1]
+    assert [r.refs["source"] for r in runs] == [1, block + 1, 2 * block + 1]
+    assert runs[0].source_text == runs[1].source_text == SOURCE.rstrip("\n") != runs[2].source_text
+    _, c = checks(d)
+    assert c["provenance"]["status"] == "fail", c["provenance"]
+    assert f"train.log:{2 * block + 1} embedded source differs from every shipped script" in c["provenance"]["detail"]
+    (d / "train.log").write_text(_run_block(SOURCE, 1, 1.201) + _run_block(SOURCE, 2, 1.202)
+                                 + _run_block(SOURCE, 3, 1.203))
+    _, c = checks(d)
+    assert c["provenance"]["status"] == "pass" and f"train.log:{2 * block + 1} embedded source = train_gpt.py" \
+        in c["provenance"]["detail"]
+
+
 def test_artifact_from_model_bytes_plus_folder_code(tmp_path):
     (tmp_path / "submission.json").write_text(json.dumps({"val_bpb": 1.2, "bytes_code": 60000}))
     (tmp_path / "train_seed1.log").write_text("seed:1\nSerialized model int6+zstd: 15950000 bytes\n"

@@ -54,9 +54,16 @@ def test_unix_time_prefix():
 @needs_records
 def test_multi_run_log_is_split():
     runs = parse_log(TEN / "2026-03-19_MixedQuant_Int6Int8_SlidingWindow" / "train.log")
-    # three runs, each after its own copy of the script: a run starts at its `val_bpb:enabled` header once the
-    # previous run has a body (the 2nd and 3rd copies of the source are read as the tail of the run before)
-    assert [r.first_line for r in runs] == [1, 2841, 4345]
+    # three runs, each opening with its own copy of the script: once a run has printed its final score, a
+    # source block (up to the line of 100 '=') starts the next run and is that run's source (it was read as
+    # the tail of the run before, so the 2nd and 3rd runs had no provenance and the 3rd run's nvidia-smi
+    # table counted for the 2nd)
+    assert [r.first_line for r in runs] == [1, 1474, 2961] == [r.refs["source"] for r in runs]
+    shipped = (TEN / "2026-03-19_MixedQuant_Int6Int8_SlidingWindow" / "train_gpt.py").read_text()
+    same = [[a.rstrip() for a in r.source_text.strip("\n").splitlines()] ==
+            [b.rstrip() for b in shipped.strip("\n").splitlines()] for r in runs]    # trailing spaces aside
+    assert same == [False, False, True]   # two earlier versions (TRAIN_SEQ_LEN 4096; EVAL_STRIDE 256), then
+    # the shipped script: the third run is the claimed one (1.16301431), the audit sets the other two aside
     assert [round(r.val_bpb, 8) for r in runs] == [1.19763674, 1.20840424, 1.16301431]
     assert [r.artifact_bytes for r in runs] == [15216319, 15220600, 15353490]
 
