@@ -16,6 +16,9 @@
 #   script's own log) are copied to $OUT/record_run/ when OUT is set, else to $RECORD_DEST
 #   (default bench/results/record_run/).
 # - RECORD_ENV="K=V ..." adds payload variables to the spec's [env] (e.g. "GATE_IN_KERNEL=0").
+# - BASE_LOG=path/to/train.log: at the end, `bench/multi_gpu.py compare` of that run and this one (train loss
+#   at equal steps; results in $DEST/compare.json). For a like-for-like comparison of a faster payload, give
+#   it the other run's step count: RECORD_ENV="ITERATIONS=2378" and a TRAIN_SECONDS it will not reach.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-$(nvidia-smi -L 2>/dev/null | wc -l)}
@@ -82,4 +85,8 @@ cp "$RUN"/ledger.json "$RUN"/report.md "$RUN"/report.json "$DEST"/ 2>/dev/null
 cp "$(ls "$RUN"/seeds/*/attempt-*/train.log | tail -1)" "$DEST/train.log" 2>/dev/null
 cp "$DATA/manifest.json" "$DEST/data_manifest.json"
 "$PY" bench/multi_gpu.py analyze "$DEST/train.log"
+if [ -n "${BASE_LOG:-}" ]; then
+    "$PY" bench/multi_gpu.py compare "$BASE_LOG" "$DEST/train.log" --name record_run_compare | tail -12
+    mv bench/results/compare_record_run_compare.json "$DEST/compare.json" 2>/dev/null
+fi
 ls -la "$DEST"
