@@ -61,6 +61,8 @@ class AttemptModel(BaseModel):
     pod_terminated: StrictBool | None = None
     abort: dict[str, Any] | None = None
     shared_pod: dict[str, Any] | None = None
+    twin_pods: list[StrictStr] | None = None
+    twin_cost_usd: Number | None = None
 
     def succeeded(self) -> bool:
         """Ended whole with exit code 0: not an interrupted one (a dead driver's, a full disk's)."""

@@ -321,8 +321,9 @@ def ledger_notes(ledger, rehearsal: bool = False) -> list[str]:
         if a.get("twin_pods"):
             out.append(f"seed {s} attempt {a['attempt']}: twin pod(s) {', '.join(a['twin_pods'])} of its pod (a create "
                        f"answer lost, the create retried), terminated by pgolf; they cost "
-                       + (_usd(a["twin_cost_usd"], rehearsal) + ", counted in this attempt's cost"
-                          if a.get("twin_cost_usd") is not None else "an amount not recorded (found by gc or resume)"))
+                       + ("an amount not recorded" if a.get("twin_cost_usd") is None else
+                          _usd(a["twin_cost_usd"], rehearsal) + (", counted in this attempt's cost"
+                                                                 if a.get("cost_usd") is not None else "")))
     for s, a in ledger.all_attempts():
         ab = a.get("abort")
         if ab:

@@ -116,6 +116,10 @@ def test_gc_judges_pods_only_by_their_own_api_and_resume_stops_the_dead_batchs_p
     out = capsys.readouterr().out
     assert "pgolf resume: terminated 3 pod(s) the dead driver left, verified gone" in out and twin.id in out
     assert recorded(z) == {z1.id: True, z2.id: True, twin.id: "twin"}
+    z_att = Ledger.load(z).attempt(1, 1)                  # the twin's cost, billed by RunPod, is the attempt's
+    billed = c.pod_cost(twin.id, "2000-01-01T00:00:00Z")
+    assert billed > 0 and z_att["twin_cost_usd"] == pytest.approx(billed, abs=1e-6)
+    assert z_att["cost_usd"] is None                      # the dead driver recorded no cost of its own pod
     assert {z1.id, z2.id, twin.id}.isdisjoint(p.id for p in c.list_pods() if p.status != "TERMINATED")
     again = real.requests_seen.count("deletePod")
     assert again > deletes
@@ -134,6 +138,7 @@ def test_gc_terminates_a_twin_of_an_ended_attempt_and_records_it(world, capsys):
     led = batch(run, False, [7])
     first = pod(c, run, 7)
     attempt(led, 7, first.id, ended=True)
+    led.update_attempt(7, 1, cost_usd=1.0, cost_source="billed")   # what its driver recorded for its pod
     assert c.delete_pod(first.id)
     twin = pod(c, run, 7)                                 # same deterministic name, another id: still billing
     dead = runs / "u-open"                                # a dead driver's open attempt: its pod is kept,
@@ -145,7 +150,11 @@ def test_gc_terminates_a_twin_of_an_ended_attempt_and_records_it(world, capsys):
     out = capsys.readouterr().out
     assert f"recorded twin pod(s) of an attempt's name: {twin.id}, {twin_u.id}" in out, out   # run dirs in order
     assert recorded(run) == {first.id: True, twin.id: "twin"}
-    assert json.loads((run / "ledger.json").read_text())["seeds"]["7"]["attempts"][0]["twin_pods"] == [twin.id]
+    entry = json.loads((run / "ledger.json").read_text())["seeds"]["7"]["attempts"][0]
+    billed = c.pod_cost(twin.id, "2000-01-01T00:00:00Z")
+    assert entry["twin_pods"] == [twin.id] and billed > 0
+    assert entry["twin_cost_usd"] == pytest.approx(billed, abs=1e-6)       # money spent for that attempt:
+    assert entry["cost_usd"] == pytest.approx(1.0 + billed, abs=1e-6)      # counted in its cost too
     assert recorded(dead) == {owned.id: None, twin_u.id: "twin"}
     assert [p.id for p in c.list_pods() if p.status != "TERMINATED"] == [owned.id]
 

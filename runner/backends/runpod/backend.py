@@ -42,7 +42,7 @@ from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Even
 from runner.backends.runpod import api, shipping
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX, SERVING_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
-                                              billed_cost, check_alive, create, offer, pod_name,
+                                              billed_cost, check_alive, create, offer, pod_cost, pod_name,
                                               _epoch, start_limit_s, terminate_verified, volume_placement,
                                               wait_ready)
 from runner.ledger import now_iso
@@ -472,16 +472,8 @@ class RunPodBackend:
             + f"; its cost goes into seed {group.attempts[0].seed}'s")
 
     def _twin_cost(self, client: api.RunPodClient, group: "_Group") -> float:
-        """What the twins cost: billed when RunPod's records have it, else their price times their lifetime
-        (to when they were verified gone, or now)."""
-        total = 0.0
-        for twin, ended in group.twins.values():
-            billed = billed_cost(client, twin.id, twin.created_at, self.timing) if twin.created_at else None
-            if billed is None:
-                life = (ended or time.time()) - (_epoch(twin.created_at) or ended or time.time())
-                billed = (twin.cost or self.price()) * max(0.0, life) / 3600
-            total += billed
-        return total
+        """What the twins cost (`pod_cost`: billed, else their price times their life until verified gone)."""
+        return sum(pod_cost(client, twin, self.timing, ended, self.price()) for twin, ended in group.twins.values())
 
     def _money(self, usd: float, per: str = "") -> str:
         """Dollars, or a rehearsal's fake figure (never shown as money)."""

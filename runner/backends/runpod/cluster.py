@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Collection, Iterator
 from results.errors import PgolfError
 from runner.backends.base import ClusterAction
 from runner.backends.runpod import api
-from runner.backends.runpod.instances import (NAME_PREFIX, REHEARSAL_DIR, Session, batch_pod_name, batch_prefix,
-                                              gone, list_ours, terminate_verified)
+from runner.backends.runpod.instances import (NAME_PREFIX, REAL, REHEARSAL_DIR, Session, Timing, batch_pod_name,
+                                              batch_prefix, gone, list_ours, pod_cost, record_twin,
+                                              terminate_verified)
 from runner.ledger import Ledger, load_batch
 
 if TYPE_CHECKING:
@@ -93,11 +94,11 @@ def live_batch_pods(pods: list[api.Pod], live: Collection[Path]) -> dict[str, st
 
 
 def reconcile(client: api.RunPodClient, dirs: Collection[Path], live: Collection[Path] = (),
-              twins: Collection[api.Pod] = ()) -> list[str]:
+              twins: Collection[api.Pod] = (), timing: Timing | None = None) -> list[str]:
     """Ended attempts whose pod this API, the one that made them (`dirs`: its batches only), reports gone
     (404 or TERMINATED) get pod_terminated=true, in ledgers no driver may be using (no attempt open in them),
     and `twins` (pods just terminated and verified gone) carrying an attempt's name but not its pod id go
-    into that attempt's `twin_pods`; never in a ledger a live process holds (`live`). So each run's ledger
+    into that attempt's entry with their cost (`record_twin`); never in a ledger a live process holds (`live`). So each run's ledger
     tells the truth about its money. Returns the pod ids newly recorded."""
     done = []
     for led in _ledgers(dirs):
@@ -108,8 +109,8 @@ def reconcile(client: api.RunPodClient, dirs: Collection[Path], live: Collection
         for twin in twins:          # gone for sure (just verified), so recorded even while attempts are open
             m = pattern.fullmatch(twin.name)
             att = led.attempt(int(m.group(1)), int(m.group(2))) if m else None
-            if att is not None and att.get("pod_id") != twin.id and twin.id not in (att.get("twin_pods") or []):
-                att["twin_pods"] = sorted(set(att.get("twin_pods") or []) | {twin.id})
+            if att is not None and att.get("pod_id") != twin.id and \
+                    record_twin(att, twin.id, pod_cost(client, twin, timing or REAL)):
                 done.append(twin.id)
                 changed = True
         for _seed, att in led.all_attempts() if not led.has_open_attempt() else []:
@@ -196,7 +197,7 @@ def _gc_one(client: api.RunPodClient, session: Session, label: str, runs_dir: Pa
         print("pgolf cluster gc: nothing terminated")
         return 1
     gone, left = _terminate(client, orphans, session)
-    recorded = reconcile(client, dirs, live, [p for p in orphans if p.id in gone])
+    recorded = reconcile(client, dirs, live, [p for p in orphans if p.id in gone], session.timing)
     named = {att.get("pod_id") for led in _ledgers(dirs) for _s, att in led.all_attempts()}
     twins = [i for i in recorded if i not in named]
     if twins:
