@@ -195,11 +195,12 @@ def compare_logs(base: str, new: str) -> dict:
     common = sorted(set(a) & set(b))
     if not common:
         raise ValueError("the two logs have no logged step in common")
-    rows = [{"step": s, "base": a[s], "new": b[s], "diff_pct": 100 * (b[s] / a[s] - 1) if a[s] else None}
-            for s in common]
-    diffs = [r["diff_pct"] for r in rows if r["diff_pct"] is not None]
+    rows = [{"step": s, "base": a[s], "new": b[s], "diff_pct": 100 * (b[s] / a[s] - 1)} for s in common if a[s]]
+    if not rows:
+        raise ValueError("the base log's train loss is 0 at every common step: no relative difference")
+    diffs = [r["diff_pct"] for r in rows]
     sa, sb = _schedule(base), _schedule(new)
-    out = {"steps": rows, "common_steps": len(rows), "last_common_step": common[-1],
+    out = {"steps": rows, "common_steps": len(rows), "last_common_step": rows[-1]["step"],
            "last_diff_pct": rows[-1]["diff_pct"], "mean_diff_pct": statistics.fmean(diffs),
            "mean_abs_diff_pct": statistics.fmean(abs(d) for d in diffs), "max_abs_diff_pct": max(map(abs, diffs)),
            "base_schedule": sa, "new_schedule": sb,

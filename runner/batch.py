@@ -80,7 +80,7 @@ def check_run_name(name: str) -> str:
     library's `run(name=...)` share this one rule."""
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise PgolfError(f"{name!r} is not a plain folder name (no '/', not '.' or '..'); the run directory goes "
-                         f"under the runs directory")
+                         f"under the runs directory (--runs-dir)")
     return name
 
 

@@ -44,7 +44,7 @@ def run_name(value: str) -> str:
     try:
         return check_run_name(value)
     except PgolfError as e:
-        raise argparse.ArgumentTypeError(str(e).replace("the runs directory", "--runs-dir")) from None
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _version() -> str:

@@ -44,7 +44,6 @@ H100_SXM_SECURE_USD_PER_GPU_HOUR = 2.69       # RunPod list price, SECURE cloud,
 SIMULATION_BATCHES = 10_000                   # adaptive: batches simulated through the whole procedure
 MAX_SEEDS = 100                              # --max-seeds above this: an error (records run 3-10 seeds)
 SIGMA_FACTORS = (0.5, 2.0)                    # the sensitivity line: power if σ is half or twice the planned
-MAX_CLUSTER_NODES = 8                         # RunPod's self-serve Instant Cluster size (instant_api.MAX_NODES)
 
 
 def price(spec) -> tuple[float, str]:
@@ -75,9 +74,11 @@ def costing(spec, seeds_per_pod: int) -> dict[str, Any]:
                "hours_meaning": f"hours: pod-hours billed (set-ups included); wall_hours: until the last pod "
                                 f"ends, at most {pods} pod(s) at once"}
         if s.cluster:
+            from runner.backends.runpod.instant_api import MAX_NODES
             out["hours_meaning"] = (f"hours: node-hours billed (every node of the Instant Cluster from its set-up "
-                                    f"until the batch ends, idle ones too; at most {min(pods, MAX_CLUSTER_NODES)} "
+                                    f"until the batch ends, idle ones too; at most {min(pods, MAX_NODES)} "
                                     f"nodes); wall_hours: until the batch ends. A batch of one node runs on a pod")
+            out["max_nodes"] = min(pods, MAX_NODES)
         return out
     return {"backend": spec.backend, "usd_per_hour": None, "price_source": "no price on the Ray backend",
             "hours_per_seed": seed_h, "setup_hours": 0.0, "seeds_per_pod": 1, "max_pods": None,
@@ -104,12 +105,6 @@ def launches(spec, n: int) -> list[int]:
     return out
 
 
-def cluster_nodes(c: dict, waves: list[int]) -> int:
-    """The nodes of the Instant Cluster the backend would make for these launches (`instant.nodes_for`, with
-    the spend limit's cap as `pgolf run` applies it); under 2, the batch runs on a pod."""
-    return min(max(waves, default=0), c["max_pods"], MAX_CLUSTER_NODES)
-
-
 def seed_cost(c: dict, n: int, seeds_per_pod: int | None = None, waves: list[int] | None = None,
               batch_waves: list[int] | None = None) -> dict[str, float | None]:
     """{cost_usd, hours, wall_hours} of n seeds under costing `c` (K seeds per pod: `seeds_per_pod`),
@@ -120,8 +115,11 @@ def seed_cost(c: dict, n: int, seeds_per_pod: int | None = None, waves: list[int
     from results.power import cost
     k = c["seeds_per_pod"] if seeds_per_pod is None else seeds_per_pod
     ws = waves or [n]
-    nodes = cluster_nodes(c, batch_waves or ws) if c.get("cluster") else 0
-    if nodes >= 2:
+    if c.get("cluster"):     # the nodes the backend gives the batch (max_pods: the spend limit's cap, as it applies)
+        from runner.backends.runpod.instant import nodes_for
+        from runner.backends.runpod.instant_api import MIN_NODES
+        nodes = nodes_for(batch_waves or ws, c["max_pods"])
+    if c.get("cluster") and nodes >= MIN_NODES:
         wall = c["setup_hours"] + sum(math.ceil(w / nodes) for w in ws) * c["hours_per_seed"]
         hours = nodes * wall
         usd = None if c["usd_per_hour"] is None else hours * c["usd_per_hour"]
@@ -300,9 +298,10 @@ def render(out: dict, console) -> None:
                 f"per pod")
         else:
             say(f"{c['backend']} backend: no price, hours only")
-        if c.get("max_pods") and c.get("cluster"):
-            say(f"at most {min(c['max_pods'], MAX_CLUSTER_NODES)} node(s) per cluster ({c['max_pods_source']}; "
-                f"RunPod's self-serve clusters: {MAX_CLUSTER_NODES}): more seeds run in rounds on the same nodes")
+        if c.get("cluster"):
+            from runner.backends.runpod.instant_api import MAX_NODES, MIN_NODES
+            say(f"at most {c['max_nodes']} node(s) per cluster ({c['max_pods_source']}; RunPod's self-serve "
+                f"clusters: {MIN_NODES} to {MAX_NODES} nodes): more seeds run in rounds on the same nodes")
         elif c.get("max_pods"):
             say(f"at most {c['max_pods']} pod(s) at once ({c['max_pods_source']}): the others queue")
         say(c["hours_meaning"], style="dim")

@@ -195,3 +195,20 @@ def test_equal_step_comparison_of_the_h100_runs():
     assert len(capped["notes"]) == 1 and "wall clock" in capped["notes"][0]
     with pytest.raises(ValueError, match="no logged step in common"):
         mg.compare_logs(base, "step:7/9 train_loss:1.0 train_time:5ms\n")
+
+
+def test_equal_step_comparison_bad_input_is_one_line(tmp_path, capsys):
+    """`compare` with a missing log, or two logs with no common step, says so in one line (rc 2) and
+    writes no JSON."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import multi_gpu as mg
+    base = tmp_path / "base.log"
+    base.write_text("step:1/9 train_loss:2.0 train_time:5ms\n")
+    other = tmp_path / "other.log"
+    other.write_text("step:2/9 train_loss:1.0 train_time:5ms\n")
+    for args, msg in (([tmp_path / "missing.log", base], "missing.log: cannot read"),
+                      ([base, other], "no logged step in common")):
+        assert mg.main(["compare", *map(str, args), "--name", "t_bad"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err
+    assert not (ROOT / "bench" / "results" / "compare_t_bad.json").exists()

@@ -20,6 +20,7 @@ from runner.backends.runpod import api
 from runner.backends.runpod.cluster import gc
 from runner.backends.runpod.fake import FakeRunPod
 from runner.backends.runpod.instances import REHEARSAL_DIR, REHEARSAL_KEY, pod_name
+from runner.progress import ledger_notes
 from runner.batch import resume
 from runner.ledger import Ledger, create_batch
 from runner.spec import spec_to_batch, validate_spec
@@ -120,6 +121,9 @@ def test_gc_judges_pods_only_by_their_own_api_and_resume_stops_the_dead_batchs_p
     billed = c.pod_cost(twin.id, "2000-01-01T00:00:00Z")
     assert billed > 0 and z_att["twin_cost_usd"] == pytest.approx(billed, abs=1e-6)
     assert z_att["cost_usd"] is None                      # the dead driver recorded no cost of its own pod
+    note = [n for n in ledger_notes(Ledger.load(z)) if "twin pod(s)" in n]
+    assert note == [f"seed 1 attempt 1: twin pod(s) {twin.id} of its pod (a create answer lost, the create retried), "
+                    f"terminated by pgolf; they cost ${billed:.2f}"]   # not "counted in this attempt's cost"
     assert {z1.id, z2.id, twin.id}.isdisjoint(p.id for p in c.list_pods() if p.status != "TERMINATED")
     again = real.requests_seen.count("deletePod")
     assert again > deletes

@@ -42,7 +42,7 @@ from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Even
 from runner.backends.runpod import api, shipping
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX, SERVING_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
-                                              billed_cost, check_alive, create, offer, pod_cost, pod_name,
+                                              check_alive, create, offer, pod_cost, pod_name,
                                               _epoch, start_limit_s, terminate_verified, volume_placement,
                                               wait_ready)
 from runner.ledger import now_iso
@@ -440,13 +440,9 @@ class RunPodBackend:
             self._record_twins(group, twins, left, name)
         if pod is None:
             return None
-        gone = pod.id not in left
         lifetime = time.time() - (_epoch(pod.created_at) or time.time())
-        estimate = (pod.cost or self.price()) * lifetime / 3600
-        billed = billed_cost(client, pod.id, pod.created_at, self.timing) if pod.created_at else None
-        if billed is not None:
-            return gone, billed, "billed", estimate, lifetime
-        return gone, estimate, "estimate", estimate, lifetime
+        cost, source = pod_cost(client, pod, self.timing, usd_per_hour=self.price())
+        return pod.id not in left, cost, source, (pod.cost or self.price()) * lifetime / 3600, lifetime
 
     def _drop_twins(self, client: api.RunPodClient, pod: api.Pod, group: "_Group") -> None:
         """As soon as the pod is up, terminate any other live pod of its name: the twin a lost create answer
@@ -473,7 +469,7 @@ class RunPodBackend:
 
     def _twin_cost(self, client: api.RunPodClient, group: "_Group") -> float:
         """What the twins cost (`pod_cost`: billed, else their price times their life until verified gone)."""
-        return sum(pod_cost(client, twin, self.timing, ended, self.price()) for twin, ended in group.twins.values())
+        return sum(pod_cost(client, twin, self.timing, ended, self.price())[0] for twin, ended in group.twins.values())
 
     def _money(self, usd: float, per: str = "") -> str:
         """Dollars, or a rehearsal's fake figure (never shown as money)."""

@@ -94,12 +94,12 @@ def live_batch_pods(pods: list[api.Pod], live: Collection[Path]) -> dict[str, st
 
 
 def reconcile(client: api.RunPodClient, dirs: Collection[Path], live: Collection[Path] = (),
-              twins: Collection[api.Pod] = (), timing: Timing | None = None) -> list[str]:
+              twins: Collection[api.Pod] = (), timing: Timing = REAL) -> list[str]:
     """Ended attempts whose pod this API, the one that made them (`dirs`: its batches only), reports gone
     (404 or TERMINATED) get pod_terminated=true, in ledgers no driver may be using (no attempt open in them),
     and `twins` (pods just terminated and verified gone) carrying an attempt's name but not its pod id go
-    into that attempt's entry with their cost (`record_twin`); never in a ledger a live process holds (`live`). So each run's ledger
-    tells the truth about its money. Returns the pod ids newly recorded."""
+    into that attempt's entry with their cost (`record_twin`); never in a ledger a live process holds
+    (`live`). So each run's ledger tells the truth about its money. Returns the pod ids newly recorded."""
     done = []
     for led in _ledgers(dirs):
         if led.run_dir in live:
@@ -109,8 +109,8 @@ def reconcile(client: api.RunPodClient, dirs: Collection[Path], live: Collection
         for twin in twins:          # gone for sure (just verified), so recorded even while attempts are open
             m = pattern.fullmatch(twin.name)
             att = led.attempt(int(m.group(1)), int(m.group(2))) if m else None
-            if att is not None and att.get("pod_id") != twin.id and \
-                    record_twin(att, twin.id, pod_cost(client, twin, timing or REAL)):
+            if att is not None and att.get("pod_id") != twin.id and twin.id not in (att.get("twin_pods") or []):
+                record_twin(att, twin.id, pod_cost(client, twin, timing)[0])
                 done.append(twin.id)
                 changed = True
         for _seed, att in led.all_attempts() if not led.has_open_attempt() else []:

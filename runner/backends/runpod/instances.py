@@ -341,28 +341,27 @@ def billed_cost(client: api.RunPodClient, pod_id: str, since: str, timing: Timin
 
 
 def pod_cost(client: api.RunPodClient, pod: api.Pod, timing: Timing, ended: float | None = None,
-             usd_per_hour: float | None = None) -> float:
-    """What a pod cost: billed when RunPod's records have it, else its price (or `usd_per_hour`) times its
-    lifetime, from its creation to `ended` (when it was verified gone; default now)."""
+             usd_per_hour: float | None = None) -> tuple[float, str]:
+    """(dollars, "billed" or "estimate"): what a pod cost, billed when RunPod's records have it, else its
+    price (or `usd_per_hour`) times its lifetime, from its creation to `ended` (verified gone; default now)."""
     billed = billed_cost(client, pod.id, pod.created_at, timing) if pod.created_at else None
     if billed is not None:
-        return billed
+        return billed, "billed"
     end = ended or time.time()
-    return (pod.cost or usd_per_hour or 0.0) * max(0.0, end - (_epoch(pod.created_at) or end)) / 3600
+    return (pod.cost or usd_per_hour or 0.0) * max(0.0, end - (_epoch(pod.created_at) or end)) / 3600, "estimate"
 
 
-def record_twin(att: dict, pod_id: str, cost: float | None) -> bool:
+def record_twin(att: dict, pod_id: str, cost: float | None) -> None:
     """A twin of the attempt's pod (a lost create answer's), terminated: its id goes into `twin_pods` and its
     cost into `twin_cost_usd`, and into `cost_usd` too when the attempt's own cost is recorded (money spent
-    for that attempt). False when it was recorded already."""
+    for that attempt). A twin recorded already is left as it is."""
     if pod_id in (att.get("twin_pods") or []):
-        return False
+        return
     att["twin_pods"] = sorted(set(att.get("twin_pods") or []) | {pod_id})
     if cost is not None:
         att["twin_cost_usd"] = round((att.get("twin_cost_usd") or 0.0) + cost, 6)
         if att.get("cost_usd") is not None:
             att["cost_usd"] = round(att["cost_usd"] + cost, 6)
-    return True
 
 
 def list_ours(client: api.RunPodClient, prefix: str = NAME_PREFIX) -> list[api.Pod]:
@@ -385,8 +384,7 @@ def reap_dead_driver(run_dir: str | Path, ledger: Ledger, rehearse: bool, say: S
     use: every attempt's pod not recorded terminated, and every live twin (a pod carrying one of the batch's
     deterministic names that no entry names). Each is terminated and verified gone once, here, and
     recorded in the ledger (`pod_terminated`, twins and their cost in their attempt's entry: `record_twin`),
-    so the rerun seeds'
-    tasks find nothing to do. Judged by the API that made them: the batch's own (the rehearsal's fake when
+    so the rerun seeds' tasks find nothing to do. Judged by the API that made them: the batch's own (the rehearsal's fake when
     `rehearse`). Never raises: the resume goes on, and `pgolf cluster gc` is the fallback."""
     session = Session(rehearse, state_dir=Path(run_dir) / REHEARSAL_DIR if rehearse else None)
     if rehearse and not (Path(run_dir) / REHEARSAL_DIR / "state.json").exists():
@@ -403,7 +401,7 @@ def reap_dead_driver(run_dir: str | Path, ledger: Ledger, rehearse: bool, say: S
             if not ids:
                 return
             left = set(terminate_verified(client, ids, session.timing, say))
-            costs = {p.id: pod_cost(client, p, session.timing) for p in twins if p.id not in left}
+            costs = {p.id: pod_cost(client, p, session.timing)[0] for p in twins if p.id not in left}
     except (PgolfError, api.ApiError) as e:
         say(f"cannot stop the pods the dead driver left ({e}); `pgolf cluster gc` terminates them later")
         return
