@@ -74,11 +74,11 @@ def costing(spec, seeds_per_pod: int) -> dict[str, Any]:
                "hours_meaning": f"hours: pod-hours billed (set-ups included); wall_hours: until the last pod "
                                 f"ends, at most {pods} pod(s) at once"}
         if s.cluster:
-            from runner.backends.runpod.instant_api import MAX_NODES
+            from runner.backends import instant_cluster_nodes
+            out["max_nodes"] = instant_cluster_nodes([MAX_SEEDS], pods) or 1
             out["hours_meaning"] = (f"hours: node-hours billed (every node of the Instant Cluster from its set-up "
-                                    f"until the batch ends, idle ones too; at most {min(pods, MAX_NODES)} "
-                                    f"nodes); wall_hours: until the batch ends. A batch of one node runs on a pod")
-            out["max_nodes"] = min(pods, MAX_NODES)
+                                    f"until the batch ends, idle ones too; at most {out['max_nodes']} nodes); "
+                                    f"wall_hours: until the batch ends. A batch of one node runs on a pod")
         return out
     return {"backend": spec.backend, "usd_per_hour": None, "price_source": "no price on the Ray backend",
             "hours_per_seed": seed_h, "setup_hours": 0.0, "seeds_per_pod": 1, "max_pods": None,
@@ -115,11 +115,11 @@ def seed_cost(c: dict, n: int, seeds_per_pod: int | None = None, waves: list[int
     from results.power import cost
     k = c["seeds_per_pod"] if seeds_per_pod is None else seeds_per_pod
     ws = waves or [n]
+    nodes = None
     if c.get("cluster"):     # the nodes the backend gives the batch (max_pods: the spend limit's cap, as it applies)
-        from runner.backends.runpod.instant import nodes_for
-        from runner.backends.runpod.instant_api import MIN_NODES
-        nodes = nodes_for(batch_waves or ws, c["max_pods"])
-    if c.get("cluster") and nodes >= MIN_NODES:
+        from runner.backends import instant_cluster_nodes
+        nodes = instant_cluster_nodes(batch_waves or ws, c["max_pods"])
+    if nodes:
         wall = c["setup_hours"] + sum(math.ceil(w / nodes) for w in ws) * c["hours_per_seed"]
         hours = nodes * wall
         usd = None if c["usd_per_hour"] is None else hours * c["usd_per_hour"]
@@ -299,9 +299,8 @@ def render(out: dict, console) -> None:
         else:
             say(f"{c['backend']} backend: no price, hours only")
         if c.get("cluster"):
-            from runner.backends.runpod.instant_api import MAX_NODES, MIN_NODES
-            say(f"at most {c['max_nodes']} node(s) per cluster ({c['max_pods_source']}; RunPod's self-serve "
-                f"clusters: {MIN_NODES} to {MAX_NODES} nodes): more seeds run in rounds on the same nodes")
+            say(f"at most {c['max_nodes']} node(s) per cluster ({c['max_pods_source']}, and RunPod's self-serve "
+                f"size limit): more seeds run in rounds on the same nodes")
         elif c.get("max_pods"):
             say(f"at most {c['max_pods']} pod(s) at once ({c['max_pods_source']}): the others queue")
         say(c["hours_meaning"], style="dim")

@@ -38,6 +38,15 @@ def make_backend(spec: "JobSpec", rehearse: bool = False, faults: str = "",
     raise PgolfError(f"backend {spec.backend!r} is not known (use ray or runpod)")
 
 
+def instant_cluster_nodes(launches: list[int], max_pods: int) -> int | None:
+    """The nodes of the Instant Cluster a `[runpod] cluster = true` batch with these launches gets, by the
+    backend's own rule (`pgolf plan` prices it); None when it would get one node, which runs on a pod."""
+    from runner.backends.runpod.instant import nodes_for
+    from runner.backends.runpod.instant_api import MIN_NODES
+    nodes = nodes_for(launches, max_pods)
+    return nodes if nodes >= MIN_NODES else None
+
+
 def cluster_gc(runs_dir: str | Path, yes: bool, rehearse: bool = False) -> int:
     """`pgolf cluster gc`: machines that outlive a dead driver. Of the backends only RunPod leaves any
     (a Ray node's jobs die with their worker), so this is RunPod's garbage collection. It holds the lock
