@@ -2,6 +2,7 @@
 state or collective for the timed loop, QAT/SWA/eval/TTT compile nothing after it, gradient accumulation
 all-reduces once per step, and the fast size model and chunked compression compute what they claim."""
 import gc
+import os
 import re
 import sys
 from pathlib import Path
@@ -122,7 +123,13 @@ def _accum_worker(rank, world, store, out):
         assert len(calls) == step + 1, f"{len(calls)} all-reduces after {step + 1} steps of 3 micro-batches"
     if rank == 0:
         torch.save([p.detach() for p in params], out)
+    # Both ranks finish their work before either tears gloo down, and the worker leaves without interpreter
+    # finalisation: gloo's threads can still hold tensors then, and freeing them without the interpreter
+    # aborts the process (SIGABRT, "terminate called without an active exception"; seen once in CI, after
+    # all the assertions above had passed). A failed assertion still raises before this and fails the test.
+    dist.barrier()
     dist.destroy_process_group()
+    os._exit(0)
 
 
 def test_accumulation_all_reduces_once_per_step_and_matches_one_process(tmp_path):
