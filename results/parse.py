@@ -567,7 +567,7 @@ def parse_text(text: str, log: str, file_warnings: list[str] | None = None) -> l
         if not line:
             continue
         if line.startswith(_SOURCE_OPENERS) and _scored(p.b):   # logs concatenated: the next run's own source
-            end = _embedded_source_end(lines[i:])
+            end = _embedded_source_end(lines[i:i + _SOURCE_SCAN])   # it looks no further: no copy of the rest
             if end:
                 p.new_run(i + 1)
                 _attach_source(p.b, lines[i:i + end], i + 1)
@@ -678,11 +678,12 @@ def _attach_source(b: _Builder, source: list[str], n: int) -> None:
 
 
 _SOURCE_OPENERS = ("import ", "from ", "def ", '"""')
+_SOURCE_SCAN = 20000    # lines a logged source may span, its closing separator included
 
 
 def _embedded_source_end(lines: list[str]) -> int | None:
     """The official script logs its own source, then a line of 100 '='. Index after that line."""
-    limit = min(len(lines), 20000)
+    limit = min(len(lines), _SOURCE_SCAN)
     if not lines or lines[0].startswith("# [corpus:"):
         return None
     for i in range(limit):
