@@ -42,7 +42,7 @@ from runner.backends.base import AttemptResult, AttemptSpec, ClusterAction, Even
 from runner.backends.runpod import api, shipping
 from runner.backends.runpod.bootstrap import DONE_PREFIX, RUN_PREFIX, SERVING_PREFIX
 from runner.backends.runpod.instances import (PROXY_PORT, REHEARSAL_DIR, SYMMETRIC_PORT, Offer, PodShape, Session,
-                                              check_alive, create, offer, pod_cost, pod_name,
+                                              check_alive, create, estimated_cost, offer, pod_cost, pod_name,
                                               _epoch, start_limit_s, terminate_verified, volume_placement,
                                               wait_ready)
 from runner.ledger import now_iso
@@ -442,7 +442,7 @@ class RunPodBackend:
             return None
         lifetime = time.time() - (_epoch(pod.created_at) or time.time())
         cost, source = pod_cost(client, pod, self.timing, usd_per_hour=self.price())
-        return pod.id not in left, cost, source, (pod.cost or self.price()) * lifetime / 3600, lifetime
+        return pod.id not in left, cost, source, estimated_cost(pod, self.price()), lifetime
 
     def _drop_twins(self, client: api.RunPodClient, pod: api.Pod, group: "_Group") -> None:
         """As soon as the pod is up, terminate any other live pod of its name: the twin a lost create answer

@@ -347,8 +347,13 @@ def pod_cost(client: api.RunPodClient, pod: api.Pod, timing: Timing, ended: floa
     billed = billed_cost(client, pod.id, pod.created_at, timing) if pod.created_at else None
     if billed is not None:
         return billed, "billed"
+    return estimated_cost(pod, usd_per_hour, ended), "estimate"
+
+
+def estimated_cost(pod: api.Pod, usd_per_hour: float | None = None, ended: float | None = None) -> float:
+    """The pod's price (else `usd_per_hour`) times its lifetime, from its creation to `ended` (default now)."""
     end = ended or time.time()
-    return (pod.cost or usd_per_hour or 0.0) * max(0.0, end - (_epoch(pod.created_at) or end)) / 3600, "estimate"
+    return (pod.cost or usd_per_hour or 0.0) * max(0.0, end - (_epoch(pod.created_at) or end)) / 3600
 
 
 def record_twin(att: dict, pod_id: str, cost: float | None) -> None:
